@@ -1,0 +1,264 @@
+"""Building blocks of the stack config schema: the section base class, problem reporting, and value types.
+
+Every section is a frozen pydantic model whose fields are camelCase in `Pulumi.<stack>.yaml` (the Pulumi
+convention) and snake_case in Python. Field-level rules live on the field types; rules that relate several
+fields live in a section's `check()`, which yields `Problem`s keyed by the path a user would type with
+`pulumi config set --path`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Iterator, Optional, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the config: the key as typed with `--path`, what was given, what is allowed."""
+
+    key: str
+    message: str
+    given: Any = None
+
+    def __str__(self) -> str:
+        given = "" if self.given is None else f" (given: {_show(self.given)})"
+        return f"{self.key}: {self.message}{given}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def join_key(path: str, part: str | int) -> str:
+    """Extends a config path the way `pulumi config set --path` spells it."""
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
+        return f"{path}.{part}" if path else part
+    return f'{path}["{part}"]'
+
+
+class Section(BaseModel):
+    """Base of every config section: camelCase keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        frozen=True,
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    def problems(self, path: str) -> Iterator[Problem]:
+        """All cross-field problems of this section and the sections inside it."""
+        for name, field in type(self).model_fields.items():
+            key = join_key(path, field.alias or name)
+            value = getattr(self, name)
+            if isinstance(value, Section):
+                yield from value.problems(key)
+            elif isinstance(value, (list, tuple)):
+                for index, item in enumerate(value):
+                    if isinstance(item, Section):
+                        yield from item.problems(join_key(key, index))
+            elif isinstance(value, dict):
+                for item_key, item in value.items():
+                    if isinstance(item, Section):
+                        yield from item.problems(join_key(key, item_key))
+        yield from self.check(path)
+
+    def check(self, path: str) -> Iterator[Problem]:
+        """Rules between this section's own fields; sections override it."""
+        return iter(())
+
+    def alias(self, field_name: str) -> str:
+        return type(self).model_fields[field_name].alias or field_name
+
+
+def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return Problem(join_key(path, key), f"unknown key; allowed here: {', '.join(sorted(allowed))}{hint}")
+
+
+def section_at(model: type[Section], loc: tuple) -> Optional[type[Section]]:
+    """The section class a pydantic error location points into (map keys and list indices skipped)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, Section):
+            by_alias = {field.alias or name: field for name, field in current.model_fields.items()}
+            if part not in by_alias:
+                return None
+            current = by_alias[part].annotation
+        current = _section_in(current)
+    return current if isinstance(current, type) and issubclass(current, Section) else None
+
+
+def _section_in(annotation: Any) -> Any:
+    """Unwraps Optional[...], list[...] and dict[str, ...] down to a Section class, if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --- value types ---------------------------------------------------------------------------------------------
+
+
+def matching(pattern: str, description: str) -> AfterValidator:
+    """A validator for strings that must match `pattern`; the error says `must be <description>`."""
+    compiled = re.compile(pattern)
+
+    def validate(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"must be {description}")
+        return value
+
+    return AfterValidator(validate)
+
+
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+
+K8sName = Annotated[str, matching(DNS_LABEL, "a lowercase DNS label (a-z, 0-9, '-', at most 63 characters)")]
+"""A Kubernetes object name that is also valid as a DNS label (Services, Namespaces)."""
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+_QUANTITY_FACTOR = {
+    None: 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def quantity_value(quantity: str) -> Decimal:
+    """The number a Kubernetes quantity stands for (bytes, cores, ...), for comparing two quantities."""
+    match = _QUANTITY.fullmatch(quantity)
+    if not match:
+        raise ValueError(quantity)
+    try:
+        return Decimal(match["number"]) * _QUANTITY_FACTOR[match["suffix"]]
+    except InvalidOperation as error:  # pragma: no cover - the regex admits only decimal numbers
+        raise ValueError(quantity) from error
+
+
+def _positive_quantity(value: str | int | float) -> str:
+    text = str(value)
+    if not _QUANTITY.fullmatch(text) or quantity_value(text) <= 0:
+        raise ValueError("must be a positive Kubernetes quantity such as 500m, 2, 512Mi or 20Gi")
+    return text
+
+
+Quantity = Annotated[str, AfterValidator(_positive_quantity)]
+"""A positive Kubernetes resource quantity (`500m`, `2`, `16Gi`); numbers in YAML are accepted as quantities."""
+
+_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+")
+
+
+def duration_seconds(duration: str) -> float:
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(number) * units[unit] for number, _, unit in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|ms|s|m|h)", duration))
+
+
+Duration = Annotated[str, matching(_DURATION.pattern, "a duration such as 30s, 1m30s or 500ms")]
+"""A Go-style duration, as Docker and Knative spell them."""
+
+
+# --- image references ----------------------------------------------------------------------------------------
+# Grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept).
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_IMAGE_REFERENCE = re.compile(
+    rf"(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
+)
+FLOATING_TAGS = frozenset({"latest", "main", "master", "nightly", "edge", "stable", "dev"})
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """A parsed image reference; `registry` is the explicit registry host, or None for Docker Hub."""
+
+    name: str
+    tag: Optional[str]
+    digest: Optional[str]
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageReference":
+        match = _IMAGE_REFERENCE.fullmatch(text)
+        if not match:
+            raise ValueError(text)
+        return cls(name=match["name"], tag=match["tag"], digest=match["digest"])
+
+    @property
+    def canonical_name(self) -> str:
+        """The fully qualified repository, as Docker resolves it: `vllm/vllm-openai` is `docker.io/vllm/vllm-openai`."""
+        first, _, rest = self.name.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            return self.name
+        return f"docker.io/{self.name}" if rest else f"docker.io/library/{self.name}"
+
+    @property
+    def pinned(self) -> bool:
+        return self.digest is not None
+
+    @property
+    def floating(self) -> bool:
+        return self.digest is None and (self.tag is None or self.tag in FLOATING_TAGS)
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+
+def _image_reference(value: str) -> str:
+    try:
+        ImageReference.parse(value)
+    except ValueError:
+        raise ValueError(
+            "must be an image reference such as registry.example.com/team/app:1.2.3 "
+            "or name@sha256:<64 hex digits> (lowercase repository, optional tag and digest)"
+        ) from None
+    return value
+
+
+class _ImageMarker:
+    """Marks fields that hold image references, so stack-wide image rules reach every one of them."""
+
+
+ImageRef = Annotated[str, AfterValidator(_image_reference), _ImageMarker()]
+
+
+def _holds_images(annotation: Any) -> bool:
+    if any(isinstance(meta, _ImageMarker) for meta in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_holds_images(arg) for arg in get_args(annotation))
+
+
+def image_fields(section: Section, path: str) -> Iterator[tuple[str, str]]:
+    """Every image reference in a section tree, with the key it is configured under."""
+    for name, field in type(section).model_fields.items():
+        key = join_key(path, field.alias or name)
+        value = getattr(section, name)
+        items: list[tuple[str, Any]]
+        if isinstance(value, dict):
+            items = [(join_key(key, k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(join_key(key, i), v) for i, v in enumerate(value)]
+        else:
+            items = [(key, value)]
+        for item_key, item in items:
+            if isinstance(item, Section):
+                yield from image_fields(item, item_key)
+            elif isinstance(item, str) and _holds_images(field.annotation):
+                yield item_key, item

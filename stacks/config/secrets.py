@@ -1,0 +1,55 @@
+"""Credentials: top-level config keys that must be set with `pulumi config set --secret`.
+
+They are kept out of the structured sections so that no section ever holds a plaintext credential, and each is
+read with `get_secret`, so it stays an encrypted Pulumi secret wherever it flows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import pulumi
+
+from .base import Problem
+
+if TYPE_CHECKING:
+    from . import StackConfig
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    hf_token: Optional[pulumi.Output[str]] = None
+    """Hugging Face token for gated or private models (`hfToken`)."""
+
+    gateway_api_keys: Optional[pulumi.Output[str]] = None
+    """Comma-separated API keys the gateway accepts (`gatewayApiKeys`); unset disables gateway auth."""
+
+    registry_push_password: Optional[pulumi.Output[str]] = None
+    """Password or token for pushing built and mirrored images (`registryPushPassword`)."""
+
+    registry_pull_password: Optional[pulumi.Output[str]] = None
+    """Password or token the cluster pulls images with (`registryPullPassword`)."""
+
+    kubeconfig: Optional[pulumi.Output[str]] = None
+    """Kubeconfig contents of an existing cluster (`kubeconfig`)."""
+
+    @classmethod
+    def read(cls, config: pulumi.Config) -> "StackSecrets":
+        return cls(**{field.name: config.get_secret(key) for key, field in _FIELDS.items()})
+
+    def is_set(self, key: str) -> bool:
+        return getattr(self, _FIELDS[key].name) is not None
+
+    def problems(self, config: "StackConfig") -> Iterator[Problem]:
+        """Secrets that the rest of the config requires."""
+        return iter(())
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+_FIELDS = {_camel(field.name): field for field in fields(StackSecrets)}
+SECRET_KEYS = frozenset(_FIELDS)

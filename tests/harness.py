@@ -1,0 +1,307 @@
+"""Runs the real Pulumi program (`__main__.py`) in-process under Pulumi's mocks and records what it registers.
+
+`evaluate("dev")` reads `Pulumi.dev.yaml`, applies test overrides and fake secrets the way `pulumi config set`
+would, runs the program once, and returns every registered resource with its inputs (secrets marked), parent,
+provider, dependencies and resource options, plus the stack outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pulumi
+import yaml
+from google.protobuf import json_format
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+PROJECT = "model-stack"
+ROOT = Path(__file__).resolve().parents[1]
+STACKS = sorted(path.name[len("Pulumi."):-len(".yaml")] for path in ROOT.glob("Pulumi.*.yaml"))
+
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+_RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
+_SIG_KEY = "4dabf18193072939515e22adb298388d"
+_UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+# What `pulumi config set --secret` would hold for each credential key, for stacks whose files name none.
+FAKE_SECRETS = {
+    "hfToken": "hf_test_token_0000",
+    "gatewayApiKeys": "test-key-1,test-key-2",
+    "registryPushPassword": "push-password-0000",
+    "registryPullPassword": "pull-password-0000",
+    "kubeconfig": "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n",
+}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An input value that reached the engine marked as a Pulumi secret."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """An input that is not known during preview."""
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    urn: str
+    inputs: dict[str, Any]
+    custom: bool
+    parent: str
+    provider: str
+    dependencies: list[str]
+    protect: bool
+    retain_on_delete: bool
+    delete_before_replace: bool
+    ignore_changes: list[str]
+    additional_secret_outputs: list[str]
+    replace_on_changes: list[str]
+    aliases: list[Any]
+
+    def plain(self) -> dict[str, Any]:
+        """Inputs with secret markers removed (what the API server would receive)."""
+        return unwrap(self.inputs)
+
+    @property
+    def provider_urn(self) -> str:
+        """The URN part of the provider reference (`urn::id`)."""
+        return self.provider.rsplit("::", 1)[0] if self.provider else ""
+
+
+@dataclass
+class Evaluation:
+    stack: str
+    resources: list[Resource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [resource for resource in self.resources if resource.type == type_]
+
+    def one(self, type_: str, name: Optional[str] = None) -> Resource:
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Resource:
+        return next(resource for resource in self.resources if resource.urn == urn)
+
+    def children(self, parent: Resource) -> list[Resource]:
+        return [resource for resource in self.resources if resource.parent == parent.urn]
+
+    def kubernetes_objects(self) -> Iterator[tuple[Resource, dict[str, Any]]]:
+        """Every Kubernetes object the program applies, including those inside ConfigGroups."""
+        for resource in self.resources:
+            if not resource.type.startswith("kubernetes:") or resource.type.startswith("pulumi:providers"):
+                continue
+            inputs = resource.plain()
+            if resource.type == "kubernetes:yaml/v2:ConfigGroup":
+                for obj in inputs.get("objs") or []:
+                    yield resource, obj
+            elif "apiVersion" in inputs and "kind" in inputs:
+                yield resource, inputs
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {key: unwrap(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unwrap(item) for item in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    """Turns the engine's wire form into Python values, keeping secretness visible as `Secret`."""
+    if isinstance(value, dict):
+        signature = value.get(_SIG_KEY)
+        if signature == _SECRET_SIG:
+            return Secret(_decode(value.get("value")))
+        if signature == _RESOURCE_SIG:
+            return value.get("urn")
+        return {key: _decode(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    if value == _UNKNOWN:
+        return Unknown()
+    return value
+
+
+# Outputs a real provider would compute, per resource type. Each returns extra state merged over the inputs.
+MockOutputs = Callable[[pulumi_mocks.MockResourceArgs], dict[str, Any]]
+MOCK_OUTPUTS: dict[str, MockOutputs] = {}
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+        state = dict(args.inputs)
+        extra = MOCK_OUTPUTS.get(args.typ)
+        if extra:
+            state.update(extra(args))
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi_mocks.MockCallArgs):
+        return {}
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: pulumi.runtime.Mocks, evaluation: Evaluation):
+        super().__init__(mocks)
+        self.evaluation = evaluation
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.evaluation.resources.append(
+                Resource(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    inputs=_decode(json_format.MessageToDict(request.object)),
+                    custom=request.custom,
+                    parent=request.parent,
+                    provider=request.provider,
+                    dependencies=list(request.dependencies),
+                    protect=request.protect,
+                    retain_on_delete=request.retainOnDelete,
+                    delete_before_replace=request.deleteBeforeReplace,
+                    ignore_changes=list(request.ignoreChanges),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    replace_on_changes=list(request.replaceOnChanges),
+                    aliases=list(request.aliases),
+                )
+            )
+        return response
+
+    def RegisterResourceOutputs(self, request):
+        if request.urn.split("::")[2] == "pulumi:pulumi:Stack":
+            self.evaluation.outputs.update(_decode(json_format.MessageToDict(request.outputs)))
+        return super().RegisterResourceOutputs(request)
+
+
+class _WarningCollector(logging.Handler):
+    def __init__(self, evaluation: Evaluation):
+        super().__init__(logging.WARNING)
+        self.evaluation = evaluation
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.evaluation.warnings.append(record.getMessage())
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The `config:` map of Pulumi.<stack>.yaml, keys without the project prefix."""
+    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
+    config = {}
+    for key, value in (document.get("config") or {}).items():
+        namespace, _, name = key.partition(":")
+        assert namespace == PROJECT, f"Pulumi.{stack}.yaml: key {key!r} is outside the {PROJECT} namespace"
+        assert not (isinstance(value, dict) and "secure" in value), (
+            f"Pulumi.{stack}.yaml: {key} is encrypted; tests supply secrets through FAKE_SECRETS"
+        )
+        config[name] = value
+    return config
+
+
+_PATH_PART = re.compile(r'\.?([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+)\]|\["([^"]+)"\]')
+
+
+def set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    """Sets a value the way `pulumi config set --path` does (value None removes the key)."""
+    parts: list[str | int] = []
+    position = 0
+    while position < len(path):
+        match = _PATH_PART.match(path, position)
+        assert match and match.end() > position, f"bad config path {path!r}"
+        name, index, quoted = match.groups()
+        parts.append(int(index) if index is not None else (name or quoted))
+        position = match.end()
+    target: Any = config
+    for part, following in zip(parts, parts[1:]):
+        empty = [] if isinstance(following, int) else {}
+        if isinstance(target, list):
+            target.extend([None] * (part + 1 - len(target)))  # type: ignore[operator]
+            if target[part] is None:  # type: ignore[index]
+                target[part] = empty  # type: ignore[index]
+        else:
+            target.setdefault(part, empty)
+        target = target[part]  # type: ignore[index]
+    last = parts[-1]
+    if value is None:
+        target.pop(last)
+    elif isinstance(target, list) and last == len(target):
+        target.append(value)
+    else:
+        target[last] = value  # type: ignore[index]
+
+
+def _wire(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def evaluate(
+    stack: str,
+    set: Optional[dict[str, Any]] = None,
+    secrets: Optional[dict[str, str]] = None,
+    preview: bool = False,
+) -> Evaluation:
+    """Runs __main__.py for a stack. `set` applies `--path` overrides; `secrets` replaces FAKE_SECRETS."""
+    evaluation, error = run(stack, set, secrets, preview)
+    if error is not None:
+        raise error
+    return evaluation
+
+
+def evaluate_failure(
+    stack: str, set: Optional[dict[str, Any]] = None, secrets: Optional[dict[str, str]] = None
+) -> tuple[BaseException, Evaluation]:
+    """Runs a config that must fail; returns the error and what was registered before it."""
+    evaluation, error = run(stack, set, secrets, preview=False)
+    assert error is not None, f"stack {stack} with {set} evaluated without error"
+    return error, evaluation
+
+
+def run(
+    stack: str, set: Optional[dict[str, Any]], secrets: Optional[dict[str, str]], preview: bool
+) -> tuple[Evaluation, Optional[BaseException]]:
+    config = copy.deepcopy(stack_config(stack))
+    for path, value in (set or {}).items():
+        set_path(config, path, value)
+    secret_values = FAKE_SECRETS if secrets is None else secrets
+    wire = {f"{PROJECT}:{key}": _wire(value) for key, value in config.items()}
+    wire.update({f"{PROJECT}:{key}": value for key, value in secret_values.items()})
+
+    evaluation = Evaluation(stack)
+    mocks = _Mocks()
+    logger = logging.getLogger(f"model-stack-test-{stack}")
+    logger.propagate = False
+    logger.handlers = [_WarningCollector(evaluation)]
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=preview, logger=logger,
+        monitor=_RecordingMonitor(mocks, evaluation),
+    )
+    pulumi.runtime.set_all_config(wire, [f"{PROJECT}:{key}" for key in secret_values])
+    # set_mocks registers and finishes a root stack of its own; run the program the way the CLI's language
+    # host does instead, inside a fresh root stack that collects `pulumi.export`s.
+    pulumi_settings.ROOT.set(None)
+    try:
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    except Exception as error:  # noqa: BLE001 - handed to the caller, which decides what is expected
+        return evaluation, error
+    return evaluation, None

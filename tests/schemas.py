@@ -1,0 +1,75 @@
+"""Strict schema validation of Kubernetes objects: built-in kinds with kubernetes-validate, custom resources
+against the openAPIV3Schema of their CRD (Knative's from ../shared/knative/v1.15, or any CRD the stack applies).
+
+CRD schemas are made strict the way the API server's pruning would make a typo disappear: every object schema
+that lists its properties and does not preserve unknown fields gets `additionalProperties: false`, so a field
+the API server would silently drop fails here instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+KNATIVE_MANIFESTS = Path(
+    os.environ.get("KNATIVE_MANIFESTS_DIR", Path(__file__).resolve().parents[2] / "shared" / "knative" / "v1.15")
+)
+
+
+def _strict(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        schema = {key: _strict(value) for key, value in schema.items()}
+        if (
+            schema.get("type") == "object"
+            and "properties" in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema.setdefault("additionalProperties", False)
+        return schema
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    return schema
+
+
+def crd_schemas(documents: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> strict JSON schema, for every served version of every CRD given."""
+    schemas = {}
+    for document in documents:
+        if not document or document.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = document["spec"]
+        for version in spec["versions"]:
+            if version.get("served", True) and "schema" in version:
+                schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                schemas[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = schema
+    return schemas
+
+
+@functools.cache
+def knative_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    path = KNATIVE_MANIFESTS / "serving-crds.yaml"
+    assert path.exists(), f"Knative CRDs not found at {path}; set KNATIVE_MANIFESTS_DIR"
+    return crd_schemas(yaml.safe_load_all(path.read_text()))
+
+
+def validation_errors(obj: dict[str, Any], kubernetes_version: str, extra_crds: dict | None = None) -> list[str]:
+    """Problems with one object; empty when it is valid. `kubernetes_version` is a minor version ('1.32')."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    schemas = {**knative_crd_schemas(), **(extra_crds or {})}
+    if key in schemas:
+        validator = jsonschema.Draft7Validator(schemas[key])
+        return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}" for error in validator.iter_errors(obj)]
+    try:
+        kubernetes_validate.validate(obj, f"{kubernetes_version}.0", strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(map(str, error.path)) or '<root>'}: {error.message}"]
+    except kubernetes_validate.SchemaNotFoundError:
+        return [f"no schema for {key[0]} {key[1]} in Kubernetes {kubernetes_version} or the known CRDs"]
+    return []

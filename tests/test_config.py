@@ -1,0 +1,35 @@
+"""Bad config stops the program with one message per problem, naming the key, before any resource exists."""
+
+import pytest
+
+from harness import FAKE_SECRETS, evaluate_failure
+from stacks.config import ConfigError
+
+BAD_INPUTS = [
+    # (stack, overrides, key named in the message, text that must appear)
+    ("dev", {"environment": "staging"}, "environment", "'development' or 'production'"),
+    ("dev", {"runtme": "docker"}, "runtme", "did you mean 'runtime'"),
+    ("dev", {"cluster.provder": "kind"}, "cluster.provder", "allowed here: kubernetesVersion, provider"),
+    ("dev", {"cluster.kubernetesVersion": "v1.32"}, "cluster.kubernetesVersion", "1.32"),
+    ("dev", {"cluster": "kind"}, "cluster", "map of settings"),
+    ("dev", {"kubeconfig": "apiVersion: v1"}, "kubeconfig", "--secret"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,key,text", BAD_INPUTS, ids=[case[2] for case in BAD_INPUTS])
+def test_bad_config_is_rejected_by_key_before_any_resource(stack, overrides, key, text):
+    secrets = {k: v for k, v in FAKE_SECRETS.items() if k not in overrides}
+    error, evaluation = evaluate_failure(stack, set=overrides, secrets=secrets)
+    assert isinstance(error, ConfigError)
+    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
+    assert len(lines) == 1 and text in lines[0], str(error)
+    assert evaluation.resources == []
+
+
+def test_every_problem_is_reported_at_once():
+    error, _ = evaluate_failure(
+        "dev", set={"environment": "staging", "cluster.kubernetesVersion": "2", "cluster.bogus": 1}
+    )
+    assert [problem.key for problem in error.problems] == [
+        "environment", "cluster.kubernetesVersion", "cluster.bogus"
+    ]

@@ -1,0 +1,45 @@
+"""Every Pulumi.<stack>.yaml in the repo, evaluated under mocks: it runs, what it emits is valid, and a second
+evaluation registers exactly the same thing (so `pulumi preview` after `pulumi up` shows no changes)."""
+
+import pytest
+
+from harness import STACKS, evaluate, stack_config
+from schemas import crd_schemas, validation_errors
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def evaluation(request):
+    return evaluate(request.param)
+
+
+def test_the_repo_has_a_dev_and_a_prod_stack():
+    assert {"dev", "prod"} <= set(STACKS)
+
+
+def test_every_kubernetes_object_validates_strictly(evaluation):
+    version = stack_config(evaluation.stack).get("cluster", {}).get("kubernetesVersion", "1.32")
+    objects = list(evaluation.kubernetes_objects())
+    stack_crds = crd_schemas(obj for _, obj in objects)
+    problems = {
+        f"{resource.type} {resource.name} -> {obj['kind']} {obj.get('metadata', {}).get('name')}": errors
+        for resource, obj in objects
+        if (errors := validation_errors(obj, version, stack_crds))
+    }
+    assert problems == {}
+
+
+def test_every_kubernetes_resource_uses_an_explicit_provider(evaluation):
+    implicit = [
+        resource.name
+        for resource in evaluation.resources
+        if resource.custom and resource.type.startswith("kubernetes:") and not resource.provider.startswith("urn:")
+    ]
+    assert implicit == []
+
+
+def test_a_second_evaluation_registers_identical_inputs(evaluation):
+    again = evaluate(evaluation.stack)
+    assert [(r.urn, r.inputs, r.dependencies) for r in again.resources] == [
+        (r.urn, r.inputs, r.dependencies) for r in evaluation.resources
+    ]
+    assert again.outputs == evaluation.outputs
