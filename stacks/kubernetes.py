@@ -1,18 +1,17 @@
-"""The Kubernetes runtime: cluster, registry, Knative, model runner and gateway."""
+"""The Kubernetes runtime, layer by layer: cluster, images, Knative, then the serving workloads."""
 
 from __future__ import annotations
 
-import pulumi
-import pulumi_kubernetes as k8s
-
+from .cluster import provision_cluster
 from .config import StackConfig
 from .config.secrets import StackSecrets
+from .images import publish_images
+from .knative import install_knative
+from .serving import serve_models
 
 
 def deploy_kubernetes(config: StackConfig, secrets: StackSecrets) -> None:
-    provider = k8s.Provider("cluster", kubeconfig=secrets.kubeconfig)
-    k8s.core.v1.Namespace(
-        "models",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name="models"),
-        opts=pulumi.ResourceOptions(provider=provider),
-    )
+    cluster = provision_cluster(config, secrets)
+    images = publish_images(config, secrets, cluster)
+    knative = install_knative(config, cluster, images)
+    serve_models(config, secrets, cluster, images, knative)
