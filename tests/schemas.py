@@ -48,6 +48,9 @@ def crd_schemas(documents: Iterable[dict[str, Any]]) -> dict[tuple[str, str], di
         for version in spec["versions"]:
             if version.get("served", True) and "schema" in version:
                 schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                # The API server accepts these on every object whether or not the CRD's schema lists them.
+                for implicit in ("apiVersion", "kind", "metadata"):
+                    schema.setdefault("properties", {}).setdefault(implicit, {})
                 schemas[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = schema
     return schemas
 
