@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -19,7 +20,7 @@ from pulumi_policy import (
     StackValidationArgs,
 )
 
-from harness import ROOT, evaluate, set_path
+from harness import ROOT, STACKS, evaluate, set_path
 
 sys.path.insert(0, str(ROOT / "policy"))
 from model_stack_policy.rules import POLICIES, type_token  # noqa: E402
@@ -279,3 +280,9 @@ def test_the_prod_stack_has_no_mandatory_violations():
                          for type_, obj, resource in objects]
             policy.validate(StackValidationArgs(resources, config), report)
     assert found == []
+
+
+def test_ci_previews_every_stack_with_its_own_policy_config():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pulumi.yml").read_text())
+    assert sorted(workflow["jobs"]["preview"]["strategy"]["matrix"]["stack"]) == STACKS
+    assert sorted(path.stem for path in (ROOT / "policy/config").glob("*.json")) == STACKS
