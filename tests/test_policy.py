@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from pulumi_policy import (
@@ -19,6 +21,7 @@ from pulumi_policy import (
     ResourceValidationPolicy,
     StackValidationArgs,
 )
+from pulumi_policy.proxy import unknown_checking_proxy
 
 from harness import ROOT, STACKS, evaluate, set_path
 
@@ -99,18 +102,19 @@ def enforcement(stack_config: dict, name: str) -> EnforcementLevel:
 
 
 def violations(policy_name, resource_type_or_resources, props=None, config=None, opts=NO_OPTIONS, name="runner"):
-    """Messages one policy reports: for a single resource, or for a list of (type, props) stack resources."""
+    """Messages one policy reports: for a single resource, or for a list of (type, props) stack resources. Props
+    are wrapped the way the engine hands them over (read-only Mapping/Sequence proxies, not dicts and lists)."""
     policy = POLICY[policy_name]
     found: list[str] = []
     report = lambda message, urn=None: found.append(message)  # noqa: E731
     if isinstance(policy, ResourceValidationPolicy):
         args = ResourceValidationArgs(
-            resource_type_or_resources, props, f"urn:pulumi:prod::model-stack::{resource_type_or_resources}::{name}",
+            resource_type_or_resources, unknown_checking_proxy(props), f"urn:pulumi:prod::model-stack::{resource_type_or_resources}::{name}",
             name, opts, None, config or {},
         )
     else:
         resources = [
-            PolicyResource(type_, obj, f"urn:{i}", f"r{i}", NO_OPTIONS, None, None, [], {})
+            PolicyResource(type_, unknown_checking_proxy(obj), f"urn:{i}", f"r{i}", NO_OPTIONS, None, None, [], {})
             for i, (type_, obj) in enumerate(resource_type_or_resources)
         ]
         args = StackValidationArgs(resources, config or {})
@@ -245,16 +249,33 @@ def test_prod_makes_every_policy_mandatory_and_dev_only_advises():
     assert EnforcementLevel.MANDATORY not in {enforcement(dev, p.name) for p in POLICIES}
 
 
-def test_policy_config_files_only_set_what_each_policy_declares():
+def test_policy_config_files_match_each_policys_config_schema():
+    levels = {level.value for level in EnforcementLevel}
     for path in sorted((ROOT / "policy/config").glob("*.json")):
         for name, entry in json.loads(path.read_text()).items():
-            if name == "all":
+            if name == "all" or not isinstance(entry, dict):
+                assert name == "all" or name in POLICY, f"{path.name}: no policy named {name!r}"
+                assert entry in levels, f"{path.name}: {name}: {entry!r} is not one of {levels}"
                 continue
             assert name in POLICY, f"{path.name}: no policy named {name!r}"
             schema = POLICY[name].config_schema
-            declared = set(schema.properties) if schema else set()
-            if isinstance(entry, dict):
-                assert set(entry) - {"enforcementLevel"} <= declared, f"{path.name}: {name} takes only {declared}"
+            jsonschema.validate(
+                entry,
+                {"type": "object", "additionalProperties": False,
+                 "properties": {"enforcementLevel": {"enum": sorted(levels)}, **(schema.properties if schema else {})}},
+            )
+
+
+def test_the_pack_entry_point_registers_every_policy():
+    # The CLI runs policy/__main__.py from policy/; PolicyPack itself would start a gRPC server and block.
+    program = (
+        "import runpy, pulumi_policy\n"
+        "pulumi_policy.PolicyPack = lambda name, policies, **options: print(name, sorted(p.name for p in policies))\n"
+        "runpy.run_path('__main__.py', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=ROOT / "policy", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"model-stack {sorted(POLICY)}"
 
 
 def test_the_prod_stack_has_no_mandatory_violations():
@@ -273,10 +294,10 @@ def test_the_prod_stack_has_no_mandatory_violations():
         if isinstance(policy, ResourceValidationPolicy):
             for type_, obj, resource in objects:
                 opts = PolicyResourceOptions(resource.protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
-                policy.validate(ResourceValidationArgs(type_, obj, resource.urn, resource.name, opts, None, config),
+                policy.validate(ResourceValidationArgs(type_, unknown_checking_proxy(obj), resource.urn, resource.name, opts, None, config),
                                 report)
         else:
-            resources = [PolicyResource(type_, obj, resource.urn, resource.name, NO_OPTIONS, None, None, [], {})
+            resources = [PolicyResource(type_, unknown_checking_proxy(obj), resource.urn, resource.name, NO_OPTIONS, None, None, [], {})
                          for type_, obj, resource in objects]
             policy.validate(StackValidationArgs(resources, config), report)
     assert found == []
