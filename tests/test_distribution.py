@@ -24,8 +24,12 @@ def wheel(tmp_path_factory) -> Path:
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
                                                                "__pycache__", ".pytest_cache", ".pulumi-state"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(source)],
-                   check=True, capture_output=True, text=True)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(source)],
+        capture_output=True, text=True,
+    )
+    # pip fetches the build backend pyproject.toml names (setuptools) into an isolated environment.
+    assert build.returncode == 0, f"building the wheel failed (needs the package index for setuptools):\n{build.stderr}"
     (built,) = out.glob("*.whl")
     return built
 
@@ -39,8 +43,11 @@ def test_the_wheel_holds_every_component_under_its_import_name_only(wheel):
 
 def test_the_installed_components_import_without_the_repo(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, text=True)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
     modules = [IMPORT_NAME] + [f"{IMPORT_NAME}.{module}" for module in COMPONENT_MODULES if module != "__init__"]
     program = (
         "import importlib, importlib.util, sys\n"
