@@ -26,7 +26,7 @@ from pulumi_policy.proxy import unknown_checking_proxy
 from harness import ROOT, STACKS, evaluate, set_path
 
 sys.path.insert(0, str(ROOT / "policy"))
-from model_stack_policy.rules import POLICIES, type_token  # noqa: E402
+from model_stack_policy.rules import POLICIES, names_a_secret, type_token  # noqa: E402
 
 POLICY = {policy.name: policy for policy in POLICIES}
 DIGEST = "sha256:" + "a" * 64
@@ -187,6 +187,15 @@ def test_each_violation_is_reported_with_a_clear_message(policy_name, resource_t
     found = violations(policy_name, resource_type, props, config)
     assert len(found) == 1, found
     assert all(word in found[0] for word in words), found[0]
+
+
+@pytest.mark.parametrize("key,secret", [
+    ("HF_TOKEN", True), ("OPENAI_API_KEY", True), ("apiKeys", True), ("db.password", True),
+    ("AWS_SECRET_ACCESS_KEY", True), ("TOKENIZERS_PARALLELISM", False), ("MAX_TOKENS", False),
+    ("HF_TOKEN_PATH", False), ("PASSWORD_FILE", False), ("KEY", False),
+])
+def test_secret_names_are_told_apart_from_lookalikes(key, secret):
+    assert names_a_secret(key) is secret
 
 
 def test_config_maps_without_credentials_pass():

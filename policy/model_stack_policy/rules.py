@@ -320,9 +320,16 @@ CREDENTIAL_PATTERNS = {
 }
 
 
+# `HF_TOKEN_PATH=/var/run/secrets/hf/token` points at a mounted Secret, which is the right way to pass one.
+_REFERENCE_WORDS = frozenset({"path", "file", "dir", "name", "ref"})
+
+
 def names_a_secret(key: str) -> bool:
-    """`HF_TOKEN`, `apiKey`, `db.password` name secrets; `TOKENIZERS_PARALLELISM` and `MAX_TOKENS` do not."""
+    """`HF_TOKEN`, `apiKey`, `db.password` name secrets; `TOKENIZERS_PARALLELISM`, `MAX_TOKENS` and
+    `PASSWORD_FILE` do not."""
     words = [word.lower() for word in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", key)]
+    if not words or words[-1] in _REFERENCE_WORDS:
+        return False
     return bool(_SECRET_WORDS & set(words)) or any(pair in _SECRET_WORD_PAIRS for pair in zip(words, words[1:]))
 
 
