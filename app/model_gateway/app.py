@@ -1,0 +1,151 @@
+"""The gateway's ASGI application: routes, authentication, limits and middleware."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import os
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .auth import ApiKeys
+from .errors import error_response
+from .logs import configure_logging
+from .metrics import GatewayMetrics
+from .observability import REQUEST_ID_HEADER, ObservabilityMiddleware, request_id
+from .settings import Settings, load_settings
+from .upstream import Upstream
+
+log = logging.getLogger("model_gateway")
+
+# Gateway route -> path appended to GATEWAY_UPSTREAM_BASE_URL, and the methods OpenAI defines for it.
+RELAYED_ROUTES = {
+    "/v1/models": ("/models", ["GET"]),
+    "/v1/chat/completions": ("/chat/completions", ["POST"]),
+    "/v1/completions": ("/completions", ["POST"]),
+}
+# The chat page loads only its own script and style and talks only to this origin.
+_PAGE_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+_MODEL_PLACEHOLDER = "{{GATEWAY_MODEL}}"
+
+
+class RequestTooLarge(Exception):
+    pass
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (RequestTooLarge) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge
+    return bytes(body)
+
+
+def create_app(settings: Settings) -> Starlette:
+    metrics = GatewayMetrics()
+    upstream = Upstream(settings, metrics)
+    api_keys = ApiKeys(settings.api_keys)
+    if not api_keys.enabled:
+        log.warning("GATEWAY_API_KEYS is not set: authentication is disabled and anyone who reaches the API can use it")
+    chat_page_html = (
+        resources.files(__package__)
+        .joinpath("static/index.html")
+        .read_text(encoding="utf-8")
+        .replace(_MODEL_PLACEHOLDER, html.escape(settings.model or ""))
+    )
+
+    def relay_to(upstream_path: str, route: str):
+        async def relay(request: Request) -> Response:
+            rejection = api_keys.rejection(request)
+            if rejection is not None:
+                return rejection
+            try:
+                body = await read_limited_body(request, settings.max_request_bytes)
+            except RequestTooLarge:
+                return error_response(
+                    413,
+                    f"request body exceeds the gateway's limit of {settings.max_request_bytes} bytes",
+                    "invalid_request_error",
+                )
+            return await upstream.relay(request, upstream_path, route, body, request_id(request.scope))
+
+        return relay
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        problem = await upstream.readiness_problem(settings.model)
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ready", "model": settings.model})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    async def chat_page(request: Request) -> Response:
+        return HTMLResponse(chat_page_html, headers=_PAGE_HEADERS)
+
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        return error_response(error.status_code, error.detail, "invalid_request_error", headers=error.headers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        await upstream.aclose()
+
+    routes = [
+        Route("/", chat_page, methods=["GET"]),
+        Mount("/static", StaticFiles(packages=[(__package__, "static")]), name="static"),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    routes += [
+        Route(route, relay_to(upstream_path, route), methods=methods)
+        for route, (upstream_path, methods) in RELAYED_ROUTES.items()
+    ]
+    middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
+    if settings.cors_allow_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_allow_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", REQUEST_ID_HEADER],
+                expose_headers=[REQUEST_ID_HEADER],
+                max_age=600,
+            )
+        )
+    return Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+
+
+def app_from_environment() -> Starlette:
+    """Factory for uvicorn's reload mode, which builds the app afresh in a new worker process (the settings were
+    validated by the parent process already)."""
+    settings = load_settings(os.environ)
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one gateway instance, kept in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import gc_collector, platform_collector, process_collector
+
+# Model calls range from milliseconds (cached, tiny models) to minutes (long generations on a CPU).
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        # A registry per instance, so several gateways in one process (tests) don't share counters.
+        self.registry = CollectorRegistry()
+        process_collector.ProcessCollector(registry=self.registry)
+        platform_collector.PlatformCollector(registry=self.registry)
+        gc_collector.GCCollector(registry=self.registry)
+
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests answered, by route, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from receiving a request to sending the last byte of its response (whole streams included).",
+            ["route", "method"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_first_byte = Histogram(
+            "gateway_stream_first_byte_seconds",
+            "Time from receiving a request to relaying the first byte of its event-stream response.",
+            ["route"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests_in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being answered right now, open streams included.",
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream failures, by route and reason: timeout, unreachable, connection_error, server_error "
+            "(HTTP 5xx) or interrupted (failed while relaying a response).",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens the upstream reported in `usage`, by model and kind (prompt or completion).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

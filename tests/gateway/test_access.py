@@ -1,0 +1,100 @@
+"""Who may call the gateway: API keys on the API, open probes and page, CORS for browsers on other origins."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway_helpers import API_KEY, chat_request
+
+
+@pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        (None, 'Bearer realm="model-gateway"'),
+        (f"Basic {API_KEY}", 'Bearer realm="model-gateway"'),
+        ("Bearer", 'Bearer realm="model-gateway"'),
+        ("Bearer wrong-key", 'Bearer realm="model-gateway", error="invalid_token"'),
+        (f"Bearer {API_KEY}x", 'Bearer realm="model-gateway", error="invalid_token"'),
+    ],
+)
+def test_requests_without_an_accepted_key_get_401_with_a_bearer_challenge(
+    gateway_url, upstream, authorization, challenge
+):
+    headers = {"authorization": authorization} if authorization else {}
+
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request(), headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert upstream.requests == []
+
+
+def test_every_configured_key_is_accepted(start_gateway):
+    gateway_url = start_gateway(API_KEYS="first-key,second-key")
+
+    statuses = [
+        httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"bearer {key}"}).status_code
+        for key in ("first-key", "second-key", "third-key")
+    ]
+
+    assert statuses == [200, 200, 401]
+
+
+def test_without_keys_the_api_is_open(start_gateway):
+    gateway_url = start_gateway(API_KEYS=None)
+
+    assert httpx.get(f"{gateway_url}/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics", "/"])
+def test_probes_metrics_and_page_need_no_key(gateway_url, path):
+    assert httpx.get(f"{gateway_url}{path}").status_code == 200
+
+
+def test_cors_preflight_from_an_allowed_origin_is_answered_without_a_key(start_gateway):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    response = httpx.options(
+        f"{gateway_url}/v1/chat/completions",
+        headers={
+            "origin": "https://chat.example.com",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type",
+        },
+    )
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+def test_cors_headers_are_on_api_answers_errors_included(start_gateway):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    rejected = httpx.get(f"{gateway_url}/v1/models", headers={"origin": "https://chat.example.com"})
+
+    assert rejected.status_code == 401
+    assert rejected.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert "x-request-id" in rejected.headers["access-control-expose-headers"].lower()
+
+
+def test_cors_refuses_other_origins(start_gateway):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    preflight = httpx.options(
+        f"{gateway_url}/v1/models",
+        headers={"origin": "https://evil.example", "access-control-request-method": "GET"},
+    )
+
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_without_cors_origins_no_cors_headers_are_sent(client):
+    response = client.get("/v1/models", headers={"origin": "https://chat.example.com"})
+
+    assert response.status_code == 200
+    assert not any(name.startswith("access-control-") for name in response.headers)
