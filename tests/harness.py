@@ -81,10 +81,6 @@ class Resource:
         """Inputs with secret markers removed (what the API server would receive)."""
         return unwrap(self.inputs)
 
-    @property
-    def provider_urn(self) -> str:
-        """The URN part of the provider reference (`urn::id`)."""
-        return self.provider.rsplit("::", 1)[0] if self.provider else ""
 
 
 @dataclass
@@ -101,12 +97,6 @@ class Evaluation:
         found = [r for r in self.of_type(type_) if name is None or r.name == name]
         assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
         return found[0]
-
-    def by_urn(self, urn: str) -> Resource:
-        return next(resource for resource in self.resources if resource.urn == urn)
-
-    def children(self, parent: Resource) -> list[Resource]:
-        return [resource for resource in self.resources if resource.parent == parent.urn]
 
     def kubernetes_objects(self) -> Iterator[tuple[Resource, dict[str, Any]]]:
         """Every Kubernetes object the program applies, including those inside ConfigGroups."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Iterator, Optional, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 
@@ -77,9 +76,6 @@ class Section(BaseModel):
         """Rules between this section's own fields; sections override it."""
         return iter(())
 
-    def alias(self, field_name: str) -> str:
-        return type(self).model_fields[field_name].alias or field_name
-
 
 def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:
     close = difflib.get_close_matches(key, allowed, n=1)
@@ -126,53 +122,6 @@ def matching(pattern: str, description: str) -> AfterValidator:
     return AfterValidator(validate)
 
 
-DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-
-K8sName = Annotated[str, matching(DNS_LABEL, "a lowercase DNS label (a-z, 0-9, '-', at most 63 characters)")]
-"""A Kubernetes object name that is also valid as a DNS label (Services, Namespaces)."""
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-_QUANTITY = re.compile(r"(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
-_QUANTITY_FACTOR = {
-    None: 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-    "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-
-
-def quantity_value(quantity: str) -> Decimal:
-    """The number a Kubernetes quantity stands for (bytes, cores, ...), for comparing two quantities."""
-    match = _QUANTITY.fullmatch(quantity)
-    if not match:
-        raise ValueError(quantity)
-    try:
-        return Decimal(match["number"]) * _QUANTITY_FACTOR[match["suffix"]]
-    except InvalidOperation as error:  # pragma: no cover - the regex admits only decimal numbers
-        raise ValueError(quantity) from error
-
-
-def _positive_quantity(value: str | int | float) -> str:
-    text = str(value)
-    if not _QUANTITY.fullmatch(text) or quantity_value(text) <= 0:
-        raise ValueError("must be a positive Kubernetes quantity such as 500m, 2, 512Mi or 20Gi")
-    return text
-
-
-Quantity = Annotated[str, AfterValidator(_positive_quantity)]
-"""A positive Kubernetes resource quantity (`500m`, `2`, `16Gi`); numbers in YAML are accepted as quantities."""
-
-_DURATION = re.compile(r"([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+")
-
-
-def duration_seconds(duration: str) -> float:
-    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-    return sum(float(number) * units[unit] for number, _, unit in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|ms|s|m|h)", duration))
-
-
-Duration = Annotated[str, matching(_DURATION.pattern, "a duration such as 30s, 1m30s or 500ms")]
-"""A Go-style duration, as Docker and Knative spell them."""
-
-
 # --- image references ----------------------------------------------------------------------------------------
 # Grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept).
 
@@ -183,12 +132,11 @@ _IMAGE_REFERENCE = re.compile(
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
     r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
 )
-FLOATING_TAGS = frozenset({"latest", "main", "master", "nightly", "edge", "stable", "dev"})
 
 
 @dataclass(frozen=True)
 class ImageReference:
-    """A parsed image reference; `registry` is the explicit registry host, or None for Docker Hub."""
+    """A parsed image reference."""
 
     name: str
     tag: Optional[str]
@@ -202,23 +150,8 @@ class ImageReference:
         return cls(name=match["name"], tag=match["tag"], digest=match["digest"])
 
     @property
-    def canonical_name(self) -> str:
-        """The fully qualified repository, as Docker resolves it: `vllm/vllm-openai` is `docker.io/vllm/vllm-openai`."""
-        first, _, rest = self.name.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost"):
-            return self.name
-        return f"docker.io/{self.name}" if rest else f"docker.io/library/{self.name}"
-
-    @property
     def pinned(self) -> bool:
         return self.digest is not None
-
-    @property
-    def floating(self) -> bool:
-        return self.digest is None and (self.tag is None or self.tag in FLOATING_TAGS)
-
-    def __str__(self) -> str:
-        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
 
 def _image_reference(value: str) -> str:

@@ -38,9 +38,6 @@ class StackSecrets:
     def read(cls, config: pulumi.Config) -> "StackSecrets":
         return cls(**{field.name: config.get_secret(key) for key, field in _FIELDS.items()})
 
-    def is_set(self, key: str) -> bool:
-        return getattr(self, _FIELDS[key].name) is not None
-
     def problems(self, config: "StackConfig") -> Iterator[Problem]:
         """Secrets that the rest of the config requires."""
         return iter(())
