@@ -16,6 +16,11 @@ from pydantic import ValidationError
 
 from .base import ImageReference, Problem, Section, image_fields, join_key, section_at, unknown_key_problem
 from .cluster import ClusterConfig
+from .docker import DockerConfig
+from .gateway import GatewayConfig
+from .images import ImagesConfig
+from .knative import KnativeConfig
+from .runner import RunnerConfig
 from .secrets import SECRET_KEYS, StackSecrets
 
 
@@ -43,6 +48,21 @@ class StackConfig(Section):
 
     cluster: ClusterConfig = ClusterConfig()
     """The Kubernetes cluster (ignored when `runtime` is `docker`)."""
+
+    images: ImagesConfig = ImagesConfig()
+    """Image builds, registries and mirrors."""
+
+    knative: KnativeConfig = KnativeConfig()
+    """Knative Serving and Kourier (installed when a workload is served through Knative)."""
+
+    runner: RunnerConfig = RunnerConfig()
+    """The model runner."""
+
+    gateway: GatewayConfig = GatewayConfig()
+    """The gateway in front of the model runner."""
+
+    docker: DockerConfig = DockerConfig()
+    """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
     def check(self, path: str) -> Iterator[Problem]:
         if self.environment == "production":
