@@ -65,6 +65,7 @@ BAD_DOCUMENTS = [
     ({"model-stack:environment": "staging"}, "config/model-stack:environment"),
     ({"model-stack:runtme": "docker"}, "config"),
     ({"model-stack:cluster": {"provder": "kind"}}, "config/model-stack:cluster"),
+    ({"model-stack:cluster": {"kubernetesVersion": "v1.32"}}, "config/model-stack:cluster/kubernetesVersion"),
     ({"model-stack:hfToken": "hf_plaintext"}, "config/model-stack:hfToken"),
 ]
 

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Optional, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.alias_generators import to_camel
+from pydantic_core import core_schema
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,26 @@ def _section_in(annotation: Any) -> Any:
 # --- value types ---------------------------------------------------------------------------------------------
 
 
-def matching(pattern: str, description: str) -> AfterValidator:
-    """A validator for strings that must match `pattern`; the error says `must be <description>`."""
-    compiled = re.compile(pattern)
+@dataclass(frozen=True)
+class matching:
+    """Annotated metadata for strings that must fully match `pattern`; the error says `must be <description>`,
+    and the pattern shows in the generated JSON Schema so editors flag a bad value while it is typed."""
 
-    def validate(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(f"must be {description}")
-        return value
+    pattern: str
+    description: str
 
-    return AfterValidator(validate)
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        compiled = re.compile(self.pattern)
+
+        def validate(value: str) -> str:
+            if not compiled.fullmatch(value):
+                raise ValueError(f"must be {self.description}")
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        return {**handler(schema), "pattern": f"^(?:{self.pattern})$"}
 
 
 # --- image references ----------------------------------------------------------------------------------------
