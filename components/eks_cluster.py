@@ -187,7 +187,7 @@ class EksCluster(pulumi.ComponentResource):
             reclaim_policy="Delete",
             # EFS is regional: a volume is reachable from every zone, so there is no reason to wait for a pod.
             volume_binding_mode="Immediate",
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[efs_csi_driver]),
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster, efs_csi_driver]),
         )
         k8s.helm.v4.Chart(
             f"{name}-nvidia-device-plugin",

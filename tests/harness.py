@@ -148,6 +148,7 @@ MOCK_OUTPUTS: dict[str, MockOutputs] = {
         "kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [{"name": args.name}]}),
         "clusterSecurityGroupId": f"sg-{args.name}",
     },
+    "aws:iam/role:Role": lambda args: {"arn": f"arn:aws:iam::123456789012:role/{args.name}"},
     # What a command printed; the kind cluster's create command prints its kubeconfig.
     "command:local:Command": lambda args: {"stdout": f"# stdout of {args.name}\n"},
     "pulumi:pulumi:StackReference": lambda args: {
