@@ -96,6 +96,9 @@ class EksCluster(pulumi.ComponentResource):
     model_cache_storage_class: pulumi.Output[str]
     """Storage class of the shared (ReadWriteMany, EFS) model cache."""
 
+    provider: k8s.Provider
+    """Kubernetes provider for the cluster, for every object the stack puts in it."""
+
     def __init__(self, name: str, args: EksClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:EksCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -149,7 +152,7 @@ class EksCluster(pulumi.ComponentResource):
             opts=child,
         )
 
-        file_system_id = self._model_cache_file_system(name, args, cluster)
+        file_system_id, mount_targets = self._model_cache_file_system(name, args, cluster)
         addon_opts = pulumi.ResourceOptions(parent=self, depends_on=[cluster, system_nodes])
         pod_identity_agent = aws.eks.Addon(
             f"{name}-pod-identity-agent", cluster_name=args["name"], addon_name="eks-pod-identity-agent", opts=addon_opts,
@@ -187,7 +190,10 @@ class EksCluster(pulumi.ComponentResource):
             reclaim_policy="Delete",
             # EFS is regional: a volume is reachable from every zone, so there is no reason to wait for a pod.
             volume_binding_mode="Immediate",
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster, efs_csi_driver]),
+            # Pods can mount a volume only once the file system has a mount target in their zone.
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=self.provider, depends_on=[cluster, efs_csi_driver, *mount_targets]
+            ),
         )
         k8s.helm.v4.Chart(
             f"{name}-nvidia-device-plugin",
@@ -235,7 +241,9 @@ class EksCluster(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _model_cache_file_system(self, name: str, args: EksClusterArgs, cluster: "eks.Cluster") -> pulumi.Output[str]:
+    def _model_cache_file_system(
+        self, name: str, args: EksClusterArgs, cluster: "eks.Cluster"
+    ) -> tuple[pulumi.Output[str], list["aws.efs.MountTarget"]]:
         child = pulumi.ResourceOptions(parent=self)
         nfs = aws.ec2.SecurityGroup(
             f"{name}-model-cache-nfs",
@@ -258,7 +266,7 @@ class EksCluster(pulumi.ComponentResource):
             tags={"Name": f"{args['name']}-model-cache"},
             opts=child,
         )
-        for index, subnet in enumerate(args["private_subnet_ids"]):
+        mount_targets = [
             aws.efs.MountTarget(
                 f"{name}-model-cache-{index}",
                 file_system_id=file_system.id,
@@ -266,4 +274,6 @@ class EksCluster(pulumi.ComponentResource):
                 security_groups=[nfs.id],
                 opts=child,
             )
-        return file_system.id
+            for index, subnet in enumerate(args["private_subnet_ids"])
+        ]
+        return file_system.id, mount_targets

@@ -71,6 +71,9 @@ class KindCluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     """Secret: kubeconfig of the cluster (API server on 127.0.0.1)."""
 
+    provider: k8s.Provider
+    """Kubernetes provider for the cluster, for every object the stack puts in it."""
+
     def __init__(self, name: str, args: KindClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:KindCluster", name, None, opts)
         config = kind_cluster_config(args["name"], args["node_image"], args["workers"], args.get("port_mappings", []))

@@ -325,6 +325,8 @@ def test_model_cache_storage_class_is_efs_access_points(prod):
     mount_targets = prod.of_type("aws:efs/mountTarget:MountTarget")
     cluster = prod.one("eks:index:Cluster", "eks").inputs
     assert sorted(m.inputs["subnetId"] for m in mount_targets) == sorted(cluster["privateSubnetIds"])
+    storage_class_dependencies = prod.one("kubernetes:storage.k8s.io/v1:StorageClass").dependencies
+    assert {m.urn for m in mount_targets} <= set(storage_class_dependencies)
     nfs = prod.one("aws:ec2/securityGroup:SecurityGroup").inputs["ingress"]
     assert nfs == [{"protocol": "tcp", "fromPort": 2049, "toPort": 2049, "securityGroups": ["sg-eks"]}]
 
