@@ -74,7 +74,7 @@ def provision_cluster(config: StackConfig, secrets: StackSecrets) -> ClusterHand
 
 def _kind_cluster(cluster: ClusterConfig) -> ClusterHandle:
     node_image = KIND_NODE_IMAGES[cluster.kubernetes_version]
-    # `pulumi preview` registers nothing on this machine, so it works where kind is absent (CI runners).
+    # Only an update runs kind and docker commands: `pulumi preview` must work where they are absent (CI runners).
     if not pulumi.runtime.is_dry_run():
         check_kind_host(node_image.kind_version)
     settings = cluster.kind
