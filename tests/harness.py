@@ -7,6 +7,7 @@ provider, dependencies and resource options, plus the stack outputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -15,6 +16,7 @@ import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+from unittest import mock
 
 import pulumi
 import yaml
@@ -140,7 +142,20 @@ def _decode(value: Any) -> Any:
 
 # Outputs a real provider would compute, per resource type. Each returns extra state merged over the inputs.
 MockOutputs = Callable[[pulumi_mocks.MockResourceArgs], dict[str, Any]]
-MOCK_OUTPUTS: dict[str, MockOutputs] = {}
+MOCK_OUTPUTS: dict[str, MockOutputs] = {
+    # pulumi-eks's Cluster is a multi-language component: one resource under mocks, outputs made up here.
+    "eks:index:Cluster": lambda args: {
+        "kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [{"name": args.name}]}),
+        "clusterSecurityGroupId": f"sg-{args.name}",
+    },
+    "aws:iam/role:Role": lambda args: {"arn": f"arn:aws:iam::123456789012:role/{args.name}"},
+    # What a command printed; the kind cluster's create command prints its kubeconfig.
+    "command:local:Command": lambda args: {"stdout": f"# stdout of {args.name}\n"},
+    "pulumi:pulumi:StackReference": lambda args: {
+        "outputs": {"kubeconfig": FAKE_SECRETS["kubeconfig"]},
+        "secretOutputNames": ["kubeconfig"],
+    },
+}
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -199,12 +214,27 @@ class _WarningCollector(logging.Handler):
         self.evaluation.warnings.append(record.getMessage())
 
 
-def stack_config(stack: str) -> dict[str, Any]:
-    """The `config:` map of Pulumi.<stack>.yaml, keys without the project prefix."""
+# Namespaces of provider settings a stack file may hold besides the project's own keys (e.g. `aws:region`).
+PROVIDER_NAMESPACES = frozenset({"aws"})
+
+
+def _stack_document(stack: str) -> dict[str, Any]:
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
+    return document.get("config") or {}
+
+
+def provider_config(stack: str) -> dict[str, Any]:
+    """Provider settings of Pulumi.<stack>.yaml (`aws:region`), full keys."""
+    return {key: value for key, value in _stack_document(stack).items() if key.partition(":")[0] in PROVIDER_NAMESPACES}
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The project's keys in the `config:` map of Pulumi.<stack>.yaml, without the project prefix."""
     config = {}
-    for key, value in (document.get("config") or {}).items():
+    for key, value in _stack_document(stack).items():
         namespace, _, name = key.partition(":")
+        if namespace in PROVIDER_NAMESPACES:
+            continue
         assert namespace == PROJECT, f"Pulumi.{stack}.yaml: key {key!r} is outside the {PROJECT} namespace"
         assert not (isinstance(value, dict) and "secure" in value), (
             f"Pulumi.{stack}.yaml: {key} is encrypted; tests supply secrets through FAKE_SECRETS"
@@ -254,31 +284,37 @@ def evaluate(
     set: Optional[dict[str, Any]] = None,
     secrets: Optional[dict[str, str]] = None,
     preview: bool = False,
+    check_host: bool = False,
 ) -> Evaluation:
-    """Runs __main__.py for a stack. `set` applies `--path` overrides; `secrets` replaces FAKE_SECRETS."""
-    evaluation, error = run(stack, set, secrets, preview)
+    """Runs __main__.py for a stack. `set` applies `--path` overrides; `secrets` replaces FAKE_SECRETS;
+    `check_host` runs the kind provider's check of this machine's tools (skipped by default)."""
+    evaluation, error = run(stack, set, secrets, preview, check_host)
     if error is not None:
         raise error
     return evaluation
 
 
 def evaluate_failure(
-    stack: str, set: Optional[dict[str, Any]] = None, secrets: Optional[dict[str, str]] = None
+    stack: str,
+    set: Optional[dict[str, Any]] = None,
+    secrets: Optional[dict[str, str]] = None,
+    check_host: bool = False,
 ) -> tuple[BaseException, Evaluation]:
     """Runs a config that must fail; returns the error and what was registered before it."""
-    evaluation, error = run(stack, set, secrets, preview=False)
+    evaluation, error = run(stack, set, secrets, preview=False, check_host=check_host)
     assert error is not None, f"stack {stack} with {set} evaluated without error"
     return error, evaluation
 
 
 def run(
-    stack: str, set: Optional[dict[str, Any]], secrets: Optional[dict[str, str]], preview: bool
+    stack: str, set: Optional[dict[str, Any]], secrets: Optional[dict[str, str]], preview: bool, check_host: bool = False
 ) -> tuple[Evaluation, Optional[BaseException]]:
     config = copy.deepcopy(stack_config(stack))
     for path, value in (set or {}).items():
         set_path(config, path, value)
     secret_values = FAKE_SECRETS if secrets is None else secrets
-    wire = {f"{PROJECT}:{key}": _wire(value) for key, value in config.items()}
+    wire = {key: _wire(value) for key, value in provider_config(stack).items()}
+    wire.update({f"{PROJECT}:{key}": _wire(value) for key, value in config.items()})
     wire.update({f"{PROJECT}:{key}": value for key, value in secret_values.items()})
 
     evaluation = Evaluation(stack)
@@ -295,8 +331,12 @@ def run(
     # set_mocks registers and finishes a root stack of its own; run the program the way the CLI's language
     # host does instead, inside a fresh root stack that collects `pulumi.export`s.
     pulumi_settings.ROOT.set(None)
+    # The kind provider checks this machine for docker and kind before `pulumi up`; tests run where neither is
+    # installed, so the check is skipped unless a test asks for it (and fakes the machine itself).
+    host_check = contextlib.nullcontext() if check_host else mock.patch("stacks.cluster.check_kind_host")
     try:
-        _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+        with host_check:
+            _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     except Exception as error:  # noqa: BLE001 - handed to the caller, which decides what is expected
         return evaluation, error
     return evaluation, None

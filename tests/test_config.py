@@ -9,7 +9,7 @@ BAD_INPUTS = [
     # (stack, overrides, key named in the message, text that must appear)
     ("dev", {"environment": "staging"}, "environment", "'development' or 'production'"),
     ("dev", {"runtme": "docker"}, "runtme", "did you mean 'runtime'"),
-    ("dev", {"cluster.provder": "kind"}, "cluster.provder", "allowed here: kubernetesVersion, provider"),
+    ("dev", {"cluster.provder": "kind"}, "cluster.provder", "did you mean 'provider'"),
     ("dev", {"cluster.kubernetesVersion": "v1.32"}, "cluster.kubernetesVersion", "1.32"),
     ("dev", {"cluster": "kind"}, "cluster", "map of settings"),
     ("dev", {"kubeconfig": "apiVersion: v1"}, "kubeconfig", "--secret"),

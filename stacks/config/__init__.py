@@ -65,6 +65,12 @@ class StackConfig(Section):
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
     def check(self, path: str) -> Iterator[Problem]:
+        if self.environment == "production" and self.runtime == "kubernetes" and self.cluster.provider == "kind":
+            yield Problem(
+                join_key(join_key(path, "cluster"), "provider"),
+                "production stacks need a real cluster: use existing or eks (kind runs on one machine)",
+                "kind",
+            )
         if self.environment == "production":
             for key, reference in image_fields(self, path):
                 if not ImageReference.parse(reference).pinned:

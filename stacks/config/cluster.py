@@ -2,15 +2,155 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Iterator, Literal, Optional
 
-from .base import Section, matching
+from pydantic import Field
+
+from .base import Problem, Section, join_key, matching
+
+
+@dataclass(frozen=True)
+class KindNodeImage:
+    kind_version: str
+    """The kind release that built the image: kind supports a node image only with the release it shipped in."""
+
+    image: str
+    """Digest-pinned: kind's release notes say the tag alone does not guarantee an image built for that release."""
+
+
+# From the "Images pre-built for this release" lists of https://github.com/kubernetes-sigs/kind/releases
+# (v0.30.0; 1.30 was last built by v0.29.0).
+KIND_NODE_IMAGES = {
+    "1.34": KindNodeImage("0.30.0", "kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"),
+    "1.33": KindNodeImage("0.30.0", "kindest/node:v1.33.4@sha256:25a6018e48dfcaee478f4a59af81157a437f15e6e140bf103f85a2e7cd0cbbf2"),
+    "1.32": KindNodeImage("0.30.0", "kindest/node:v1.32.8@sha256:abd489f042d2b644e2d033f5c2d900bc707798d075e8186cb65e3f1367a9d5a1"),
+    "1.31": KindNodeImage("0.30.0", "kindest/node:v1.31.12@sha256:0f5cc49c5e73c0c2bb6e2df56e7df189240d83cf94edfa30946482eb08ec57d2"),
+    "1.30": KindNodeImage("0.29.0", "kindest/node:v1.30.13@sha256:397209b3d947d154f6641f2d0ce8d473732bd91c87d9575ade99049aa33cd648"),
+}
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class KindSettings(Section):
+    """A local kind cluster with a local image registry."""
+
+    name: Annotated[str, matching(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?", "a lowercase DNS label of at most 32 characters")] = "model-stack"
+    """Cluster name (`kind get clusters`); kubectl's context becomes `kind-<name>`."""
+
+    workers: Annotated[int, Field(ge=0, le=8)] = 2
+    """Worker nodes besides the control plane. Two by default, so spreading and disruption budgets behave as on a
+    real cluster while a laptop still copes."""
+
+    http_host_port: Port = 80
+    """Host port (on 127.0.0.1) that reaches the ingress's HTTP node port, so Knative URLs such as
+    `http://gateway.models.127.0.0.1.sslip.io` work without a port. Pick another if 80 is taken."""
+
+    https_host_port: Port = 443
+    """Host port (on 127.0.0.1) that reaches the ingress's HTTPS node port."""
+
+    registry_port: Port = 5001
+    """Host port of the local registry (`localhost:<port>`): images are pushed there and the nodes pull the same
+    name. 5001 as in kind's docs, because macOS's AirPlay receiver holds 5000."""
+
+
+class ExistingSettings(Section):
+    """Where the kubeconfig of an existing cluster comes from, besides the `kubeconfig` secret."""
+
+    kubeconfig_path: Optional[str] = None
+    """Path of a kubeconfig file on the machine running Pulumi (`~` expands). Only the path is stored in the
+    state, so exec-based credentials (`aws eks get-token`, `gke-gcloud-auth-plugin`) keep refreshing."""
+
+    stack_reference: Optional[str] = None
+    """`<org>/<project>/<stack>` of a stack that exports the cluster's kubeconfig (e.g. a platform team's
+    cluster stack)."""
+
+    stack_output: str = "kubeconfig"
+    """Name of the kubeconfig output of `stackReference`."""
+
+    context: Optional[str] = None
+    """Kubeconfig context to use; unset uses the kubeconfig's current context."""
+
+
+class NodeGroupSize(Section):
+    """Size bounds of a managed node group."""
+
+    min_size: Annotated[int, Field(ge=0)]
+    """Fewest nodes the group scales down to."""
+
+    max_size: Annotated[int, Field(ge=1)]
+    """Most nodes the group scales up to."""
+
+    desired_size: Annotated[int, Field(ge=0)]
+    """Nodes at creation; later changes by an autoscaler are left alone."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        if not self.min_size <= self.desired_size <= self.max_size:
+            yield Problem(
+                join_key(path, "desiredSize"), "must lie between minSize and maxSize",
+                f"{self.min_size} <= {self.desired_size} <= {self.max_size}",
+            )
+
+
+class EksSettings(Section):
+    """An Amazon EKS cluster with a system and a GPU node group and EFS for the shared model cache. The region is
+    the AWS provider's `aws:region`."""
+
+    vpc_id: Annotated[str, matching(r"vpc-[0-9a-f]{8,17}", "a VPC id such as vpc-0a1b2c3d4e5f67890")]
+    """VPC the cluster runs in (required: production clusters live in a VPC the network team owns)."""
+
+    private_subnet_ids: Annotated[list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]], Field(min_length=2)]
+    """Private subnets for nodes and EFS mount targets, one per availability zone (EKS needs two zones at least)."""
+
+    public_subnet_ids: list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]] = []
+    """Public subnets for internet-facing load balancers; empty keeps every load balancer internal."""
+
+    system_instance_type: str = "m6i.large"
+    """Instance type of the system node group (gateway, Knative, cluster add-ons): 2 vCPU / 8 GiB is ample."""
+
+    system_nodes: NodeGroupSize = NodeGroupSize(minSize=2, maxSize=4, desiredSize=2)
+    """System node group size: two nodes at least, so add-ons survive a node replacement."""
+
+    gpu_instance_type: str = "g5.xlarge"
+    """Instance type of the GPU node group: one NVIDIA A10G (24 GiB), the smallest that serves 7-8B models."""
+
+    gpu_nodes: NodeGroupSize = NodeGroupSize(minSize=1, maxSize=4, desiredSize=1)
+    """GPU node group size. Nodes carry the taint `nvidia.com/gpu=true:NoSchedule`, so only pods that tolerate it
+    (the model runner) land there."""
+
+    deletion_protection: bool = True
+    """Refuse to delete the EKS cluster (set false before tearing a stack down)."""
 
 
 class ClusterConfig(Section):
-    provider: Literal["kind", "existing"] = "kind"
-    """`kind` creates a local multi-node cluster; `existing` deploys into a cluster you already run."""
+    provider: Literal["kind", "existing", "eks"] = "kind"
+    """`kind` creates a local multi-node cluster with a local registry; `existing` deploys into a cluster you
+    already run (see `existing`); `eks` creates an Amazon EKS cluster with GPU nodes (needs `pip install
+    model-stack[eks]`)."""
 
     kubernetes_version: Annotated[str, matching(r"1\.[0-9]{2}", "a Kubernetes minor version such as 1.32")] = "1.32"
     """Minor Kubernetes version the cluster runs (`1.32`): picks the kind node image and the schema every
     emitted object is validated against."""
+
+    kind: KindSettings = KindSettings()
+    """Settings of the kind cluster (provider `kind`)."""
+
+    existing: ExistingSettings = ExistingSettings()
+    """Where an existing cluster's kubeconfig comes from (provider `existing`): exactly one of the `kubeconfig`
+    secret, `existing.kubeconfigPath` or `existing.stackReference`."""
+
+    eks: Optional[EksSettings] = None
+    """Settings of the EKS cluster (provider `eks`, where `eks.vpcId` and `eks.privateSubnetIds` are required)."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        for section in ("kind", "existing", "eks"):
+            if section in self.model_fields_set and section != self.provider:
+                yield Problem(join_key(path, section), f"applies only when provider is {section}", self.provider)
+        if self.provider == "kind" and self.kubernetes_version not in KIND_NODE_IMAGES:
+            yield Problem(
+                join_key(path, "kubernetesVersion"),
+                f"kind node images are pinned for {', '.join(KIND_NODE_IMAGES)} only",
+                self.kubernetes_version,
+            )
+        if self.provider == "eks" and self.eks is None:
+            yield Problem(join_key(path, "eks"), "is required when provider is eks (set eks.vpcId and eks.privateSubnetIds)")

@@ -40,7 +40,21 @@ class StackSecrets:
 
     def problems(self, config: "StackConfig") -> Iterator[Problem]:
         """Secrets that the rest of the config requires."""
-        return iter(())
+        cluster = config.cluster
+        if config.runtime == "kubernetes" and cluster.provider == "existing":
+            sources = {
+                "kubeconfig": self.kubeconfig is not None,
+                "cluster.existing.kubeconfigPath": cluster.existing.kubeconfig_path is not None,
+                "cluster.existing.stackReference": cluster.existing.stack_reference is not None,
+            }
+            given = [key for key, present in sources.items() if present]
+            if len(given) != 1:
+                yield Problem(
+                    "cluster.existing",
+                    "an existing cluster needs exactly one kubeconfig source: the `kubeconfig` secret, "
+                    "cluster.existing.kubeconfigPath or cluster.existing.stackReference",
+                    ", ".join(given) or "none",
+                )
 
 
 def _camel(name: str) -> str:
