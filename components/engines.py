@@ -1,0 +1,253 @@
+"""What each model-serving engine needs to run one model behind an OpenAI-compatible API.
+
+An `EngineProfile` knows an engine's image, port and API path, which endpoint says the process is alive and which
+says the configured model can answer, how the model gets into the persistent cache before the engine serves
+(so a restart never downloads it again), and which writable directories and hardware it needs. The Kubernetes
+and Docker runtimes both render their containers from a profile; neither knows engine specifics.
+
+Endpoints and flags, per engine (checked against each project's docs and code):
+- Docker Model Runner (docker/model-runner): `MODEL_RUNNER_PORT` switches it from a unix socket to TCP;
+  `MODELS_PATH` is its model store; OpenAI API under `/engines/v1`; `POST /models/create {"from": ...}` pulls;
+  `GET /engines/v1/models/<model>` answers 404 until the model is in the store. Models load on first request.
+  The image has no HTTP client, so the pull runs from a small sidecar that stays up (it is also what re-pulls
+  after someone deletes the store), and readiness gates traffic until the model is there.
+- vLLM (vllm/vllm-openai): `vllm serve <model>`; the API server only listens once the engine has loaded the
+  weights, so `/v1/models` answering means the model can serve; `/health` is the cheap liveness check. Weights
+  come from the Hugging Face cache (`HF_HOME`); the pre-pull runs `snapshot_download` (idempotent: files already
+  in the cache are not fetched again) and the server runs with `HF_HUB_OFFLINE=1`, so a restart never touches the
+  hub. Tensor parallelism needs a memory-backed `/dev/shm`.
+- Ollama (ollama/ollama): `/` answers "Ollama is running"; models live in `OLLAMA_MODELS`; the pre-pull starts a
+  private `ollama serve` in the init container and runs `ollama pull` (a no-op when the layers are present);
+  readiness runs `ollama show <model>`, which fails until the model is in the store. It writes its identity key
+  under `$HOME/.ollama`, so HOME is a writable emptyDir.
+- llama.cpp server (ghcr.io/ggml-org/llama.cpp:server): `/health` answers 503 while the model loads and 200 once
+  it can serve; the model is one GGUF file, fetched with the image's curl into the cache unless already there.
+
+All four run as an arbitrary non-root UID when HOME and the cache are writable, so every profile complies with
+the "restricted" Pod Security Standard with a read-only root filesystem.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Optional
+
+CACHE_MOUNT_PATH = "/models"
+HOME_PATH = "/home/engine"
+TMP_PATH = "/tmp"
+SHM_PATH = "/dev/shm"
+HF_TOKEN_ENV = "HF_TOKEN"
+MODEL_ENV = "MODEL"
+
+
+@dataclass(frozen=True)
+class ProbeAction:
+    """How a probe asks the engine something: an HTTP GET on its port, or a command in its container."""
+
+    http_path: Optional[str] = None
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PullStep:
+    """How the model gets into the cache before the engine serves it.
+
+    `init` steps run to completion before the engine starts; `sidecar` steps need the engine running (they
+    talk to its API) and keep running beside it, while readiness holds traffic back until the model is there.
+    """
+
+    mode: str
+    command: tuple[str, ...]
+    image: Optional[str] = None
+    """None: the engine's own image (it has the tools the step needs)."""
+
+
+@dataclass(frozen=True)
+class EngineContainer:
+    """An engine rendered for one model: everything a runtime needs to build its container."""
+
+    image: str
+    port: int
+    api_base_path: str
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    env: dict[str, str]
+    liveness: ProbeAction
+    model_ready: ProbeAction
+    pull: PullStep
+    writable_paths: tuple[str, ...]
+    shared_memory: bool
+    needs_gpu: bool
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    name: str
+    image: str
+    port: int
+    api_base_path: str
+    liveness_path: str
+    model_pattern: str
+    model_example: str
+    needs_gpu: bool = False
+    shared_memory: bool = False
+
+    def model_problem(self, model: str) -> Optional[str]:
+        """Why `model` cannot name a model for this engine, or None."""
+        if re.fullmatch(self.model_pattern, model):
+            return None
+        return f"must name a {self.name} model such as {self.model_example!r}"
+
+    def render(self, model: str, port: Optional[int] = None, image: Optional[str] = None) -> EngineContainer:
+        port = port or self.port
+        command, args, env, model_ready, pull = _RENDERERS[self.name](model, port)
+        return EngineContainer(
+            image=image or self.image,
+            port=port,
+            api_base_path=self.api_base_path,
+            command=command,
+            args=args,
+            env={"HOME": HOME_PATH, **env},
+            liveness=ProbeAction(http_path=self.liveness_path),
+            model_ready=model_ready,
+            pull=pull,
+            writable_paths=(HOME_PATH, TMP_PATH),
+            shared_memory=self.shared_memory,
+            needs_gpu=self.needs_gpu,
+        )
+
+
+def _sh(script: str) -> tuple[str, ...]:
+    return ("sh", "-ec", script)
+
+
+def _docker_model_runner(model: str, port: int):
+    store = f"{CACHE_MOUNT_PATH}/docker-model-runner"
+    pull = _sh(
+        f'until curl -fsS "http://127.0.0.1:{port}/models" >/dev/null; do sleep 2; done\n'
+        f'curl -fsS -X POST "http://127.0.0.1:{port}/models/create" -H "Content-Type: application/json" '
+        f'--data "{{\\"from\\": \\"${MODEL_ENV}\\"}}"\n'
+        "exec sleep 2147483647"
+    )
+    return (
+        (),
+        (),
+        {"MODEL_RUNNER_PORT": str(port), "MODELS_PATH": store, MODEL_ENV: model},
+        ProbeAction(http_path=f"/engines/v1/models/{model}"),
+        PullStep(mode="sidecar", command=pull, image=PULL_SIDECAR_IMAGE),
+    )
+
+
+def _vllm(model: str, port: int):
+    download = (
+        "python3", "-c",
+        "import os; from huggingface_hub import snapshot_download; "
+        f"snapshot_download(os.environ['{MODEL_ENV}'], token=os.environ.get('{HF_TOKEN_ENV}') or None)",
+    )
+    return (
+        ("vllm", "serve"),
+        (model, "--host", "0.0.0.0", "--port", str(port), "--served-model-name", model),
+        {"HF_HOME": f"{CACHE_MOUNT_PATH}/huggingface", "HF_HUB_OFFLINE": "1", MODEL_ENV: model},
+        ProbeAction(http_path="/v1/models"),
+        PullStep(mode="init", command=download),
+    )
+
+
+def _ollama(model: str, port: int):
+    pull = _sh(
+        "ollama serve & server=$!\n"
+        "until ollama list >/dev/null 2>&1; do sleep 1; done\n"
+        f'status=0; ollama pull "${MODEL_ENV}" || status=$?\n'
+        'kill "$server"; exit "$status"'
+    )
+    return (
+        (),
+        (),
+        {
+            "OLLAMA_HOST": f"0.0.0.0:{port}",
+            "OLLAMA_MODELS": f"{CACHE_MOUNT_PATH}/ollama",
+            # A loaded model stays in memory: the first request after a quiet hour must not pay the load again.
+            "OLLAMA_KEEP_ALIVE": "-1",
+            MODEL_ENV: model,
+        },
+        ProbeAction(command=("ollama", "show", model)),
+        PullStep(mode="init", command=pull),
+    )
+
+
+def _llama_cpp(model: str, port: int):
+    repository, _, filename = model.rpartition("/")
+    path = f"{CACHE_MOUNT_PATH}/llama.cpp/{filename}"
+    url = f"https://huggingface.co/{repository}/resolve/main/{filename}"
+    fetch = _sh(
+        f"target={shlex.quote(path)}\n"
+        'if [ -s "$target" ]; then exit 0; fi\n'
+        'mkdir -p "$(dirname "$target")"\n'
+        f'curl -fL --retry 5 ${{{HF_TOKEN_ENV}:+-H "Authorization: Bearer ${HF_TOKEN_ENV}"}} '
+        f'-o "$target.partial" {shlex.quote(url)}\n'
+        'mv "$target.partial" "$target"'
+    )
+    return (
+        (),
+        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model),
+        {MODEL_ENV: model},
+        ProbeAction(http_path="/health"),
+        PullStep(mode="init", command=fetch),
+    )
+
+
+# The Docker Model Runner image has no HTTP client; its pull sidecar needs one.
+PULL_SIDECAR_IMAGE = "curlimages/curl:8.10.1"
+
+_RENDERERS = {
+    "docker-model-runner": _docker_model_runner,
+    "vllm": _vllm,
+    "ollama": _ollama,
+    "llama.cpp": _llama_cpp,
+}
+
+ENGINES: dict[str, EngineProfile] = {
+    profile.name: profile
+    for profile in (
+        EngineProfile(
+            name="docker-model-runner",
+            image="docker/model-runner:latest",
+            port=12434,
+            api_base_path="/engines/v1",
+            liveness_path="/models",
+            model_pattern=r"[a-z0-9][a-z0-9._/-]*(:[\w][\w.-]*)?",
+            model_example="ai/smollm2:360M-Q4_K_M",
+        ),
+        EngineProfile(
+            name="vllm",
+            image="vllm/vllm-openai:v0.11.0",
+            port=8000,
+            api_base_path="/v1",
+            liveness_path="/health",
+            model_pattern=r"[\w.-]+/[\w.-]+",
+            model_example="Qwen/Qwen2.5-7B-Instruct",
+            needs_gpu=True,
+            shared_memory=True,
+        ),
+        EngineProfile(
+            name="ollama",
+            image="ollama/ollama:0.12.6",
+            port=11434,
+            api_base_path="/v1",
+            liveness_path="/",
+            model_pattern=r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?",
+            model_example="llama3.2:3b",
+        ),
+        EngineProfile(
+            name="llama.cpp",
+            image="ghcr.io/ggml-org/llama.cpp:server",
+            port=8080,
+            api_base_path="/v1",
+            liveness_path="/health",
+            model_pattern=r"[\w.-]+/[\w.-]+/[\w.-]+\.gguf",
+            model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
+        ),
+    )
+}
