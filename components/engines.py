@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 CACHE_MOUNT_PATH = "/models"
@@ -63,6 +63,9 @@ class PullStep:
     image: Optional[str] = None
     """None: the engine's own image (it has the tools the step needs)."""
 
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment the step needs on top of the engine's."""
+
 
 @dataclass(frozen=True)
 class EngineContainer:
@@ -77,7 +80,8 @@ class EngineContainer:
     liveness: ProbeAction
     model_ready: ProbeAction
     pull: PullStep
-    writable_paths: tuple[str, ...]
+    writable_paths: dict[str, str]
+    """Volume name -> directory the engine writes to (everything else is read-only)."""
     shared_memory: bool
     needs_gpu: bool
 
@@ -113,7 +117,7 @@ class EngineProfile:
             liveness=ProbeAction(http_path=self.liveness_path),
             model_ready=model_ready,
             pull=pull,
-            writable_paths=(HOME_PATH, TMP_PATH),
+            writable_paths={"home": HOME_PATH, "tmp": TMP_PATH},
             shared_memory=self.shared_memory,
             needs_gpu=self.needs_gpu,
         )
@@ -151,7 +155,8 @@ def _vllm(model: str, port: int):
         (model, "--host", "0.0.0.0", "--port", str(port), "--served-model-name", model),
         {"HF_HOME": f"{CACHE_MOUNT_PATH}/huggingface", "HF_HUB_OFFLINE": "1", MODEL_ENV: model},
         ProbeAction(http_path="/v1/models"),
-        PullStep(mode="init", command=download),
+        # The server runs offline so a restart never reaches the hub; the download is the one step that must.
+        PullStep(mode="init", command=download, env={"HF_HUB_OFFLINE": "0"}),
     )
 
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.engines import ENGINES, PULL_SIDECAR_IMAGE
+from components.gateway import Gateway
+from components.model_runner import ModelRunner
+from components.serving_workload import workload_labels
+
 from .cluster import ClusterHandle
 from .config import StackConfig
 from .config.secrets import StackSecrets
+from .config.workload import ResourcesConfig, ScalingConfig
 from .images import ImageHandle
 from .knative import KnativeHandle
+
+RUNNER = "model-runner"
+GATEWAY = "gateway"
 
 
 def serve_models(
@@ -21,8 +30,103 @@ def serve_models(
     images: ImageHandle,
     knative: Optional[KnativeHandle],
 ) -> None:
-    k8s.core.v1.Namespace(
-        "models",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name="models"),
+    runner_config = config.runner
+    namespace_name = runner_config.namespace
+    namespace = k8s.core.v1.Namespace(
+        namespace_name,
+        metadata={
+            "name": namespace_name,
+            # The API server itself refuses any pod here that breaks the restricted Pod Security Standard.
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"},
+        },
         opts=pulumi.ResourceOptions(provider=cluster.provider, depends_on=cluster.ready),
     )
+    pull_secret = images.pull_secret(
+        namespace_name, pulumi.ResourceOptions(provider=cluster.provider, depends_on=[namespace])
+    )
+    image_pull_secrets = [pull_secret] if pull_secret else []
+
+    def workload_opts(workload: str) -> pulumi.ResourceOptions:
+        depends_on: list[pulumi.Resource] = [*cluster.ready, namespace, *images.ready]
+        if workload == "knative":
+            assert knative is not None  # installed whenever a workload uses it
+            depends_on.extend(knative.ready)
+        return pulumi.ResourceOptions(providers=[cluster.provider], depends_on=depends_on)
+
+    profile = ENGINES[runner_config.engine]
+    gpu = runner_config.gpu
+    runner_args: dict[str, Any] = {
+        "namespace": namespace_name,
+        "engine": runner_config.engine,
+        "model": runner_config.model,
+        "image": images.rewrite(runner_config.image or profile.image),
+        "pull_sidecar_image": images.rewrite(runner_config.pull_sidecar_image or PULL_SIDECAR_IMAGE),
+        "args": list(runner_config.args),
+        "env": dict(runner_config.env),
+        "resources": _resources(runner_config.resources),
+        "gpu": {
+            "count": gpu.count,
+            "node_selector": {**cluster.gpu_node_selector, **gpu.node_selector},
+            "tolerations": list(cluster.gpu_tolerations),
+            **({"runtime_class_name": gpu.runtime_class_name} if gpu.runtime_class_name else {}),
+        },
+        "cache": _cache(runner_config, cluster),
+        "scaling": _scaling(runner_config.scaling),
+        "load_budget_seconds": runner_config.load_budget_seconds,
+        "probe_period_seconds": runner_config.probe_period_seconds,
+        "workload": runner_config.workload,
+        "image_pull_secrets": image_pull_secrets,
+        "allowed_clients": [
+            {"podSelector": {"matchLabels": workload_labels(GATEWAY)}},
+            *({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": allowed}}}
+              for allowed in runner_config.allowed_namespaces),
+        ],
+    }
+    if runner_config.port is not None:
+        runner_args["port"] = runner_config.port
+    if secrets.hf_token is not None:
+        runner_args["hf_token"] = secrets.hf_token
+    runner = ModelRunner(RUNNER, runner_args, opts=workload_opts(runner_config.workload))
+    pulumi.export("modelRunnerUrl", runner.url)
+
+    if images.gateway_image is None:
+        return
+    gateway_config = config.gateway
+    gateway_args: dict[str, Any] = {
+        "namespace": namespace_name,
+        "image": images.gateway_image,
+        "upstream_base_url": runner.url,
+        "model": runner_config.model,
+        "resources": _resources(gateway_config.resources),
+        "scaling": _scaling(gateway_config.scaling),
+        "request_timeout_seconds": gateway_config.request_timeout_seconds,
+        "workload": gateway_config.workload,
+        "cors_allow_origins": list(gateway_config.cors_allow_origins),
+        "image_pull_secrets": image_pull_secrets,
+    }
+    if secrets.gateway_api_keys is not None:
+        gateway_args["api_keys"] = secrets.gateway_api_keys
+    gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
+    pulumi.export("gatewayUrl", gateway.url)
+
+
+def _resources(resources: ResourcesConfig) -> dict[str, dict[str, str]]:
+    return {
+        kind: resources_of.model_dump(exclude_none=True)
+        for kind, resources_of in (("requests", resources.requests), ("limits", resources.limits))
+    }
+
+
+def _scaling(scaling: ScalingConfig) -> dict[str, int]:
+    return scaling.model_dump()
+
+
+def _cache(runner_config, cluster: ClusterHandle) -> dict[str, Any]:
+    cache = runner_config.cache
+    args: dict[str, Any] = {"size": cache.size, "access_mode": cache.access_mode, "protect": cache.protect}
+    if cache.existing_claim is not None:
+        args["existing_claim"] = cache.existing_claim
+    storage_class = cache.storage_class or cluster.model_cache_storage_class
+    if storage_class is not None:
+        args["storage_class"] = storage_class
+    return args

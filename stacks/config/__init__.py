@@ -14,7 +14,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 from pydantic import ValidationError
 
-from .base import ImageReference, Problem, Section, image_fields, join_key, section_at, unknown_key_problem
+from .base import ImageReference, Problem, Section, image_fields, join_key, join_keys, section_at, unknown_key_problem
 from .cluster import ClusterConfig
 from .docker import DockerConfig
 from .gateway import GatewayConfig
@@ -72,7 +72,8 @@ class StackConfig(Section):
                 "kind",
             )
         if self.environment == "production":
-            for key, reference in image_fields(self, path):
+            deployed = [*image_fields(self, path), *self.runner.profile_images(join_key(path, "runner"))]
+            for key, reference in deployed:
                 if not ImageReference.parse(reference).pinned:
                     yield Problem(
                         key,
@@ -80,6 +81,19 @@ class StackConfig(Section):
                         "(`docker buildx imagetools inspect <image>` prints the digest)",
                         reference,
                     )
+            scaling = self.runner.scaling
+            if scaling.min_replicas < 2:
+                yield Problem(
+                    join_keys(path, "runner.scaling.minReplicas"),
+                    "must be at least 2 in production: one replica can be drained or lost while the other serves",
+                    scaling.min_replicas,
+                )
+            if self.runner.cache.existing_claim is None and not self.runner.cache.protect:
+                yield Problem(
+                    join_keys(path, "runner.cache.protect"),
+                    "must be true in production: a destroy or replacement must never delete downloaded models",
+                    False,
+                )
 
 
 def load(project: str | None = None, stack: str | None = None) -> tuple[StackConfig, StackSecrets]:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Optional, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
 
@@ -43,6 +43,13 @@ def join_key(path: str, part: str | int) -> str:
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
         return f"{path}.{part}" if path else part
     return f'{path}["{part}"]'
+
+
+def join_keys(path: str, dotted: str) -> str:
+    """`join_key` for a dotted run of plain field names (`scaling.maxReplicas`)."""
+    for part in dotted.split("."):
+        path = join_key(path, part)
+    return path
 
 
 class Section(BaseModel):
@@ -206,3 +213,33 @@ def image_fields(section: Section, path: str) -> Iterator[tuple[str, str]]:
                 yield from image_fields(item, item_key)
             elif isinstance(item, str) and _holds_images(field.annotation):
                 yield item_key, item
+
+
+# --- Kubernetes quantities -----------------------------------------------------------------------------------
+
+_QUANTITY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+_SUFFIX_FACTORS = {
+    None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def quantity_value(text: str) -> float:
+    """The number a Kubernetes quantity stands for (`512Mi` -> 536870912), for comparing sizes."""
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    return float(match["number"]) * _SUFFIX_FACTORS[match["suffix"]]
+
+
+def _quantity(value: str | int | float) -> str:
+    text = str(value)
+    if _QUANTITY.fullmatch(text) is None or quantity_value(text) <= 0:
+        raise ValueError(
+            "must be a positive Kubernetes quantity such as 500m, 2, 512Mi or 20Gi "
+            "(binary suffixes Ki Mi Gi Ti, decimal k M G T, or m for thousandths)"
+        )
+    return text
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity)]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from .base import Section
+from .workload import ResourcesConfig, ScalingConfig
 
 
 class GatewayConfig(Section):
@@ -14,3 +17,15 @@ class GatewayConfig(Section):
     """How the gateway runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
     Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
     uses it)."""
+
+    resources: ResourcesConfig = ResourcesConfig()
+    """CPU and memory per gateway replica (it proxies and streams; it holds no model)."""
+
+    scaling: ScalingConfig = ScalingConfig(targetConcurrency=50)
+    """Replica bounds and autoscaling targets of the gateway."""
+
+    request_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
+    """Longest a proxied completion may take, streamed responses included."""
+
+    cors_allow_origins: list[str] = []
+    """Browser origins allowed to call the API (e.g. `https://chat.example.com`); empty allows none."""

@@ -2,9 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Iterator, Literal, Optional
 
-from .base import Section
+from pydantic import Field
+
+from components.engines import ENGINES, PULL_SIDECAR_IMAGE
+
+from .base import ImageRef, Problem, Quantity, Section, join_key, join_keys, matching
+from .workload import ResourcesConfig, ScalingConfig
+
+EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
+K8sName = Annotated[str, matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a Kubernetes name (lowercase letters, digits, '-')")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class CacheConfig(Section):
+    size: Quantity = "10Gi"
+    """Capacity of the model cache volume; leave room for the model plus one upgrade of it."""
+
+    storage_class: Optional[str] = None
+    """Storage class of the cache volume; unset uses the cluster layer's choice (kind: local-path `standard`,
+    EKS: the EFS class that supports ReadWriteMany)."""
+
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
+    """`ReadWriteOnce`: one node mounts the cache, so the runner is limited to one replica and updates with
+    Recreate (a surging rollout would wait forever for the volume). `ReadWriteMany`: replicas on any node share
+    one cache and updates roll with zero downtime."""
+
+    existing_claim: Optional[K8sName] = None
+    """Use this PersistentVolumeClaim (in the runner's namespace) instead of creating one."""
+
+    protect: bool = False
+    """Protect the cache volume: `pulumi destroy` or a replacement refuses to delete it, and the claim is
+    retained in the cluster if it leaves the stack, so downloaded models are never lost by accident."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        if self.existing_claim is not None and self.storage_class is not None:
+            yield Problem(
+                join_key(path, "storageClass"),
+                "applies to a volume this stack creates; remove it or existingClaim",
+                self.storage_class,
+            )
+
+
+class GpuConfig(Section):
+    count: Annotated[int, Field(ge=0, le=16)] = 0
+    """NVIDIA GPUs per replica (`nvidia.com/gpu`); 0 runs on CPU."""
+
+    node_selector: dict[str, str] = {}
+    """Extra labels GPU nodes must carry (added to what the cluster layer knows about its GPU nodes)."""
+
+    runtime_class_name: Optional[K8sName] = None
+    """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
 class RunnerConfig(Section):
@@ -14,3 +63,85 @@ class RunnerConfig(Section):
     """How the model runner runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
     Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
     uses it)."""
+
+    namespace: K8sName = "models"
+    """Namespace of the model runner and the gateway."""
+
+    engine: EngineName = "docker-model-runner"
+    """Serving engine. `docker-model-runner` and `llama.cpp` run GGUF models on CPU; `vllm` needs a GPU;
+    `ollama` runs on either."""
+
+    model: str = "ai/smollm2:360M-Q4_K_M"
+    """Model to serve, in the engine's own naming: `ai/smollm2:360M-Q4_K_M` (Docker Model Runner),
+    `Qwen/Qwen2.5-7B-Instruct` (vLLM, a Hugging Face repo), `llama3.2:3b` (Ollama),
+    `<hf-owner>/<repo>/<file>.gguf` (llama.cpp)."""
+
+    image: Optional[ImageRef] = None
+    """Engine image; unset uses the engine profile's image. Production needs it digest-pinned."""
+
+    pull_sidecar_image: Optional[ImageRef] = None
+    """Image of the pull sidecar for engines that pull through their own API (Docker Model Runner); unset uses
+    a small curl image. Production needs it digest-pinned."""
+
+    port: Optional[Port] = None
+    """Port the engine listens on; unset uses the engine's default."""
+
+    args: list[str] = []
+    """Extra engine arguments, appended to the profile's (e.g. `--max-model-len=8192` for vLLM)."""
+
+    env: dict[str, str] = {}
+    """Extra non-secret environment for the engine (credentials belong in secrets such as `hfToken`)."""
+
+    resources: ResourcesConfig = ResourcesConfig(
+        requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "4Gi"}
+    )
+    """CPU and memory per replica; size memory for the weights plus the KV cache."""
+
+    gpu: GpuConfig = GpuConfig()
+    """GPUs per replica and how GPU nodes are selected."""
+
+    cache: CacheConfig = CacheConfig()
+    """The persistent model cache."""
+
+    scaling: ScalingConfig = ScalingConfig()
+    """Replica bounds and autoscaling targets."""
+
+    load_budget_seconds: Annotated[int, Field(ge=30, le=7200)] = 600
+    """Longest a replica may take from start to serving the model (weights read from the cache, loaded to the
+    device). The startup probe allows exactly this long before restarting the pod; readiness follows within one
+    probe period of the model being ready."""
+
+    probe_period_seconds: Annotated[int, Field(ge=1, le=60)] = 5
+    """How often the startup and readiness probes ask whether the model can answer."""
+
+    allowed_namespaces: list[K8sName] = []
+    """Namespaces whose pods may call the model runner directly; the gateway always may, and nothing else can."""
+
+    def profile_images(self, path: str) -> Iterator[tuple[str, str]]:
+        """Images the runner deploys that this config leaves to the engine profile, keyed by the setting that
+        would override each."""
+        profile = ENGINES[self.engine]
+        if self.image is None:
+            yield join_key(path, "image"), profile.image
+        if profile.render(self.model).pull.mode == "sidecar" and self.pull_sidecar_image is None:
+            yield join_key(path, "pullSidecarImage"), PULL_SIDECAR_IMAGE
+
+    def check(self, path: str) -> Iterator[Problem]:
+        profile = ENGINES[self.engine]
+        if (problem := profile.model_problem(self.model)) is not None:
+            yield Problem(join_key(path, "model"), problem, self.model)
+        if profile.needs_gpu and self.gpu.count == 0:
+            yield Problem(join_keys(path, "gpu.count"), f"must be at least 1 for engine {self.engine}", 0)
+        if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
+            yield Problem(
+                join_keys(path, "scaling.maxReplicas"),
+                "must be 1 while cache.accessMode is ReadWriteOnce: a single-node volume cannot be mounted by "
+                "replicas on other nodes (set cache.accessMode to ReadWriteMany to scale out)",
+                self.scaling.max_replicas,
+            )
+        if self.scaling.min_replicas == 0 and self.workload != "knative":
+            yield Problem(
+                join_keys(path, "scaling.minReplicas"),
+                "can be 0 only with workload knative (a Deployment cannot wake up on a request)",
+                0,
+            )

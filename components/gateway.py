@@ -1,0 +1,143 @@
+"""The OpenAI-compatible gateway (`app/`) in front of a model runner: API keys, streaming, metrics."""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from .model_runner import ResourcesArgs
+from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, child_options
+
+GATEWAY_PORT = 8080
+# The image's user (app/Dockerfile `USER 10001:10001`).
+GATEWAY_USER = 10001
+API_KEYS_KEY = "GATEWAY_API_KEYS"
+# Longer than the gateway's own drain (uvicorn finishes in-flight responses for up to 20 s after SIGTERM).
+TERMINATION_GRACE_PERIOD_SECONDS = 30
+
+
+class GatewayArgs(TypedDict):
+    namespace: str
+    """Namespace of every object (it must exist)."""
+
+    image: pulumi.Input[str]
+    """Gateway image, digest-pinned."""
+
+    upstream_base_url: pulumi.Input[str]
+    """OpenAI-compatible base URL of the model runner, API path included (`http://...:8000/v1`)."""
+
+    model: str
+    """Model id sent upstream when a request names none."""
+
+    resources: ResourcesArgs
+    """CPU and memory per replica."""
+
+    scaling: ScalingArgs
+    """Replica bounds and autoscaling targets."""
+
+    request_timeout_seconds: int
+    """Longest a proxied completion may take, streamed responses included."""
+
+    workload: NotRequired[str]
+    """`deployment` (default) or `knative`."""
+
+    cors_allow_origins: NotRequired[list[str]]
+    """Browser origins allowed to call the API."""
+
+    api_keys: NotRequired[pulumi.Input[str]]
+    """Comma-separated API keys clients must present (a Pulumi secret); absent disables authentication."""
+
+    image_pull_secrets: NotRequired[list[str]]
+    """Names of dockerconfigjson Secrets in the namespace to pull the image with."""
+
+
+class Gateway(pulumi.ComponentResource):
+    """The gateway workload: settings as environment, API keys from a Secret, hardened, probed."""
+
+    url: pulumi.Output[str]
+    """In-cluster base URL of the gateway's OpenAI-compatible API (`.../v1`)."""
+
+    service_name: pulumi.Output[str]
+    """Name of the gateway's Service."""
+
+    def __init__(self, name: str, args: GatewayArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("model-stack:index:Gateway", name, None, opts)
+        namespace = args["namespace"]
+        env: list[dict[str, Any]] = [
+            # Set explicitly: a Service named `gateway` would otherwise inject GATEWAY_PORT=tcp://... links.
+            {"name": "GATEWAY_PORT", "value": str(GATEWAY_PORT)},
+            {"name": "GATEWAY_UPSTREAM_BASE_URL", "value": args["upstream_base_url"]},
+            {"name": "GATEWAY_MODEL", "value": args["model"]},
+            {"name": "GATEWAY_REQUEST_TIMEOUT_SECONDS", "value": str(args["request_timeout_seconds"])},
+        ]
+        if args.get("cors_allow_origins"):
+            env.append({"name": "GATEWAY_CORS_ALLOW_ORIGINS", "value": ",".join(args["cors_allow_origins"])})
+        depends_on: list[pulumi.Resource] = []
+        if "api_keys" in args:
+            secret_name = f"{name}-api-keys"
+            depends_on.append(
+                k8s.core.v1.Secret(
+                    secret_name,
+                    metadata={"name": secret_name, "namespace": namespace},
+                    type="Opaque",
+                    string_data={API_KEYS_KEY: pulumi.Output.secret(args["api_keys"])},
+                    opts=child_options(self, opts),
+                )
+            )
+            env.append({"name": API_KEYS_KEY, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEYS_KEY}}})
+
+        container = {
+            "name": "gateway",
+            "image": args["image"],
+            "ports": [{"name": PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+            "env": env,
+            "resources": {kind: dict(args["resources"][kind]) for kind in ("requests", "limits")},
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            # /ready checks the upstream too: a gateway whose model runner is gone takes no traffic.
+            "readinessProbe": {
+                "httpGet": {"path": "/ready", "port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/health", "port": PORT_NAME}, "periodSeconds": 20, "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            },
+        }
+        pod_spec: dict[str, Any] = {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": GATEWAY_USER,
+                "runAsGroup": GATEWAY_USER,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+            "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        }
+        if args.get("image_pull_secrets"):
+            pod_spec["imagePullSecrets"] = [{"name": secret} for secret in args["image_pull_secrets"]]
+        workload = ServingWorkload(
+            name,
+            {
+                "namespace": namespace,
+                "port": GATEWAY_PORT,
+                "pod_spec": pod_spec,
+                "scaling": args["scaling"],
+                "workload": args.get("workload", "deployment"),
+                "request_timeout_seconds": args["request_timeout_seconds"],
+            },
+            opts=pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=depends_on)),
+        )
+        self.service_name = workload.service_name
+        self.url = workload.url.apply(lambda base: f"{base}/v1")
+        self.register_outputs({"url": self.url, "service_name": self.service_name})
+

@@ -1,0 +1,359 @@
+"""A self-hosted model server: an engine serving one model from a persistent cache, behind a stable name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, NotRequired, Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from .engines import CACHE_MOUNT_PATH, ENGINES, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction
+from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, child_options, workload_labels
+
+# Any UID works for the engines (see engines.py); a fixed one makes file ownership on the cache predictable.
+RUN_AS_USER = 10001
+# Readiness: three misses in a row take a replica out of the Service; a busy engine is slow, not gone.
+READINESS_FAILURE_THRESHOLD = 3
+# Liveness only catches a wedged process: a generous timeout and two minutes of silence before a restart.
+LIVENESS_PERIOD_SECONDS = 20
+LIVENESS_TIMEOUT_SECONDS = 10
+LIVENESS_FAILURE_THRESHOLD = 6
+PROBE_TIMEOUT_SECONDS = 5
+# In-flight streamed completions get this long to finish when a pod is stopped.
+TERMINATION_GRACE_PERIOD_SECONDS = 60
+
+
+class ComputeArgs(TypedDict):
+    cpu: NotRequired[str]
+    """CPU quantity."""
+
+    memory: NotRequired[str]
+    """Memory quantity."""
+
+
+class ResourcesArgs(TypedDict):
+    requests: ComputeArgs
+    """What the scheduler reserves."""
+
+    limits: ComputeArgs
+    """Hard caps."""
+
+
+class GpuArgs(TypedDict):
+    count: int
+    """NVIDIA GPUs per replica; 0 runs on CPU."""
+
+    node_selector: NotRequired[dict[str, str]]
+    """Labels of the nodes that have them."""
+
+    tolerations: NotRequired[list[dict[str, str]]]
+    """Tolerations for the taints GPU nodes carry."""
+
+    runtime_class_name: NotRequired[str]
+    """RuntimeClass of the NVIDIA container runtime, where the cluster uses one."""
+
+
+class CacheArgs(TypedDict):
+    size: str
+    """Capacity of the volume this component creates."""
+
+    access_mode: str
+    """`ReadWriteOnce` (one node; one replica, Recreate updates) or `ReadWriteMany` (shared by every replica)."""
+
+    storage_class: NotRequired[str]
+    """Storage class; absent uses the cluster default."""
+
+    existing_claim: NotRequired[str]
+    """Mount this PersistentVolumeClaim instead of creating one."""
+
+    protect: NotRequired[bool]
+    """Refuse to delete the volume on destroy or replace, and retain it in the cluster if it leaves the stack."""
+
+
+class ModelRunnerArgs(TypedDict):
+    namespace: str
+    """Namespace of every object (it must exist)."""
+
+    engine: str
+    """`docker-model-runner`, `vllm`, `ollama` or `llama.cpp`."""
+
+    model: str
+    """Model to serve, in the engine's naming."""
+
+    resources: ResourcesArgs
+    """CPU and memory per replica."""
+
+    cache: CacheArgs
+    """The persistent model cache."""
+
+    scaling: ScalingArgs
+    """Replica bounds and autoscaling targets."""
+
+    load_budget_seconds: int
+    """Longest a replica may take from start to serving the model; the startup probe allows exactly this long."""
+
+    probe_period_seconds: int
+    """How often startup and readiness ask whether the model can answer."""
+
+    workload: NotRequired[str]
+    """`deployment` (default) or `knative`."""
+
+    image: NotRequired[str]
+    """Engine image; absent uses the engine profile's."""
+
+    pull_sidecar_image: NotRequired[str]
+    """Image of the pull sidecar, for engines that pull through their own API (the same mirror rules apply)."""
+
+    port: NotRequired[int]
+    """Engine port; absent uses the engine's default."""
+
+    args: NotRequired[list[str]]
+    """Extra engine arguments."""
+
+    env: NotRequired[dict[str, str]]
+    """Extra non-secret engine environment."""
+
+    gpu: NotRequired[GpuArgs]
+    """GPUs per replica and where they are."""
+
+    hf_token: NotRequired[pulumi.Input[str]]
+    """Hugging Face token (a Pulumi secret) for gated models; kept in a Secret, never in the ConfigMap."""
+
+    image_pull_secrets: NotRequired[list[str]]
+    """Names of dockerconfigjson Secrets in the namespace to pull images with."""
+
+    allowed_clients: NotRequired[list[dict[str, Any]]]
+    """NetworkPolicy peers that may reach the model port; nothing else can."""
+
+
+def probe_timing(load_budget_seconds: int, period_seconds: int) -> dict[str, int]:
+    """Startup probe timing that tolerates a model load of `load_budget_seconds`: it fails the pod only after
+    `failureThreshold * periodSeconds >= budget`, and it asks every period, so the pod turns Ready within one
+    period of the model being able to answer."""
+    return {
+        "periodSeconds": period_seconds,
+        "timeoutSeconds": PROBE_TIMEOUT_SECONDS,
+        "failureThreshold": math.ceil(load_budget_seconds / period_seconds),
+    }
+
+
+def _probe(action: ProbeAction, timing: dict[str, int]) -> dict[str, Any]:
+    handler: dict[str, Any] = (
+        {"httpGet": {"path": action.http_path, "port": PORT_NAME}}
+        if action.http_path is not None
+        else {"exec": {"command": list(action.command)}}
+    )
+    return {**handler, **timing}
+
+
+def _config_name(data: dict[str, str]) -> str:
+    # Settings reach the engine as environment, read once at start: a new name per content makes a change
+    # roll the pods (the pod template refers to the new ConfigMap) and keeps the old one until they have rolled.
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+    return f"model-runner-{digest}"
+
+
+class ModelRunner(pulumi.ComponentResource):
+    """An engine serving one model behind an OpenAI-compatible API, with its cache, settings and credentials."""
+
+    url: pulumi.Output[str]
+    """In-cluster base URL of the OpenAI-compatible API (ends in the engine's API path, e.g. `/v1`)."""
+
+    service_name: pulumi.Output[str]
+    """Name of the Service in front of the engine."""
+
+    namespace: pulumi.Output[str]
+    """Namespace the runner is in."""
+
+    port: pulumi.Output[int]
+    """Port the Service exposes."""
+
+    model: pulumi.Output[str]
+    """Model id clients pass in requests."""
+
+    def __init__(self, name: str, args: ModelRunnerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("model-stack:index:ModelRunner", name, None, opts)
+        namespace = args["namespace"]
+        engine = ENGINES[args["engine"]].render(args["model"], port=args.get("port"), image=args.get("image"))
+        child = child_options(self, opts)
+        labels = workload_labels(name)
+
+        settings = {**engine.env, **args.get("env", {})}
+        config_map_name = _config_name(settings)
+        settings_objects: list[pulumi.Resource] = [k8s.core.v1.ConfigMap(
+            config_map_name,
+            metadata={"name": config_map_name, "namespace": namespace, "labels": labels},
+            data=settings,
+            opts=child,
+        )]
+        env_from: list[dict[str, Any]] = [{"configMapRef": {"name": config_map_name}}]
+        if "hf_token" in args:
+            settings_objects.append(k8s.core.v1.Secret(
+                f"{name}-credentials",
+                metadata={"name": f"{name}-credentials", "namespace": namespace, "labels": labels},
+                type="Opaque",
+                string_data={HF_TOKEN_ENV: pulumi.Output.secret(args["hf_token"])},
+                opts=child,
+            ))
+            env_from.append({"secretRef": {"name": f"{name}-credentials"}})
+        claim = self._cache_claim(name, namespace, labels, args["cache"], child)
+
+        pod_spec = self._pod_spec(engine, args, env_from, claim)
+        workload = ServingWorkload(
+            name,
+            {
+                "namespace": namespace,
+                "port": engine.port,
+                "pod_spec": pod_spec,
+                "scaling": args["scaling"],
+                "workload": args.get("workload", "deployment"),
+                # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
+                "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
+                "allowed_clients": args.get("allowed_clients", []),
+                "request_timeout_seconds": args["load_budget_seconds"],
+                "progress_deadline_seconds": args["load_budget_seconds"] + 60,
+                "cluster_local": True,
+            },
+            # Pods that start before their settings exist fail to start; create them first.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings_objects)),
+        )
+        self.service_name = workload.service_name
+        self.url = workload.url.apply(lambda base: base + engine.api_base_path)
+        self.namespace = pulumi.Output.from_input(namespace)
+        self.port = pulumi.Output.from_input(engine.port)
+        self.model = pulumi.Output.from_input(args["model"])
+        self.register_outputs(
+            {"url": self.url, "service_name": self.service_name, "namespace": self.namespace, "port": self.port,
+             "model": self.model}
+        )
+
+    def _cache_claim(
+        self, name: str, namespace: str, labels: dict[str, str], cache: CacheArgs, opts: pulumi.ResourceOptions
+    ) -> str:
+        if "existing_claim" in cache:
+            return cache["existing_claim"]
+        claim_name = f"{name}-cache"
+        protect = cache.get("protect", False)
+        spec: dict[str, Any] = {
+            "accessModes": [cache["access_mode"]],
+            "resources": {"requests": {"storage": cache["size"]}},
+        }
+        if "storage_class" in cache:
+            spec["storageClassName"] = cache["storage_class"]
+        k8s.core.v1.PersistentVolumeClaim(
+            claim_name,
+            metadata={
+                "name": claim_name,
+                "namespace": namespace,
+                "labels": labels,
+                # WaitForFirstConsumer classes (kind's local-path) bind only once a pod mounts the claim; waiting
+                # for Bound here would deadlock with the Deployment that waits for this claim.
+                "annotations": {"pulumi.com/skipAwait": "true"},
+            },
+            spec=spec,
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
+            ),
+        )
+        return claim_name
+
+    def _pod_spec(
+        self, engine: EngineContainer, args: ModelRunnerArgs, env_from: list[dict[str, Any]], claim: str
+    ) -> dict[str, Any]:
+        gpu = args.get("gpu", {"count": 0})
+        resources: dict[str, Any] = {
+            kind: {key: value for key, value in args["resources"][kind].items()} for kind in ("requests", "limits")
+        }
+        if gpu["count"]:
+            resources["requests"]["nvidia.com/gpu"] = str(gpu["count"])
+            resources["limits"]["nvidia.com/gpu"] = str(gpu["count"])
+        writable = [{"name": volume, "mountPath": path} for volume, path in engine.writable_paths.items()]
+        mounts = [{"name": "model-cache", "mountPath": CACHE_MOUNT_PATH}, *writable]
+        volumes: list[dict[str, Any]] = [
+            {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}},
+            *({"name": mount["name"], "emptyDir": {}} for mount in writable),
+        ]
+        if engine.shared_memory:
+            mounts.append({"name": "shm", "mountPath": SHM_PATH})
+            volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
+        hardened = {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        timing = probe_timing(args["load_budget_seconds"], args["probe_period_seconds"])
+        serving: dict[str, Any] = {
+            "name": "engine",
+            "image": engine.image,
+            "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
+            "envFrom": env_from,
+            "resources": resources,
+            "volumeMounts": mounts,
+            "securityContext": hardened,
+            # The model-ready check gates both: startup ends the moment the model can answer, readiness keeps
+            # checking it; liveness only starts after startup, so a loading model is never killed.
+            "startupProbe": _probe(engine.model_ready, timing),
+            "readinessProbe": _probe(
+                engine.model_ready, {**timing, "failureThreshold": READINESS_FAILURE_THRESHOLD}
+            ),
+            "livenessProbe": _probe(
+                engine.liveness,
+                {
+                    "periodSeconds": LIVENESS_PERIOD_SECONDS,
+                    "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
+                    "failureThreshold": LIVENESS_FAILURE_THRESHOLD,
+                },
+            ),
+        }
+        if engine.command:
+            serving["command"] = list(engine.command)
+        engine_args = [*engine.args, *args.get("args", [])]
+        if engine_args:
+            serving["args"] = engine_args
+        pull = {
+            "name": "model-pull",
+            "image": args.get("pull_sidecar_image", engine.pull.image) if engine.pull.image else engine.image,
+            "command": list(engine.pull.command),
+            "envFrom": env_from,
+            "env": [{"name": key, "value": value} for key, value in sorted(engine.pull.env.items())],
+            "volumeMounts": mounts,
+            "securityContext": hardened,
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        }
+        if not pull["env"]:
+            del pull["env"]
+        spec: dict[str, Any] = {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": RUN_AS_USER,
+                "runAsGroup": RUN_AS_USER,
+                # The cache becomes writable for the engine's group without a root chmod; only a root
+                # directory with the wrong group is changed, so a large cache is not re-walked at every start.
+                "fsGroup": RUN_AS_USER,
+                "fsGroupChangePolicy": "OnRootMismatch",
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+            "volumes": volumes,
+        }
+        if engine.pull.mode == "init":
+            spec["initContainers"] = [pull]
+            spec["containers"] = [serving]
+        else:
+            spec["containers"] = [serving, pull]
+        image_pull_secrets = args.get("image_pull_secrets", [])
+        if image_pull_secrets:
+            spec["imagePullSecrets"] = [{"name": secret} for secret in image_pull_secrets]
+        if gpu["count"]:
+            if gpu.get("node_selector"):
+                spec["nodeSelector"] = dict(gpu["node_selector"])
+            if gpu.get("tolerations"):
+                spec["tolerations"] = list(gpu["tolerations"])
+            if gpu.get("runtime_class_name"):
+                spec["runtimeClassName"] = gpu["runtime_class_name"]
+        return spec

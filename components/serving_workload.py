@@ -1,0 +1,236 @@
+"""One HTTP workload behind a stable in-cluster name, as a Deployment or as a Knative Service.
+
+The model runner and the gateway both describe their pod once (a Kubernetes PodSpec, camelCase); this component
+turns it into either form, so probes, resources and security are the same whichever the stack chooses:
+- `deployment`: Deployment + Service, a HorizontalPodAutoscaler when the replica bounds leave room, a
+  PodDisruptionBudget when there is redundancy to protect, and a NetworkPolicy when only some clients may call.
+- `knative`: a Knative Service whose revisions scale on in-flight requests (scale to zero when the minimum is 0),
+  with the pod adapted to Knative's rules (one unnamed-or-`http1` port; probes find the port themselves).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NotRequired, Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+PORT_NAME = "http"
+SELECTOR_LABEL = "app.kubernetes.io/name"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+PART_OF = "model-stack"
+# A replica that took minutes to load a model is expensive to lose: scale down only after load stays low.
+SCALE_DOWN_STABILIZATION_SECONDS = 300
+
+
+def child_options(component: pulumi.ComponentResource, opts: Optional[pulumi.ResourceOptions]) -> pulumi.ResourceOptions:
+    """Options for a component's children: parented to it, and waiting for what the component was told to wait
+    for (Pulumi does not pass a component's `depends_on` on to its children)."""
+    return pulumi.ResourceOptions(parent=component, depends_on=opts.depends_on if opts else None)
+
+
+def workload_labels(name: str) -> dict[str, str]:
+    """Labels of a workload's pods, which its Service, autoscaler, budget and policies select on."""
+    return {SELECTOR_LABEL: name, PART_OF_LABEL: PART_OF}
+
+
+class ScalingArgs(TypedDict):
+    min_replicas: int
+    """Replicas kept warm; 0 (Knative only) scales to zero when idle."""
+
+    max_replicas: int
+    """Upper bound for the autoscaler."""
+
+    target_cpu_utilization: int
+    """Deployment: average CPU utilisation (percent of requests) the HorizontalPodAutoscaler aims for."""
+
+    target_concurrency: int
+    """Knative: in-flight requests per replica the autoscaler aims for."""
+
+
+class ServingWorkloadArgs(TypedDict):
+    namespace: str
+    """Namespace of every object."""
+
+    port: int
+    """Port the serving container listens on; the Service exposes it under the same number."""
+
+    pod_spec: dict[str, Any]
+    """The pod (Kubernetes PodSpec, camelCase). The serving container is the first; its port is named `http`,
+    and its probes refer to that name."""
+
+    scaling: ScalingArgs
+    """Replica bounds and autoscaling targets."""
+
+    workload: str
+    """`deployment` or `knative`."""
+
+    recreate: NotRequired[bool]
+    """Deployment: replace pods instead of rolling (a single-node volume cannot be attached to a surge pod)."""
+
+    allowed_clients: NotRequired[list[dict[str, Any]]]
+    """NetworkPolicy peers (camelCase `from` entries) that may reach the port; absent admits every client."""
+
+    pod_annotations: NotRequired[dict[str, str]]
+    """Annotations on the pod template (e.g. a config checksum that rolls pods when settings change)."""
+
+    request_timeout_seconds: NotRequired[int]
+    """Knative: longest a request (a streamed completion) may take."""
+
+    progress_deadline_seconds: NotRequired[int]
+    """Knative: how long a new revision may take to become ready (model load included)."""
+
+    cluster_local: NotRequired[bool]
+    """Knative: reachable only inside the cluster (no route through the ingress)."""
+
+
+class ServingWorkload(pulumi.ComponentResource):
+    """A Deployment (with Service, autoscaler, disruption budget and network policy) or a Knative Service."""
+
+    service_name: pulumi.Output[str]
+    """Name of the Service other workloads call."""
+
+    url: pulumi.Output[str]
+    """In-cluster base URL (scheme, host and port)."""
+
+    def __init__(self, name: str, args: ServingWorkloadArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("model-stack:index:ServingWorkload", name, None, opts)
+        namespace = args["namespace"]
+        labels = workload_labels(name)
+        metadata = {"name": name, "namespace": namespace, "labels": labels}
+        child = child_options(self, opts)
+        if args["workload"] == "knative":
+            self._knative_service(metadata, args, child)
+            url = f"http://{name}.{namespace}.svc.cluster.local"
+        else:
+            self._deployment(name, metadata, labels, args, child)
+            url = f"http://{name}.{namespace}.svc.cluster.local:{args['port']}"
+        self.service_name = pulumi.Output.from_input(name)
+        self.url = pulumi.Output.from_input(url)
+        self.register_outputs({"service_name": self.service_name, "url": self.url})
+
+    def _deployment(
+        self, name: str, metadata: dict, labels: dict[str, str], args: ServingWorkloadArgs, opts: pulumi.ResourceOptions
+    ) -> None:
+        scaling = args["scaling"]
+        selector = {"matchLabels": labels}
+        strategy = (
+            {"type": "Recreate"}
+            if args.get("recreate")
+            # A new pod must be Ready before an old one goes: a replica never drops out mid-rollout.
+            else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+        )
+        autoscaled = scaling["max_replicas"] > scaling["min_replicas"]
+        deployment = k8s.apps.v1.Deployment(
+            name,
+            metadata=metadata,
+            spec={
+                "replicas": scaling["min_replicas"],
+                "selector": selector,
+                "strategy": strategy,
+                "revisionHistoryLimit": 5,
+                "template": {
+                    "metadata": {"labels": labels, "annotations": args.get("pod_annotations", {})},
+                    "spec": args["pod_spec"],
+                },
+            },
+            # The autoscaler owns the replica count once it exists; `pulumi up` must not reset it.
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"]))
+            if autoscaled
+            else opts,
+        )
+        k8s.core.v1.Service(
+            name,
+            metadata=metadata,
+            spec={
+                "type": "ClusterIP",
+                "selector": labels,
+                "ports": [{"name": PORT_NAME, "port": args["port"], "targetPort": PORT_NAME, "protocol": "TCP"}],
+            },
+            opts=opts,
+        )
+        if autoscaled:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                name,
+                metadata=metadata,
+                spec={
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                    "minReplicas": scaling["min_replicas"],
+                    "maxReplicas": scaling["max_replicas"],
+                    # CPU is the signal every cluster has; an inference signal (queue depth, KV-cache use) can be
+                    # added as a Pods metric where a metrics adapter serves it.
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": scaling["target_cpu_utilization"]},
+                            },
+                        }
+                    ],
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_STABILIZATION_SECONDS}},
+                },
+                opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])),
+            )
+        if scaling["min_replicas"] >= 2:
+            k8s.policy.v1.PodDisruptionBudget(
+                name,
+                metadata=metadata,
+                # One replica at a time may be drained; the rest keep serving.
+                spec={"maxUnavailable": 1, "selector": selector},
+                opts=opts,
+            )
+        allowed_clients = args.get("allowed_clients")
+        if allowed_clients is not None:
+            k8s.networking.v1.NetworkPolicy(
+                name,
+                metadata=metadata,
+                spec={
+                    "podSelector": selector,
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": allowed_clients, "ports": [{"port": args["port"], "protocol": "TCP"}]}],
+                },
+                opts=opts,
+            )
+
+    def _knative_service(self, metadata: dict, args: ServingWorkloadArgs, opts: pulumi.ResourceOptions) -> None:
+        scaling = args["scaling"]
+        annotations = {
+            "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+            "autoscaling.knative.dev/metric": "concurrency",
+            "autoscaling.knative.dev/target": str(scaling["target_concurrency"]),
+            "autoscaling.knative.dev/min-scale": str(scaling["min_replicas"]),
+            "autoscaling.knative.dev/max-scale": str(scaling["max_replicas"]),
+            **args.get("pod_annotations", {}),
+        }
+        if "progress_deadline_seconds" in args:
+            annotations["serving.knative.dev/progress-deadline"] = f"{args['progress_deadline_seconds']}s"
+        labels = dict(metadata["labels"])
+        if args.get("cluster_local"):
+            labels["networking.knative.dev/visibility"] = "cluster-local"
+        spec = knative_pod_spec(args["pod_spec"], args["port"])
+        if "request_timeout_seconds" in args:
+            spec["timeoutSeconds"] = args["request_timeout_seconds"]
+        k8s.apiextensions.CustomResource(
+            metadata["name"],
+            api_version="serving.knative.dev/v1",
+            kind="Service",
+            metadata={**metadata, "labels": labels},
+            spec={"template": {"metadata": {"labels": metadata["labels"], "annotations": annotations}, "spec": spec}},
+            opts=opts,
+        )
+
+
+def knative_pod_spec(pod_spec: dict[str, Any], port: int) -> dict[str, Any]:
+    """The pod under Knative's rules: the serving port is unnamed (Knative names it), HTTP probes carry no port
+    (the queue proxy probes the serving port itself), and fields Knative sets itself are dropped."""
+    spec = copy.deepcopy(pod_spec)
+    spec.pop("terminationGracePeriodSeconds", None)
+    serving = spec["containers"][0]
+    serving["ports"] = [{"containerPort": port}]
+    for container in spec["containers"]:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in container and "httpGet" in container[probe]:
+                container[probe]["httpGet"].pop("port", None)
+    return spec

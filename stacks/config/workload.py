@@ -1,0 +1,60 @@
+"""Settings every serving workload (the model runner and the gateway) shares: compute resources and scaling."""
+
+from __future__ import annotations
+
+from typing import Annotated, Iterator, Optional
+
+from pydantic import Field
+
+from .base import Problem, Quantity, Section, join_key, join_keys, quantity_value
+
+
+class ComputeQuantities(Section):
+    cpu: Optional[Quantity] = None
+    """CPU cores (`500m`, `4`)."""
+
+    memory: Optional[Quantity] = None
+    """Memory (`512Mi`, `16Gi`)."""
+
+
+class ResourcesConfig(Section):
+    requests: ComputeQuantities = ComputeQuantities(cpu="250m", memory="256Mi")
+    """What the scheduler reserves for each pod."""
+
+    limits: ComputeQuantities = ComputeQuantities(memory="512Mi")
+    """Hard caps. Memory is always capped (an engine that grows past it is OOM-killed instead of starving its
+    node); CPU is left uncapped by default because throttling a busy engine only adds latency."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        if self.limits.memory is None:
+            yield Problem(join_keys(path, "limits.memory"), "is required: an uncapped model server can take down its node")
+        for name in ("cpu", "memory"):
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if request is not None and limit is not None and quantity_value(limit) < quantity_value(request):
+                yield Problem(
+                    join_keys(path, f"limits.{name}"),
+                    f"must be at least requests.{name} ({request})",
+                    limit,
+                )
+
+
+class ScalingConfig(Section):
+    min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
+    """Warm replicas kept at all times. 0 lets a Knative workload scale to zero when idle (the next request
+    waits for a model load); production stacks keep at least 2 so one can be drained or lost."""
+
+    max_replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    """Upper bound for the autoscaler."""
+
+    target_cpu_utilization: Annotated[int, Field(ge=10, le=100)] = 80
+    """Deployment workloads: average CPU utilisation (percent of requests) the HorizontalPodAutoscaler aims for."""
+
+    target_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
+    """Knative workloads: in-flight requests per replica the autoscaler aims for. Inference is bound by how many
+    sequences a replica batches at once, so concurrency, not CPU, is the signal that tracks load."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        if self.max_replicas < self.min_replicas:
+            yield Problem(
+                join_key(path, "maxReplicas"), f"must be at least minReplicas ({self.min_replicas})", self.max_replicas
+            )

@@ -1,0 +1,268 @@
+"""The model runner and gateway on Kubernetes: engine profiles, probe arithmetic, cross-references between the
+objects, secrets, storage rules, and what prod adds (GPUs, redundancy, protection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.engines import ENGINES
+from components.model_runner import probe_timing
+from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, evaluate_failure, stack_config
+from stacks.config import ConfigError, StackConfig
+
+RUNNER = "model-runner"
+
+
+def objects_of(evaluation: Evaluation, kind: str) -> list[dict[str, Any]]:
+    return [obj for _, obj in evaluation.kubernetes_objects() if obj["kind"] == kind]
+
+
+def named(evaluation: Evaluation, kind: str, name: str) -> dict[str, Any]:
+    found = [obj for obj in objects_of(evaluation, kind) if obj["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} found"
+    return found[0]
+
+
+def pod_spec(evaluation: Evaluation, name: str = RUNNER) -> dict[str, Any]:
+    return named(evaluation, "Deployment", name)["spec"]["template"]["spec"]
+
+
+def engine_container(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec["containers"][0]
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def evaluation(request) -> Evaluation:
+    return evaluate(request.param)
+
+
+# --- engine profiles -------------------------------------------------------------------------------------------
+
+ENGINE_FACTS = {
+    # engine: (port, OpenAI base path, model-ready check, liveness path, pull mode)
+    "docker-model-runner": (12434, "/engines/v1", "/engines/v1/models/ai/smollm2:360M-Q4_K_M", "/models", "sidecar"),
+    "vllm": (8000, "/v1", "/v1/models", "/health", "init"),
+    "ollama": (11434, "/v1", ("ollama", "show", "llama3.2:3b"), "/", "init"),
+    "llama.cpp": (8080, "/v1", "/health", "/health", "init"),
+}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_engine_profiles_give_port_api_path_probes_and_pull(engine):
+    profile = ENGINES[engine]
+    rendered = profile.render(profile.model_example)
+    port, base_path, ready, liveness, pull_mode = ENGINE_FACTS[engine]
+    assert (rendered.port, rendered.api_base_path, rendered.liveness.http_path, rendered.pull.mode) == (
+        port, base_path, liveness, pull_mode
+    )
+    assert (rendered.model_ready.http_path or rendered.model_ready.command) == ready
+    assert rendered.env["MODEL"] == profile.model_example
+
+
+def test_engine_arguments_select_the_model_and_port():
+    vllm = ENGINES["vllm"].render("Qwen/Qwen2.5-7B-Instruct", port=9000)
+    assert vllm.command == ("vllm", "serve")
+    assert vllm.args[0] == "Qwen/Qwen2.5-7B-Instruct" and ("--port", "9000") == vllm.args[3:5]
+    assert vllm.env["HF_HUB_OFFLINE"] == "1" and vllm.pull.env == {"HF_HUB_OFFLINE": "0"}
+    llama = ENGINES["llama.cpp"].render("owner/repo-GGUF/model-Q4.gguf")
+    assert "/models/llama.cpp/model-Q4.gguf" in llama.args
+    assert "https://huggingface.co/owner/repo-GGUF/resolve/main/model-Q4.gguf" in llama.pull.command[-1]
+    ollama = ENGINES["ollama"].render("llama3.2:3b")
+    assert ollama.env["OLLAMA_HOST"] == "0.0.0.0:11434" and ollama.env["OLLAMA_MODELS"].startswith("/models/")
+    dmr = ENGINES["docker-model-runner"].render("ai/smollm2")
+    assert dmr.env["MODEL_RUNNER_PORT"] == "12434" and dmr.env["MODELS_PATH"].startswith("/models/")
+
+
+# --- probes ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget,period", [(600, 5), (601, 5), (30, 7), (7200, 60), (900, 10)])
+def test_the_startup_probe_covers_the_load_budget_within_one_period(budget, period):
+    timing = probe_timing(budget, period)
+    allowed = timing["failureThreshold"] * timing["periodSeconds"]
+    assert budget <= allowed < budget + period
+
+
+def test_emitted_probes_keep_the_promised_budget_and_readiness_delay(evaluation):
+    runner = stack_config(evaluation.stack)["runner"]
+    container = engine_container(pod_spec(evaluation))
+    startup, readiness, liveness = (container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= runner["loadBudgetSeconds"]
+    # Startup asks the model-ready question every period; readiness asks the same one, so a loaded model is
+    # Ready within one period.
+    assert {k: v for k, v in startup.items() if k in ("httpGet", "exec")} == {
+        k: v for k, v in readiness.items() if k in ("httpGet", "exec")
+    }
+    assert readiness["periodSeconds"] == startup["periodSeconds"] <= 10
+    # Liveness is not the model check and does not start counting before startup has passed.
+    assert liveness.get("httpGet") != readiness.get("httpGet")
+    assert "initialDelaySeconds" not in liveness
+    assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 60
+
+
+# --- cross-references ------------------------------------------------------------------------------------------
+
+
+def test_services_select_the_pods_and_target_their_named_port(evaluation):
+    for service in objects_of(evaluation, "Service"):
+        if service["metadata"]["namespace"] != "models":
+            continue
+        deployment = named(evaluation, "Deployment", service["metadata"]["name"])
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        port_names = {p["name"] for p in engine_container(deployment["spec"]["template"]["spec"])["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+
+
+def test_probes_config_secrets_and_claims_resolve(evaluation):
+    spec = pod_spec(evaluation)
+    namespace = "models"
+    port_names = {p["name"] for p in engine_container(spec)["ports"]}
+    config_maps = {o["metadata"]["name"] for o in objects_of(evaluation, "ConfigMap") if o["metadata"].get("namespace") == namespace}
+    secrets = {o["metadata"]["name"] for o in objects_of(evaluation, "Secret") if o["metadata"].get("namespace") == namespace}
+    claims = {o["metadata"]["name"] for o in objects_of(evaluation, "PersistentVolumeClaim")}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if "httpGet" in container.get(probe, {}):
+                assert container[probe]["httpGet"]["port"] in port_names
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                assert source["configMapRef"]["name"] in config_maps
+            if "secretRef" in source:
+                assert source["secretRef"]["name"] in secrets
+        assert {m["name"] for m in container["volumeMounts"]} <= set(volumes)
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] in claims
+
+
+def test_autoscaler_budget_and_policy_point_at_the_runner(evaluation):
+    deployment = named(evaluation, "Deployment", RUNNER)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    runner = stack_config(evaluation.stack)["runner"]["scaling"]
+    autoscalers = [o for o in objects_of(evaluation, "HorizontalPodAutoscaler") if o["metadata"]["name"] == RUNNER]
+    if runner["maxReplicas"] > runner["minReplicas"]:
+        (hpa,) = autoscalers
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": RUNNER}
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (runner["minReplicas"], runner["maxReplicas"])
+    else:
+        assert autoscalers == []
+    policy = named(evaluation, "NetworkPolicy", RUNNER)
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": engine_container(deployment["spec"]["template"]["spec"])["ports"][0]["containerPort"], "protocol": "TCP"}]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/part-of": "model-stack"}}} in rule["from"]
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_standard(evaluation):
+    namespace = named(evaluation, "Namespace", "models")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_pods_are_hardened(evaluation):
+    spec = pod_spec(evaluation)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------
+
+
+def test_the_hub_token_is_secret_and_never_plain(evaluation):
+    secret = evaluation.one("kubernetes:core/v1:Secret", "model-runner-credentials")
+    string_data = secret.inputs["stringData"]
+    assert isinstance(string_data, Secret) or isinstance(string_data["HF_TOKEN"], Secret)
+    token = FAKE_SECRETS["hfToken"]
+    exposed = [resource.name for resource in evaluation.resources if token in repr(_without_secrets(resource.inputs))]
+    assert exposed == []
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return None
+    if isinstance(value, dict):
+        return {key: _without_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_secrets(item) for item in value]
+    return value
+
+
+def test_a_settings_change_rolls_the_pods_through_a_new_config_map():
+    before = pod_spec(evaluate("dev"))
+    after = pod_spec(evaluate("dev", set={"runner.env.LOG_LEVEL": "debug"}))
+    name = lambda spec: engine_container(spec)["envFrom"][0]["configMapRef"]["name"]
+    assert name(before) != name(after)
+
+
+# --- storage and replicas --------------------------------------------------------------------------------------
+
+
+def test_dev_cache_is_single_node_with_recreate_updates():
+    evaluation = evaluate("dev")
+    claim = named(evaluation, "PersistentVolumeClaim", "model-runner-cache")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["storageClassName"] == "standard"
+    assert named(evaluation, "Deployment", RUNNER)["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_prod_shares_a_protected_cache_and_rolls_without_downtime():
+    evaluation = evaluate("prod")
+    claim = evaluation.one("kubernetes:core/v1:PersistentVolumeClaim")
+    assert claim.protect and claim.retain_on_delete
+    assert claim.inputs["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim.inputs["spec"]["storageClassName"] == "efs-model-cache"
+    deployment = named(evaluation, "Deployment", RUNNER)
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert named(evaluation, "PodDisruptionBudget", RUNNER)["spec"]["maxUnavailable"] == 1
+    hpa = evaluation.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", RUNNER)
+    assert "spec.replicas" in evaluation.one("kubernetes:apps/v1:Deployment", RUNNER).ignore_changes
+    assert hpa.inputs["spec"]["minReplicas"] >= 2
+
+
+def test_prod_runs_on_gpu_nodes():
+    spec = pod_spec(evaluate("prod"))
+    resources = engine_container(spec)["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in spec["volumes"])  # vLLM's /dev/shm
+
+
+BAD_RUNNER_CONFIG = [
+    ("dev", {"runner.scaling.maxReplicas": 3}, "runner.scaling.maxReplicas", "ReadWriteOnce"),
+    ("dev", {"runner.scaling.minReplicas": 0}, "runner.scaling.minReplicas", "workload knative"),
+    ("dev", {"runner.engine": "tgi"}, "runner.engine", "'docker-model-runner', 'vllm', 'ollama' or 'llama.cpp'"),
+    ("dev", {"runner.engine": "vllm", "runner.model": "Qwen/Qwen2.5-0.5B"}, "runner.gpu.count", "at least 1"),
+    ("dev", {"runner.engine": "llama.cpp"}, "runner.model", ".gguf"),
+    ("dev", {"runner.cache.existingClaim": "models", "runner.cache.storageClass": "fast"}, "runner.cache.storageClass", "existingClaim"),
+    ("dev", {"runner.resources.limits.memory": "512Mi"}, "runner.resources.limits.memory", "at least requests.memory"),
+    ("dev", {"runner.resources.requests.cpu": "-1"}, "runner.resources.requests.cpu", "positive Kubernetes quantity"),
+    ("dev", {"runner.resources.requests.memory": "2GB"}, "runner.resources.requests.memory", "Mi"),
+    ("dev", {"runner.port": 70000}, "runner.port", "65535"),
+    ("dev", {"runner.image": "Docker/Model-Runner"}, "runner.image", "image reference"),
+    ("prod", {"runner.image": "vllm/vllm-openai:latest"}, "runner.image", "digest-pinned"),
+    ("prod", {"runner.scaling.minReplicas": 1}, "runner.scaling.minReplicas", "at least 2"),
+    ("prod", {"runner.cache.protect": False}, "runner.cache.protect", "must be true"),
+    ("prod", {"runner.scaling.maxReplicas": 1}, "runner.scaling.maxReplicas", "at least minReplicas"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,key,text", BAD_RUNNER_CONFIG, ids=[f"{c[0]}-{c[2]}" for c in BAD_RUNNER_CONFIG])
+def test_bad_runner_config_is_rejected_by_key(stack, overrides, key, text):
+    error, evaluation = evaluate_failure(stack, set=overrides)
+    assert isinstance(error, ConfigError)
+    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
+    assert len(lines) == 1 and text in lines[0], str(error)
+    assert evaluation.resources == []
+
+
+def test_production_names_every_unpinned_image_the_engine_profile_would_deploy():
+    config = StackConfig.model_validate({"environment": "production", "cluster": {"provider": "existing"}})
+    unpinned = [problem.key for problem in config.problems("") if "digest-pinned" in problem.message]
+    assert unpinned == ["runner.image", "runner.pullSidecarImage"]
