@@ -1,6 +1,5 @@
 """The OpenAI-compatible gateway (`app/`) in front of a model runner: API keys, streaming, metrics."""
 
-from __future__ import annotations
 
 from typing import Any, NotRequired, Optional, TypedDict
 

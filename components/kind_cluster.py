@@ -1,7 +1,6 @@
 """A local kind cluster, driven through kind's own CLI, wired to a local registry the way kind's docs do it
 (https://kind.sigs.k8s.io/docs/user/local-registry/)."""
 
-from __future__ import annotations
 
 from typing import NotRequired, Optional, TypedDict
 

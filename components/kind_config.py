@@ -1,6 +1,5 @@
 """kind's cluster config file (kind.x-k8s.io/v1alpha4, https://kind.sigs.k8s.io/docs/user/configuration/)."""
 
-from __future__ import annotations
 
 from typing import Any, Sequence, TypedDict
 

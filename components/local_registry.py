@@ -1,6 +1,5 @@
 """A local image registry container, the one kind's docs pair with a kind cluster."""
 
-from __future__ import annotations
 
 from typing import NotRequired, Optional, TypedDict
 

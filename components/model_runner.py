@@ -1,6 +1,5 @@
 """A self-hosted model server: an engine serving one model from a persistent cache, behind a stable name."""
 
-from __future__ import annotations
 
 import hashlib
 import json

@@ -8,7 +8,6 @@ turns it into either form, so probes, resources and security are the same whiche
   with the pod adapted to Knative's rules (one unnamed-or-`http1` port; probes find the port themselves).
 """
 
-from __future__ import annotations
 
 import copy
 from typing import Any, NotRequired, Optional, TypedDict

@@ -317,6 +317,30 @@ def run(
     wire.update({f"{PROJECT}:{key}": _wire(value) for key, value in config.items()})
     wire.update({f"{PROJECT}:{key}": value for key, value in secret_values.items()})
 
+    # The kind provider checks this machine for docker and kind before `pulumi up`; tests run where neither is
+    # installed, so the check is skipped unless a test asks for it (and fakes the machine itself).
+    host_check = contextlib.nullcontext() if check_host else mock.patch("stacks.cluster.check_kind_host")
+    with host_check:
+        return _execute(ROOT / "__main__.py", PROJECT, stack, wire, [f"{PROJECT}:{key}" for key in secret_values], preview)
+
+
+def evaluate_program(
+    program: Path, stack: str, config: dict[str, Any], secrets: dict[str, str]
+) -> Evaluation:
+    """Runs another Pulumi program (a consumer under examples/) under the same mocks. Keys are full config names
+    (`<project>:<key>`); `secrets` are set as secrets."""
+    wire = {key: _wire(value) for key, value in config.items()}
+    wire.update(secrets)
+    project = yaml.safe_load((program / "Pulumi.yaml").read_text())["name"]
+    evaluation, error = _execute(program / "__main__.py", project, stack, wire, list(secrets), preview=False)
+    if error is not None:
+        raise error
+    return evaluation
+
+
+def _execute(
+    main: Path, project: str, stack: str, wire: dict[str, str], secret_keys: list[str], preview: bool
+) -> tuple[Evaluation, Optional[BaseException]]:
     evaluation = Evaluation(stack)
     mocks = _Mocks()
     logger = logging.getLogger(f"model-stack-test-{stack}")
@@ -324,19 +348,15 @@ def run(
     logger.handlers = [_WarningCollector(evaluation)]
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=stack, preview=preview, logger=logger,
+        mocks, project=project, stack=stack, preview=preview, logger=logger,
         monitor=_RecordingMonitor(mocks, evaluation),
     )
-    pulumi.runtime.set_all_config(wire, [f"{PROJECT}:{key}" for key in secret_values])
+    pulumi.runtime.set_all_config(wire, secret_keys)
     # set_mocks registers and finishes a root stack of its own; run the program the way the CLI's language
     # host does instead, inside a fresh root stack that collects `pulumi.export`s.
     pulumi_settings.ROOT.set(None)
-    # The kind provider checks this machine for docker and kind before `pulumi up`; tests run where neither is
-    # installed, so the check is skipped unless a test asks for it (and fakes the machine itself).
-    host_check = contextlib.nullcontext() if check_host else mock.patch("stacks.cluster.check_kind_host")
     try:
-        with host_check:
-            _sync_await(run_in_stack(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(main), run_name="__main__")))
     except Exception as error:  # noqa: BLE001 - handed to the caller, which decides what is expected
         return evaluation, error
     return evaluation, None

@@ -1,0 +1,14 @@
+"""The components other Pulumi languages can use, through the source-based plugin package in `plugin/`.
+
+Every component listed here takes a TypedDict `args` and declares its outputs as class annotations, which is
+what Pulumi infers the package schema from. EksCluster is left out: it needs the optional AWS SDKs.
+"""
+
+from .gateway import Gateway
+from .kind_cluster import KindCluster
+from .local_registry import LocalRegistry
+from .model_runner import ModelRunner
+from .serving_workload import ServingWorkload
+
+PACKAGE_NAME = "model-stack"
+COMPONENTS = [ModelRunner, Gateway, ServingWorkload, KindCluster, LocalRegistry]
