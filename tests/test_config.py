@@ -13,6 +13,17 @@ BAD_INPUTS = [
     ("dev", {"cluster.kubernetesVersion": "v1.32"}, "cluster.kubernetesVersion", "1.32"),
     ("dev", {"cluster": "kind"}, "cluster", "map of settings"),
     ("dev", {"kubeconfig": "apiVersion: v1"}, "kubeconfig", "--secret"),
+    ("dev", {"runner.engine": "tgi"}, "runner.engine", "'docker-model-runner', 'vllm', 'ollama' or 'llama.cpp'"),
+    ("dev", {"runner.cache.size": "-5Gi"}, "runner.cache.size", "positive Kubernetes quantity"),
+    ("dev", {"runner.resources.requests.cpu": "-1"}, "runner.resources.requests.cpu", "positive Kubernetes quantity"),
+    ("dev", {"runner.resources.requests.memory": "2GB"}, "runner.resources.requests.memory", "Mi"),
+    ("dev", {"runner.resources.limits.memory": "512Mi"}, "runner.resources.limits.memory", "at least requests.memory"),
+    ("dev", {"runner.scaling.minReplicas": -1}, "runner.scaling.minReplicas", "greater than or equal to 0"),
+    ("prod", {"runner.scaling.maxReplicas": 1}, "runner.scaling.maxReplicas", "at least minReplicas"),
+    ("dev", {"runner.port": 70000}, "runner.port", "65535"),
+    ("dev", {"runner.loadBudgetSeconds": "ten minutes"}, "runner.loadBudgetSeconds", "valid integer"),
+    ("dev", {"runner.image": "Docker/Model-Runner"}, "runner.image", "image reference"),
+    ("prod", {"runner.image": "vllm/vllm-openai:latest"}, "runner.image", "digest-pinned"),
 ]
 
 
