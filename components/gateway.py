@@ -64,72 +64,23 @@ class Gateway(pulumi.ComponentResource):
     def __init__(self, name: str, args: GatewayArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:Gateway", name, None, opts)
         namespace = args["namespace"]
-        env: list[dict[str, Any]] = [
-            # Set explicitly: a Service named `gateway` would otherwise inject GATEWAY_PORT=tcp://... links.
-            {"name": "GATEWAY_PORT", "value": str(GATEWAY_PORT)},
-            {"name": "GATEWAY_UPSTREAM_BASE_URL", "value": args["upstream_base_url"]},
-            {"name": "GATEWAY_MODEL", "value": args["model"]},
-            {"name": "GATEWAY_REQUEST_TIMEOUT_SECONDS", "value": str(args["request_timeout_seconds"])},
-        ]
-        if args.get("cors_allow_origins"):
-            env.append({"name": "GATEWAY_CORS_ALLOW_ORIGINS", "value": ",".join(args["cors_allow_origins"])})
         depends_on: list[pulumi.Resource] = []
         if "api_keys" in args:
-            secret_name = f"{name}-api-keys"
             depends_on.append(
                 k8s.core.v1.Secret(
-                    secret_name,
-                    metadata={"name": secret_name, "namespace": namespace},
+                    _api_keys_secret_name(name),
+                    metadata={"name": _api_keys_secret_name(name), "namespace": namespace},
                     type="Opaque",
                     string_data={API_KEYS_KEY: pulumi.Output.secret(args["api_keys"])},
                     opts=child_options(self, opts),
                 )
             )
-            env.append({"name": API_KEYS_KEY, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEYS_KEY}}})
-
-        container = {
-            "name": "gateway",
-            "image": args["image"],
-            "ports": [{"name": PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-            "env": env,
-            "resources": {kind: dict(args["resources"][kind]) for kind in ("requests", "limits")},
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            "securityContext": {
-                "allowPrivilegeEscalation": False,
-                "readOnlyRootFilesystem": True,
-                "runAsNonRoot": True,
-                "capabilities": {"drop": ["ALL"]},
-            },
-            # /ready checks the upstream too: a gateway whose model runner is gone takes no traffic.
-            "readinessProbe": {
-                "httpGet": {"path": "/ready", "port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 5,
-                "failureThreshold": 3,
-            },
-            "livenessProbe": {
-                "httpGet": {"path": "/health", "port": PORT_NAME}, "periodSeconds": 20, "timeoutSeconds": 5,
-                "failureThreshold": 3,
-            },
-        }
-        pod_spec: dict[str, Any] = {
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": GATEWAY_USER,
-                "runAsGroup": GATEWAY_USER,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
-            "containers": [container],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-        }
-        if args.get("image_pull_secrets"):
-            pod_spec["imagePullSecrets"] = [{"name": secret} for secret in args["image_pull_secrets"]]
         workload = ServingWorkload(
             name,
             {
                 "namespace": namespace,
                 "port": GATEWAY_PORT,
-                "pod_spec": pod_spec,
+                "pod_spec": gateway_pod_spec(name, args),
                 "scaling": args["scaling"],
                 "workload": args.get("workload", "deployment"),
                 "request_timeout_seconds": args["request_timeout_seconds"],
@@ -140,3 +91,61 @@ class Gateway(pulumi.ComponentResource):
         self.url = workload.url.apply(lambda base: f"{base}/v1")
         self.register_outputs({"url": self.url, "service_name": self.service_name})
 
+
+def _api_keys_secret_name(name: str) -> str:
+    return f"{name}-api-keys"
+
+
+def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
+    """The gateway's pod (Kubernetes PodSpec, camelCase)."""
+    env: list[dict[str, Any]] = [
+        # Set explicitly: a Service named `gateway` would otherwise inject GATEWAY_PORT=tcp://... links.
+        {"name": "GATEWAY_PORT", "value": str(GATEWAY_PORT)},
+        {"name": "GATEWAY_UPSTREAM_BASE_URL", "value": args["upstream_base_url"]},
+        {"name": "GATEWAY_MODEL", "value": args["model"]},
+        {"name": "GATEWAY_REQUEST_TIMEOUT_SECONDS", "value": str(args["request_timeout_seconds"])},
+    ]
+    if args.get("cors_allow_origins"):
+        env.append({"name": "GATEWAY_CORS_ALLOW_ORIGINS", "value": ",".join(args["cors_allow_origins"])})
+    if "api_keys" in args:
+        secret = {"name": _api_keys_secret_name(name), "key": API_KEYS_KEY}
+        env.append({"name": API_KEYS_KEY, "valueFrom": {"secretKeyRef": secret}})
+
+    container = {
+        "name": "gateway",
+        "image": args["image"],
+        "ports": [{"name": PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": {kind: dict(args["resources"][kind]) for kind in ("requests", "limits")},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # /ready checks the upstream too: a gateway whose model runner is gone takes no traffic.
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": PORT_NAME}, "periodSeconds": 20, "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": GATEWAY_USER,
+            "runAsGroup": GATEWAY_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    if args.get("image_pull_secrets"):
+        pod_spec["imagePullSecrets"] = [{"name": secret} for secret in args["image_pull_secrets"]]
+    return pod_spec

@@ -1,6 +1,7 @@
 """A self-hosted model server: an engine serving one model from a persistent cache, behind a stable name."""
 
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,6 +24,9 @@ LIVENESS_FAILURE_THRESHOLD = 6
 PROBE_TIMEOUT_SECONDS = 5
 # In-flight streamed completions get this long to finish when a pod is stopped.
 TERMINATION_GRACE_PERIOD_SECONDS = 60
+# Time a new Knative revision gets on top of the load budget to pull its image onto the node.
+IMAGE_PULL_ALLOWANCE_SECONDS = 120
+CACHE_VOLUME = "model-cache"
 
 
 class ComputeArgs(TypedDict):
@@ -109,6 +113,18 @@ class ModelRunnerArgs(TypedDict):
     port: NotRequired[int]
     """Engine port; absent uses the engine's default."""
 
+    api_base_path: NotRequired[str]
+    """OpenAI API path of the engine (`/v1`); absent uses the engine's."""
+
+    liveness_path: NotRequired[str]
+    """HTTP path that answers while the process is alive; absent uses the engine's."""
+
+    ready_path: NotRequired[str]
+    """HTTP path that answers 200 only once the model can serve; absent uses the engine's model-ready check."""
+
+    request_timeout_seconds: NotRequired[int]
+    """Knative: longest one request may take (a streamed completion); Knative's default applies when absent."""
+
     args: NotRequired[list[str]]
     """Extra engine arguments."""
 
@@ -148,11 +164,36 @@ def _probe(action: ProbeAction, timing: dict[str, int]) -> dict[str, Any]:
     return {**handler, **timing}
 
 
-def _config_name(data: dict[str, str]) -> str:
+def render_engine(args: ModelRunnerArgs) -> EngineContainer:
+    """The engine profile rendered for the configured model, with every override the args carry."""
+    overrides = {
+        field: args[field]  # type: ignore[literal-required]
+        for field in ("image", "port", "api_base_path", "liveness_path")
+        if field in args
+    }
+    engine = dataclasses.replace(ENGINES[args["engine"]], **overrides).render(args["model"])
+    if "ready_path" in args:
+        engine = dataclasses.replace(engine, model_ready=ProbeAction(http_path=args["ready_path"]))
+    return engine
+
+
+def _settings(engine: EngineContainer, args: ModelRunnerArgs) -> dict[str, str]:
+    return {**engine.env, **args.get("env", {})}
+
+
+def _config_name(name: str, settings: dict[str, str]) -> str:
     # Settings reach the engine as environment, read once at start: a new name per content makes a change
     # roll the pods (the pod template refers to the new ConfigMap) and keeps the old one until they have rolled.
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-    return f"model-runner-{digest}"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def _credentials_name(name: str) -> str:
+    return f"{name}-credentials"
+
+
+def _claim_name(name: str, cache: CacheArgs) -> str:
+    return cache.get("existing_claim", f"{name}-cache")
 
 
 class ModelRunner(pulumi.ComponentResource):
@@ -176,31 +217,30 @@ class ModelRunner(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelRunnerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ModelRunner", name, None, opts)
         namespace = args["namespace"]
-        engine = ENGINES[args["engine"]].render(args["model"], port=args.get("port"), image=args.get("image"))
+        engine = render_engine(args)
         child = child_options(self, opts)
         labels = workload_labels(name)
 
-        settings = {**engine.env, **args.get("env", {})}
-        config_map_name = _config_name(settings)
+        settings = _settings(engine, args)
+        config_map_name = _config_name(name, settings)
         settings_objects: list[pulumi.Resource] = [k8s.core.v1.ConfigMap(
             config_map_name,
             metadata={"name": config_map_name, "namespace": namespace, "labels": labels},
             data=settings,
             opts=child,
         )]
-        env_from: list[dict[str, Any]] = [{"configMapRef": {"name": config_map_name}}]
         if "hf_token" in args:
             settings_objects.append(k8s.core.v1.Secret(
-                f"{name}-credentials",
-                metadata={"name": f"{name}-credentials", "namespace": namespace, "labels": labels},
+                _credentials_name(name),
+                metadata={"name": _credentials_name(name), "namespace": namespace, "labels": labels},
                 type="Opaque",
                 string_data={HF_TOKEN_ENV: pulumi.Output.secret(args["hf_token"])},
                 opts=child,
             ))
-            env_from.append({"secretRef": {"name": f"{name}-credentials"}})
-        claim = self._cache_claim(name, namespace, labels, args["cache"], child)
+        if "existing_claim" not in args["cache"]:
+            self._cache_claim(name, namespace, labels, args["cache"], child)
 
-        pod_spec = self._pod_spec(engine, args, env_from, claim)
+        pod_spec = runner_pod_spec(name, args)
         workload = ServingWorkload(
             name,
             {
@@ -212,9 +252,10 @@ class ModelRunner(pulumi.ComponentResource):
                 # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
                 "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
                 "allowed_clients": args.get("allowed_clients", []),
-                "request_timeout_seconds": args["load_budget_seconds"],
-                "progress_deadline_seconds": args["load_budget_seconds"] + 60,
+                # A new revision pulls its image and then loads the model; Knative gives up on it after this.
+                "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
                 "cluster_local": True,
+                **({"request_timeout_seconds": args["request_timeout_seconds"]} if "request_timeout_seconds" in args else {}),
             },
             # Pods that start before their settings exist fail to start; create them first.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings_objects)),
@@ -231,10 +272,8 @@ class ModelRunner(pulumi.ComponentResource):
 
     def _cache_claim(
         self, name: str, namespace: str, labels: dict[str, str], cache: CacheArgs, opts: pulumi.ResourceOptions
-    ) -> str:
-        if "existing_claim" in cache:
-            return cache["existing_claim"]
-        claim_name = f"{name}-cache"
+    ) -> None:
+        claim_name = _claim_name(name, cache)
         protect = cache.get("protect", False)
         spec: dict[str, Any] = {
             "accessModes": [cache["access_mode"]],
@@ -257,102 +296,119 @@ class ModelRunner(pulumi.ComponentResource):
                 opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
             ),
         )
-        return claim_name
 
-    def _pod_spec(
-        self, engine: EngineContainer, args: ModelRunnerArgs, env_from: list[dict[str, Any]], claim: str
-    ) -> dict[str, Any]:
-        gpu = args.get("gpu", {"count": 0})
-        resources: dict[str, Any] = {
-            kind: {key: value for key, value in args["resources"][kind].items()} for kind in ("requests", "limits")
-        }
-        if gpu["count"]:
-            resources["requests"]["nvidia.com/gpu"] = str(gpu["count"])
-            resources["limits"]["nvidia.com/gpu"] = str(gpu["count"])
-        writable = [{"name": volume, "mountPath": path} for volume, path in engine.writable_paths.items()]
-        mounts = [{"name": "model-cache", "mountPath": CACHE_MOUNT_PATH}, *writable]
-        volumes: list[dict[str, Any]] = [
-            {"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}},
-            *({"name": mount["name"], "emptyDir": {}} for mount in writable),
-        ]
-        if engine.shared_memory:
-            mounts.append({"name": "shm", "mountPath": SHM_PATH})
-            volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
-        hardened = {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        }
-        timing = probe_timing(args["load_budget_seconds"], args["probe_period_seconds"])
-        serving: dict[str, Any] = {
-            "name": "engine",
-            "image": engine.image,
-            "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
-            "envFrom": env_from,
-            "resources": resources,
-            "volumeMounts": mounts,
-            "securityContext": hardened,
-            # The model-ready check gates both: startup ends the moment the model can answer, readiness keeps
-            # checking it; liveness only starts after startup, so a loading model is never killed.
-            "startupProbe": _probe(engine.model_ready, timing),
-            "readinessProbe": _probe(
-                engine.model_ready, {**timing, "failureThreshold": READINESS_FAILURE_THRESHOLD}
-            ),
-            "livenessProbe": _probe(
-                engine.liveness,
-                {
-                    "periodSeconds": LIVENESS_PERIOD_SECONDS,
-                    "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
-                    "failureThreshold": LIVENESS_FAILURE_THRESHOLD,
-                },
-            ),
-        }
-        if engine.command:
-            serving["command"] = list(engine.command)
-        engine_args = [*engine.args, *args.get("args", [])]
-        if engine_args:
-            serving["args"] = engine_args
-        pull = {
-            "name": "model-pull",
-            "image": args.get("pull_sidecar_image", engine.pull.image) if engine.pull.image else engine.image,
-            "command": list(engine.pull.command),
-            "envFrom": env_from,
-            "env": [{"name": key, "value": value} for key, value in sorted(engine.pull.env.items())],
-            "volumeMounts": mounts,
-            "securityContext": hardened,
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        }
-        if not pull["env"]:
-            del pull["env"]
-        spec: dict[str, Any] = {
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS_USER,
-                "runAsGroup": RUN_AS_USER,
-                # The cache becomes writable for the engine's group without a root chmod; only a root
-                # directory with the wrong group is changed, so a large cache is not re-walked at every start.
-                "fsGroup": RUN_AS_USER,
-                "fsGroupChangePolicy": "OnRootMismatch",
-                "seccompProfile": {"type": "RuntimeDefault"},
+
+def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
+    """The runner's pod (Kubernetes PodSpec, camelCase): pure data, so the Knative features it needs can be
+    known before anything is deployed."""
+    engine = render_engine(args)
+    labels = workload_labels(name)
+    env_from: list[dict[str, Any]] = [{"configMapRef": {"name": _config_name(name, _settings(engine, args))}}]
+    if "hf_token" in args:
+        env_from.append({"secretRef": {"name": _credentials_name(name)}})
+    claim = _claim_name(name, args["cache"])
+    gpu = args.get("gpu", {"count": 0})
+    resources: dict[str, Any] = {
+        kind: {key: value for key, value in args["resources"][kind].items()} for kind in ("requests", "limits")
+    }
+    if gpu["count"]:
+        resources["requests"]["nvidia.com/gpu"] = str(gpu["count"])
+        resources["limits"]["nvidia.com/gpu"] = str(gpu["count"])
+    writable = [{"name": volume, "mountPath": path} for volume, path in engine.writable_paths.items()]
+    mounts = [{"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT_PATH}, *writable]
+    volumes: list[dict[str, Any]] = [
+        {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}},
+        *({"name": mount["name"], "emptyDir": {}} for mount in writable),
+    ]
+    if engine.shared_memory:
+        mounts.append({"name": "shm", "mountPath": SHM_PATH})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
+    hardened = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    timing = probe_timing(args["load_budget_seconds"], args["probe_period_seconds"])
+    serving: dict[str, Any] = {
+        "name": "engine",
+        "image": engine.image,
+        "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
+        "envFrom": env_from,
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": hardened,
+        # The model-ready check gates both: startup ends the moment the model can answer, readiness keeps
+        # checking it; liveness only starts after startup, so a loading model is never killed.
+        "startupProbe": _probe(engine.model_ready, timing),
+        "readinessProbe": _probe(
+            engine.model_ready, {**timing, "failureThreshold": READINESS_FAILURE_THRESHOLD}
+        ),
+        "livenessProbe": _probe(
+            engine.liveness,
+            {
+                "periodSeconds": LIVENESS_PERIOD_SECONDS,
+                "timeoutSeconds": LIVENESS_TIMEOUT_SECONDS,
+                "failureThreshold": LIVENESS_FAILURE_THRESHOLD,
             },
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
-            "volumes": volumes,
+        ),
+    }
+    if engine.command:
+        serving["command"] = list(engine.command)
+    engine_args = [*engine.args, *args.get("args", [])]
+    if engine_args:
+        serving["args"] = engine_args
+    pull = {
+        "name": "model-pull",
+        "image": args.get("pull_sidecar_image", engine.pull.image) if engine.pull.image else engine.image,
+        "command": list(engine.pull.command),
+        "envFrom": env_from,
+        "env": [{"name": key, "value": value} for key, value in sorted(engine.pull.env.items())],
+        "volumeMounts": mounts,
+        "securityContext": hardened,
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    }
+    if not pull["env"]:
+        del pull["env"]
+    spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            # The cache becomes writable for the engine's group without a root chmod; only a root
+            # directory with the wrong group is changed, so a large cache is not re-walked at every start.
+            "fsGroup": RUN_AS_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "volumes": volumes,
+    }
+    if engine.pull.mode == "init":
+        spec["initContainers"] = [pull]
+        spec["containers"] = [serving]
+    else:
+        spec["containers"] = [serving, pull]
+    image_pull_secrets = args.get("image_pull_secrets", [])
+    if image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": secret} for secret in image_pull_secrets]
+    if args.get("workload") == "knative" and args["cache"]["access_mode"] == "ReadWriteOnce":
+        # Knative starts a new revision's pod before the old one goes and cannot be told to Recreate; a
+        # single-node volume is still attachable there if the new pod lands on the same node. The first pod
+        # matches its own term, so it schedules anywhere.
+        spec["affinity"] = {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}
+                ]
+            }
         }
-        if engine.pull.mode == "init":
-            spec["initContainers"] = [pull]
-            spec["containers"] = [serving]
-        else:
-            spec["containers"] = [serving, pull]
-        image_pull_secrets = args.get("image_pull_secrets", [])
-        if image_pull_secrets:
-            spec["imagePullSecrets"] = [{"name": secret} for secret in image_pull_secrets]
-        if gpu["count"]:
-            if gpu.get("node_selector"):
-                spec["nodeSelector"] = dict(gpu["node_selector"])
-            if gpu.get("tolerations"):
-                spec["tolerations"] = list(gpu["tolerations"])
-            if gpu.get("runtime_class_name"):
-                spec["runtimeClassName"] = gpu["runtime_class_name"]
-        return spec
+    if gpu["count"]:
+        if gpu.get("node_selector"):
+            spec["nodeSelector"] = dict(gpu["node_selector"])
+        if gpu.get("tolerations"):
+            spec["tolerations"] = list(gpu["tolerations"])
+        if gpu.get("runtime_class_name"):
+            spec["runtimeClassName"] = gpu["runtime_class_name"]
+    return spec

@@ -5,7 +5,11 @@ turns it into either form, so probes, resources and security are the same whiche
 - `deployment`: Deployment + Service, a HorizontalPodAutoscaler when the replica bounds leave room, a
   PodDisruptionBudget when there is redundancy to protect, and a NetworkPolicy when only some clients may call.
 - `knative`: a Knative Service whose revisions scale on in-flight requests (scale to zero when the minimum is 0),
-  with the pod adapted to Knative's rules (one unnamed-or-`http1` port; probes find the port themselves).
+  with the pod adapted to Knative's rules (one unnamed-or-`http1` port; probes find the port themselves), plus
+  the same disruption budget and a NetworkPolicy admitting only Knative's data path (activator and Kourier).
+
+Knative refuses pod fields it has not been told to allow (`config-features` in `knative-serving`);
+`knative_features` lists the flags a pod spec needs, so whoever installs Knative can enable exactly those.
 """
 
 
@@ -21,6 +25,26 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "model-stack"
 # A replica that took minutes to load a model is expensive to lose: scale down only after load stays low.
 SCALE_DOWN_STABILIZATION_SECONDS = 300
+KNATIVE_SERVICE_LABEL = "serving.knative.dev/service"
+# Requests to a Knative revision arrive from the activator (knative-serving) or straight from the ingress
+# gateway (Kourier), on the queue proxy's ports; the autoscaler scrapes the queue proxy from knative-serving.
+KNATIVE_DATA_PATH_NAMESPACES = ("knative-serving", "kourier-system")
+# Pod fields Knative 1.15 accepts only when `config-features` enables them (serving-core.yaml, config-features).
+_KNATIVE_POD_FEATURES = {
+    "affinity": "kubernetes.podspec-affinity",
+    "topologySpreadConstraints": "kubernetes.podspec-topologyspreadconstraints",
+    "hostAliases": "kubernetes.podspec-hostaliases",
+    "nodeSelector": "kubernetes.podspec-nodeselector",
+    "tolerations": "kubernetes.podspec-tolerations",
+    "runtimeClassName": "kubernetes.podspec-runtimeclassname",
+    "dnsPolicy": "kubernetes.podspec-dnspolicy",
+    "dnsConfig": "kubernetes.podspec-dnsconfig",
+    "securityContext": "kubernetes.podspec-securitycontext",
+    "shareProcessNamespace": "kubernetes.podspec-shareprocessnamespace",
+    "priorityClassName": "kubernetes.podspec-priorityclassname",
+    "schedulerName": "kubernetes.podspec-schedulername",
+    "initContainers": "kubernetes.podspec-init-containers",
+}
 
 
 def child_options(component: pulumi.ComponentResource, opts: Optional[pulumi.ResourceOptions]) -> pulumi.ResourceOptions:
@@ -32,6 +56,15 @@ def child_options(component: pulumi.ComponentResource, opts: Optional[pulumi.Res
 def workload_labels(name: str) -> dict[str, str]:
     """Labels of a workload's pods, which its Service, autoscaler, budget and policies select on."""
     return {SELECTOR_LABEL: name, PART_OF_LABEL: PART_OF}
+
+
+class PodsMetricArgs(TypedDict):
+    name: str
+    """Per-pod metric served by a custom metrics adapter (e.g. prometheus-adapter exposing vLLM's
+    `vllm:num_requests_waiting`)."""
+
+    average_value: str
+    """Target average across the pods, a quantity (`4`, `500m`)."""
 
 
 class ScalingArgs(TypedDict):
@@ -46,6 +79,10 @@ class ScalingArgs(TypedDict):
 
     target_concurrency: int
     """Knative: in-flight requests per replica the autoscaler aims for."""
+
+    pods_metric: NotRequired[PodsMetricArgs]
+    """Deployment: an inference signal the HorizontalPodAutoscaler also scales on (it follows whichever of CPU
+    and this metric asks for more replicas)."""
 
 
 class ServingWorkloadArgs(TypedDict):
@@ -93,21 +130,41 @@ class ServingWorkload(pulumi.ComponentResource):
     url: pulumi.Output[str]
     """In-cluster base URL (scheme, host and port)."""
 
+    knative_features: pulumi.Output[list[str]]
+    """Knative `config-features` flags the pod needs enabled (empty for a Deployment)."""
+
     def __init__(self, name: str, args: ServingWorkloadArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ServingWorkload", name, None, opts)
         namespace = args["namespace"]
         labels = workload_labels(name)
         metadata = {"name": name, "namespace": namespace, "labels": labels}
         child = child_options(self, opts)
-        if args["workload"] == "knative":
+        knative = args["workload"] == "knative"
+        if knative:
             self._knative_service(metadata, args, child)
+            # Knative's cluster-local address: an ExternalName Service on port 80 in front of the ingress.
             url = f"http://{name}.{namespace}.svc.cluster.local"
+            pod_labels = {**labels, KNATIVE_SERVICE_LABEL: name}
+            clients = [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": data_path}}}
+                for data_path in KNATIVE_DATA_PATH_NAMESPACES
+            ]
+            ports = None
         else:
             self._deployment(name, metadata, labels, args, child)
             url = f"http://{name}.{namespace}.svc.cluster.local:{args['port']}"
+            pod_labels = labels
+            clients = args.get("allowed_clients")
+            ports = [{"port": args["port"], "protocol": "TCP"}]
+        self._disruption_budget(metadata, pod_labels, args["scaling"], child)
+        if clients is not None:
+            self._network_policy(metadata, pod_labels, clients, ports, child)
         self.service_name = pulumi.Output.from_input(name)
         self.url = pulumi.Output.from_input(url)
-        self.register_outputs({"service_name": self.service_name, "url": self.url})
+        self.knative_features = pulumi.Output.from_input(knative_features(args["pod_spec"]) if knative else [])
+        self.register_outputs(
+            {"service_name": self.service_name, "url": self.url, "knative_features": self.knative_features}
+        )
 
     def _deployment(
         self, name: str, metadata: dict, labels: dict[str, str], args: ServingWorkloadArgs, opts: pulumi.ResourceOptions
@@ -150,6 +207,24 @@ class ServingWorkload(pulumi.ComponentResource):
             opts=opts,
         )
         if autoscaled:
+            metrics: list[dict[str, Any]] = [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": scaling["target_cpu_utilization"]},
+                    },
+                }
+            ]
+            if "pods_metric" in scaling:
+                metric = scaling["pods_metric"]
+                metrics.append({
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": metric["name"]},
+                        "target": {"type": "AverageValue", "averageValue": metric["average_value"]},
+                    },
+                })
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 name,
                 metadata=metadata,
@@ -157,41 +232,44 @@ class ServingWorkload(pulumi.ComponentResource):
                     "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                     "minReplicas": scaling["min_replicas"],
                     "maxReplicas": scaling["max_replicas"],
-                    # CPU is the signal every cluster has; an inference signal (queue depth, KV-cache use) can be
-                    # added as a Pods metric where a metrics adapter serves it.
-                    "metrics": [
-                        {
-                            "type": "Resource",
-                            "resource": {
-                                "name": "cpu",
-                                "target": {"type": "Utilization", "averageUtilization": scaling["target_cpu_utilization"]},
-                            },
-                        }
-                    ],
+                    # CPU is the signal every cluster has; an inference signal (queue depth, KV-cache use) joins
+                    # it as a Pods metric where a metrics adapter serves one.
+                    "metrics": metrics,
                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_STABILIZATION_SECONDS}},
                 },
                 opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])),
             )
-        if scaling["min_replicas"] >= 2:
-            k8s.policy.v1.PodDisruptionBudget(
-                name,
-                metadata=metadata,
-                # One replica at a time may be drained; the rest keep serving.
-                spec={"maxUnavailable": 1, "selector": selector},
-                opts=opts,
-            )
-        allowed_clients = args.get("allowed_clients")
-        if allowed_clients is not None:
-            k8s.networking.v1.NetworkPolicy(
-                name,
-                metadata=metadata,
-                spec={
-                    "podSelector": selector,
-                    "policyTypes": ["Ingress"],
-                    "ingress": [{"from": allowed_clients, "ports": [{"port": args["port"], "protocol": "TCP"}]}],
-                },
-                opts=opts,
-            )
+
+    def _disruption_budget(
+        self, metadata: dict, pod_labels: dict[str, str], scaling: ScalingArgs, opts: pulumi.ResourceOptions
+    ) -> None:
+        if scaling["min_replicas"] < 2:
+            return
+        k8s.policy.v1.PodDisruptionBudget(
+            metadata["name"],
+            metadata=metadata,
+            # One replica at a time may be drained; the rest keep serving.
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": pod_labels}},
+            opts=opts,
+        )
+
+    def _network_policy(
+        self,
+        metadata: dict,
+        pod_labels: dict[str, str],
+        clients: list[dict[str, Any]],
+        ports: Optional[list[dict[str, Any]]],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        rule: dict[str, Any] = {"from": clients}
+        if ports is not None:
+            rule["ports"] = ports
+        k8s.networking.v1.NetworkPolicy(
+            metadata["name"],
+            metadata=metadata,
+            spec={"podSelector": {"matchLabels": pod_labels}, "policyTypes": ["Ingress"], "ingress": [rule]},
+            opts=opts,
+        )
 
     def _knative_service(self, metadata: dict, args: ServingWorkloadArgs, opts: pulumi.ResourceOptions) -> None:
         scaling = args["scaling"]
@@ -219,6 +297,23 @@ class ServingWorkload(pulumi.ComponentResource):
             spec={"template": {"metadata": {"labels": metadata["labels"], "annotations": annotations}, "spec": spec}},
             opts=opts,
         )
+
+
+def knative_features(pod_spec: dict[str, Any]) -> list[str]:
+    """The `config-features` flags (each to be set to `enabled`) Knative needs before it accepts `pod_spec`.
+    emptyDir volumes and several containers are enabled by default in Knative 1.15 and are not listed."""
+    features = {flag for field, flag in _KNATIVE_POD_FEATURES.items() if pod_spec.get(field)}
+    mounts = [
+        mount
+        for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+        for mount in container.get("volumeMounts", [])
+    ]
+    for volume in pod_spec.get("volumes", []):
+        if "persistentVolumeClaim" in volume:
+            features.add("kubernetes.podspec-persistent-volume-claim")
+            if any(m["name"] == volume["name"] and not m.get("readOnly") for m in mounts):
+                features.add("kubernetes.podspec-persistent-volume-write")
+    return sorted(features)
 
 
 def knative_pod_spec(pod_spec: dict[str, Any], port: int) -> dict[str, Any]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
-from components.gateway import Gateway
-from components.model_runner import ModelRunner
-from components.serving_workload import workload_labels
+from components.gateway import Gateway, gateway_pod_spec
+from components.model_runner import ModelRunner, runner_pod_spec
+from components.serving_workload import knative_features, workload_labels
 
 from .cluster import ClusterHandle
 from .config import StackConfig
@@ -21,6 +21,8 @@ from .knative import KnativeHandle
 
 RUNNER = "model-runner"
 GATEWAY = "gateway"
+# Knative 1.15's default ceiling for a revision's request timeout (config-defaults, max-revision-timeout-seconds).
+KNATIVE_MAX_REVISION_TIMEOUT_SECONDS = 600
 
 
 def serve_models(
@@ -49,18 +51,60 @@ def serve_models(
     def workload_opts(workload: str) -> pulumi.ResourceOptions:
         depends_on: list[pulumi.Resource] = [*cluster.ready, namespace, *images.ready]
         if workload == "knative":
-            assert knative is not None  # installed whenever a workload uses it
+            if knative is None:
+                raise pulumi.RunError("a workload is served through Knative, but the Knative layer installed nothing")
             depends_on.extend(knative.ready)
         return pulumi.ResourceOptions(providers=[cluster.provider], depends_on=depends_on)
 
+    runner_args = _runner_args(config, cluster, images.rewrite, image_pull_secrets)
+    if secrets.hf_token is not None:
+        runner_args["hf_token"] = secrets.hf_token
+    runner = ModelRunner(RUNNER, runner_args, opts=workload_opts(runner_config.workload))
+    pulumi.export("modelRunnerUrl", runner.url)
+
+    gateway_config = config.gateway
+    gateway_image = images.rewrite(gateway_config.image) if gateway_config.image else images.gateway_image
+    if gateway_image is None:
+        pulumi.log.warn("No gateway image: set gateway.image, or let the image layer build app/; serving the model runner only.")
+        return
+    gateway_args = _gateway_args(config, gateway_image, runner.url, image_pull_secrets)
+    if secrets.gateway_api_keys is not None:
+        gateway_args["api_keys"] = secrets.gateway_api_keys
+    gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
+    pulumi.export("gatewayUrl", gateway.url)
+
+
+def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, dict[str, str]]:
+    """What Knative Serving must allow for the workloads this config serves through it, per ConfigMap in
+    `knative-serving`: the `config-features` flags their pods need, and a `config-defaults` ceiling for request
+    timeouts that admits streams as long as the gateway waits. Empty when nothing runs on Knative."""
+    features: set[str] = set()
+    if config.runner.workload == "knative":
+        features.update(knative_features(runner_pod_spec(RUNNER, _runner_args(config, cluster, str, []))))
+    if config.gateway.workload == "knative":
+        features.update(knative_features(gateway_pod_spec(GATEWAY, _gateway_args(config, "gateway", "http://runner/v1", []))))
+    if "knative" not in (config.runner.workload, config.gateway.workload):
+        return {}
+    return {
+        "config-features": {feature: "enabled" for feature in sorted(features)},
+        "config-defaults": {
+            "max-revision-timeout-seconds": str(max(KNATIVE_MAX_REVISION_TIMEOUT_SECONDS, config.gateway.request_timeout_seconds))
+        },
+    }
+
+
+def _runner_args(
+    config: StackConfig, cluster: ClusterHandle, rewrite: Callable[[str], str], image_pull_secrets: list[str]
+) -> dict[str, Any]:
+    runner_config = config.runner
     profile = ENGINES[runner_config.engine]
     gpu = runner_config.gpu
     runner_args: dict[str, Any] = {
-        "namespace": namespace_name,
+        "namespace": runner_config.namespace,
         "engine": runner_config.engine,
         "model": runner_config.model,
-        "image": images.rewrite(runner_config.image or profile.image),
-        "pull_sidecar_image": images.rewrite(runner_config.pull_sidecar_image or PULL_SIDECAR_IMAGE),
+        "image": rewrite(runner_config.image or profile.image),
+        "pull_sidecar_image": rewrite(runner_config.pull_sidecar_image or PULL_SIDECAR_IMAGE),
         "args": list(runner_config.args),
         "env": dict(runner_config.env),
         "resources": _resources(runner_config.resources),
@@ -73,6 +117,8 @@ def serve_models(
         "cache": _cache(runner_config, cluster),
         "scaling": _scaling(runner_config.scaling),
         "load_budget_seconds": runner_config.load_budget_seconds,
+        # The gateway waits this long for an answer; the runner lets a request run as long.
+        "request_timeout_seconds": config.gateway.request_timeout_seconds,
         "probe_period_seconds": runner_config.probe_period_seconds,
         "workload": runner_config.workload,
         "image_pull_secrets": image_pull_secrets,
@@ -82,21 +128,25 @@ def serve_models(
               for allowed in runner_config.allowed_namespaces),
         ],
     }
-    if runner_config.port is not None:
-        runner_args["port"] = runner_config.port
-    if secrets.hf_token is not None:
-        runner_args["hf_token"] = secrets.hf_token
-    runner = ModelRunner(RUNNER, runner_args, opts=workload_opts(runner_config.workload))
-    pulumi.export("modelRunnerUrl", runner.url)
+    overrides = {
+        "port": runner_config.port,
+        "api_base_path": runner_config.api_base_path,
+        "liveness_path": runner_config.liveness_path,
+        "ready_path": runner_config.ready_path,
+    }
+    runner_args.update({key: value for key, value in overrides.items() if value is not None})
+    return runner_args
 
-    if images.gateway_image is None:
-        return
+
+def _gateway_args(
+    config: StackConfig, image: pulumi.Input[str], upstream_base_url: pulumi.Input[str], image_pull_secrets: list[str]
+) -> dict[str, Any]:
     gateway_config = config.gateway
-    gateway_args: dict[str, Any] = {
-        "namespace": namespace_name,
-        "image": images.gateway_image,
-        "upstream_base_url": runner.url,
-        "model": runner_config.model,
+    return {
+        "namespace": config.runner.namespace,
+        "image": image,
+        "upstream_base_url": upstream_base_url,
+        "model": config.runner.model,
         "resources": _resources(gateway_config.resources),
         "scaling": _scaling(gateway_config.scaling),
         "request_timeout_seconds": gateway_config.request_timeout_seconds,
@@ -104,10 +154,6 @@ def serve_models(
         "cors_allow_origins": list(gateway_config.cors_allow_origins),
         "image_pull_secrets": image_pull_secrets,
     }
-    if secrets.gateway_api_keys is not None:
-        gateway_args["api_keys"] = secrets.gateway_api_keys
-    gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
-    pulumi.export("gatewayUrl", gateway.url)
 
 
 def _resources(resources: ResourcesConfig) -> dict[str, dict[str, str]]:
@@ -117,8 +163,8 @@ def _resources(resources: ResourcesConfig) -> dict[str, dict[str, str]]:
     }
 
 
-def _scaling(scaling: ScalingConfig) -> dict[str, int]:
-    return scaling.model_dump()
+def _scaling(scaling: ScalingConfig) -> dict[str, Any]:
+    return scaling.model_dump(exclude_none=True)
 
 
 def _cache(runner_config, cluster: ClusterHandle) -> dict[str, Any]:

@@ -81,13 +81,14 @@ class StackConfig(Section):
                         "(`docker buildx imagetools inspect <image>` prints the digest)",
                         reference,
                     )
-            scaling = self.runner.scaling
-            if scaling.min_replicas < 2:
-                yield Problem(
-                    join_keys(path, "runner.scaling.minReplicas"),
-                    "must be at least 2 in production: one replica can be drained or lost while the other serves",
-                    scaling.min_replicas,
-                )
+            for section in ("runner", "gateway"):
+                scaling = getattr(self, section).scaling
+                if scaling.min_replicas < 2:
+                    yield Problem(
+                        join_keys(path, f"{section}.scaling.minReplicas"),
+                        "must be at least 2 in production: one replica can be drained or lost while the other serves",
+                        scaling.min_replicas,
+                    )
             if self.runner.cache.existing_claim is None and not self.runner.cache.protect:
                 yield Problem(
                     join_keys(path, "runner.cache.protect"),

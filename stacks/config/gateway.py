@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
-from .base import Section
+from .base import ImageRef, Section
 from .workload import ResourcesConfig, ScalingConfig
 
 
@@ -17,6 +17,10 @@ class GatewayConfig(Section):
     """How the gateway runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
     Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
     uses it)."""
+
+    image: Optional[ImageRef] = None
+    """A prebuilt gateway image to deploy (e.g. the digest CI pushed for a release); unset deploys the image the
+    stack builds from `app/`. Production needs it digest-pinned."""
 
     resources: ResourcesConfig = ResourcesConfig()
     """CPU and memory per gateway replica (it proxies and streams; it holds no model)."""

@@ -14,6 +14,7 @@ from .workload import ResourcesConfig, ScalingConfig
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
 K8sName = Annotated[str, matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a Kubernetes name (lowercase letters, digits, '-')")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+HttpPath = Annotated[str, matching(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "an absolute URL path such as /v1")]
 
 
 class CacheConfig(Section):
@@ -85,6 +86,17 @@ class RunnerConfig(Section):
 
     port: Optional[Port] = None
     """Port the engine listens on; unset uses the engine's default."""
+
+    api_base_path: Optional[HttpPath] = None
+    """OpenAI API path of the engine (the gateway's upstream URL ends in it); unset uses the engine's
+    (`/engines/v1` for Docker Model Runner, `/v1` for the others)."""
+
+    liveness_path: Optional[HttpPath] = None
+    """Path that answers while the engine process is alive; unset uses the engine's."""
+
+    ready_path: Optional[HttpPath] = None
+    """Path that answers 200 only once the model can serve (startup and readiness probes); unset uses the
+    engine's own model-ready check."""
 
     args: list[str] = []
     """Extra engine arguments, appended to the profile's (e.g. `--max-model-len=8192` for vLLM)."""

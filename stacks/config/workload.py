@@ -38,6 +38,15 @@ class ResourcesConfig(Section):
                 )
 
 
+class PodsMetricConfig(Section):
+    name: str
+    """Per-pod metric a custom metrics adapter serves (e.g. prometheus-adapter exposing vLLM's
+    `vllm:num_requests_waiting`); the cluster must run one, or the autoscaler reports the metric missing."""
+
+    average_value: Quantity
+    """Average per pod the autoscaler aims for (`4` waiting requests)."""
+
+
 class ScalingConfig(Section):
     min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
     """Warm replicas kept at all times. 0 lets a Knative workload scale to zero when idle (the next request
@@ -52,6 +61,10 @@ class ScalingConfig(Section):
     target_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
     """Knative workloads: in-flight requests per replica the autoscaler aims for. Inference is bound by how many
     sequences a replica batches at once, so concurrency, not CPU, is the signal that tracks load."""
+
+    pods_metric: Optional[PodsMetricConfig] = None
+    """Deployment workloads: an inference signal to scale on as well as CPU (the autoscaler follows whichever
+    asks for more replicas). Unset: CPU only, which every cluster can measure."""
 
     def check(self, path: str) -> Iterator[Problem]:
         if self.max_replicas < self.min_replicas:
