@@ -13,7 +13,6 @@ Knative refuses pod fields it has not been told to allow (`config-features` in `
 """
 
 
-import copy
 from typing import Any, NotRequired, Optional, TypedDict
 
 import pulumi
@@ -319,12 +318,17 @@ def knative_features(pod_spec: dict[str, Any]) -> list[str]:
 def knative_pod_spec(pod_spec: dict[str, Any], port: int) -> dict[str, Any]:
     """The pod under Knative's rules: the serving port is unnamed (Knative names it), HTTP probes carry no port
     (the queue proxy probes the serving port itself), and fields Knative sets itself are dropped."""
-    spec = copy.deepcopy(pod_spec)
-    spec.pop("terminationGracePeriodSeconds", None)
-    serving = spec["containers"][0]
-    serving["ports"] = [{"containerPort": port}]
-    for container in spec["containers"]:
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            if probe in container and "httpGet" in container[probe]:
-                container[probe]["httpGet"].pop("port", None)
+    # Copies of only what changes: the spec may hold Outputs (an image, an upstream URL), which cannot be deep-copied.
+    spec = {key: value for key, value in pod_spec.items() if key != "terminationGracePeriodSeconds"}
+    spec["containers"] = [_knative_container(container) for container in pod_spec["containers"]]
+    spec["containers"][0]["ports"] = [{"containerPort": port}]
     return spec
+
+
+def _knative_container(container: dict[str, Any]) -> dict[str, Any]:
+    adapted = dict(container)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if probe in container and "httpGet" in container[probe]:
+            http_get = {key: value for key, value in container[probe]["httpGet"].items() if key != "port"}
+            adapted[probe] = {**container[probe], "httpGet": http_get}
+    return adapted

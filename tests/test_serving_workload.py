@@ -1,0 +1,234 @@
+"""ServingWorkload as both forms (Deployment and Knative Service), the gateway in front of the runner, and what
+Knative must allow for the pods the stack serves through it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import stacks.kubernetes
+from components.serving_workload import knative_features
+from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, stack_config
+from schemas import crd_schemas, validation_errors
+from stacks.config import StackConfig
+from stacks.knative import KnativeHandle
+from stacks.serving import knative_settings
+
+KNATIVE = {"runner.workload": "knative", "gateway.workload": "knative"}
+GATEWAY_IMAGE = "localhost:5001/model-gateway:dev"
+
+
+@pytest.fixture
+def knative_installed(monkeypatch):
+    """The Knative layer's hand-off, so these tests do not depend on how that layer installs Knative."""
+    monkeypatch.setattr(stacks.kubernetes, "install_knative", lambda config, cluster, images: KnativeHandle())
+
+
+def objects(evaluation: Evaluation, kind: str) -> list[dict[str, Any]]:
+    return [obj for _, obj in evaluation.kubernetes_objects() if obj["kind"] == kind]
+
+
+def named(evaluation: Evaluation, kind: str, name: str) -> dict[str, Any]:
+    (found,) = [obj for obj in objects(evaluation, kind) if obj["metadata"]["name"] == name]
+    return found
+
+
+def invalid(evaluation: Evaluation) -> dict[str, list[str]]:
+    version = stack_config(evaluation.stack).get("cluster", {}).get("kubernetesVersion", "1.32")
+    found = list(evaluation.kubernetes_objects())
+    crds = crd_schemas(obj for _, obj in found)
+    return {
+        f"{obj['kind']} {obj['metadata'].get('name')}": errors
+        for _, obj in found
+        if (errors := validation_errors(obj, version, crds))
+    }
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and_security(stack, knative_installed):
+    evaluation = evaluate(stack, set={**KNATIVE, "gateway.image": GATEWAY_IMAGE} if stack == "dev" else KNATIVE)
+    assert invalid(evaluation) == {}
+    assert objects(evaluation, "Deployment") == []
+    for name in ("model-runner", "gateway"):
+        service = named(evaluation, "Service", name)
+        assert service["apiVersion"] == "serving.knative.dev/v1"
+        spec = service["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        # Knative's rules: one unnamed port, probes without a port (the queue proxy probes the serving port).
+        assert [set(port) for port in container["ports"]] == [{"containerPort"}]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "port" not in container[probe].get("httpGet", {})
+        assert "terminationGracePeriodSeconds" not in spec
+        assert container["resources"]["limits"]["memory"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load(knative_installed):
+    evaluation = evaluate("prod", set=KNATIVE)
+    runner_config = stack_config("prod")["runner"]
+    runner = named(evaluation, "Service", "model-runner")
+    annotations = runner["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
+    assert annotations["autoscaling.knative.dev/min-scale"] == str(runner_config["scaling"]["minReplicas"])
+    assert annotations["autoscaling.knative.dev/max-scale"] == str(runner_config["scaling"]["maxReplicas"])
+    deadline = int(annotations["serving.knative.dev/progress-deadline"].removesuffix("s"))
+    assert deadline > runner_config["loadBudgetSeconds"]
+    # Streams may run as long as the gateway waits for them, not as long as a model takes to load.
+    assert runner["spec"]["template"]["spec"]["timeoutSeconds"] == stack_config("prod")["gateway"]["requestTimeoutSeconds"]
+    assert runner["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+    assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local/v1"
+
+
+def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path(knative_installed):
+    evaluation = evaluate("prod", set=KNATIVE)
+    for name in ("model-runner", "gateway"):
+        budget = named(evaluation, "PodDisruptionBudget", name)
+        assert budget["spec"]["selector"]["matchLabels"]["serving.knative.dev/service"] == name
+    policy = named(evaluation, "NetworkPolicy", "model-runner")
+    assert policy["spec"]["podSelector"]["matchLabels"]["serving.knative.dev/service"] == "model-runner"
+    namespaces = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in policy["spec"]["ingress"][0]["from"]}
+    assert namespaces == {"knative-serving", "kourier-system"}
+
+
+def test_the_features_knative_must_enable_are_the_ones_the_pods_use(knative_installed):
+    evaluation = evaluate("prod", set=KNATIVE)
+    used = set()
+    for name in ("model-runner", "gateway"):
+        used.update(knative_features(named(evaluation, "Service", name)["spec"]["template"]["spec"]))
+    config = StackConfig.model_validate({**stack_config("prod"), "runner": {**stack_config("prod")["runner"], "workload": "knative"},
+                                         "gateway": {**stack_config("prod")["gateway"], "workload": "knative"}})
+    settings = knative_settings(config, _prod_cluster())
+    assert set(settings["config-features"]) == used
+    assert {
+        "kubernetes.podspec-init-containers", "kubernetes.podspec-persistent-volume-claim",
+        "kubernetes.podspec-persistent-volume-write", "kubernetes.podspec-securitycontext",
+        "kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations",
+    } <= used
+    assert settings["config-defaults"] == {"max-revision-timeout-seconds": "600"}
+
+
+def _prod_cluster():
+    from stacks.cluster import ClusterHandle
+    from components.eks_cluster import GPU_NODE_LABELS, GPU_TOLERATION
+
+    return ClusterHandle(provider=None, kubeconfig=None, gpu_node_selector=dict(GPU_NODE_LABELS),
+                         gpu_tolerations=[dict(GPU_TOLERATION)])
+
+
+def test_knative_settings_are_empty_without_knative_and_raise_the_timeout_ceiling_for_long_streams():
+    config = StackConfig.model_validate(stack_config("dev"))
+    assert knative_settings(config, _prod_cluster()) == {}
+    long = StackConfig.model_validate({**stack_config("dev"), "gateway": {"workload": "knative", "requestTimeoutSeconds": 1800}})
+    assert knative_settings(long, _prod_cluster())["config-defaults"] == {"max-revision-timeout-seconds": "1800"}
+    assert knative_settings(long, _prod_cluster())["config-features"] == {"kubernetes.podspec-securitycontext": "enabled"}
+
+
+def test_feature_detection_reads_the_pod_spec():
+    pod = {
+        "containers": [{"name": "c", "volumeMounts": [{"name": "ro", "mountPath": "/a", "readOnly": True}]}],
+        "volumes": [{"name": "ro", "persistentVolumeClaim": {"claimName": "x"}}, {"name": "t", "emptyDir": {}}],
+        "runtimeClassName": "nvidia",
+    }
+    assert knative_features(pod) == ["kubernetes.podspec-persistent-volume-claim", "kubernetes.podspec-runtimeclassname"]
+    pod["containers"][0]["volumeMounts"][0]["readOnly"] = False
+    assert "kubernetes.podspec-persistent-volume-write" in knative_features(pod)
+    assert knative_features({"containers": [{"name": "c"}]}) == []
+
+
+def test_a_single_node_cache_under_knative_keeps_revisions_on_one_node(knative_installed):
+    evaluation = evaluate("dev", set={"runner.workload": "knative", "gateway.image": GATEWAY_IMAGE})
+    spec = named(evaluation, "Service", "model-runner")["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= named(evaluation, "Service", "model-runner")["spec"]["template"]["metadata"]["labels"].items()
+    assert "affinity" not in pod_spec_of(evaluate("prod", set={"runner.workload": "knative"}), "Service")
+
+
+def pod_spec_of(evaluation: Evaluation, kind: str, name: str = "model-runner") -> dict[str, Any]:
+    return named(evaluation, kind, name)["spec"]["template"]["spec"]
+
+
+def test_knative_without_the_knative_layer_fails_clearly():
+    from harness import evaluate_failure
+
+    error, _ = evaluate_failure("dev", set={"runner.workload": "knative"})
+    assert "Knative" in str(error)
+
+
+# --- the gateway -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prod() -> Evaluation:
+    return evaluate("prod")
+
+
+def test_the_gateway_calls_the_runners_openai_path_and_reads_keys_from_a_secret(prod):
+    container = pod_spec_of(prod, "Deployment", "gateway")["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["GATEWAY_UPSTREAM_BASE_URL"]["value"] == prod.outputs["modelRunnerUrl"] == (
+        "http://model-runner.models.svc.cluster.local:8000/v1"
+    )
+    assert env["GATEWAY_MODEL"]["value"] == stack_config("prod")["runner"]["model"]
+    assert env["GATEWAY_PORT"]["value"] == "8080"
+    reference = env["GATEWAY_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    secret = prod.one("kubernetes:core/v1:Secret", reference["name"])
+    assert isinstance(secret.inputs["stringData"], Secret) or isinstance(secret.inputs["stringData"][reference["key"]], Secret)
+    assert FAKE_SECRETS["gatewayApiKeys"] not in repr(named(prod, "Deployment", "gateway"))
+    assert prod.outputs["gatewayUrl"] == "http://gateway.models.svc.cluster.local:8080/v1"
+
+
+def test_the_gateway_pod_follows_the_apps_contract(prod):
+    spec = pod_spec_of(prod, "Deployment", "gateway")
+    container = spec["containers"][0]
+    assert container["image"] == stack_config("prod")["gateway"]["image"]
+    assert spec["enableServiceLinks"] is False and spec["terminationGracePeriodSeconds"] > 20
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["readinessProbe"]["timeoutSeconds"] >= 5
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_the_runners_network_policy_admits_the_gateways_pods(prod):
+    gateway_labels = named(prod, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
+    (rule,) = named(prod, "NetworkPolicy", "model-runner")["spec"]["ingress"]
+    selectors = [peer["podSelector"]["matchLabels"] for peer in rule["from"] if "podSelector" in peer]
+    assert any(selector.items() <= gateway_labels.items() for selector in selectors)
+    namespaces = [peer["namespaceSelector"]["matchLabels"] for peer in rule["from"] if "namespaceSelector" in peer]
+    assert namespaces == [{"kubernetes.io/metadata.name": "batch-jobs"}]
+
+
+def test_prod_gateway_is_redundant_and_budgeted(prod):
+    hpa = named(prod, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert named(prod, "PodDisruptionBudget", "gateway")["spec"]["selector"]["matchLabels"].items() <= (
+        named(prod, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+# --- autoscaling and overrides ---------------------------------------------------------------------------------
+
+
+def test_an_inference_metric_joins_cpu_in_the_autoscaler():
+    evaluation = evaluate("prod", set={"runner.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}})
+    metrics = named(evaluation, "HorizontalPodAutoscaler", "model-runner")["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Resource", "Pods"]
+    assert metrics[1]["pods"] == {"metric": {"name": "vllm:num_requests_waiting"},
+                                  "target": {"type": "AverageValue", "averageValue": "4"}}
+    assert invalid(evaluation) == {}
+
+
+def test_profile_paths_and_port_can_be_overridden():
+    evaluation = evaluate("prod", set={"runner.port": 9000, "runner.apiBasePath": "/openai/v1", "runner.readyPath": "/ready",
+                                       "runner.livenessPath": "/ping"})
+    container = pod_spec_of(evaluation, "Deployment")["containers"][0]
+    assert container["ports"][0]["containerPort"] == 9000 and "9000" in container["args"]
+    assert container["startupProbe"]["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/ping"
+    assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local:9000/openai/v1"
+    service = named(evaluation, "Service", "model-runner")
+    assert service["spec"]["ports"][0]["port"] == 9000
