@@ -242,6 +242,13 @@ BAD_RUNNER_CONFIG = [
     ("dev", {"runner.cache.existingClaim": "models", "runner.cache.storageClass": "fast"}, "runner.cache.storageClass", "existingClaim"),
     ("prod", {"runner.scaling.minReplicas": 1}, "runner.scaling.minReplicas", "at least 2"),
     ("prod", {"runner.cache.protect": False}, "runner.cache.protect", "must be true"),
+    ("prod", {"gateway.scaling.minReplicas": 1}, "gateway.scaling.minReplicas", "at least 2"),
+    ("dev", {"gateway.scaling.minReplicas": 0}, "gateway.scaling.minReplicas", "workload knative"),
+    ("dev", {"runner.workload": "knative", "runner.scaling.podsMetric": {"name": "q", "averageValue": "4"}},
+     "runner.scaling.podsMetric", "targetConcurrency"),
+    ("dev", {"runner.readyPath": "health"}, "runner.readyPath", "absolute URL path"),
+    ("dev", {"runner.port": 70000}, "runner.port", "65535"),
+    ("prod", {"gateway.image": "model-gateway:1.0"}, "gateway.image", "digest-pinned"),
 ]
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from .base import ImageRef, Section
-from .workload import ResourcesConfig, ScalingConfig
+from .base import ImageRef, Problem, Section
+from .workload import ResourcesConfig, ScalingConfig, workload_scaling_problems
 
 
 class GatewayConfig(Section):
@@ -33,3 +33,6 @@ class GatewayConfig(Section):
 
     cors_allow_origins: list[str] = []
     """Browser origins allowed to call the API (e.g. `https://chat.example.com`); empty allows none."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        yield from workload_scaling_problems(path, self.workload, self.scaling)

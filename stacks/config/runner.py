@@ -9,7 +9,7 @@ from pydantic import Field
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 
 from .base import ImageRef, Problem, Quantity, Section, join_key, join_keys, matching
-from .workload import ResourcesConfig, ScalingConfig
+from .workload import ResourcesConfig, ScalingConfig, workload_scaling_problems
 
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
 K8sName = Annotated[str, matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a Kubernetes name (lowercase letters, digits, '-')")]
@@ -151,9 +151,4 @@ class RunnerConfig(Section):
                 "replicas on other nodes (set cache.accessMode to ReadWriteMany to scale out)",
                 self.scaling.max_replicas,
             )
-        if self.scaling.min_replicas == 0 and self.workload != "knative":
-            yield Problem(
-                join_keys(path, "scaling.minReplicas"),
-                "can be 0 only with workload knative (a Deployment cannot wake up on a request)",
-                0,
-            )
+        yield from workload_scaling_problems(path, self.workload, self.scaling)

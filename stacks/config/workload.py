@@ -9,6 +9,22 @@ from pydantic import Field
 from .base import Problem, Quantity, Section, join_key, join_keys, quantity_value
 
 
+def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig") -> Iterator[Problem]:
+    """Scaling settings the chosen workload form cannot honour (`path` is the section holding both)."""
+    if scaling.min_replicas == 0 and workload != "knative":
+        yield Problem(
+            join_keys(path, "scaling.minReplicas"),
+            "can be 0 only with workload knative (a Deployment cannot wake up on a request)",
+            0,
+        )
+    if scaling.pods_metric is not None and workload == "knative":
+        yield Problem(
+            join_keys(path, "scaling.podsMetric"),
+            "applies to Deployment workloads; Knative scales on in-flight requests (scaling.targetConcurrency)",
+            scaling.pods_metric.name,
+        )
+
+
 class ComputeQuantities(Section):
     cpu: Optional[Quantity] = None
     """CPU cores (`500m`, `4`)."""
