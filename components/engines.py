@@ -163,7 +163,8 @@ def _vllm(model: str, port: int):
 def _ollama(model: str, port: int):
     pull = _sh(
         "ollama serve & server=$!\n"
-        "until ollama list >/dev/null 2>&1; do sleep 1; done\n"
+        # A server that died never answers: stop waiting (kill -0 fails, and -e ends the step) instead of hanging.
+        'until ollama list >/dev/null 2>&1; do kill -0 "$server"; sleep 1; done\n'
         f'status=0; ollama pull "${MODEL_ENV}" || status=$?\n'
         'kill "$server"; exit "$status"'
     )

@@ -45,6 +45,10 @@ class GatewayArgs(TypedDict):
     cors_allow_origins: NotRequired[list[str]]
     """Browser origins allowed to call the API."""
 
+    upstream_scales_to_zero: NotRequired[bool]
+    """The model runner scales to zero when idle: readiness then checks the gateway alone, because a probe that
+    asks the runner every few seconds would keep it from ever scaling down."""
+
     api_keys: NotRequired[pulumi.Input[str]]
     """Comma-separated API keys clients must present (a Pulumi secret); absent disables authentication."""
 
@@ -126,7 +130,9 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         },
         # /ready checks the upstream too: a gateway whose model runner is gone takes no traffic.
         "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 5,
+            "httpGet": {"path": "/health" if args.get("upstream_scales_to_zero") else "/ready", "port": PORT_NAME},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {

@@ -146,6 +146,7 @@ def _gateway_args(
         "namespace": config.runner.namespace,
         "image": image,
         "upstream_base_url": upstream_base_url,
+        "upstream_scales_to_zero": config.runner.scaling.min_replicas == 0,
         "model": config.runner.model,
         "resources": _resources(gateway_config.resources),
         "scaling": _scaling(gateway_config.scaling),

@@ -232,3 +232,15 @@ def test_profile_paths_and_port_can_be_overridden():
     assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local:9000/openai/v1"
     service = named(evaluation, "Service", "model-runner")
     assert service["spec"]["ports"][0]["port"] == 9000
+
+
+def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it(knative_installed):
+    evaluation = evaluate("dev", set={"runner.workload": "knative", "runner.scaling.minReplicas": 0, "gateway.image": GATEWAY_IMAGE})
+    assert invalid(evaluation) == {}
+    annotations = named(evaluation, "Service", "model-runner")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+    gateway = pod_spec_of(evaluation, "Deployment", "gateway")["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert pod_spec_of(evaluate("dev", set={"gateway.image": GATEWAY_IMAGE}), "Deployment", "gateway")["containers"][0][
+        "readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert [b["metadata"]["name"] for b in objects(evaluation, "PodDisruptionBudget")] == []
