@@ -105,7 +105,8 @@ class ServingWorkloadArgs(TypedDict):
     """Deployment: replace pods instead of rolling (a single-node volume cannot be attached to a surge pod)."""
 
     allowed_clients: NotRequired[list[dict[str, Any]]]
-    """NetworkPolicy peers (camelCase `from` entries) that may reach the port; absent admits every client."""
+    """NetworkPolicy peers (camelCase `from` entries) that may reach the port; empty admits none, absent admits
+    every client (no NetworkPolicy)."""
 
     pod_annotations: NotRequired[dict[str, str]]
     """Annotations on the pod template (e.g. a config checksum that rolls pods when settings change)."""
@@ -260,14 +261,8 @@ class ServingWorkload(pulumi.ComponentResource):
         ports: Optional[list[dict[str, Any]]],
         opts: pulumi.ResourceOptions,
     ) -> None:
-        rule: dict[str, Any] = {"from": clients}
-        if ports is not None:
-            rule["ports"] = ports
         k8s.networking.v1.NetworkPolicy(
-            metadata["name"],
-            metadata=metadata,
-            spec={"podSelector": {"matchLabels": pod_labels}, "policyTypes": ["Ingress"], "ingress": [rule]},
-            opts=opts,
+            metadata["name"], metadata=metadata, spec=network_policy_spec(pod_labels, clients, ports), opts=opts
         )
 
     def _knative_service(self, metadata: dict, args: ServingWorkloadArgs, opts: pulumi.ResourceOptions) -> None:
@@ -296,6 +291,17 @@ class ServingWorkload(pulumi.ComponentResource):
             spec={"template": {"metadata": {"labels": metadata["labels"], "annotations": annotations}, "spec": spec}},
             opts=opts,
         )
+
+
+def network_policy_spec(
+    pod_labels: dict[str, str], clients: list[dict[str, Any]], ports: Optional[list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Ingress to the selected pods from `clients` only (on `ports`, or any port when None). No clients admits
+    nobody: a rule with an empty `from` would admit every source instead."""
+    rule: dict[str, Any] = {"from": clients}
+    if ports is not None:
+        rule["ports"] = ports
+    return {"podSelector": {"matchLabels": pod_labels}, "policyTypes": ["Ingress"], "ingress": [rule] if clients else []}
 
 
 def knative_features(pod_spec: dict[str, Any]) -> list[str]:

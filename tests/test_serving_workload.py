@@ -244,3 +244,13 @@ def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it(knative_
     assert pod_spec_of(evaluate("dev", set={"gateway.image": GATEWAY_IMAGE}), "Deployment", "gateway")["containers"][0][
         "readinessProbe"]["httpGet"]["path"] == "/ready"
     assert [b["metadata"]["name"] for b in objects(evaluation, "PodDisruptionBudget")] == []
+
+
+def test_a_network_policy_without_clients_admits_nobody():
+    from components.serving_workload import network_policy_spec
+
+    labels = {"app.kubernetes.io/name": "model-runner"}
+    assert network_policy_spec(labels, [], [{"port": 8000, "protocol": "TCP"}])["ingress"] == []
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
+    (rule,) = network_policy_spec(labels, [peer], None)["ingress"]
+    assert rule == {"from": [peer]}
