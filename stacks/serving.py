@@ -78,11 +78,13 @@ def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, d
     """What Knative Serving must allow for the workloads this config serves through it, per ConfigMap in
     `knative-serving`: the `config-features` flags their pods need, and a `config-defaults` ceiling for request
     timeouts that admits streams as long as the gateway waits. Empty when nothing runs on Knative."""
+    # Only the pods' shape matters here, not which registry their images come from or where the runner is.
     features: set[str] = set()
     if config.runner.workload == "knative":
-        features.update(knative_features(runner_pod_spec(RUNNER, _runner_args(config, cluster, str, []))))
+        features.update(knative_features(runner_pod_spec(RUNNER, _runner_args(config, cluster, _as_is, []))))
     if config.gateway.workload == "knative":
-        features.update(knative_features(gateway_pod_spec(GATEWAY, _gateway_args(config, "gateway", "http://runner/v1", []))))
+        gateway_args = _gateway_args(config, config.gateway.image or "model-gateway", "http://model-runner/v1", [])
+        features.update(knative_features(gateway_pod_spec(GATEWAY, gateway_args)))
     if "knative" not in (config.runner.workload, config.gateway.workload):
         return {}
     return {
@@ -91,6 +93,10 @@ def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, d
             "max-revision-timeout-seconds": str(max(KNATIVE_MAX_REVISION_TIMEOUT_SECONDS, config.gateway.request_timeout_seconds))
         },
     }
+
+
+def _as_is(reference: str) -> str:
+    return reference
 
 
 def _runner_args(

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 import stacks.kubernetes
-from components.serving_workload import knative_features
+from components.eks_cluster import GPU_NODE_LABELS, GPU_TOLERATION
+from components.serving_workload import knative_features, network_policy_spec
 from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, stack_config
 from schemas import crd_schemas, validation_errors
+from stacks.cluster import ClusterHandle
 from stacks.config import StackConfig
 from stacks.knative import KnativeHandle
 from stacks.serving import knative_settings
@@ -109,10 +111,7 @@ def test_the_features_knative_must_enable_are_the_ones_the_pods_use(knative_inst
     assert settings["config-defaults"] == {"max-revision-timeout-seconds": "600"}
 
 
-def _prod_cluster():
-    from stacks.cluster import ClusterHandle
-    from components.eks_cluster import GPU_NODE_LABELS, GPU_TOLERATION
-
+def _prod_cluster() -> ClusterHandle:
     return ClusterHandle(provider=None, kubeconfig=None, gpu_node_selector=dict(GPU_NODE_LABELS),
                          gpu_tolerations=[dict(GPU_TOLERATION)])
 
@@ -148,13 +147,6 @@ def test_a_single_node_cache_under_knative_keeps_revisions_on_one_node(knative_i
 
 def pod_spec_of(evaluation: Evaluation, kind: str, name: str = "model-runner") -> dict[str, Any]:
     return named(evaluation, kind, name)["spec"]["template"]["spec"]
-
-
-def test_knative_without_the_knative_layer_fails_clearly():
-    from harness import evaluate_failure
-
-    error, _ = evaluate_failure("dev", set={"runner.workload": "knative"})
-    assert "Knative" in str(error)
 
 
 # --- the gateway -----------------------------------------------------------------------------------------------
@@ -247,8 +239,6 @@ def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it(knative_
 
 
 def test_a_network_policy_without_clients_admits_nobody():
-    from components.serving_workload import network_policy_spec
-
     labels = {"app.kubernetes.io/name": "model-runner"}
     assert network_policy_spec(labels, [], [{"port": 8000, "protocol": "TCP"}])["ingress"] == []
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
