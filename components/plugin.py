@@ -5,10 +5,15 @@ what Pulumi infers the package schema from. EksCluster is left out: it needs the
 """
 
 from .gateway import Gateway
+from .image import Image
+from .image_mirror import ImageMirror
 from .kind_cluster import KindCluster
 from .local_registry import LocalRegistry
 from .model_runner import ModelRunner
+from .registry_credentials import RegistryCredentials
 from .serving_workload import ServingWorkload
 
 PACKAGE_NAME = "model-stack"
-COMPONENTS = [ModelRunner, Gateway, ServingWorkload, KindCluster, LocalRegistry]
+COMPONENTS = [
+    ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KindCluster, LocalRegistry,
+]

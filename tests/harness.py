@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -143,6 +144,10 @@ def _decode(value: Any) -> Any:
 # Outputs a real provider would compute, per resource type. Each returns extra state merged over the inputs.
 MockOutputs = Callable[[pulumi_mocks.MockResourceArgs], dict[str, Any]]
 MOCK_OUTPUTS: dict[str, MockOutputs] = {
+    # A pushed build: its first tag pinned to a digest derived from the resource name (stable across runs).
+    "docker-build:index:Image": lambda args: {
+        "ref": f"{args.inputs['tags'][0]}@sha256:{hashlib.sha256(args.name.encode()).hexdigest()}",
+    },
     # pulumi-eks's Cluster is a multi-language component: one resource under mocks, outputs made up here.
     "eks:index:Cluster": lambda args: {
         "kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [{"name": args.name}]}),

@@ -264,4 +264,4 @@ def test_bad_runner_config_is_rejected_by_key(stack, overrides, key, text):
 def test_production_names_every_unpinned_image_the_engine_profile_would_deploy():
     config = StackConfig.model_validate({"environment": "production", "cluster": {"provider": "existing"}})
     unpinned = [problem.key for problem in config.problems("") if "digest-pinned" in problem.message]
-    assert unpinned == ["runner.image", "runner.pullSidecarImage"]
+    assert unpinned == ["images.gatewayBuild.baseImage", "runner.image", "runner.pullSidecarImage"]

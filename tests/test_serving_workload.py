@@ -175,7 +175,8 @@ def test_the_gateway_calls_the_runners_openai_path_and_reads_keys_from_a_secret(
 def test_the_gateway_pod_follows_the_apps_contract(prod):
     spec = pod_spec_of(prod, "Deployment", "gateway")
     container = spec["containers"][0]
-    assert container["image"] == stack_config("prod")["gateway"]["image"]
+    build = stack_config("prod")["images"]
+    assert container["image"].startswith(f"{build['registry']['server']}/model-gateway:{build['gatewayBuild']['tag']}@sha256:")
     assert spec["enableServiceLinks"] is False and spec["terminationGracePeriodSeconds"] > 20
     assert spec["securityContext"]["runAsUser"] == 10001
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}

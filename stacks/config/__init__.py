@@ -71,7 +71,19 @@ class StackConfig(Section):
                 "production stacks need a real cluster: use existing or eks (kind runs on one machine)",
                 "kind",
             )
+        building_gateway = self.gateway.image is None
+        if building_gateway and self.images.registry.server is None and self.cluster.provider != "kind" and self.runtime == "kubernetes":
+            yield Problem(
+                join_keys(path, "images.registry.server"),
+                "is required to push the gateway build to a registry the cluster can pull from "
+                "(or set gateway.image to a prebuilt image)",
+            )
         if self.environment == "production":
+            if building_gateway and self.images.gateway_build.base_image is None:
+                yield Problem(
+                    join_keys(path, "images.gatewayBuild.baseImage"),
+                    "production builds need a digest-pinned base image, so a rebuild cannot pick up a different one",
+                )
             deployed = [*image_fields(self, path), *self.runner.profile_images(join_key(path, "runner"))]
             for key, reference in deployed:
                 if not ImageReference.parse(reference).pinned:

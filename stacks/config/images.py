@@ -1,9 +1,105 @@
 """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
 
-from __future__ import annotations
+from typing import Annotated, Iterator, Literal, Optional
 
-from .base import Section
+from components.image_rewrite import canonical_prefix, rewrite_image
+
+from .base import ImageRef, ImageReference, Problem, Section, join_key, join_keys, matching
+
+RegistryPath = Annotated[
+    str,
+    matching(
+        r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*",
+        "a registry host with an optional port and path, such as ghcr.io/acme or localhost:5001",
+    ),
+]
+Tag = Annotated[str, matching(r"[\w][\w.-]{0,127}", "an image tag such as 1.4.0 (letters, digits, '_', '.', '-')")]
+Repository = Annotated[str, matching(r"[a-z0-9]+([._/-][a-z0-9]+)*", "a lowercase repository name such as model-gateway")]
+
+
+class RegistryConfig(Section):
+    server: Optional[RegistryPath] = None
+    """Where the stack pushes what it builds, as host[/path] (`123456789012.dkr.ecr.us-east-1.amazonaws.com`,
+    `ghcr.io/acme`). Unset: the cluster's local registry (kind: `localhost:5001`)."""
+
+    push_username: Optional[str] = None
+    """User that pushes builds (CI's account); its password is the `registryPushPassword` secret. Unset for
+    registries that take anonymous pushes or where the Docker credential helper already logs in."""
+
+    pull_username: Optional[str] = None
+    """Read-only user the cluster pulls with; its password is the `registryPullPassword` secret and it becomes
+    an `imagePullSecret`. Unset where nodes pull without credentials (kind's local registry, ECR via the node
+    role)."""
+
+
+class GatewayBuildConfig(Section):
+    context: str = "app"
+    """Build context, relative to the project. Only what `.dockerignore` admits is hashed and sent, so the
+    image is rebuilt exactly when a file that reaches the build changes."""
+
+    dockerfile: Optional[str] = None
+    """Dockerfile path; unset uses the context's `Dockerfile`."""
+
+    target: Literal["dev", "prod"] = "prod"
+    """Stage of app/Dockerfile: `prod` (dependencies only, non-root, health check) or `dev` (adds test tools)."""
+
+    base_image: Optional[ImageRef] = None
+    """Python base image (the Dockerfile's `BASE_IMAGE`); unset keeps the Dockerfile's default. Production
+    builds need it digest-pinned so a rebuild cannot pick up a different base."""
+
+    build_args: dict[str, str] = {}
+    """Other `ARG` values."""
+
+    platforms: list[Literal["linux/amd64", "linux/arm64"]] = []
+    """Platforms to build; unset builds for the machine running `pulumi up`."""
+
+    cache: bool = False
+    """Import and export BuildKit cache at `<repository>:buildcache`, so CI runners without local cache reuse
+    layers."""
+
+    labels: dict[str, str] = {}
+    """Extra image labels (the OCI source and version labels are set already)."""
+
+    repository: Repository = "model-gateway"
+    """Repository under `images.registry.server`."""
+
+    tag: Tag = "dev"
+    """Tag pushed with the build (deployments use its digest)."""
+
+    pull: bool = False
+    """Pull newer base images on every build."""
 
 
 class ImagesConfig(Section):
     """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
+
+    registry: RegistryConfig = RegistryConfig()
+    """The registry for the stack's builds and mirrors."""
+
+    gateway_build: GatewayBuildConfig = GatewayBuildConfig()
+    """How the gateway image is built (when `gateway.image` does not name a prebuilt one)."""
+
+    rewrite: dict[str, str] = {}
+    """Registry mapping applied to every image the stack deploys, third-party manifests included: upstream
+    prefix -> mirror prefix (`docker.io: <registry>/mirror/docker.io`). The longest matching prefix wins; a prefix
+    without a host is on Docker Hub. Tags and digests are kept."""
+
+    mirror: list[ImageRef] = []
+    """Upstream images (digest-pinned) copied to where `rewrite` maps them on every `pulumi up`, so the cluster
+    pulls only from the private registry."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        registry = self.registry
+        if registry.push_username and not registry.server:
+            yield Problem(join_keys(path, "registry.pushUsername"), "needs images.registry.server to log in to")
+        if registry.pull_username and not registry.server:
+            yield Problem(join_keys(path, "registry.pullUsername"), "needs images.registry.server to log in to")
+        for prefix, target in self.rewrite.items():
+            if canonical_prefix(prefix) == canonical_prefix(target):
+                yield Problem(join_key(join_key(path, "rewrite"), prefix), "maps a prefix to itself", target)
+        for index, source in enumerate(self.mirror):
+            key = join_key(join_key(path, "mirror"), index)
+            if not ImageReference.parse(source).pinned:
+                yield Problem(key, "mirrored images must be pinned by digest (name[:tag]@sha256:<digest>)", source)
+            elif rewrite_image(source, self.rewrite) == source:
+                yield Problem(key, "no images.rewrite rule maps it into the private registry", source)

@@ -40,6 +40,11 @@ class StackSecrets:
 
     def problems(self, config: "StackConfig") -> Iterator[Problem]:
         """Secrets that the rest of the config requires."""
+        registry = config.images.registry
+        if registry.push_username and self.registry_push_password is None:
+            yield Problem("registryPushPassword", f"is required: images.registry.pushUsername is {registry.push_username!r}")
+        if registry.pull_username and self.registry_pull_password is None:
+            yield Problem("registryPullPassword", f"is required: images.registry.pullUsername is {registry.pull_username!r}")
         cluster = config.cluster
         if config.runtime == "kubernetes" and cluster.provider == "existing":
             sources = {

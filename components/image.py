@@ -1,0 +1,92 @@
+"""An image built from a Docker context with BuildKit and pushed to a registry, exposed by digest."""
+
+from typing import NotRequired, Optional, TypedDict
+
+import pulumi
+import pulumi_docker_build as docker_build
+
+
+class RegistryLoginArgs(TypedDict):
+    address: str
+    """Registry host the image is pushed to (`123456789012.dkr.ecr.us-east-1.amazonaws.com`)."""
+
+    username: str
+    """User to push as."""
+
+    password: pulumi.Input[str]
+    """Password or token to push with (a Pulumi secret)."""
+
+
+class ImageArgs(TypedDict):
+    repository: str
+    """Fully qualified repository to push to (`localhost:5001/model-gateway`)."""
+
+    tag: str
+    """Tag pushed along with the digest (a release version; deployments use the digest)."""
+
+    context: str
+    """Build context directory. Only what its `.dockerignore` lets through is hashed and sent to BuildKit, so a
+    rebuild happens exactly when a file that reaches the build changes."""
+
+    dockerfile: NotRequired[str]
+    """Dockerfile path; absent uses `<context>/Dockerfile`."""
+
+    target: NotRequired[str]
+    """Stage of a multi-stage Dockerfile to build."""
+
+    build_args: NotRequired[dict[str, str]]
+    """`ARG` values."""
+
+    platforms: NotRequired[list[str]]
+    """Platforms to build for (`linux/amd64`, `linux/arm64`); absent builds for the builder's own."""
+
+    cache_from: NotRequired[list[str]]
+    """Registry references to import build cache from."""
+
+    cache_to: NotRequired[list[str]]
+    """Registry references to export build cache to (mode=max: every stage's layers)."""
+
+    labels: NotRequired[dict[str, str]]
+    """Image labels (OCI annotations such as `org.opencontainers.image.source`)."""
+
+    pull: NotRequired[bool]
+    """Pull newer versions of the base images on every build."""
+
+    secrets: NotRequired[dict[str, pulumi.Input[str]]]
+    """Build secrets (`RUN --mount=type=secret,id=<name>`), kept out of layers and history."""
+
+    registry_login: NotRequired[RegistryLoginArgs]
+    """Credentials for the push; absent for registries that take anonymous pushes (a local dev registry)."""
+
+
+class Image(pulumi.ComponentResource):
+    """A BuildKit build pushed to a registry; `ref` names exactly the pushed bytes."""
+
+    ref: pulumi.Output[str]
+    """Digest-pinned reference of the pushed image (`<repository>:<tag>@sha256:...`)."""
+
+    def __init__(self, name: str, args: ImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("model-stack:index:Image", name, None, opts)
+        login = args.get("registry_login")
+        image = docker_build.Image(
+            name,
+            context={"location": args["context"]},
+            dockerfile={"location": args["dockerfile"]} if "dockerfile" in args else None,
+            target=args.get("target"),
+            build_args=args.get("build_args"),
+            platforms=args.get("platforms"),
+            cache_from=[{"registry": {"ref": ref}} for ref in args.get("cache_from", [])] or None,
+            cache_to=[{"registry": {"ref": ref, "mode": "max"}} for ref in args.get("cache_to", [])] or None,
+            labels=args.get("labels"),
+            pull=args.get("pull", False),
+            secrets=args.get("secrets"),
+            tags=[f"{args['repository']}:{args['tag']}"],
+            push=True,
+            registries=[login] if login else None,
+            # `pulumi preview` (CI on pull requests) needs neither a Docker daemon nor push credentials; the image
+            # is built and pushed by `pulumi up`, and until then its digest is unknown in the preview.
+            build_on_preview=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.ref = image.ref
+        self.register_outputs({"ref": self.ref})

@@ -1,0 +1,56 @@
+"""Image references as Docker resolves them, and the registry mapping every deployed image goes through.
+
+A rule maps a repository prefix to another (`docker.io/vllm` -> `registry.internal/mirror/vllm`); the longest
+matching prefix wins, and tag and digest are kept, so a mirrored copy is pinned to exactly the upstream image.
+"""
+
+from typing import Mapping
+
+DEFAULT_REGISTRY = "docker.io"
+OFFICIAL_NAMESPACE = "library"
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """(repository, suffix) where suffix is `:tag`, `@digest`, `:tag@digest` or empty."""
+    name, at, digest = reference.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        name, tag = name[:colon], name[colon:]
+    else:
+        tag = ""
+    return name, tag + (at + digest if at else "")
+
+
+def _is_registry_host(component: str) -> bool:
+    return "." in component or ":" in component or component == "localhost"
+
+
+def canonical_repository(repository: str) -> str:
+    """The fully qualified repository Docker pulls for a name: `nginx` -> `docker.io/library/nginx`,
+    `vllm/vllm-openai` -> `docker.io/vllm/vllm-openai`; names with a registry host stay as they are."""
+    first, _, rest = repository.partition("/")
+    if rest and _is_registry_host(first):
+        return repository
+    if not rest:
+        return f"{DEFAULT_REGISTRY}/{OFFICIAL_NAMESPACE}/{repository}"
+    return f"{DEFAULT_REGISTRY}/{repository}"
+
+
+def canonical_prefix(prefix: str) -> str:
+    """A rule's prefix, fully qualified: a registry host (`ghcr.io`), or a repository path where a path without
+    a host is on Docker Hub (`vllm` -> `docker.io/vllm`)."""
+    prefix = prefix.strip("/")
+    return prefix if _is_registry_host(prefix.partition("/")[0]) else f"{DEFAULT_REGISTRY}/{prefix}"
+
+
+def rewrite_image(reference: str, rules: Mapping[str, str]) -> str:
+    """`reference` as the cluster pulls it: through the longest matching rule, or unchanged when none matches."""
+    repository, suffix = split_reference(reference)
+    canonical = canonical_repository(repository)
+    prefixes = {canonical_prefix(prefix): target for prefix, target in rules.items()}
+    matching = [prefix for prefix in prefixes if canonical == prefix or canonical.startswith(prefix + "/")]
+    if not matching:
+        return reference
+    prefix = max(matching, key=len)
+    return prefixes[prefix].rstrip("/") + canonical[len(prefix):] + suffix

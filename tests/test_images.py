@@ -1,0 +1,164 @@
+"""Image builds, pushes, pull credentials, mirrors and the registry mapping every deployed image goes through."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from components.image_rewrite import canonical_repository, rewrite_image
+from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, evaluate_failure, stack_config, unwrap
+from stacks.config import ConfigError
+
+DIGEST = "sha256:" + "a" * 64
+MIRROR = "registry.example.com/mirror"
+
+
+# --- the registry mapping --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,canonical", [
+    ("nginx", "docker.io/library/nginx"),
+    ("vllm/vllm-openai", "docker.io/vllm/vllm-openai"),
+    ("ghcr.io/ggml-org/llama.cpp", "ghcr.io/ggml-org/llama.cpp"),
+    ("localhost:5001/model-gateway", "localhost:5001/model-gateway"),
+])
+def test_names_are_qualified_the_way_docker_resolves_them(name, canonical):
+    assert canonical_repository(name) == canonical
+
+
+RULES = {"docker.io": f"{MIRROR}/dockerhub", "vllm": f"{MIRROR}/vllm", "ghcr.io/ggml-org/": f"{MIRROR}/ggml/"}
+
+
+@pytest.mark.parametrize("reference,pulled", [
+    ("nginx:1.27", f"{MIRROR}/dockerhub/library/nginx:1.27"),
+    # The longest prefix wins; tag and digest survive.
+    (f"vllm/vllm-openai:v0.11.0@{DIGEST}", f"{MIRROR}/vllm/vllm-openai:v0.11.0@{DIGEST}"),
+    # A prefix matches whole path components only.
+    ("vllm-project/router:1", f"{MIRROR}/dockerhub/vllm-project/router:1"),
+    ("ghcr.io/ggml-org/llama.cpp:server", f"{MIRROR}/ggml/llama.cpp:server"),
+    ("quay.io/prometheus/prometheus:v3.0.0", "quay.io/prometheus/prometheus:v3.0.0"),
+    ("localhost:5001/model-gateway:dev", "localhost:5001/model-gateway:dev"),
+])
+def test_rewrite_uses_the_longest_matching_prefix_and_keeps_tag_and_digest(reference, pulled):
+    assert rewrite_image(reference, RULES) == pulled
+
+
+# --- builds ----------------------------------------------------------------------------------------------------
+
+def container_images(evaluation: Evaluation) -> dict[str, str]:
+    """Every container image the stack applies to the cluster, keyed by object and container."""
+    found = {}
+    for _, obj in evaluation.kubernetes_objects():
+        spec = obj.get("spec", {})
+        pod = spec.get("template", {}).get("spec", {}) if obj["kind"] != "Pod" else spec
+        for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+            found[f"{obj['kind']}/{obj['metadata'].get('name')}/{container['name']}"] = container["image"]
+    return found
+
+
+def test_dev_builds_the_gateway_into_the_kind_registry_and_deploys_its_digest():
+    evaluation = evaluate("dev")
+    build = evaluation.one("docker-build:index:Image")
+    assert build.inputs["tags"] == ["localhost:5001/model-gateway:dev"]
+    assert build.inputs["push"] is True and build.inputs["buildOnPreview"] is False
+    assert build.inputs["context"]["location"].endswith("/app") and build.inputs["target"] == "prod"
+    assert "registries" not in build.inputs  # the local registry takes anonymous pushes
+    image = container_images(evaluation)["Deployment/gateway/gateway"]
+    assert re.fullmatch(r"localhost:5001/model-gateway:dev@sha256:[0-9a-f]{64}", image)
+
+
+PRIVATE = {
+    "images.registry.server": "ghcr.io/acme",
+    "images.registry.pushUsername": "ci-bot",
+    "images.registry.pullUsername": "cluster-reader",
+    "images.gatewayBuild.platforms": ["linux/amd64", "linux/arm64"],
+    "images.gatewayBuild.cache": True,
+    "images.gatewayBuild.baseImage": f"python:3.12-slim-bookworm@{DIGEST}",
+    "images.gatewayBuild.tag": "1.4.0",
+}
+
+
+def test_a_private_registry_gets_push_credentials_cache_platforms_and_a_pinned_base():
+    build = evaluate("dev", set=PRIVATE).one("docker-build:index:Image")
+    (registry,) = build.inputs["registries"]
+    assert registry["address"] == "ghcr.io" and registry["username"] == "ci-bot"
+    assert isinstance(registry["password"], Secret)
+    assert build.inputs["tags"] == ["ghcr.io/acme/model-gateway:1.4.0"]
+    assert build.inputs["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert build.inputs["cacheFrom"] == [{"registry": {"ref": "ghcr.io/acme/model-gateway:buildcache"}}]
+    assert build.inputs["cacheTo"] == [{"registry": {"ref": "ghcr.io/acme/model-gateway:buildcache", "mode": "max"}}]
+    assert build.inputs["buildArgs"] == {"BASE_IMAGE": f"python:3.12-slim-bookworm@{DIGEST}"}
+    assert build.inputs["labels"]["org.opencontainers.image.version"] == "1.4.0"
+
+
+def test_pull_credentials_become_a_secret_every_workload_pulls_with():
+    evaluation = evaluate("dev", set=PRIVATE)
+    secret = evaluation.one("kubernetes:core/v1:Secret", "models-registry-pull")
+    assert secret.inputs["type"] == "kubernetes.io/dockerconfigjson"
+    assert isinstance(secret.inputs["stringData"], Secret) or isinstance(secret.inputs["stringData"][".dockerconfigjson"], Secret)
+    config = json.loads(unwrap(secret.inputs["stringData"])[".dockerconfigjson"])
+    entry = config["auths"]["ghcr.io"]
+    assert (entry["username"], entry["password"]) == ("cluster-reader", FAKE_SECRETS["registryPullPassword"])
+    assert base64.b64decode(entry["auth"]).decode() == f"cluster-reader:{FAKE_SECRETS['registryPullPassword']}"
+    for _, obj in evaluation.kubernetes_objects():
+        if obj["kind"] == "Deployment":
+            assert obj["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-pull"}]
+
+
+def test_no_deployed_image_escapes_the_registry_mapping():
+    evaluation = evaluate("dev", set={"images.rewrite": {"docker.io": f"{MIRROR}/dockerhub"}})
+    images = container_images(evaluation)
+    assert images and all(
+        image.startswith((f"{MIRROR}/", "localhost:5001/")) for image in images.values()
+    ), images
+
+
+def test_prod_pulls_everything_from_its_registry():
+    registry = stack_config("prod")["images"]["registry"]["server"].partition("/")[0]
+    images = container_images(evaluate("prod"))
+    assert images and all(image.startswith(registry + "/") for image in images.values()), images
+
+
+# --- mirrors ---------------------------------------------------------------------------------------------------
+
+def test_mirrors_copy_by_digest_with_credentials_outside_the_command():
+    evaluation = evaluate("prod")
+    (copy,) = evaluation.of_type("command:local:Command")
+    source = stack_config("prod")["images"]["mirror"][0]
+    environment = copy.inputs["environment"]
+    assert environment["SOURCE"] == source
+    assert environment["TARGET"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/vllm/vllm-openai:v0.11.0"
+    assert isinstance(environment["REGISTRY_PASSWORD"], Secret)
+    assert FAKE_SECRETS["registryPushPassword"] not in copy.inputs["create"]
+    assert "imagetools create" in copy.inputs["create"]
+    runner_image = container_images(evaluation)["Deployment/model-runner/engine"]
+    assert runner_image == environment["TARGET"] + "@" + source.split("@")[1]
+
+
+BAD_IMAGE_CONFIG = [
+    ("dev", {"images.mirror": ["vllm/vllm-openai:v0.11.0"]}, "images.mirror[0]", "pinned by digest"),
+    ("dev", {"images.mirror": [f"vllm/vllm-openai@{DIGEST}"]}, "images.mirror[0]", "no images.rewrite rule"),
+    ("dev", {"images.rewrite": {"docker.io": "docker.io/"}}, 'images.rewrite["docker.io"]', "to itself"),
+    ("dev", {"images.registry.pushUsername": "ci"}, "images.registry.pushUsername", "images.registry.server"),
+    ("dev", {"images.registry.server": "ghcr.io/Acme Corp"}, "images.registry.server", "registry host"),
+    ("prod", {"images.gatewayBuild.baseImage": "python:3.12-slim"}, "images.gatewayBuild.baseImage", "digest-pinned"),
+    ("prod", {"gateway.image": "ghcr.io/acme/model-gateway:latest"}, "gateway.image", "digest-pinned"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,key,text", BAD_IMAGE_CONFIG, ids=[c[2] for c in BAD_IMAGE_CONFIG])
+def test_bad_image_config_is_rejected_by_key(stack, overrides, key, text):
+    error, evaluation = evaluate_failure(stack, set=overrides)
+    assert isinstance(error, ConfigError)
+    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
+    assert len(lines) == 1 and text in lines[0], str(error)
+    assert evaluation.resources == []
+
+
+def test_a_push_user_needs_its_password():
+    secrets = {key: value for key, value in FAKE_SECRETS.items() if key != "registryPushPassword"}
+    error, evaluation = evaluate_failure("prod", secrets=secrets)
+    assert [problem.key for problem in error.problems] == ["registryPushPassword"]
+    assert evaluation.resources == []
