@@ -252,7 +252,7 @@ class ModelRunner(pulumi.ComponentResource):
                 # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
                 "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
                 "allowed_clients": args.get("allowed_clients", []),
-                # A new revision pulls its image and then loads the model; Knative gives up on it after this.
+                # A new pod pulls its image and then loads the model; the rollout gives up on it after this.
                 "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
                 "cluster_local": True,
                 **({"request_timeout_seconds": args["request_timeout_seconds"]} if "request_timeout_seconds" in args else {}),
