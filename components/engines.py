@@ -7,10 +7,11 @@ and Docker runtimes both render their containers from a profile; neither knows e
 
 Endpoints and flags, per engine (checked against each project's docs and code):
 - Docker Model Runner (docker/model-runner): `MODEL_RUNNER_PORT` switches it from a unix socket to TCP;
-  `MODELS_PATH` is its model store; OpenAI API under `/engines/v1`; `POST /models/create {"from": ...}` pulls;
+  `MODELS_PATH` is its model store; `DISABLE_SERVER_UPDATE` keeps it on the llama.cpp server its image bundles
+  (pkg/envconfig, pkg/server); OpenAI API under `/engines/v1`; `POST /models/create {"from": ...}` pulls;
   `GET /engines/v1/models/<model>` answers 404 until the model is in the store. Models load on first request.
-  The image has no HTTP client, so the pull runs from a small sidecar that stays up (it is also what re-pulls
-  after someone deletes the store), and readiness gates traffic until the model is there.
+  The image has no HTTP client, so the pull runs from a small sidecar that stays up once the pull is done (every
+  pod start pulls, a no-op when the store has the model), and readiness gates traffic until the model is there.
 - vLLM (vllm/vllm-openai): `vllm serve <model>`; the API server only listens once the engine has loaded the
   weights, so `/v1/models` answering means the model can serve; `/health` is the cheap liveness check. Weights
   come from the Hugging Face cache (`HF_HOME`); the pre-pull runs `snapshot_download` (idempotent: files already
@@ -138,7 +139,14 @@ def _docker_model_runner(model: str, port: int):
     return (
         (),
         (),
-        {"MODEL_RUNNER_PORT": str(port), "MODELS_PATH": store, MODEL_ENV: model},
+        {
+            "MODEL_RUNNER_PORT": str(port),
+            "MODELS_PATH": store,
+            # It would otherwise fetch a newer llama.cpp server at run time into its (read-only) working directory:
+            # the image's bundled server is the one that was tested and pinned.
+            "DISABLE_SERVER_UPDATE": "1",
+            MODEL_ENV: model,
+        },
         ProbeAction(http_path=f"/engines/v1/models/{model}"),
         PullStep(mode="sidecar", command=pull, image=PULL_SIDECAR_IMAGE),
     )
