@@ -18,7 +18,7 @@ Endpoints and flags, per engine (checked against each project's docs and code):
   in the cache are not fetched again) and the server runs with `HF_HUB_OFFLINE=1`, so a restart never touches the
   hub. Tensor parallelism needs a memory-backed `/dev/shm`.
 - Ollama (ollama/ollama): `/` answers "Ollama is running"; models live in `OLLAMA_MODELS`; the pre-pull starts a
-  private `ollama serve` in the init container and runs `ollama pull` (a no-op when the layers are present);
+  private `ollama serve` in the init container and runs `ollama pull` unless `ollama show` finds the model;
   readiness runs `ollama show <model>`, which fails until the model is in the store. It writes its identity key
   under `$HOME/.ollama`, so HOME is a writable emptyDir.
 - llama.cpp server (ghcr.io/ggml-org/llama.cpp:server): `/health` answers 503 while the model loads and 200 once
@@ -173,7 +173,8 @@ def _ollama(model: str, port: int):
         "ollama serve & server=$!\n"
         # A server that died never answers: stop waiting (kill -0 fails, and -e ends the step) instead of hanging.
         'until ollama list >/dev/null 2>&1; do kill -0 "$server"; sleep 1; done\n'
-        f'status=0; ollama pull "${MODEL_ENV}" || status=$?\n'
+        # A model already in the store is served as it is: a registry outage must not keep a restart from serving.
+        f'status=0; ollama show "${MODEL_ENV}" >/dev/null 2>&1 || ollama pull "${MODEL_ENV}" || status=$?\n'
         'kill "$server"; exit "$status"'
     )
     return (
