@@ -255,7 +255,7 @@ class ModelRunner(pulumi.ComponentResource):
                 # A new pod pulls its image and then loads the model; the rollout gives up on it after this.
                 "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
                 "cluster_local": True,
-                **({"request_timeout_seconds": args["request_timeout_seconds"]} if "request_timeout_seconds" in args else {}),
+                **{key: args[key] for key in ("request_timeout_seconds",) if key in args},
             },
             # Pods that start before their settings exist fail to start; create them first.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings_objects)),

@@ -195,7 +195,9 @@ class ServingWorkload(pulumi.ComponentResource):
         deployment_opts = pulumi.ResourceOptions.merge(opts, _rollout_wait(args))
         if autoscaled:
             # The autoscaler owns the replica count once it exists; `pulumi up` must not reset it.
-            deployment_opts = pulumi.ResourceOptions.merge(deployment_opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"]))
+            deployment_opts = pulumi.ResourceOptions.merge(
+                deployment_opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            )
         deployment = k8s.apps.v1.Deployment(name, metadata=metadata, spec=spec, opts=deployment_opts)
         k8s.core.v1.Service(
             name,
@@ -313,7 +315,11 @@ def network_policy_spec(
     rule: dict[str, Any] = {"from": clients}
     if ports is not None:
         rule["ports"] = ports
-    return {"podSelector": {"matchLabels": pod_labels}, "policyTypes": ["Ingress"], "ingress": [rule] if clients else []}
+    return {
+        "podSelector": {"matchLabels": pod_labels},
+        "policyTypes": ["Ingress"],
+        "ingress": [rule] if clients else [],
+    }
 
 
 def knative_features(pod_spec: dict[str, Any]) -> list[str]:
