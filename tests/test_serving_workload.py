@@ -253,3 +253,14 @@ def test_a_deployment_rollout_outlasts_the_model_load(prod):
     # Kubernetes' default (600 s) is shorter than prod's load budget: rollouts would be declared failed.
     assert deadline > stack_config("prod")["runner"]["loadBudgetSeconds"] > 600
 
+
+
+def test_the_runner_waits_for_its_settings_credentials_and_cache(prod):
+    deployment = prod.one("kubernetes:apps/v1:Deployment", "model-runner")
+    wanted = [
+        prod.one("kubernetes:core/v1:PersistentVolumeClaim", "model-runner-cache"),
+        prod.one("kubernetes:core/v1:Secret", "model-runner-credentials"),
+        *[r for r in prod.of_type("kubernetes:core/v1:ConfigMap") if r.name.startswith("model-runner-")],
+    ]
+    assert len(wanted) == 3
+    assert {r.urn for r in wanted} <= set(deployment.dependencies)
