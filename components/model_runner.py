@@ -24,8 +24,9 @@ LIVENESS_FAILURE_THRESHOLD = 6
 PROBE_TIMEOUT_SECONDS = 5
 # In-flight streamed completions get this long to finish when a pod is stopped.
 TERMINATION_GRACE_PERIOD_SECONDS = 60
-# Time a new Knative revision gets on top of the load budget to pull its image onto the node.
-IMAGE_PULL_ALLOWANCE_SECONDS = 120
+# Time a new pod gets on top of the load budget to pull its image: engine images run to gigabytes (vLLM ~10 GB)
+# and a node added by the autoscaler has none cached.
+IMAGE_PULL_ALLOWANCE_SECONDS = 300
 CACHE_VOLUME = "model-cache"
 
 
