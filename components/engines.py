@@ -7,17 +7,18 @@ and Docker runtimes both render their containers from a profile; neither knows e
 
 Endpoints and flags, per engine (checked against each project's docs and code):
 - Docker Model Runner (docker/model-runner): `MODEL_RUNNER_PORT` switches it from a unix socket to TCP;
-  `MODELS_PATH` is its model store; OpenAI API under `/engines/v1`; `POST /models/create {"from": ...}` pulls;
+  `MODELS_PATH` is its model store; `DISABLE_SERVER_UPDATE` keeps it on the llama.cpp server its image bundles
+  (pkg/envconfig, pkg/server); OpenAI API under `/engines/v1`; `POST /models/create {"from": ...}` pulls;
   `GET /engines/v1/models/<model>` answers 404 until the model is in the store. Models load on first request.
-  The image has no HTTP client, so the pull runs from a small sidecar that stays up (it is also what re-pulls
-  after someone deletes the store), and readiness gates traffic until the model is there.
+  The image has no HTTP client, so the pull runs from a small sidecar that stays up once the pull is done (every
+  pod start pulls, a no-op when the store has the model), and readiness gates traffic until the model is there.
 - vLLM (vllm/vllm-openai): `vllm serve <model>`; the API server only listens once the engine has loaded the
   weights, so `/v1/models` answering means the model can serve; `/health` is the cheap liveness check. Weights
   come from the Hugging Face cache (`HF_HOME`); the pre-pull runs `snapshot_download` (idempotent: files already
   in the cache are not fetched again) and the server runs with `HF_HUB_OFFLINE=1`, so a restart never touches the
   hub. Tensor parallelism needs a memory-backed `/dev/shm`.
 - Ollama (ollama/ollama): `/` answers "Ollama is running"; models live in `OLLAMA_MODELS`; the pre-pull starts a
-  private `ollama serve` in the init container and runs `ollama pull` (a no-op when the layers are present);
+  private `ollama serve` in the init container and runs `ollama pull` unless `ollama show` finds the model;
   readiness runs `ollama show <model>`, which fails until the model is in the store. It writes its identity key
   under `$HOME/.ollama`, so HOME is a writable emptyDir.
 - llama.cpp server (ghcr.io/ggml-org/llama.cpp:server): `/health` answers 503 while the model loads and 200 once
@@ -138,7 +139,14 @@ def _docker_model_runner(model: str, port: int):
     return (
         (),
         (),
-        {"MODEL_RUNNER_PORT": str(port), "MODELS_PATH": store, MODEL_ENV: model},
+        {
+            "MODEL_RUNNER_PORT": str(port),
+            "MODELS_PATH": store,
+            # It would otherwise fetch a newer llama.cpp server at run time into its (read-only) working directory:
+            # the image's bundled server is the one that was tested and pinned.
+            "DISABLE_SERVER_UPDATE": "1",
+            MODEL_ENV: model,
+        },
         ProbeAction(http_path=f"/engines/v1/models/{model}"),
         PullStep(mode="sidecar", command=pull, image=PULL_SIDECAR_IMAGE),
     )
@@ -165,7 +173,8 @@ def _ollama(model: str, port: int):
         "ollama serve & server=$!\n"
         # A server that died never answers: stop waiting (kill -0 fails, and -e ends the step) instead of hanging.
         'until ollama list >/dev/null 2>&1; do kill -0 "$server"; sleep 1; done\n'
-        f'status=0; ollama pull "${MODEL_ENV}" || status=$?\n'
+        # A model already in the store is served as it is: a registry outage must not keep a restart from serving.
+        f'status=0; ollama show "${MODEL_ENV}" >/dev/null 2>&1 || ollama pull "${MODEL_ENV}" || status=$?\n'
         'kill "$server"; exit "$status"'
     )
     return (

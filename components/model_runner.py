@@ -11,7 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .engines import CACHE_MOUNT_PATH, ENGINES, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction
-from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, child_options, workload_labels
+from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, ServingWorkloadArgs, child_options, workload_labels
 
 # Any UID works for the engines (see engines.py); a fixed one makes file ownership on the cache predictable.
 RUN_AS_USER = 10001
@@ -24,8 +24,9 @@ LIVENESS_FAILURE_THRESHOLD = 6
 PROBE_TIMEOUT_SECONDS = 5
 # In-flight streamed completions get this long to finish when a pod is stopped.
 TERMINATION_GRACE_PERIOD_SECONDS = 60
-# Time a new Knative revision gets on top of the load budget to pull its image onto the node.
-IMAGE_PULL_ALLOWANCE_SECONDS = 120
+# Time a new pod gets on top of the load budget to pull its image: engine images run to gigabytes (vLLM ~10 GB)
+# and a node added by the autoscaler has none cached.
+IMAGE_PULL_ALLOWANCE_SECONDS = 300
 CACHE_VOLUME = "model-cache"
 
 
@@ -238,26 +239,27 @@ class ModelRunner(pulumi.ComponentResource):
                 opts=child,
             ))
         if "existing_claim" not in args["cache"]:
-            self._cache_claim(name, namespace, labels, args["cache"], child)
+            settings_objects.append(self._cache_claim(name, namespace, labels, args["cache"], child))
 
-        pod_spec = runner_pod_spec(name, args)
+        workload_args: ServingWorkloadArgs = {
+            "namespace": namespace,
+            "port": engine.port,
+            "pod_spec": runner_pod_spec(name, args),
+            "scaling": args["scaling"],
+            "workload": args.get("workload", "deployment"),
+            # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
+            "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
+            "allowed_clients": args.get("allowed_clients", []),
+            # A new pod pulls its image and then loads the model; the rollout gives up on it after this.
+            "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
+            "cluster_local": True,
+        }
+        if "request_timeout_seconds" in args:
+            workload_args["request_timeout_seconds"] = args["request_timeout_seconds"]
         workload = ServingWorkload(
             name,
-            {
-                "namespace": namespace,
-                "port": engine.port,
-                "pod_spec": pod_spec,
-                "scaling": args["scaling"],
-                "workload": args.get("workload", "deployment"),
-                # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
-                "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
-                "allowed_clients": args.get("allowed_clients", []),
-                # A new revision pulls its image and then loads the model; Knative gives up on it after this.
-                "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
-                "cluster_local": True,
-                **({"request_timeout_seconds": args["request_timeout_seconds"]} if "request_timeout_seconds" in args else {}),
-            },
-            # Pods that start before their settings exist fail to start; create them first.
+            workload_args,
+            # Pods that start before their settings and cache exist fail to start; create those first.
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=settings_objects)),
         )
         self.service_name = workload.service_name
@@ -272,7 +274,7 @@ class ModelRunner(pulumi.ComponentResource):
 
     def _cache_claim(
         self, name: str, namespace: str, labels: dict[str, str], cache: CacheArgs, opts: pulumi.ResourceOptions
-    ) -> None:
+    ) -> k8s.core.v1.PersistentVolumeClaim:
         claim_name = _claim_name(name, cache)
         protect = cache.get("protect", False)
         spec: dict[str, Any] = {
@@ -281,7 +283,7 @@ class ModelRunner(pulumi.ComponentResource):
         }
         if "storage_class" in cache:
             spec["storageClassName"] = cache["storage_class"]
-        k8s.core.v1.PersistentVolumeClaim(
+        return k8s.core.v1.PersistentVolumeClaim(
             claim_name,
             metadata={
                 "name": claim_name,

@@ -115,7 +115,9 @@ class ServingWorkloadArgs(TypedDict):
     """Knative: longest a request (a streamed completion) may take."""
 
     progress_deadline_seconds: NotRequired[int]
-    """Knative: how long a new revision may take to become ready (model load included)."""
+    """How long a new pod may take to become ready (image pull and model load included) before the rollout
+    counts as failed: the Deployment's progress deadline or the Knative revision's, and what `pulumi up` waits
+    for. Absent: Kubernetes' and Knative's defaults (10 minutes)."""
 
     cluster_local: NotRequired[bool]
     """Knative: reachable only inside the cluster (no route through the ingress)."""
@@ -178,24 +180,25 @@ class ServingWorkload(pulumi.ComponentResource):
             else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
         )
         autoscaled = scaling["max_replicas"] > scaling["min_replicas"]
-        deployment = k8s.apps.v1.Deployment(
-            name,
-            metadata=metadata,
-            spec={
-                "replicas": scaling["min_replicas"],
-                "selector": selector,
-                "strategy": strategy,
-                "revisionHistoryLimit": 5,
-                "template": {
-                    "metadata": {"labels": labels, "annotations": args.get("pod_annotations", {})},
-                    "spec": args["pod_spec"],
-                },
+        spec: dict[str, Any] = {
+            "replicas": scaling["min_replicas"],
+            "selector": selector,
+            "strategy": strategy,
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {"labels": labels, "annotations": args.get("pod_annotations", {})},
+                "spec": args["pod_spec"],
             },
+        }
+        if "progress_deadline_seconds" in args:
+            spec["progressDeadlineSeconds"] = args["progress_deadline_seconds"]
+        deployment_opts = pulumi.ResourceOptions.merge(opts, _rollout_wait(args))
+        if autoscaled:
             # The autoscaler owns the replica count once it exists; `pulumi up` must not reset it.
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"]))
-            if autoscaled
-            else opts,
-        )
+            deployment_opts = pulumi.ResourceOptions.merge(
+                deployment_opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            )
+        deployment = k8s.apps.v1.Deployment(name, metadata=metadata, spec=spec, opts=deployment_opts)
         k8s.core.v1.Service(
             name,
             metadata=metadata,
@@ -287,10 +290,21 @@ class ServingWorkload(pulumi.ComponentResource):
             metadata["name"],
             api_version="serving.knative.dev/v1",
             kind="Service",
-            metadata={**metadata, "labels": labels},
+            # Without it Pulumi reports a custom resource done once the API server has stored it, long before
+            # the revision has loaded its model, or failed to.
+            metadata={**metadata, "labels": labels, "annotations": {"pulumi.com/waitFor": "condition=Ready"}},
             spec={"template": {"metadata": {"labels": metadata["labels"], "annotations": annotations}, "spec": spec}},
-            opts=opts,
+            opts=pulumi.ResourceOptions.merge(opts, _rollout_wait(args)),
         )
+
+
+def _rollout_wait(args: ServingWorkloadArgs) -> pulumi.ResourceOptions:
+    """How long `pulumi up` waits for a rollout: a surging rollout readies pods one after another, each within
+    the progress deadline, so up to `max_replicas` deadlines (Pulumi's own default is 10 minutes)."""
+    if "progress_deadline_seconds" not in args:
+        return pulumi.ResourceOptions()
+    total = f"{args['progress_deadline_seconds'] * args['scaling']['max_replicas']}s"
+    return pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=total, update=total))
 
 
 def network_policy_spec(
@@ -301,7 +315,11 @@ def network_policy_spec(
     rule: dict[str, Any] = {"from": clients}
     if ports is not None:
         rule["ports"] = ports
-    return {"podSelector": {"matchLabels": pod_labels}, "policyTypes": ["Ingress"], "ingress": [rule] if clients else []}
+    return {
+        "podSelector": {"matchLabels": pod_labels},
+        "policyTypes": ["Ingress"],
+        "ingress": [rule] if clients else [],
+    }
 
 
 def knative_features(pod_spec: dict[str, Any]) -> list[str]:

@@ -65,7 +65,9 @@ def serve_models(
     gateway_config = config.gateway
     gateway_image = images.rewrite(gateway_config.image) if gateway_config.image else images.gateway_image
     if gateway_image is None:
-        pulumi.log.warn("No gateway image: set gateway.image, or let the image layer build app/; serving the model runner only.")
+        pulumi.log.warn(
+            "No gateway image: set gateway.image, or let the image layer build app/; serving the model runner only."
+        )
         return
     gateway_args = _gateway_args(config, gateway_image, runner.url, image_pull_secrets)
     if secrets.gateway_api_keys is not None:
@@ -90,7 +92,9 @@ def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, d
     return {
         "config-features": {feature: "enabled" for feature in sorted(features)},
         "config-defaults": {
-            "max-revision-timeout-seconds": str(max(KNATIVE_MAX_REVISION_TIMEOUT_SECONDS, config.gateway.request_timeout_seconds))
+            "max-revision-timeout-seconds": str(
+                max(KNATIVE_MAX_REVISION_TIMEOUT_SECONDS, config.gateway.request_timeout_seconds)
+            )
         },
     }
 

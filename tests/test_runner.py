@@ -3,6 +3,7 @@ objects, secrets, storage rules, and what prod adds (GPUs, redundancy, protectio
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -73,6 +74,15 @@ def test_engine_arguments_select_the_model_and_port():
     assert ollama.env["OLLAMA_HOST"] == "0.0.0.0:11434" and ollama.env["OLLAMA_MODELS"].startswith("/models/")
     dmr = ENGINES["docker-model-runner"].render("ai/smollm2")
     assert dmr.env["MODEL_RUNNER_PORT"] == "12434" and dmr.env["MODELS_PATH"].startswith("/models/")
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_pull_scripts_are_valid_shell(engine):
+    command = ENGINES[engine].render(ENGINES[engine].model_example).pull.command
+    if command[:2] != ("sh", "-ec"):
+        pytest.skip(f"{engine} pulls with {command[0]}, not a shell script")
+    result = subprocess.run(["sh", "-n", "-c", command[2]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 # --- probes ----------------------------------------------------------------------------------------------------

@@ -80,6 +80,8 @@ def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load(knat
     # Streams may run as long as the gateway waits for them, not as long as a model takes to load.
     assert runner["spec"]["template"]["spec"]["timeoutSeconds"] == stack_config("prod")["gateway"]["requestTimeoutSeconds"]
     assert runner["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+    # `pulumi up` waits for the revision to be Ready, not merely stored.
+    assert runner["metadata"]["annotations"]["pulumi.com/waitFor"] == "condition=Ready"
     assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local/v1"
 
 
@@ -245,3 +247,21 @@ def test_a_network_policy_without_clients_admits_nobody():
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
     (rule,) = network_policy_spec(labels, [peer], None)["ingress"]
     assert rule == {"from": [peer]}
+
+
+def test_a_deployment_rollout_outlasts_the_model_load(prod):
+    deadline = named(prod, "Deployment", "model-runner")["spec"]["progressDeadlineSeconds"]
+    # Kubernetes' default (600 s) is shorter than prod's load budget: rollouts would be declared failed.
+    assert deadline > stack_config("prod")["runner"]["loadBudgetSeconds"] > 600
+
+
+
+def test_the_runner_waits_for_its_settings_credentials_and_cache(prod):
+    deployment = prod.one("kubernetes:apps/v1:Deployment", "model-runner")
+    wanted = [
+        prod.one("kubernetes:core/v1:PersistentVolumeClaim", "model-runner-cache"),
+        prod.one("kubernetes:core/v1:Secret", "model-runner-credentials"),
+        *[r for r in prod.of_type("kubernetes:core/v1:ConfigMap") if r.name.startswith("model-runner-")],
+    ]
+    assert len(wanted) == 3
+    assert {r.urn for r in wanted} <= set(deployment.dependencies)

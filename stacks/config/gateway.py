@@ -16,7 +16,9 @@ class GatewayConfig(Section):
     workload: Literal["deployment", "knative"] = "deployment"
     """How the gateway runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
     Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
-    uses it)."""
+    uses it). Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route
+    needs the name of the Service the Deployment form created and refuses one it does not own, so delete that
+    Service first (`pulumi destroy --target <its URN>`), then `pulumi up`."""
 
     image: Optional[ImageRef] = None
     """A prebuilt gateway image to deploy (e.g. the digest CI pushed for a release); unset deploys the image the

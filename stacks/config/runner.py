@@ -63,7 +63,9 @@ class RunnerConfig(Section):
     workload: Literal["deployment", "knative"] = "deployment"
     """How the model runner runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
     Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
-    uses it)."""
+    uses it). Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route
+    needs the name of the Service the Deployment form created and refuses one it does not own, so delete that
+    Service first (`pulumi destroy --target <its URN>`), then `pulumi up`."""
 
     namespace: K8sName = "models"
     """Namespace of the model runner and the gateway."""
