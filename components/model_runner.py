@@ -265,7 +265,7 @@ class ModelRunner(pulumi.ComponentResource):
         self.service_name = workload.service_name
         self.url = workload.url.apply(lambda base: base + engine.api_base_path)
         self.namespace = pulumi.Output.from_input(namespace)
-        self.port = pulumi.Output.from_input(engine.port)
+        self.port = workload.port
         self.model = pulumi.Output.from_input(args["model"])
         self.register_outputs(
             {"url": self.url, "service_name": self.service_name, "namespace": self.namespace, "port": self.port,

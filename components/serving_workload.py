@@ -25,6 +25,8 @@ PART_OF = "model-stack"
 # A replica that took minutes to load a model is expensive to lose: scale down only after load stays low.
 SCALE_DOWN_STABILIZATION_SECONDS = 300
 KNATIVE_SERVICE_LABEL = "serving.knative.dev/service"
+# Knative's in-cluster address of a Service (an ExternalName Service in front of the ingress) listens on 80.
+KNATIVE_SERVICE_PORT = 80
 # Requests to a Knative revision arrive from the activator (knative-serving) or straight from the ingress
 # gateway (Kourier), on the queue proxy's ports; the autoscaler scrapes the queue proxy from knative-serving.
 KNATIVE_DATA_PATH_NAMESPACES = ("knative-serving", "kourier-system")
@@ -132,6 +134,9 @@ class ServingWorkload(pulumi.ComponentResource):
     url: pulumi.Output[str]
     """In-cluster base URL (scheme, host and port)."""
 
+    port: pulumi.Output[int]
+    """Port of the in-cluster address: the serving port for a Deployment's Service, 80 for Knative's."""
+
     knative_features: pulumi.Output[list[str]]
     """Knative `config-features` flags the pod needs enabled (empty for a Deployment)."""
 
@@ -144,7 +149,7 @@ class ServingWorkload(pulumi.ComponentResource):
         knative = args["workload"] == "knative"
         if knative:
             self._knative_service(metadata, args, child)
-            # Knative's cluster-local address: an ExternalName Service on port 80 in front of the ingress.
+            port = KNATIVE_SERVICE_PORT
             url = f"http://{name}.{namespace}.svc.cluster.local"
             pod_labels = {**labels, KNATIVE_SERVICE_LABEL: name}
             clients = [
@@ -154,7 +159,8 @@ class ServingWorkload(pulumi.ComponentResource):
             ports = None
         else:
             self._deployment(name, metadata, labels, args, child)
-            url = f"http://{name}.{namespace}.svc.cluster.local:{args['port']}"
+            port = args["port"]
+            url = f"http://{name}.{namespace}.svc.cluster.local:{port}"
             pod_labels = labels
             clients = args.get("allowed_clients")
             ports = [{"port": args["port"], "protocol": "TCP"}]
@@ -163,9 +169,15 @@ class ServingWorkload(pulumi.ComponentResource):
             self._network_policy(metadata, pod_labels, clients, ports, child)
         self.service_name = pulumi.Output.from_input(name)
         self.url = pulumi.Output.from_input(url)
+        self.port = pulumi.Output.from_input(port)
         self.knative_features = pulumi.Output.from_input(knative_features(args["pod_spec"]) if knative else [])
         self.register_outputs(
-            {"service_name": self.service_name, "url": self.url, "knative_features": self.knative_features}
+            {
+                "service_name": self.service_name,
+                "url": self.url,
+                "port": self.port,
+                "knative_features": self.knative_features,
+            }
         )
 
     def _deployment(
