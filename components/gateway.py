@@ -7,7 +7,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .model_runner import ResourcesArgs
-from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, child_options
+from .options import child_options
+from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload
 
 GATEWAY_PORT = 8080
 # The image's user (app/Dockerfile `USER 10001:10001`).

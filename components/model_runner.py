@@ -11,7 +11,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from .engines import CACHE_MOUNT_PATH, ENGINES, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction
-from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, ServingWorkloadArgs, child_options, workload_labels
+from .options import child_options
+from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, ServingWorkloadArgs, workload_labels
 
 # Any UID works for the engines (see engines.py); a fixed one makes file ownership on the cache predictable.
 RUN_AS_USER = 10001

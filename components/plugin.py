@@ -8,6 +8,7 @@ from .gateway import Gateway
 from .image import Image
 from .image_mirror import ImageMirror
 from .kind_cluster import KindCluster
+from .knative_serving import KnativeServing
 from .local_registry import LocalRegistry
 from .model_runner import ModelRunner
 from .registry_credentials import RegistryCredentials
@@ -15,5 +16,6 @@ from .serving_workload import ServingWorkload
 
 PACKAGE_NAME = "model-stack"
 COMPONENTS = [
-    ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KindCluster, LocalRegistry,
+    ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KnativeServing, KindCluster,
+    LocalRegistry,
 ]

@@ -18,6 +18,8 @@ from typing import Any, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
+from .options import child_options
+
 PORT_NAME = "http"
 SELECTOR_LABEL = "app.kubernetes.io/name"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
@@ -46,12 +48,6 @@ _KNATIVE_POD_FEATURES = {
     "schedulerName": "kubernetes.podspec-schedulername",
     "initContainers": "kubernetes.podspec-init-containers",
 }
-
-
-def child_options(component: pulumi.ComponentResource, opts: Optional[pulumi.ResourceOptions]) -> pulumi.ResourceOptions:
-    """Options for a component's children: parented to it, and waiting for what the component was told to wait
-    for (Pulumi does not pass a component's `depends_on` on to its children)."""
-    return pulumi.ResourceOptions(parent=component, depends_on=opts.depends_on if opts else None)
 
 
 def workload_labels(name: str) -> dict[str, str]:

@@ -6,12 +6,13 @@ from .cluster import provision_cluster
 from .config import StackConfig
 from .config.secrets import StackSecrets
 from .images import publish_images
-from .knative import install_knative
-from .serving import serve_models
+from .knative import fetch_release, install_knative
+from .serving import knative_settings, serve_models
 
 
 def deploy_kubernetes(config: StackConfig, secrets: StackSecrets) -> None:
+    fetch_release(config)
     cluster = provision_cluster(config, secrets)
     images = publish_images(config, secrets, cluster)
-    knative = install_knative(config, cluster, images)
+    knative = install_knative(config, cluster, images, knative_settings(config, cluster))
     serve_models(config, secrets, cluster, images, knative)

@@ -65,7 +65,7 @@ def test_dev_builds_the_gateway_into_the_kind_registry_and_deploys_its_digest():
     assert build.inputs["push"] is True and build.inputs["buildOnPreview"] is False
     assert build.inputs["context"]["location"].endswith("/app") and build.inputs["target"] == "prod"
     assert "registries" not in build.inputs  # the local registry takes anonymous pushes
-    image = container_images(evaluation)["Deployment/gateway/gateway"]
+    image = container_images(evaluation)["Service/gateway/gateway"]
     assert re.fullmatch(r"localhost:5001/model-gateway:dev@sha256:[0-9a-f]{64}", image)
 
 
@@ -102,15 +102,24 @@ def test_pull_credentials_become_a_secret_every_workload_pulls_with():
     entry = config["auths"]["ghcr.io"]
     assert (entry["username"], entry["password"]) == ("cluster-reader", FAKE_SECRETS["registryPullPassword"])
     assert base64.b64decode(entry["auth"]).decode() == f"cluster-reader:{FAKE_SECRETS['registryPullPassword']}"
-    for _, obj in evaluation.kubernetes_objects():
-        if obj["kind"] == "Deployment":
-            assert obj["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-pull"}]
+    workloads = [obj for _, obj in evaluation.kubernetes_objects()
+                 if obj["metadata"].get("namespace") == "models" and "template" in obj.get("spec", {})]
+    assert {obj["kind"] for obj in workloads} == {"Deployment", "Service"}
+    for obj in workloads:
+        assert obj["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-pull"}]
 
 
 def test_no_deployed_image_escapes_the_registry_mapping():
-    evaluation = evaluate("dev", set={"images.rewrite": {"docker.io": f"{MIRROR}/dockerhub"}})
+    knative_releases = "opencsg-registry.cn-beijing.cr.aliyuncs.com/opencsghq/knative-releases"
+    rules = {"docker.io": f"{MIRROR}/dockerhub", knative_releases: f"{MIRROR}/knative"}
+    evaluation = evaluate("dev", set={"images.rewrite": rules})
     images = container_images(evaluation)
-    assert images and all(
+    (deployment_config,) = [obj for _, obj in evaluation.kubernetes_objects()
+                            if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "config-deployment"]
+    images["queue-proxy sidecar"] = deployment_config["data"]["queue-sidecar-image"]
+    images.update({f"Image/{obj['metadata']['name']}": obj["spec"]["image"] for _, obj in evaluation.kubernetes_objects()
+                   if obj["kind"] == "Image"})
+    assert len(images) > 10 and all(
         image.startswith((f"{MIRROR}/", "localhost:5001/")) for image in images.values()
     ), images
 

@@ -117,7 +117,7 @@ def test_emitted_probes_keep_the_promised_budget_and_readiness_delay(evaluation)
 
 def test_services_select_the_pods_and_target_their_named_port(evaluation):
     for service in objects_of(evaluation, "Service"):
-        if service["metadata"]["namespace"] != "models":
+        if service["metadata"]["namespace"] != "models" or service["apiVersion"] != "v1":
             continue
         deployment = named(evaluation, "Deployment", service["metadata"]["name"])
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -253,7 +253,7 @@ BAD_RUNNER_CONFIG = [
     ("prod", {"runner.scaling.minReplicas": 1}, "runner.scaling.minReplicas", "at least 2"),
     ("prod", {"runner.cache.protect": False}, "runner.cache.protect", "must be true"),
     ("prod", {"gateway.scaling.minReplicas": 1}, "gateway.scaling.minReplicas", "at least 2"),
-    ("dev", {"gateway.scaling.minReplicas": 0}, "gateway.scaling.minReplicas", "workload knative"),
+    ("dev", {"gateway.workload": "deployment"}, "gateway.scaling.minReplicas", "workload knative"),
     ("dev", {"runner.workload": "knative", "runner.scaling.podsMetric": {"name": "q", "averageValue": "4"}},
      "runner.scaling.podsMetric", "targetConcurrency"),
     ("dev", {"runner.readyPath": "health"}, "runner.readyPath", "absolute URL path"),

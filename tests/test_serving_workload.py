@@ -7,24 +7,16 @@ from typing import Any
 
 import pytest
 
-import stacks.kubernetes
 from components.eks_cluster import GPU_NODE_LABELS, GPU_TOLERATION
 from components.serving_workload import knative_features, network_policy_spec
 from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, stack_config
 from schemas import crd_schemas, validation_errors
 from stacks.cluster import ClusterHandle
 from stacks.config import StackConfig
-from stacks.knative import KnativeHandle
 from stacks.serving import knative_settings
 
 KNATIVE = {"runner.workload": "knative", "gateway.workload": "knative"}
 GATEWAY_IMAGE = "localhost:5001/model-gateway:dev"
-
-
-@pytest.fixture
-def knative_installed(monkeypatch):
-    """The Knative layer's hand-off, so these tests do not depend on how that layer installs Knative."""
-    monkeypatch.setattr(stacks.kubernetes, "install_knative", lambda config, cluster, images: KnativeHandle())
 
 
 def objects(evaluation: Evaluation, kind: str) -> list[dict[str, Any]]:
@@ -48,10 +40,10 @@ def invalid(evaluation: Evaluation) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and_security(stack, knative_installed):
+def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and_security(stack):
     evaluation = evaluate(stack, set={**KNATIVE, "gateway.image": GATEWAY_IMAGE} if stack == "dev" else KNATIVE)
     assert invalid(evaluation) == {}
-    assert objects(evaluation, "Deployment") == []
+    assert [obj for obj in objects(evaluation, "Deployment") if obj["metadata"]["namespace"] == "models"] == []
     for name in ("model-runner", "gateway"):
         service = named(evaluation, "Service", name)
         assert service["apiVersion"] == "serving.knative.dev/v1"
@@ -67,7 +59,7 @@ def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and
         assert spec["securityContext"]["runAsNonRoot"] is True
 
 
-def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load(knative_installed):
+def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load():
     evaluation = evaluate("prod", set=KNATIVE)
     runner_config = stack_config("prod")["runner"]
     runner = named(evaluation, "Service", "model-runner")
@@ -85,7 +77,7 @@ def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load(knat
     assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local/v1"
 
 
-def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path(knative_installed):
+def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path():
     evaluation = evaluate("prod", set=KNATIVE)
     for name in ("model-runner", "gateway"):
         budget = named(evaluation, "PodDisruptionBudget", name)
@@ -96,7 +88,7 @@ def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path(knativ
     assert namespaces == {"knative-serving", "kourier-system"}
 
 
-def test_the_features_knative_must_enable_are_the_ones_the_pods_use(knative_installed):
+def test_the_features_knative_must_enable_are_the_ones_the_pods_use():
     evaluation = evaluate("prod", set=KNATIVE)
     used = set()
     for name in ("model-runner", "gateway"):
@@ -119,7 +111,7 @@ def _prod_cluster() -> ClusterHandle:
 
 
 def test_knative_settings_are_empty_without_knative_and_raise_the_timeout_ceiling_for_long_streams():
-    config = StackConfig.model_validate(stack_config("dev"))
+    config = StackConfig.model_validate({**stack_config("dev"), "gateway": {"workload": "deployment"}})
     assert knative_settings(config, _prod_cluster()) == {}
     long = StackConfig.model_validate({**stack_config("dev"), "gateway": {"workload": "knative", "requestTimeoutSeconds": 1800}})
     assert knative_settings(long, _prod_cluster())["config-defaults"] == {"max-revision-timeout-seconds": "1800"}
@@ -138,7 +130,7 @@ def test_feature_detection_reads_the_pod_spec():
     assert knative_features({"containers": [{"name": "c"}]}) == []
 
 
-def test_a_single_node_cache_under_knative_keeps_revisions_on_one_node(knative_installed):
+def test_a_single_node_cache_under_knative_keeps_revisions_on_one_node():
     evaluation = evaluate("dev", set={"runner.workload": "knative", "gateway.image": GATEWAY_IMAGE})
     spec = named(evaluation, "Service", "model-runner")["spec"]["template"]["spec"]
     (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -229,16 +221,17 @@ def test_profile_paths_and_port_can_be_overridden():
     assert service["spec"]["ports"][0]["port"] == 9000
 
 
-def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it(knative_installed):
-    evaluation = evaluate("dev", set={"runner.workload": "knative", "runner.scaling.minReplicas": 0, "gateway.image": GATEWAY_IMAGE})
+def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it():
+    gateway_deployment = {"gateway.workload": "deployment", "gateway.scaling.minReplicas": 1, "gateway.image": GATEWAY_IMAGE}
+    evaluation = evaluate("dev", set={"runner.workload": "knative", "runner.scaling.minReplicas": 0, **gateway_deployment})
     assert invalid(evaluation) == {}
     annotations = named(evaluation, "Service", "model-runner")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/min-scale"] == "0"
     gateway = pod_spec_of(evaluation, "Deployment", "gateway")["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert pod_spec_of(evaluate("dev", set={"gateway.image": GATEWAY_IMAGE}), "Deployment", "gateway")["containers"][0][
+    assert pod_spec_of(evaluate("dev", set=gateway_deployment), "Deployment", "gateway")["containers"][0][
         "readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert [b["metadata"]["name"] for b in objects(evaluation, "PodDisruptionBudget")] == []
+    assert [b["metadata"]["name"] for b in objects(evaluation, "PodDisruptionBudget") if b["metadata"]["namespace"] == "models"] == []
 
 
 def test_a_network_policy_without_clients_admits_nobody():
