@@ -30,6 +30,7 @@ the "restricted" Pod Security Standard with a read-only root filesystem.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class EngineContainer:
     """Volume name -> directory the engine writes to (everything else is read-only)."""
     shared_memory: bool
     needs_gpu: bool
+    http_client: Optional[str] = None
+    """`curl` or `python3` when the image has one (Docker health checks run inside the container)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class EngineProfile:
     model_example: str
     needs_gpu: bool = False
     shared_memory: bool = False
+    http_client: Optional[str] = None
+    """`curl` or `python3` when the image has one: what a Docker health check can ask the engine over HTTP with."""
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -121,6 +126,7 @@ class EngineProfile:
             writable_paths={"home": HOME_PATH, "tmp": TMP_PATH},
             shared_memory=self.shared_memory,
             needs_gpu=self.needs_gpu,
+            http_client=self.http_client,
         )
 
 
@@ -237,6 +243,7 @@ ENGINES: dict[str, EngineProfile] = {
         ),
         EngineProfile(
             name="vllm",
+            http_client="python3",
             image="vllm/vllm-openai:v0.11.0",
             port=8000,
             api_base_path="/v1",
@@ -257,6 +264,7 @@ ENGINES: dict[str, EngineProfile] = {
         ),
         EngineProfile(
             name="llama.cpp",
+            http_client="curl",
             image="ghcr.io/ggml-org/llama.cpp:server",
             port=8080,
             api_base_path="/v1",
@@ -266,3 +274,36 @@ ENGINES: dict[str, EngineProfile] = {
         ),
     )
 }
+
+
+def docker_health_test(engine: EngineContainer) -> Optional[list[str]]:
+    """The model-ready check as a Docker HEALTHCHECK test, run inside the engine's container; None when the
+    image has no HTTP client to ask with (Docker Model Runner)."""
+    ready = engine.model_ready
+    if ready.command:
+        return ["CMD", *ready.command]
+    url = f"http://127.0.0.1:{engine.port}{ready.http_path}"
+    if engine.http_client == "curl":
+        return ["CMD", "curl", "-fsS", "-o", "/dev/null", url]
+    if engine.http_client == "python3":
+        return ["CMD", "python3", "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)", url]
+    return None
+
+
+def render_profile(
+    engine: str,
+    model: str,
+    *,
+    image: Optional[str] = None,
+    port: Optional[int] = None,
+    api_base_path: Optional[str] = None,
+    liveness_path: Optional[str] = None,
+    ready_path: Optional[str] = None,
+) -> EngineContainer:
+    """An engine's profile rendered for `model`, with whatever the user overrides."""
+    overrides = {"image": image, "port": port, "api_base_path": api_base_path, "liveness_path": liveness_path}
+    profile = dataclasses.replace(ENGINES[engine], **{key: value for key, value in overrides.items() if value is not None})
+    rendered = profile.render(model)
+    if ready_path is not None:
+        rendered = dataclasses.replace(rendered, model_ready=ProbeAction(http_path=ready_path))
+    return rendered

@@ -58,16 +58,24 @@ class ImageArgs(TypedDict):
     registry_login: NotRequired[RegistryLoginArgs]
     """Credentials for the push; absent for registries that take anonymous pushes (a local dev registry)."""
 
+    push: NotRequired[bool]
+    """Push to the registry (default); false loads the image into the local Docker engine instead, for the
+    single-host runtime."""
+
 
 class Image(pulumi.ComponentResource):
     """A BuildKit build pushed to a registry; `ref` names exactly the pushed bytes."""
 
     ref: pulumi.Output[str]
-    """Digest-pinned reference of the pushed image (`<repository>:<tag>@sha256:...`)."""
+    """Digest-pinned reference of the pushed image (`<repository>:<tag>@sha256:...`); the tag when loaded."""
+
+    context_hash: pulumi.Output[str]
+    """Hash of the build context: it changes exactly when the build's inputs do."""
 
     def __init__(self, name: str, args: ImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:Image", name, None, opts)
         login = args.get("registry_login")
+        push = args.get("push", True)
         image = docker_build.Image(
             name,
             context={"location": args["context"]},
@@ -81,7 +89,8 @@ class Image(pulumi.ComponentResource):
             pull=args.get("pull", False),
             secrets=args.get("secrets"),
             tags=[f"{args['repository']}:{args['tag']}"],
-            push=True,
+            push=push,
+            load=not push,
             registries=[login] if login else None,
             # `pulumi preview` (CI on pull requests) needs neither a Docker daemon nor push credentials; the image
             # is built and pushed by `pulumi up`, and until then its digest is unknown in the preview.
@@ -89,4 +98,5 @@ class Image(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.ref = image.ref
-        self.register_outputs({"ref": self.ref})
+        self.context_hash = image.context_hash
+        self.register_outputs({"ref": self.ref, "context_hash": self.context_hash})

@@ -1,7 +1,6 @@
 """A self-hosted model server: an engine serving one model from a persistent cache, behind a stable name."""
 
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -10,7 +9,7 @@ from typing import Any, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .engines import CACHE_MOUNT_PATH, ENGINES, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction
+from .engines import CACHE_MOUNT_PATH, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction, render_profile
 from .options import child_options
 from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, ServingWorkloadArgs, workload_labels
 
@@ -170,13 +169,10 @@ def render_engine(args: ModelRunnerArgs) -> EngineContainer:
     """The engine profile rendered for the configured model, with every override the args carry."""
     overrides = {
         field: args[field]  # type: ignore[literal-required]
-        for field in ("image", "port", "api_base_path", "liveness_path")
+        for field in ("image", "port", "api_base_path", "liveness_path", "ready_path")
         if field in args
     }
-    engine = dataclasses.replace(ENGINES[args["engine"]], **overrides).render(args["model"])
-    if "ready_path" in args:
-        engine = dataclasses.replace(engine, model_ready=ProbeAction(http_path=args["ready_path"]))
-    return engine
+    return render_profile(args["engine"], args["model"], **overrides)
 
 
 def _settings(engine: EngineContainer, args: ModelRunnerArgs) -> dict[str, str]:

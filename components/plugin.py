@@ -4,6 +4,7 @@ Every component listed here takes a TypedDict `args` and declares its outputs as
 what Pulumi infers the package schema from. EksCluster is left out: it needs the optional AWS SDKs.
 """
 
+from .container_service import ContainerService
 from .gateway import Gateway
 from .image import Image
 from .image_mirror import ImageMirror
@@ -17,5 +18,5 @@ from .serving_workload import ServingWorkload
 PACKAGE_NAME = "model-stack"
 COMPONENTS = [
     ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KnativeServing, KindCluster,
-    LocalRegistry,
+    LocalRegistry, ContainerService,
 ]

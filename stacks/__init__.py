@@ -14,4 +14,8 @@ def deploy() -> None:
         from .kubernetes import deploy_kubernetes
 
         deploy_kubernetes(config, secrets)
+    else:
+        from .docker import deploy_docker
+
+        deploy_docker(config, secrets)
     pulumi.export("environment", config.environment)

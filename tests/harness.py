@@ -149,6 +149,7 @@ MOCK_OUTPUTS: dict[str, MockOutputs] = {
     # A pushed build: its first tag pinned to a digest derived from the resource name (stable across runs).
     "docker-build:index:Image": lambda args: {
         "ref": f"{args.inputs['tags'][0]}@sha256:{hashlib.sha256(args.name.encode()).hexdigest()}",
+        "contextHash": hashlib.sha256(args.inputs["context"]["location"].encode()).hexdigest(),
     },
     # pulumi-eks's Cluster is a multi-language component: one resource under mocks, outputs made up here.
     "eks:index:Cluster": lambda args: {

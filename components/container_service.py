@@ -1,0 +1,240 @@
+"""One long-running container (or a one-shot job) on a Docker host, set up the way a Compose service would be."""
+
+from typing import NotRequired, Optional, TypedDict
+
+import pulumi
+import pulumi_docker as docker
+
+from .options import child_options
+
+
+class PortArgs(TypedDict):
+    target: int
+    """Port inside the container."""
+
+    published: NotRequired[int]
+    """Port on the host; absent lets Docker pick one."""
+
+    protocol: NotRequired[str]
+    """`tcp` (default) or `udp`."""
+
+    host_ip: NotRequired[str]
+    """Host address to publish on; absent publishes on every interface."""
+
+
+class MountArgs(TypedDict):
+    type: str
+    """`bind`, `volume` or `tmpfs`."""
+
+    target: str
+    """Path inside the container."""
+
+    source: NotRequired[str]
+    """Host path (bind) or volume name (volume)."""
+
+    read_only: NotRequired[bool]
+    """Mount read-only."""
+
+    tmpfs_size_bytes: NotRequired[int]
+    """tmpfs size limit."""
+
+    tmpfs_mode: NotRequired[int]
+    """tmpfs file mode."""
+
+
+class HealthcheckArgs(TypedDict):
+    test: list[str]
+    """`["CMD", ...]` or `["CMD-SHELL", "..."]`."""
+
+    interval: str
+    """Time between checks (`30s`)."""
+
+    timeout: str
+    """Time one check may take."""
+
+    retries: int
+    """Failures in a row before unhealthy."""
+
+    start_period: str
+    """Grace period after start."""
+
+
+class ContainerServiceArgs(TypedDict):
+    image: pulumi.Input[str]
+    """Image to run."""
+
+    container_name: str
+    """Container name (also its name on the network)."""
+
+    network: pulumi.Input[str]
+    """Network to join."""
+
+    pull: NotRequired[bool]
+    """Pull `image` from its registry and run exactly the pulled digest (absent: the image is local)."""
+
+    aliases: NotRequired[list[str]]
+    """Extra names on the network."""
+
+    ports: NotRequired[list[PortArgs]]
+    """Published ports."""
+
+    mounts: NotRequired[list[MountArgs]]
+    """Bind mounts, named volumes and tmpfs."""
+
+    env: NotRequired[dict[str, str]]
+    """Environment (plain)."""
+
+    secret_env: NotRequired[dict[str, pulumi.Input[str]]]
+    """Environment from Pulumi secrets; the container's whole environment is then stored as a secret."""
+
+    memory_bytes: NotRequired[int]
+    """Memory limit."""
+
+    memory_swap_bytes: NotRequired[int]
+    """Memory plus swap limit."""
+
+    cpus: NotRequired[float]
+    """CPU limit in cores."""
+
+    cpu_shares: NotRequired[int]
+    """Relative CPU weight."""
+
+    restart: NotRequired[str]
+    """`no`, `always`, `unless-stopped` or `on-failure[:N]`."""
+
+    healthcheck: NotRequired[HealthcheckArgs]
+    """Health check; absent keeps the image's."""
+
+    log_driver: NotRequired[str]
+    """Log driver."""
+
+    log_options: NotRequired[dict[str, str]]
+    """Log driver options."""
+
+    labels: NotRequired[dict[str, str]]
+    """Labels."""
+
+    hostname: NotRequired[str]
+    """Hostname inside the container."""
+
+    entrypoint: NotRequired[list[str]]
+    """Entrypoint, replacing the image's."""
+
+    command: NotRequired[list[str]]
+    """Command (arguments to the entrypoint), replacing the image's."""
+
+    working_dir: NotRequired[str]
+    """Working directory."""
+
+    user: NotRequired[str]
+    """`uid[:gid]` to run as."""
+
+    read_only_root: NotRequired[bool]
+    """Read-only root filesystem (writable paths come from mounts)."""
+
+    capabilities_add: NotRequired[list[str]]
+    """Capabilities added back after all are dropped."""
+
+    security_opts: NotRequired[list[str]]
+    """Security options (`no-new-privileges:true`)."""
+
+    gpus: NotRequired[str]
+    """GPUs to expose (`all`)."""
+
+    share_network_with: NotRequired[str]
+    """Join this container's network namespace instead (`network_mode: container:<name>`): 127.0.0.1 is
+    shared, as between containers of one Kubernetes pod."""
+
+    run_to_completion: NotRequired[bool]
+    """A one-shot job: `pulumi up` waits for it to exit, and it is not restarted."""
+
+
+class ContainerService(pulumi.ComponentResource):
+    """A hardened container: every capability dropped, never privileged, on the stack's network."""
+
+    container_name: pulumi.Output[str]
+    """Name of the container."""
+
+    def __init__(self, name: str, args: ContainerServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("model-stack:index:ContainerService", name, None, opts)
+        child = child_options(self, opts)
+        image = args["image"]
+        if args.get("pull"):
+            pulled = docker.RemoteImage(name, name=image, keep_locally=True, opts=child)
+            image = pulled.repo_digest
+        policy, _, retries = args.get("restart", "unless-stopped").partition(":")
+        one_shot = args.get("run_to_completion", False)
+        env = [f"{key}={value}" for key, value in sorted(args.get("env", {}).items())]
+        secret_env = args.get("secret_env", {})
+        envs: pulumi.Input[list[str]] = env
+        if secret_env:
+            envs = pulumi.Output.secret(
+                pulumi.Output.all(*(pulumi.Output.concat(key, "=", value) for key, value in sorted(secret_env.items())))
+                .apply(lambda entries: [*env, *entries])
+            )
+        healthcheck = args.get("healthcheck")
+        container = docker.Container(
+            name,
+            name=args["container_name"],
+            image=image,
+            hostname=args.get("hostname"),
+            entrypoints=args.get("entrypoint"),
+            command=args.get("command"),
+            working_dir=args.get("working_dir"),
+            user=args.get("user"),
+            envs=envs,
+            ports=[
+                docker.ContainerPortArgs(
+                    internal=port["target"], external=port.get("published"), protocol=port.get("protocol", "tcp"),
+                    ip=port.get("host_ip"),
+                )
+                for port in args.get("ports", [])
+            ],
+            mounts=[_mount(mount) for mount in args.get("mounts", [])],
+            memory=_megabytes(args.get("memory_bytes")),
+            memory_swap=_megabytes(args.get("memory_swap_bytes")),
+            cpus=str(args["cpus"]) if "cpus" in args else None,
+            cpu_shares=args.get("cpu_shares"),
+            restart="no" if one_shot else policy,
+            max_retry_count=int(retries) if retries else None,
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=healthcheck["test"], interval=healthcheck["interval"], timeout=healthcheck["timeout"],
+                retries=healthcheck["retries"], start_period=healthcheck["start_period"],
+            ) if healthcheck else None,
+            log_driver=args.get("log_driver"),
+            log_opts=args.get("log_options"),
+            labels=[docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(args.get("labels", {}).items())],
+            network_mode=f"container:{args['share_network_with']}" if "share_network_with" in args else None,
+            networks_advanced=None if "share_network_with" in args else [
+                docker.ContainerNetworksAdvancedArgs(name=args["network"], aliases=args.get("aliases", []))
+            ],
+            read_only=args.get("read_only_root", True),
+            privileged=False,
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=args.get("capabilities_add")),
+            security_opts=args.get("security_opts", ["no-new-privileges:true"]),
+            gpus=args.get("gpus"),
+            # A job runs once per `pulumi up` that changes it; `attach` waits for it and fails the update if it fails.
+            must_run=not one_shot,
+            attach=one_shot or None,
+            wait=False if one_shot else None,
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(additional_secret_outputs=["envs"] if secret_env else None)
+            ),
+        )
+        self.container_name = container.name
+        self.register_outputs({"container_name": self.container_name})
+
+
+def _megabytes(size: Optional[int]) -> Optional[int]:
+    """pulumi-docker takes memory in MB; a limit is never rounded down below what was asked."""
+    return None if size is None else -(-size // 2**20)
+
+
+def _mount(mount: MountArgs) -> docker.ContainerMountArgs:
+    tmpfs = None
+    if "tmpfs_size_bytes" in mount or "tmpfs_mode" in mount:
+        tmpfs = docker.ContainerMountTmpfsOptionsArgs(size_bytes=mount.get("tmpfs_size_bytes"), mode=mount.get("tmpfs_mode"))
+    return docker.ContainerMountArgs(
+        type=mount["type"], target=mount["target"], source=mount.get("source"), read_only=mount.get("read_only"),
+        tmpfs_options=tmpfs,
+    )

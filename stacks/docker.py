@@ -1,0 +1,225 @@
+"""The single-host Docker runtime: the same model runner and gateway as on Kubernetes, as containers on one
+private network, with the model cache in a named volume that outlives the stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import pulumi
+import pulumi_docker as docker
+from dotenv import dotenv_values
+
+from components.container_service import ContainerService, ContainerServiceArgs, MountArgs
+from components.engines import CACHE_MOUNT_PATH, HF_TOKEN_ENV, docker_health_test, render_profile
+from components.image import Image
+
+from .config import StackConfig
+from .config.docker import ServiceConfig
+from .config.secrets import StackSecrets
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUNNER = "model-runner"
+GATEWAY = "gateway"
+GATEWAY_PORT = 8080
+# The same non-root user as on Kubernetes (the gateway image's own user).
+RUN_AS = "10001:10001"
+# The gateway image's own HEALTHCHECK command (app/Dockerfile), so the configured timing applies to it.
+GATEWAY_HEALTH_TEST = ["CMD", "/opt/venv/bin/python", "-m", "model_gateway.healthcheck"]
+
+
+def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
+    settings = config.docker
+    runner_config = config.runner
+    network = docker.Network("network", name=settings.network, driver="bridge")
+    # Downloaded models are expensive: the volume stays when the stack is destroyed or replaced.
+    cache = docker.Volume(
+        "model-cache", name=settings.cache_volume, opts=pulumi.ResourceOptions(retain_on_delete=True, protect=True)
+    )
+    engine = render_profile(
+        runner_config.engine,
+        runner_config.model,
+        image=runner_config.image,
+        port=runner_config.port,
+        api_base_path=runner_config.api_base_path,
+        liveness_path=runner_config.liveness_path,
+        ready_path=runner_config.ready_path,
+    )
+    cache_mount: MountArgs = {"type": "volume", "source": settings.cache_volume, "target": CACHE_MOUNT_PATH}
+    writable = _scratch(settings.runner, list(engine.writable_paths.values()))
+    engine_env = {**engine.env, **dict(runner_config.env)}
+    hub_token = {HF_TOKEN_ENV: secrets.hf_token} if secrets.hf_token is not None else {}
+    after: list[pulumi.Resource] = [network, cache]
+
+    # Docker has no fsGroup: a fresh named volume belongs to root, so one job hands it to the engine's user,
+    # with CHOWN as its only capability.
+    owner = ContainerService(
+        "cache-owner",
+        {
+            "image": engine.image, "pull": True, "container_name": f"{RUNNER}-cache-owner", "network": settings.network,
+            "entrypoint": ["chown", RUN_AS, CACHE_MOUNT_PATH], "user": "0:0", "mounts": [cache_mount],
+            "capabilities_add": ["CHOWN"], "run_to_completion": True,
+        },
+        opts=pulumi.ResourceOptions(depends_on=after),
+    )
+    after = [*after, owner]
+    if engine.pull.mode == "init":
+        pull = ContainerService(
+            "model-pull",
+            {
+                "image": engine.image, "pull": True, "container_name": f"{RUNNER}-pull", "network": settings.network,
+                "entrypoint": list(engine.pull.command), "user": RUN_AS, "mounts": [cache_mount, *writable],
+                "env": {**engine_env, **engine.pull.env}, "secret_env": hub_token, "run_to_completion": True,
+            },
+            opts=pulumi.ResourceOptions(depends_on=after),
+        )
+        after = [*after, pull]
+
+    runner_args = service_args(settings.runner, RUNNER, settings.network, engine.image, engine_env)
+    runner_args["pull"] = True
+    runner_args["mounts"] = [cache_mount, *writable, *runner_args["mounts"]]
+    runner_args["secret_env"] = hub_token
+    if engine.command and settings.runner.entrypoint is None:
+        runner_args["entrypoint"] = list(engine.command)
+    if settings.runner.command is None and (engine.args or runner_config.args):
+        runner_args["command"] = [*engine.args, *runner_config.args]
+    health = _healthcheck(settings.runner, docker_health_test(engine), f"{runner_config.load_budget_seconds}s")
+    if health is not None:
+        runner_args["healthcheck"] = health
+    if runner_config.gpu.count and settings.runner.gpus is None:
+        runner_args["gpus"] = "all"
+    runner = ContainerService(RUNNER, runner_args, opts=pulumi.ResourceOptions(depends_on=after))
+    if engine.pull.mode == "sidecar":
+        ContainerService(
+            "model-pull",
+            {
+                "image": runner_config.pull_sidecar_image or engine.pull.image or engine.image, "pull": True,
+                "container_name": f"{RUNNER}-pull", "network": settings.network, "entrypoint": list(engine.pull.command),
+                "user": RUN_AS, "env": engine_env, "mounts": writable,
+                # It talks to the engine on 127.0.0.1, as it does inside the Kubernetes pod.
+                "share_network_with": RUNNER,
+            },
+            opts=pulumi.ResourceOptions(depends_on=[runner]),
+        )
+
+    upstream = f"http://{RUNNER}:{engine.port}{engine.api_base_path}"
+    gateway_env = {
+        "GATEWAY_PORT": str(GATEWAY_PORT),
+        "GATEWAY_UPSTREAM_BASE_URL": upstream,
+        "GATEWAY_MODEL": runner_config.model,
+        "GATEWAY_REQUEST_TIMEOUT_SECONDS": str(config.gateway.request_timeout_seconds),
+    }
+    if config.gateway.cors_allow_origins:
+        gateway_env["GATEWAY_CORS_ALLOW_ORIGINS"] = ",".join(config.gateway.cors_allow_origins)
+    if config.gateway.image is not None:
+        gateway_args = service_args(settings.gateway, GATEWAY, settings.network, config.gateway.image, gateway_env)
+        gateway_args["pull"] = True
+    else:
+        image = _build_gateway(config)
+        gateway_args = service_args(settings.gateway, GATEWAY, settings.network, image.ref, gateway_env)
+        # A local build keeps its tag across rebuilds: the context hash makes a rebuild replace the container.
+        gateway_args["labels"] = {**gateway_args["labels"], "model-stack.build-context": image.context_hash}
+    gateway_args["mounts"] = [*_scratch(settings.gateway, ["/tmp"]), *gateway_args["mounts"]]
+    if secrets.gateway_api_keys is not None:
+        gateway_args["secret_env"] = {"GATEWAY_API_KEYS": secrets.gateway_api_keys}
+    health = _healthcheck(settings.gateway, GATEWAY_HEALTH_TEST, "10s")
+    if health is not None:
+        gateway_args["healthcheck"] = health
+    ContainerService(GATEWAY, gateway_args, opts=pulumi.ResourceOptions(depends_on=[network, runner]))
+    published = next((port for port in settings.gateway.ports if port.target == GATEWAY_PORT and port.published), None)
+    if published is not None:
+        pulumi.export("gatewayUrl", f"http://{published.host_ip or '127.0.0.1'}:{published.published}/v1")
+
+
+def service_args(
+    service: ServiceConfig, name: str, network: str, image: pulumi.Input[str], base_env: dict[str, str]
+) -> ContainerServiceArgs:
+    """A container's Compose-style settings. Environment precedence: the service's `env` over its env files
+    (later files over earlier ones) over what the stack sets (`base_env`) over the image's own."""
+    env = dict(base_env)
+    for env_file in service.env_files:
+        env.update({key: value or "" for key, value in dotenv_values(PROJECT_ROOT / env_file).items()})
+    env.update(service.env)
+    args: dict[str, Any] = {
+        "image": image,
+        "container_name": name,
+        "network": network,
+        "aliases": [name],
+        "env": env,
+        "user": service.user or RUN_AS,
+        "restart": service.restart,
+        "log_driver": service.logging.driver,
+        "log_options": dict(service.logging.options),
+        "labels": {"com.docker.compose.project": "model-stack", "com.docker.compose.service": name, **service.labels},
+        "security_opts": list(service.security_opts),
+        "ports": [
+            {"target": port.target, "protocol": port.protocol,
+             **({"published": port.published} if port.published else {}),
+             **({"host_ip": port.host_ip} if port.host_ip else {})}
+            for port in service.ports
+        ],
+        "mounts": [
+            *({"type": volume.type, "target": volume.target, "read_only": volume.read_only,
+               **({"source": _bind_source(volume.source) if volume.type == "bind" else volume.source} if volume.source else {})}
+              for volume in service.volumes),
+            *({"type": "tmpfs", "target": tmpfs.target,
+               **({"tmpfs_size_bytes": tmpfs.size} if tmpfs.size else {}),
+               **({"tmpfs_mode": tmpfs.mode} if tmpfs.mode is not None else {})}
+              for tmpfs in service.tmpfs),
+        ],
+    }
+    optional = {
+        "memory_bytes": service.memory, "memory_swap_bytes": service.memory_swap, "cpus": service.cpus,
+        "cpu_shares": service.cpu_shares, "hostname": service.hostname, "entrypoint": service.entrypoint,
+        "command": service.command, "working_dir": service.working_dir, "gpus": service.gpus,
+    }
+    args.update({key: value for key, value in optional.items() if value is not None})
+    return args  # type: ignore[return-value]
+
+
+def _scratch(service: ServiceConfig, paths: list[str]) -> list[MountArgs]:
+    """tmpfs mounts for the paths a read-only container must write to, unless the service mounts them itself."""
+    taken = {mount.target for mount in [*service.volumes, *service.tmpfs]}
+    return [{"type": "tmpfs", "target": path} for path in paths if path not in taken]
+
+
+def _bind_source(source: str) -> str:
+    return str((PROJECT_ROOT / Path(source).expanduser()).resolve())
+
+
+def _healthcheck(service: ServiceConfig, default_test: Optional[list[str]], start_period: str) -> Optional[dict[str, Any]]:
+    check = service.healthcheck
+    test = check.test if check.test is not None else default_test
+    if test is None:
+        return None
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    return {
+        "test": list(test),
+        "interval": check.interval,
+        "timeout": check.timeout,
+        "retries": check.retries,
+        "start_period": check.start_period if check.start_period != "0s" else start_period,
+    }
+
+
+def _build_gateway(config: StackConfig) -> Image:
+    build = config.images.gateway_build
+    context = PROJECT_ROOT / build.context
+    build_args = dict(build.build_args)
+    if build.base_image is not None:
+        build_args["BASE_IMAGE"] = build.base_image
+    return Image(
+        "gateway",
+        {
+            "repository": f"model-stack/{build.repository}",
+            "tag": build.tag,
+            "context": str(context),
+            **({"dockerfile": str(context / build.dockerfile)} if build.dockerfile else {}),
+            "target": build.target,
+            "build_args": build_args,
+            "labels": dict(build.labels),
+            "pull": build.pull,
+            "push": False,
+        },
+    )
