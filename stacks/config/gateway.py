@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator, Literal, Optional
+from typing import Annotated, Iterator, Optional
 
 from pydantic import Field
 
-from .base import ImageRef, Problem, Section
-from .workload import ResourcesConfig, ScalingConfig, workload_scaling_problems
+from .base import ImageRef, Problem
+from .workload import ServedWorkload, ResourcesConfig, ScalingConfig, workload_scaling_problems
 
 
-class GatewayConfig(Section):
+class GatewayConfig(ServedWorkload):
     """The OpenAI-compatible gateway in front of the model runner."""
 
-    workload: Literal["deployment", "knative"] = "deployment"
-    """How the gateway runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
-    Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
-    uses it). Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route
-    needs the name of the Service the Deployment form created and refuses one it does not own, so delete that
-    Service first (`pulumi destroy --target <its URN>`), then `pulumi up`."""
 
     image: Optional[ImageRef] = None
     """A prebuilt gateway image to deploy (e.g. the digest CI pushed for a release); unset deploys the image the

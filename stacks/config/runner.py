@@ -9,7 +9,7 @@ from pydantic import Field
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 
 from .base import ImageRef, Problem, Quantity, Section, join_key, join_keys, matching
-from .workload import ResourcesConfig, ScalingConfig, workload_scaling_problems
+from .workload import ServedWorkload, ResourcesConfig, ScalingConfig, workload_scaling_problems
 
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
 K8sName = Annotated[str, matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a Kubernetes name (lowercase letters, digits, '-')")]
@@ -57,15 +57,9 @@ class GpuConfig(Section):
     """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
-class RunnerConfig(Section):
+class RunnerConfig(ServedWorkload):
     """The model runner: engine, model, cache, resources, probes, scaling and exposure."""
 
-    workload: Literal["deployment", "knative"] = "deployment"
-    """How the model runner runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a
-    Knative Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload
-    uses it). Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route
-    needs the name of the Service the Deployment form created and refuses one it does not own, so delete that
-    Service first (`pulumi destroy --target <its URN>`), then `pulumi up`."""
 
     namespace: K8sName = "models"
     """Namespace of the model runner and the gateway."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
@@ -87,3 +87,14 @@ class ScalingConfig(Section):
             yield Problem(
                 join_key(path, "maxReplicas"), f"must be at least minReplicas ({self.min_replicas})", self.max_replicas
             )
+
+
+class ServedWorkload(Section):
+    """What every served workload (the model runner, the gateway) chooses the same way."""
+
+    workload: Literal["deployment", "knative"] = "deployment"
+    """How it runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a Knative
+    Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload uses it).
+    Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route needs the name of
+    the Service the Deployment form created and refuses one it does not own, so delete that Service first
+    (`pulumi destroy --target <its URN>`), then `pulumi up`."""
