@@ -61,6 +61,9 @@ def install_knative(
                *knative.registries_skipping_tag_resolving]
     settings: dict[str, dict[str, str]] = {
         "config-network": {"ingress-class": KOURIER_INGRESS_CLASS},
+        # Knative fills in the restricted Pod Security settings (seccomp, non-root, no capabilities) wherever a
+        # container leaves them out, its own queue proxy included.
+        "config-features": {"secure-pod-defaults": "enabled"},
         "config-autoscaler": {
             "enable-scale-to-zero": str(knative.scale_to_zero).lower(),
             "scale-to-zero-grace-period": f"{knative.scale_to_zero_grace_period_seconds}s",

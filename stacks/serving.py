@@ -74,6 +74,14 @@ def serve_models(
         gateway_args["api_keys"] = secrets.gateway_api_keys
     gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
     pulumi.export("gatewayUrl", gateway.url)
+    if gateway_config.workload == "knative" and knative is not None and knative.domain is not None:
+        pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{runner_config.namespace}.{knative.domain}{_ingress_port(config)}/v1")
+
+
+def _ingress_port(config: StackConfig) -> str:
+    """`:<port>` when the ingress is reached on a port other than HTTP's own (a remapped kind host port)."""
+    port = config.cluster.kind.http_host_port if config.cluster.provider == "kind" else 80
+    return "" if port == 80 else f":{port}"
 
 
 def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, dict[str, str]]:

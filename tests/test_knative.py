@@ -77,6 +77,16 @@ def test_dev_routes_through_kourier_on_the_ports_kind_maps(dev):
     assert re.search(r"containerPort: 31080\s+hostPort: 80\b", kind_config)
 
 
+def test_the_gateway_is_published_under_the_domain_on_the_mapped_port(dev):
+    assert dev.outputs["gatewayPublicUrl"] == "http://gateway.models.127.0.0.1.sslip.io/v1"
+    moved = evaluate("dev", set={"cluster.kind.httpHostPort": 8081})
+    assert moved.outputs["gatewayPublicUrl"] == "http://gateway.models.127.0.0.1.sslip.io:8081/v1"
+
+
+def test_knative_completes_pods_to_the_restricted_standard(dev):
+    assert config_map(dev, "config-features")["secure-pod-defaults"] == "enabled"
+
+
 def test_dev_scales_to_zero_and_skips_tag_resolution_for_the_local_registry(dev):
     autoscaler = config_map(dev, "config-autoscaler")
     assert autoscaler["enable-scale-to-zero"] == "true"
