@@ -76,13 +76,19 @@ def test_engine_arguments_select_the_model_and_port():
     assert dmr.env["MODEL_RUNNER_PORT"] == "12434" and dmr.env["MODELS_PATH"].startswith("/models/")
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+SHELL_PULLS = {name: p.render(p.model_example).pull.command for name, p in ENGINES.items()}
+
+
+@pytest.mark.parametrize("engine", sorted(name for name, command in SHELL_PULLS.items() if command[:2] == ("sh", "-ec")))
 def test_pull_scripts_are_valid_shell(engine):
-    command = ENGINES[engine].render(ENGINES[engine].model_example).pull.command
-    if command[:2] != ("sh", "-ec"):
-        pytest.skip(f"{engine} pulls with {command[0]}, not a shell script")
-    result = subprocess.run(["sh", "-n", "-c", command[2]], capture_output=True, text=True)
+    result = subprocess.run(["sh", "-n", "-c", SHELL_PULLS[engine][2]], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_vllm_pull_is_a_python_call_into_the_hub_client():
+    command = SHELL_PULLS["vllm"]
+    assert command[0] == "python3"
+    compile(command[2], "vllm-pull", "exec")
 
 
 # --- probes ----------------------------------------------------------------------------------------------------
