@@ -31,11 +31,11 @@ class PullCredentials:
 
 @dataclass(frozen=True)
 class ImageHandle:
+    gateway_image: pulumi.Output[str]
+    """Digest-pinned reference of the gateway image: built and pushed here, or the prebuilt one configured."""
+
     rewrite_rules: dict[str, str] = field(default_factory=dict)
     """Upstream prefix -> mirror prefix, applied to every image the stack deploys (third-party manifests too)."""
-
-    gateway_image: Optional[pulumi.Output[str]] = None
-    """Digest-pinned reference of the gateway image: built and pushed here, or the prebuilt one configured."""
 
     ready: list[pulumi.Resource] = field(default_factory=list)
     """Pushes and mirror copies that must finish before workloads pull (pass as depends_on)."""
@@ -96,12 +96,11 @@ def publish_images(config: StackConfig, secrets: StackSecrets, cluster: ClusterH
         )
         ready.append(mirror)
 
-    gateway_image: Optional[pulumi.Output[str]]
+    gateway_image: pulumi.Output[str]
     if config.gateway.image is not None:
         gateway_image = pulumi.Output.from_input(rewrite_image(config.gateway.image, rules))
-    elif server is None:
-        gateway_image = None
     else:
+        assert server is not None  # StackConfig.check requires a registry to push the build to
         build = images.gateway_build
         repository = f"{server}/{build.repository}"
         build_args = dict(build.build_args)

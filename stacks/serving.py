@@ -63,13 +63,7 @@ def serve_models(
     pulumi.export("modelRunnerUrl", runner.url)
 
     gateway_config = config.gateway
-    gateway_image = images.rewrite(gateway_config.image) if gateway_config.image else images.gateway_image
-    if gateway_image is None:
-        pulumi.log.warn(
-            "No gateway image: set gateway.image, or let the image layer build app/; serving the model runner only."
-        )
-        return
-    gateway_args = _gateway_args(config, gateway_image, runner.url, image_pull_secrets)
+    gateway_args = _gateway_args(config, images.gateway_image, runner.url, image_pull_secrets)
     if secrets.gateway_api_keys is not None:
         gateway_args["api_keys"] = secrets.gateway_api_keys
     gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
