@@ -187,7 +187,9 @@ class EksCluster(pulumi.ComponentResource):
                 "directoryPerms": "770",
                 "basePath": "/model-cache",
             },
-            reclaim_policy="Delete",
+            # A released volume keeps its access point and data: models are deleted on purpose, never by a
+            # claim that went away.
+            reclaim_policy="Retain",
             # EFS is regional: a volume is reachable from every zone, so there is no reason to wait for a pod.
             volume_binding_mode="Immediate",
             # Pods can mount a volume only once the file system has a mount target in their zone.

@@ -320,6 +320,7 @@ def test_model_cache_storage_class_is_efs_access_points(prod):
     assert storage_class["metadata"]["name"] == "efs-model-cache"
     assert storage_class["provisioner"] == "efs.csi.aws.com"
     assert storage_class["parameters"]["provisioningMode"] == "efs-ap"
+    assert storage_class["reclaimPolicy"] == "Retain"  # a deleted claim never takes the models with it
     assert storage_class["parameters"]["fileSystemId"] == f"{file_system.name}-id"
     assert file_system.inputs["encrypted"] is True
     mount_targets = prod.of_type("aws:efs/mountTarget:MountTarget")
