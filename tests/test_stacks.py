@@ -46,3 +46,9 @@ def test_a_second_evaluation_registers_identical_inputs(evaluation):
     again = evaluate(evaluation.stack)
     assert _registered(again) == _registered(evaluation)
     assert again.outputs == evaluation.outputs
+
+
+def test_a_preview_registers_what_an_update_would(evaluation):
+    # CI runs `pulumi preview --diff` on pull requests: outputs are unknown there (no kubeconfig, no digests).
+    preview = evaluate(evaluation.stack, preview=True)
+    assert sorted((r.type, r.name) for r in preview.resources) == sorted((r.type, r.name) for r in evaluation.resources)
