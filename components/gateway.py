@@ -8,7 +8,13 @@ import pulumi_kubernetes as k8s
 
 from .model_runner import ResourcesArgs
 from .options import child_options
-from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload
+from .serving_workload import (
+    PORT_NAME,
+    RESTRICTED_CONTAINER,
+    ScalingArgs,
+    ServingWorkload,
+    restricted_pod,
+)
 
 GATEWAY_PORT = 8080
 # The image's user (app/Dockerfile `USER 10001:10001`).
@@ -123,12 +129,7 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         "env": env,
         "resources": {kind: dict(args["resources"][kind]) for kind in ("requests", "limits")},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": RESTRICTED_CONTAINER,
         # /ready checks the upstream too: a gateway whose model runner is gone takes no traffic.
         "readinessProbe": {
             "httpGet": {"path": "/health" if args.get("upstream_scales_to_zero") else "/ready", "port": PORT_NAME},
@@ -142,12 +143,7 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         },
     }
     pod_spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": GATEWAY_USER,
-            "runAsGroup": GATEWAY_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod(GATEWAY_USER),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
         "containers": [container],

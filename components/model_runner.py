@@ -11,7 +11,15 @@ import pulumi_kubernetes as k8s
 
 from .engines import CACHE_MOUNT_PATH, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction, render_profile
 from .options import child_options
-from .serving_workload import PORT_NAME, ScalingArgs, ServingWorkload, ServingWorkloadArgs, workload_labels
+from .serving_workload import (
+    PORT_NAME,
+    RESTRICTED_CONTAINER,
+    ScalingArgs,
+    ServingWorkload,
+    ServingWorkloadArgs,
+    restricted_pod,
+    workload_labels,
+)
 
 # Any UID works for the engines (see engines.py); a fixed one makes file ownership on the cache predictable.
 RUN_AS_USER = 10001
@@ -322,12 +330,6 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
     if engine.shared_memory:
         mounts.append({"name": "shm", "mountPath": SHM_PATH})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
-    hardened = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
     timing = probe_timing(args["load_budget_seconds"], args["probe_period_seconds"])
     serving: dict[str, Any] = {
         "name": "engine",
@@ -336,7 +338,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
         "envFrom": env_from,
         "resources": resources,
         "volumeMounts": mounts,
-        "securityContext": hardened,
+        "securityContext": RESTRICTED_CONTAINER,
         # The model-ready check gates both: startup ends the moment the model can answer, readiness keeps
         # checking it; liveness only starts after startup, so a loading model is never killed.
         "startupProbe": _probe(engine.model_ready, timing),
@@ -364,21 +366,18 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
         "envFrom": env_from,
         "env": [{"name": key, "value": value} for key, value in sorted(engine.pull.env.items())],
         "volumeMounts": mounts,
-        "securityContext": hardened,
+        "securityContext": RESTRICTED_CONTAINER,
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     }
     if not pull["env"]:
         del pull["env"]
     spec: dict[str, Any] = {
         "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
+            **restricted_pod(RUN_AS_USER),
             # The cache becomes writable for the engine's group without a root chmod; only a root
             # directory with the wrong group is changed, so a large cache is not re-walked at every start.
             "fsGroup": RUN_AS_USER,
             "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
