@@ -314,6 +314,20 @@ def evaluate_failure(
     return error, evaluation
 
 
+def assert_rejected(
+    stack: str, overrides: dict[str, Any], key: str, text: str, secrets: Optional[dict[str, str]] = None
+) -> None:
+    """`overrides` stop the stack with a ConfigError whose one line for `key` says `text`, and nothing was
+    registered."""
+    from stacks.config import ConfigError
+
+    error, evaluation = evaluate_failure(stack, set=overrides, secrets=secrets)
+    assert isinstance(error, ConfigError), error
+    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
+    assert len(lines) == 1 and text in lines[0], str(error)
+    assert evaluation.resources == []
+
+
 def run(
     stack: str, set: Optional[dict[str, Any]], secrets: Optional[dict[str, str]], preview: bool, check_host: bool = False
 ) -> tuple[Evaluation, Optional[BaseException]]:

@@ -2,8 +2,7 @@
 
 import pytest
 
-from harness import FAKE_SECRETS, evaluate_failure
-from stacks.config import ConfigError
+from harness import FAKE_SECRETS, assert_rejected, evaluate_failure
 
 BAD_INPUTS = [
     # (stack, overrides, key named in the message, text that must appear)
@@ -30,11 +29,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("stack,overrides,key,text", BAD_INPUTS, ids=[case[2] for case in BAD_INPUTS])
 def test_bad_config_is_rejected_by_key_before_any_resource(stack, overrides, key, text):
     secrets = {k: v for k, v in FAKE_SECRETS.items() if k not in overrides}
-    error, evaluation = evaluate_failure(stack, set=overrides, secrets=secrets)
-    assert isinstance(error, ConfigError)
-    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
-    assert len(lines) == 1 and text in lines[0], str(error)
-    assert evaluation.resources == []
+    assert_rejected(stack, overrides, key, text, secrets=secrets)
 
 
 def test_every_problem_is_reported_at_once():

@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 
-from harness import FAKE_SECRETS, ROOT, Evaluation, Resource, Secret, evaluate, evaluate_failure, unwrap
-from stacks.config import ConfigError
-
+from harness import FAKE_SECRETS, ROOT, Evaluation, Resource, Secret, assert_rejected, evaluate, unwrap
 CONTAINER = "docker:index/container:Container"
 
 
@@ -165,8 +163,4 @@ BAD_DOCKER_CONFIG: list[tuple[dict[str, Any], str, str]] = [
 
 @pytest.mark.parametrize("overrides,key,text", BAD_DOCKER_CONFIG, ids=[case[1] for case in BAD_DOCKER_CONFIG])
 def test_bad_docker_config_is_rejected_by_key_before_anything_exists(overrides, key, text):
-    error, evaluation = evaluate_failure("local", set=overrides)
-    assert isinstance(error, ConfigError)
-    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
-    assert len(lines) == 1 and text in lines[0], str(error)
-    assert evaluation.resources == []
+    assert_rejected("local", overrides, key, text)

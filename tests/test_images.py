@@ -9,8 +9,7 @@ import re
 import pytest
 
 from components.image_rewrite import canonical_repository, rewrite_image
-from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, evaluate_failure, stack_config, unwrap
-from stacks.config import ConfigError
+from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config, unwrap
 
 DIGEST = "sha256:" + "a" * 64
 MIRROR = "registry.example.com/mirror"
@@ -159,11 +158,7 @@ BAD_IMAGE_CONFIG = [
 
 @pytest.mark.parametrize("stack,overrides,key,text", BAD_IMAGE_CONFIG, ids=[c[2] for c in BAD_IMAGE_CONFIG])
 def test_bad_image_config_is_rejected_by_key(stack, overrides, key, text):
-    error, evaluation = evaluate_failure(stack, set=overrides)
-    assert isinstance(error, ConfigError)
-    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
-    assert len(lines) == 1 and text in lines[0], str(error)
-    assert evaluation.resources == []
+    assert_rejected(stack, overrides, key, text)
 
 
 def test_a_push_user_needs_its_password():

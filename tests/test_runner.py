@@ -10,8 +10,8 @@ import pytest
 
 from components.engines import ENGINES
 from components.model_runner import probe_timing
-from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, evaluate_failure, stack_config
-from stacks.config import ConfigError, StackConfig
+from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, stack_config
+from stacks.config import StackConfig
 
 RUNNER = "model-runner"
 
@@ -270,11 +270,7 @@ BAD_RUNNER_CONFIG = [
 
 @pytest.mark.parametrize("stack,overrides,key,text", BAD_RUNNER_CONFIG, ids=[f"{c[0]}-{c[2]}" for c in BAD_RUNNER_CONFIG])
 def test_bad_runner_config_is_rejected_by_key(stack, overrides, key, text):
-    error, evaluation = evaluate_failure(stack, set=overrides)
-    assert isinstance(error, ConfigError)
-    lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
-    assert len(lines) == 1 and text in lines[0], str(error)
-    assert evaluation.resources == []
+    assert_rejected(stack, overrides, key, text)
 
 
 def test_production_names_every_unpinned_image_the_engine_profile_would_deploy():
