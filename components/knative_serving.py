@@ -104,6 +104,20 @@ def _load(serving_version: str, kourier_version: str, manifests_dir: Optional[st
     return manifests
 
 
+def release_images(manifests: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Every image a release deploys: its containers, the queue proxy the controller injects into each revision,
+    and the image Knative pre-pulls onto nodes."""
+    images: list[str] = []
+    for obj in (obj for objects in manifests.values() for obj in objects):
+        pod = obj.get("spec", {}).get("template", {}).get("spec") or {}
+        images.extend(container["image"] for container in [*pod.get("initContainers", []), *pod.get("containers", [])])
+        if obj["kind"] == "Image":
+            images.append(obj["spec"]["image"])
+        if obj["kind"] == "ConfigMap" and QUEUE_SIDECAR_KEY in obj.get("data", {}):
+            images.append(obj["data"][QUEUE_SIDECAR_KEY])
+    return sorted(set(images))
+
+
 def _read_file(path: Path) -> str:
     try:
         return path.read_text()

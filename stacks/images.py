@@ -11,11 +11,12 @@ import pulumi
 
 from components.image import Image, RegistryLoginArgs
 from components.image_mirror import ImageMirror
-from components.image_rewrite import rewrite_image, split_reference
+from components.image_rewrite import canonical_repository, rewrite_image, split_reference
 from components.registry_credentials import RegistryCredentials
 
 from .cluster import ClusterHandle
 from .config import StackConfig
+from .config.base import ImageReference
 from .config.secrets import StackSecrets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,11 @@ class ImageHandle:
         return self._pull_secrets[namespace]
 
 
-def publish_images(config: StackConfig, secrets: StackSecrets, cluster: ClusterHandle) -> ImageHandle:
+def publish_images(
+    config: StackConfig, secrets: StackSecrets, cluster: ClusterHandle, deployed: list[str]
+) -> ImageHandle:
+    """Builds and pushes the gateway, and copies into the private registry every pinned image the mapping sends
+    there: `images.mirror`, plus whatever the stack deploys (`deployed`: engine, sidecar, Knative, Kourier)."""
     images = config.images
     rules = dict(images.rewrite)
     server = images.registry.server or cluster.local_registry
@@ -84,11 +89,12 @@ def publish_images(config: StackConfig, secrets: StackSecrets, cluster: ClusterH
             "password": secrets.registry_push_password,
         }
     ready: list[pulumi.Resource] = []
-    for source in images.mirror:
+    mapped = [image for image in deployed if ImageReference.parse(image).pinned and rewrite_image(image, rules) != image]
+    for source in dict.fromkeys([*images.mirror, *mapped]):
         repository, suffix = split_reference(rewrite_image(source, rules))
         tag = suffix.partition("@")[0]
         mirror = ImageMirror(
-            _resource_name("mirror", repository),
+            _resource_name("mirror", canonical_repository(split_reference(source)[0])),
             {"source": source, "target": repository + tag, **({"registry_login": login} if login else {})},
             # The copy runs where `pulumi up` runs; it waits for the cluster only because kind's local registry
             # comes up with it.
@@ -138,5 +144,5 @@ def publish_images(config: StackConfig, secrets: StackSecrets, cluster: ClusterH
 
 
 def _resource_name(kind: str, repository: str) -> str:
-    """`mirror-vllm-vllm-openai` for `<registry>/mirror/vllm/vllm-openai`: the repository's last two parts."""
-    return f"{kind}-" + re.sub(r"[^a-z0-9]+", "-", "/".join(repository.split("/")[-2:])).strip("-")
+    """`mirror-docker-io-vllm-vllm-openai` for `docker.io/vllm/vllm-openai`: unique per upstream repository."""
+    return f"{kind}-" + re.sub(r"[^a-z0-9]+", "-", repository).strip("-")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import pulumi
 
-from components.knative_serving import KnativeServing, KnativeServingArgs, load_manifests
+from components.knative_serving import KnativeServing, KnativeServingArgs, load_manifests, release_images
 
 from .cluster import ClusterHandle
 from .config import StackConfig
@@ -38,11 +38,14 @@ def manifests_dir(config: StackConfig) -> Optional[str]:
     return str(PROJECT_ROOT / config.knative.manifests_dir) if config.knative.manifests_dir is not None else None
 
 
-def fetch_release(config: StackConfig) -> None:
-    """Reads Knative's release manifests before anything is registered, so a download that fails or a directory
-    that lacks a file stops the program with nothing created."""
-    if knative_needed(config):
-        load_manifests(config.knative.serving_version, config.knative.kourier_version, manifests_dir(config))
+def release_images_of(config: StackConfig) -> list[str]:
+    """The images Knative's release deploys (none when no workload needs Knative). Reads the release before
+    anything is registered, so a download that fails or a directory that lacks a file stops the program with
+    nothing created; the install reuses what was read."""
+    if not knative_needed(config):
+        return []
+    knative = config.knative
+    return release_images(load_manifests(knative.serving_version, knative.kourier_version, manifests_dir(config)))
 
 
 def install_knative(

@@ -6,13 +6,13 @@ from .cluster import provision_cluster
 from .config import StackConfig
 from .config.secrets import StackSecrets
 from .images import publish_images
-from .knative import fetch_release, install_knative
-from .serving import knative_settings, serve_models
+from .knative import install_knative, release_images_of
+from .serving import knative_settings, serve_models, upstream_images
 
 
 def deploy_kubernetes(config: StackConfig, secrets: StackSecrets) -> None:
-    fetch_release(config)
+    knative_images = release_images_of(config)
     cluster = provision_cluster(config, secrets)
-    images = publish_images(config, secrets, cluster)
+    images = publish_images(config, secrets, cluster, [*upstream_images(config), *knative_images])
     knative = install_knative(config, cluster, images, knative_settings(config, cluster))
     serve_models(config, secrets, cluster, images, knative)

@@ -105,18 +105,30 @@ def _as_is(reference: str) -> str:
     return reference
 
 
+def runner_images(config: StackConfig) -> tuple[str, str]:
+    """The engine image and the pull sidecar's, before the registry mapping."""
+    runner = config.runner
+    return runner.image or ENGINES[runner.engine].image, runner.pull_sidecar_image or PULL_SIDECAR_IMAGE
+
+
+def upstream_images(config: StackConfig) -> list[str]:
+    """Images the serving layer deploys as configured, before the registry mapping (the gateway's own build
+    excluded: it is pushed where it is pulled from)."""
+    return [*runner_images(config), *([config.gateway.image] if config.gateway.image else [])]
+
+
 def _runner_args(
     config: StackConfig, cluster: ClusterHandle, rewrite: Callable[[str], str], image_pull_secrets: list[str]
 ) -> dict[str, Any]:
     runner_config = config.runner
-    profile = ENGINES[runner_config.engine]
+    engine_image, pull_sidecar_image = runner_images(config)
     gpu = runner_config.gpu
     runner_args: dict[str, Any] = {
         "namespace": runner_config.namespace,
         "engine": runner_config.engine,
         "model": runner_config.model,
-        "image": rewrite(runner_config.image or profile.image),
-        "pull_sidecar_image": rewrite(runner_config.pull_sidecar_image or PULL_SIDECAR_IMAGE),
+        "image": rewrite(engine_image),
+        "pull_sidecar_image": rewrite(pull_sidecar_image),
         "args": list(runner_config.args),
         "env": dict(runner_config.env),
         "resources": _resources(runner_config.resources),

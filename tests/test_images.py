@@ -13,6 +13,8 @@ from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate,
 
 DIGEST = "sha256:" + "a" * 64
 MIRROR = "registry.example.com/mirror"
+# Where the Knative release in ../shared takes its images from.
+KNATIVE_RELEASES = "opencsg-registry.cn-beijing.cr.aliyuncs.com/opencsghq/knative-releases"
 
 
 # --- the registry mapping --------------------------------------------------------------------------------------
@@ -55,6 +57,17 @@ def container_images(evaluation: Evaluation) -> dict[str, str]:
         for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
             found[f"{obj['kind']}/{obj['metadata'].get('name')}/{container['name']}"] = container["image"]
     return found
+
+
+def deployed_images(evaluation: Evaluation) -> dict[str, str]:
+    """Container images plus the two Knative deploys on its own: the queue proxy and its pre-pull."""
+    images = container_images(evaluation)
+    for _, obj in evaluation.kubernetes_objects():
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "config-deployment":
+            images["queue-proxy sidecar"] = obj["data"]["queue-sidecar-image"]
+        if obj["kind"] == "Image":
+            images[f"Image/{obj['metadata']['name']}"] = obj["spec"]["image"]
+    return images
 
 
 def test_dev_builds_the_gateway_into_the_kind_registry_and_deploys_its_digest():
@@ -109,15 +122,8 @@ def test_pull_credentials_become_a_secret_every_workload_pulls_with():
 
 
 def test_no_deployed_image_escapes_the_registry_mapping():
-    knative_releases = "opencsg-registry.cn-beijing.cr.aliyuncs.com/opencsghq/knative-releases"
-    rules = {"docker.io": f"{MIRROR}/dockerhub", knative_releases: f"{MIRROR}/knative"}
-    evaluation = evaluate("dev", set={"images.rewrite": rules})
-    images = container_images(evaluation)
-    (deployment_config,) = [obj for _, obj in evaluation.kubernetes_objects()
-                            if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "config-deployment"]
-    images["queue-proxy sidecar"] = deployment_config["data"]["queue-sidecar-image"]
-    images.update({f"Image/{obj['metadata']['name']}": obj["spec"]["image"] for _, obj in evaluation.kubernetes_objects()
-                   if obj["kind"] == "Image"})
+    rules = {"docker.io": f"{MIRROR}/dockerhub", KNATIVE_RELEASES: f"{MIRROR}/knative"}
+    images = deployed_images(evaluate("dev", set={"images.rewrite": rules}))
     assert len(images) > 10 and all(
         image.startswith((f"{MIRROR}/", "localhost:5001/")) for image in images.values()
     ), images
@@ -131,10 +137,10 @@ def test_prod_pulls_everything_from_its_registry():
 
 # --- mirrors ---------------------------------------------------------------------------------------------------
 
-def test_mirrors_copy_by_digest_with_credentials_outside_the_command():
+def test_deployed_images_the_mapping_sends_to_the_registry_are_copied_there_by_digest():
     evaluation = evaluate("prod")
     (copy,) = evaluation.of_type("command:local:Command")
-    source = stack_config("prod")["images"]["mirror"][0]
+    source = stack_config("prod")["runner"]["image"]  # mirrored because the mapping sends it to ECR
     environment = copy.inputs["environment"]
     assert environment["SOURCE"] == source
     assert environment["TARGET"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/vllm/vllm-openai:v0.11.0"
@@ -166,3 +172,20 @@ def test_a_push_user_needs_its_password():
     error, evaluation = evaluate_failure("prod", secrets=secrets)
     assert [problem.key for problem in error.problems] == ["registryPushPassword"]
     assert evaluation.resources == []
+
+
+def test_prod_on_knative_copies_and_pulls_every_knative_and_kourier_image_from_its_registry(pinned_knative_release):
+    registry = stack_config("prod")["images"]["registry"]["server"].partition("/")[0]
+    evaluation = evaluate("prod", set={
+        "gateway.workload": "knative",
+        "knative.domain": "models.example.com",
+        "knative.manifestsDir": str(pinned_knative_release),
+        f'images.rewrite["{KNATIVE_RELEASES}"]': f"{registry}/mirror/knative",
+    })
+    copies = {c.inputs["environment"]["SOURCE"]: c.inputs["environment"]["TARGET"] for c in evaluation.of_type("command:local:Command")}
+    knative_sources = [source for source in copies if source.startswith(KNATIVE_RELEASES)]
+    # activator, autoscaler, controller, webhook, queue proxy, net-kourier controller, envoy
+    assert len(knative_sources) == 7
+    deployed = set(deployed_images(evaluation).values())
+    assert {f"{copies[source]}@{source.split('@')[1]}" for source in knative_sources} <= deployed
+    assert all(image.startswith(registry + "/") for image in deployed), deployed

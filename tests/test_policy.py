@@ -197,6 +197,16 @@ def test_secret_names_are_told_apart_from_lookalikes(key, secret):
     assert names_a_secret(key) is secret
 
 
+def test_switches_and_numbers_under_secret_like_names_are_not_credentials():
+    props = changed(GOOD_DEPLOYMENT, **{
+        f"{CONTAINER}__env[0]": {"name": "ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID", "value": "false"},
+        f"{CONTAINER}__env[1]": {"name": "TOKEN_REFRESH_SECONDS", "value": "300"},
+    })
+    assert violations("no-plain-secrets", DEPLOYMENT, props) == []
+    leaked = changed(GOOD_DEPLOYMENT, **{f"{CONTAINER}__env[0]": {"name": "DB_PASSWORD", "value": "s3cr3t-false"}})
+    assert len(violations("no-plain-secrets", DEPLOYMENT, leaked)) == 1
+
+
 def test_config_maps_without_credentials_pass():
     props = {"metadata": {"name": "config-network"}, "data": {"ingress-class": "kourier.ingress.networking.knative.dev",
                                                               "MAX_TOKENS": "4096"}}
@@ -286,8 +296,18 @@ def test_the_pack_entry_point_registers_every_policy():
     assert result.stdout.strip() == f"model-stack {sorted(POLICY)}"
 
 
-def test_the_prod_stack_has_no_mandatory_violations():
-    evaluation = evaluate("prod")
+@pytest.mark.parametrize("on_knative", [False, True], ids=["as-committed", "gateway-on-knative"])
+def test_the_prod_stack_has_no_mandatory_violations(on_knative, pinned_knative_release):
+    # With the gateway on Knative, Knative's and Kourier's own objects face the same policies (their images
+    # pinned as in the upstream release, and mapped to the private registry).
+    registry = PROD_CONFIG["allowed-image-registries"]["allowedRegistries"][0]
+    knative = {
+        "gateway.workload": "knative",
+        "knative.domain": "models.example.com",
+        "knative.manifestsDir": str(pinned_knative_release),
+        'images.rewrite["opencsg-registry.cn-beijing.cr.aliyuncs.com"]': f"{registry}/mirror/knative",
+    }
+    evaluation = evaluate("prod", set=knative if on_knative else {})
     objects = [
         (type_token(obj["apiVersion"], obj["kind"]), obj, resource)
         for resource, obj in evaluation.kubernetes_objects()

@@ -333,6 +333,15 @@ def names_a_secret(key: str) -> bool:
     return bool(_SECRET_WORDS & set(words)) or any(pair in _SECRET_WORD_PAIRS for pair in zip(words, words[1:]))
 
 
+# A switch or a number is no credential, whatever its name (`ENABLE_SECRET_INFORMER_FILTERING_BY_CERT_UID=false`).
+_PLAIN_SETTING = re.compile(r"(?i)true|false|yes|no|on|off|enabled|disabled|[0-9]+(\.[0-9]+)?")
+
+
+def holds_a_named_secret(name: str, value: Any) -> bool:
+    """A value under a credential's name that could be one (not empty, not a switch or a number)."""
+    return names_a_secret(name) and bool(value) and not (isinstance(value, str) and _PLAIN_SETTING.fullmatch(value))
+
+
 def credential_in(value: Any) -> Optional[str]:
     if not isinstance(value, str):
         return None
@@ -344,7 +353,7 @@ def validate_no_plain_secrets(args: ResourceValidationArgs, report_violation: Re
     if group_and_kind(args.resource_type) == ("core", "ConfigMap"):
         for section in ("data", "binaryData"):
             for key, value in (args.props.get(section) or {}).items():
-                found = "a key named like a credential" if names_a_secret(key) else credential_in(value)
+                found = "a key named like a credential" if holds_a_named_secret(key, value) else credential_in(value)
                 if found:
                     report_violation(f"{where}: {section}.{key} holds {found}; put it in a Secret.")
     spec = pod_spec(args.resource_type, args.props)
@@ -353,7 +362,7 @@ def validate_no_plain_secrets(args: ResourceValidationArgs, report_violation: Re
             name, value = variable.get("name", ""), variable.get("value")
             if value is None:
                 continue  # valueFrom: a secretKeyRef is exactly what we want
-            found = credential_in(value) or ("a credential" if names_a_secret(name) and value else None)
+            found = credential_in(value) or ("a credential" if holds_a_named_secret(name, value) else None)
             if found:
                 report_violation(
                     f"{where}: {_container_label(field, container)} sets env {name} to {found} in plain text; "

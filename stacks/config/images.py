@@ -82,11 +82,12 @@ class ImagesConfig(Section):
     rewrite: dict[str, str] = {}
     """Registry mapping applied to every image the stack deploys, third-party manifests included: upstream
     prefix -> mirror prefix (`docker.io: <registry>/mirror/docker.io`). The longest matching prefix wins; a prefix
-    without a host is on Docker Hub. Tags and digests are kept."""
+    without a host is on Docker Hub. Tags and digests are kept. Every digest-pinned image the stack deploys that
+    a rule maps elsewhere (the engine, Knative, Kourier) is copied there on `pulumi up`."""
 
     mirror: list[ImageRef] = []
-    """Upstream images (digest-pinned) copied to where `rewrite` maps them on every `pulumi up`, so the cluster
-    pulls only from the private registry."""
+    """More upstream images (digest-pinned) to copy to where `rewrite` maps them, for workloads outside this
+    stack; the stack's own images need no entry here."""
 
     def check(self, path: str) -> Iterator[Problem]:
         registry = self.registry
