@@ -156,6 +156,10 @@ MOCK_OUTPUTS: dict[str, MockOutputs] = {
         "kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [{"name": args.name}]}),
         "clusterSecurityGroupId": f"sg-{args.name}",
     },
+    # A pulled image: its repository pinned to the digest that was pulled.
+    "docker:index/remoteImage:RemoteImage": lambda args: {
+        "repoDigest": f"{args.inputs['name'].rsplit(':', 1)[0]}@sha256:{hashlib.sha256(args.inputs['name'].encode()).hexdigest()}",
+    },
     "aws:iam/role:Role": lambda args: {"arn": f"arn:aws:iam::123456789012:role/{args.name}"},
     # What a command printed; the kind cluster's create command prints its kubeconfig.
     "command:local:Command": lambda args: {"stdout": f"# stdout of {args.name}\n"},

@@ -52,6 +52,13 @@ def test_the_model_cache_is_a_kept_named_volume_filled_before_the_engine_starts(
     assert owner.inputs["capabilities"] == {"drops": ["ALL"], "adds": ["CHOWN"]} and owner.inputs["user"] == "0:0"
 
 
+def test_pulled_images_run_by_the_digest_that_was_pulled_and_stay_on_the_host(local):
+    pulled = {r.name: r.inputs for r in local.of_type("docker:index/remoteImage:RemoteImage")}
+    assert pulled["model-runner"] == {"name": "ghcr.io/ggml-org/llama.cpp:server", "keepLocally": True}
+    image = container(local, "model-runner").inputs["image"]
+    assert image.startswith("ghcr.io/ggml-org/llama.cpp@sha256:")
+
+
 def test_containers_are_hardened(local):
     for resource in local.of_type(CONTAINER):
         assert resource.inputs["privileged"] is False
