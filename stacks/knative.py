@@ -1,4 +1,4 @@
-"""The Knative layer: Knative Serving with Kourier, when the stack serves anything through Knative."""
+"""The Knative layer: Knative Serving with Kourier, when the stack serves anything through Knative or asks for it."""
 
 from __future__ import annotations
 
@@ -30,19 +30,15 @@ class KnativeHandle:
     """Domain external Knative Services are published under; None: cluster-local only."""
 
 
-def knative_needed(config: StackConfig) -> bool:
-    return "knative" in (config.runner.workload, config.gateway.workload)
-
-
 def manifests_dir(config: StackConfig) -> Optional[str]:
     return str(PROJECT_ROOT / config.knative.manifests_dir) if config.knative.manifests_dir is not None else None
 
 
 def release_images_of(config: StackConfig) -> list[str]:
-    """The images Knative's release deploys (none when no workload needs Knative). Reads the release before
+    """The images Knative's release deploys (none when Knative is not installed). Reads the release before
     anything is registered, so a download that fails or a directory that lacks a file stops the program with
     nothing created; the install reuses what was read."""
-    if not knative_needed(config):
+    if not config.knative_installed:
         return []
     knative = config.knative
     return release_images(load_manifests(knative.serving_version, knative.kourier_version, manifests_dir(config)))
@@ -54,9 +50,9 @@ def install_knative(
     images: ImageHandle,
     workload_settings: dict[str, dict[str, str]],
 ) -> Optional[KnativeHandle]:
-    """Installs Knative when a workload runs on it. `workload_settings` are what the workloads need from
+    """Installs Knative when a workload runs on it or the config asks for it. `workload_settings` are what the workloads need from
     Knative's ConfigMaps (feature flags, timeout ceilings), merged over this layer's settings."""
-    if not knative_needed(config):
+    if not config.knative_installed:
         return None
     knative = config.knative
     domain = knative.domain or (KIND_DOMAIN if cluster.ingress_node_ports else None)

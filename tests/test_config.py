@@ -23,6 +23,7 @@ BAD_INPUTS = [
     ("dev", {"runner.loadBudgetSeconds": "ten minutes"}, "runner.loadBudgetSeconds", "valid integer"),
     ("dev", {"runner.image": "Docker/Model-Runner"}, "runner.image", "image reference"),
     ("prod", {"runner.image": "vllm/vllm-openai:latest"}, "runner.image", "digest-pinned"),
+    ("dev", {"knative.install": False}, "knative.install", "gateway is served through Knative"),
 ]
 
 

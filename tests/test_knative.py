@@ -159,6 +159,13 @@ def test_no_knative_without_a_knative_workload():
     assert evaluation.of_type("model-stack:index:KnativeServing") == []
 
 
+def test_knative_is_installed_ahead_of_any_knative_workload_when_asked():
+    evaluation = evaluate("dev", set={"gateway.workload": "deployment", "gateway.scaling.minReplicas": 1,
+                                      "knative.install": True})
+    assert len(evaluation.of_type("model-stack:index:KnativeServing")) == 1
+    assert [obj for _, obj in evaluation.kubernetes_objects() if obj["apiVersion"] == "serving.knative.dev/v1"] == []
+
+
 # --- manifests -------------------------------------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ class StackConfig(Section):
     """Image builds, registries and mirrors."""
 
     knative: KnativeConfig = KnativeConfig()
-    """Knative Serving and Kourier (installed when a workload is served through Knative)."""
+    """Knative Serving and Kourier (installed when a workload is served through Knative, or `install: true`)."""
 
     runner: RunnerConfig = RunnerConfig()
     """The model runner."""
@@ -64,7 +64,24 @@ class StackConfig(Section):
     docker: DockerConfig = DockerConfig()
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
+    @property
+    def knative_workloads(self) -> list[str]:
+        return [section for section in ("runner", "gateway") if getattr(self, section).workload == "knative"]
+
+    @property
+    def knative_installed(self) -> bool:
+        return self.runtime == "kubernetes" and (
+            bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
+
     def check(self, path: str) -> Iterator[Problem]:
+        if self.knative.install is False and self.knative_workloads:
+            yield Problem(
+                join_keys(path, "knative.install"),
+                f"cannot be false while {' and '.join(self.knative_workloads)} "
+                f"{'is' if len(self.knative_workloads) == 1 else 'are'} served through Knative "
+                "(workload: knative); set it to true or remove it",
+                False,
+            )
         if self.environment == "production" and self.runtime == "kubernetes" and self.cluster.provider == "kind":
             yield Problem(
                 join_key(join_key(path, "cluster"), "provider"),

@@ -16,6 +16,11 @@ Domain = Annotated[
 class KnativeConfig(Section):
     """Knative Serving with Kourier: release, manifests source and the cluster-wide serving config."""
 
+    install: Optional[bool] = None
+    """Install Knative Serving and Kourier. Unset: exactly when the runner or the gateway is served through
+    Knative; `true` installs it ahead of moving a workload onto it (or for other teams' Knative Services);
+    `false` is refused while a workload is served through Knative."""
+
     serving_version: Version = "1.15.2"
     """Knative Serving release; pinned so every `pulumi up` applies the same manifests."""
 
