@@ -18,6 +18,8 @@ except ImportError as error:  # the AWS SDKs are an optional dependency (~270 MB
         "(pip install 'model-stack[eks]')"
     ) from error
 
+from .cluster_provider import cluster_provider
+
 # NVIDIA's own chart: its values select and tolerate GPU nodes, and it tracks the plugin image per release.
 # A chart rather than the static manifest, because the manifest would have to be edited for both.
 DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
@@ -45,6 +47,7 @@ def _assume_role_policy(principal: dict[str, str], actions: list[str]) -> str:
     return json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": principal, "Action": actions}]}
     )
+
 
 
 class NodeGroupArgs(TypedDict):
@@ -144,11 +147,11 @@ class EksCluster(pulumi.ComponentResource):
         )
 
         self.kubeconfig = pulumi.Output.secret(cluster.kubeconfig_json)
-        self.provider = k8s.Provider(
+        self.provider = cluster_provider(
             name,
-            kubeconfig=self.kubeconfig,
+            self.kubeconfig,
             # The kubeconfig embeds the endpoint and CA, which may be re-issued; the cluster is its name.
-            cluster_identifier=args["name"],
+            args["name"],
             opts=child,
         )
 

@@ -9,6 +9,7 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 import yaml
 
+from .cluster_provider import cluster_provider
 from .kind_config import CONTAINERD_REGISTRY_CONFIG_DIR, KindPortMapping, kind_cluster_config, kind_config_yaml
 
 # Scripts read their parameters from the environment, so their text never changes and no value is ever
@@ -94,12 +95,12 @@ class KindCluster(pulumi.ComponentResource):
             ),
         )
         self.kubeconfig = pulumi.Output.secret(cluster.stdout)
-        self.provider = k8s.Provider(
+        self.provider = cluster_provider(
             name,
-            kubeconfig=self.kubeconfig,
+            self.kubeconfig,
             # The kubeconfig changes whenever kind re-issues certificates or the API server port; only a new
             # cluster (a new create command) means the objects in it are gone and must be created again.
-            cluster_identifier=cluster.id,
+            cluster.id,
             # A kind cluster deleted behind Pulumi's back leaves nothing to delete; don't block `pulumi destroy`.
             delete_unreachable=True,
             opts=pulumi.ResourceOptions(parent=self),

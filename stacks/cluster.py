@@ -12,6 +12,7 @@ from typing import Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.cluster_provider import cluster_provider
 from components.kind_cluster import KindCluster
 from components.local_registry import LocalRegistry
 
@@ -164,12 +165,12 @@ def _existing_cluster(cluster: ClusterConfig, secrets: StackSecrets) -> ClusterH
     else:
         assert secrets.kubeconfig is not None  # StackSecrets.problems requires exactly one source
         kubeconfig = provider_kubeconfig = secrets.kubeconfig
-    provider = k8s.Provider(
+    provider = cluster_provider(
         "cluster",
-        kubeconfig=provider_kubeconfig,
-        context=settings.context,
+        provider_kubeconfig,
         # Rotated credentials or a moved endpoint are the same cluster; another context is another cluster.
-        cluster_identifier=f"existing/{settings.context or 'current-context'}",
+        f"existing/{settings.context or 'current-context'}",
+        context=settings.context,
     )
     return ClusterHandle(provider=provider, kubeconfig=kubeconfig)
 

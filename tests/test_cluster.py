@@ -109,6 +109,15 @@ def test_provider_identity_is_the_cluster_not_its_kubeconfig(dev):
     assert dev.one(PROVIDER, "kind").inputs["clusterIdentifier"] == "kind-cluster-id"
 
 
+@pytest.mark.parametrize("stack,provider", [("dev", "kind"), ("prod", "eks")])
+def test_settings_and_credentials_change_in_place(stack, provider):
+    """Fixed-name ConfigMaps and Secrets (Knative's config-*, the gateway's keys) are updated, not deleted and
+    re-created, when their data changes (the engine lane shows it against a real API server)."""
+    inputs = evaluate(stack).one(PROVIDER, provider).inputs
+    # Provider settings reach the engine as strings.
+    assert inputs["enableConfigMapMutable"] == inputs["enableSecretMutable"] == "true"
+
+
 def test_local_registry_is_pinned_published_on_loopback_and_keeps_its_data():
     evaluation = evaluate("dev", set={"cluster.kind.registryPort": 5055})
     image = evaluation.one("docker:index/remoteImage:RemoteImage", "registry-image").inputs["name"]
