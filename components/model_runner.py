@@ -21,6 +21,8 @@ from .serving_workload import (
     workload_labels,
 )
 
+# Marks a model cache claim that `pulumi destroy` leaves in the cluster (retain_on_delete).
+RETAINED_ANNOTATION = "model-stack.dev/retained"
 # Any UID works for the engines (see engines.py); a fixed one makes file ownership on the cache predictable.
 RUN_AS_USER = 10001
 # Readiness: three misses in a row take a replica out of the Service; a busy engine is slow, not gone.
@@ -82,7 +84,9 @@ class CacheArgs(TypedDict):
     """Mount this PersistentVolumeClaim instead of creating one."""
 
     protect: NotRequired[bool]
-    """Refuse to delete the volume on destroy or replace, and retain it in the cluster if it leaves the stack."""
+    """Keep the claim (and so the volume) in the cluster when it leaves the stack: `pulumi destroy` completes and
+    leaves it, and a later `pulumi up` adopts it with the models still in it. The namespace must outlive the
+    stack too (its deletion would take the claim with it)."""
 
 
 class ModelRunnerArgs(TypedDict):
@@ -281,7 +285,7 @@ class ModelRunner(pulumi.ComponentResource):
         self, name: str, namespace: str, labels: dict[str, str], cache: CacheArgs, opts: pulumi.ResourceOptions
     ) -> k8s.core.v1.PersistentVolumeClaim:
         claim_name = _claim_name(name, cache)
-        protect = cache.get("protect", False)
+        retained = cache.get("protect", False)
         spec: dict[str, Any] = {
             "accessModes": [cache["access_mode"]],
             "resources": {"requests": {"storage": cache["size"]}},
@@ -294,14 +298,17 @@ class ModelRunner(pulumi.ComponentResource):
                 "name": claim_name,
                 "namespace": namespace,
                 "labels": labels,
-                # WaitForFirstConsumer classes (kind's local-path) bind only once a pod mounts the claim; waiting
-                # for Bound here would deadlock with the Deployment that waits for this claim.
-                "annotations": {"pulumi.com/skipAwait": "true"},
+                "annotations": {
+                    # WaitForFirstConsumer classes (kind's local-path) bind only once a pod mounts the claim;
+                    # waiting for Bound here would deadlock with the Deployment that waits for this claim.
+                    "pulumi.com/skipAwait": "true",
+                    # Policy packs see `protect` but not `retainOnDelete`: this says the claim is retained.
+                    **({RETAINED_ANNOTATION: "true"} if retained else {}),
+                },
             },
             spec=spec,
-            opts=pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
-            ),
+            # Not `protect`: that would make `pulumi destroy` refuse to run at all.
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=retained)),
         )
 
 

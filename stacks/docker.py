@@ -32,10 +32,9 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     settings = config.docker
     runner_config = config.runner
     network = docker.Network("network", name=settings.network, driver="bridge")
-    # Downloaded models are expensive: the volume stays when the stack is destroyed or replaced.
-    cache = docker.Volume(
-        "model-cache", name=settings.cache_volume, opts=pulumi.ResourceOptions(retain_on_delete=True, protect=True)
-    )
+    # Downloaded models are expensive: the volume stays when the stack is destroyed (without blocking the destroy,
+    # as `protect` would), and the next `pulumi up` finds the models in it.
+    cache = docker.Volume("model-cache", name=settings.cache_volume, opts=pulumi.ResourceOptions(retain_on_delete=True))
     engine = render_profile(
         runner_config.engine,
         runner_config.model,

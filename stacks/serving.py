@@ -14,6 +14,7 @@ from components.serving_workload import knative_features, workload_labels
 
 from .cluster import ClusterHandle
 from .config import StackConfig
+from .config.runner import RunnerConfig
 from .config.secrets import StackSecrets
 from .config.workload import ResourcesConfig, ScalingConfig
 from .images import ImageHandle
@@ -41,7 +42,10 @@ def serve_models(
             # The API server itself refuses any pod here that breaks the restricted Pod Security Standard.
             "labels": {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"},
         },
-        opts=pulumi.ResourceOptions(provider=cluster.provider, depends_on=cluster.ready),
+        # Deleting a namespace deletes every claim in it: one that holds a retained model cache stays, and the
+        # next `pulumi up` adopts it (server-side apply creates over what exists).
+        opts=pulumi.ResourceOptions(provider=cluster.provider, depends_on=cluster.ready,
+                                    retain_on_delete=retains_model_cache(runner_config)),
     )
     pull_secret = images.pull_secret(
         namespace_name, pulumi.ResourceOptions(provider=cluster.provider, depends_on=[namespace])
@@ -115,6 +119,10 @@ def upstream_images(config: StackConfig) -> list[str]:
     """Images the serving layer deploys as configured, before the registry mapping (the gateway's own build
     excluded: it is pushed where it is pulled from)."""
     return [*runner_images(config), *([config.gateway.image] if config.gateway.image else [])]
+
+
+def retains_model_cache(runner_config: RunnerConfig) -> bool:
+    return runner_config.cache.protect and runner_config.cache.existing_claim is None
 
 
 def _runner_args(

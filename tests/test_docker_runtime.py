@@ -42,7 +42,8 @@ def test_the_gateway_reaches_the_runner_by_name_on_the_private_network(local):
 
 def test_the_model_cache_is_a_kept_named_volume_filled_before_the_engine_starts(local):
     volume = local.one("docker:index/volume:Volume")
-    assert volume.retain_on_delete and volume.protect
+    # Kept, without `protect` (which makes `pulumi destroy` refuse to run at all).
+    assert volume.retain_on_delete and not volume.protect
     cache = {"type": "volume", "source": volume.inputs["name"], "target": "/models"}
     runner, pull, owner = (container(local, name) for name in ("model-runner", "model-pull", "cache-owner"))
     for job in (runner, pull, owner):

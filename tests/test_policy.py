@@ -22,6 +22,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
+from components import model_runner
 from harness import ROOT, STACKS, evaluate, set_path
 
 sys.path.insert(0, str(ROOT / "policy"))
@@ -220,8 +221,10 @@ MODEL_CACHE = {"metadata": {"name": "model-cache", "namespace": "models"},
 def test_a_model_cache_claim_must_be_protected():
     pvc = "kubernetes:core/v1:PersistentVolumeClaim"
     found = violations("protected-model-cache", pvc, MODEL_CACHE)
-    assert len(found) == 1 and "PersistentVolumeClaim models/model-cache" in found[0] and "protect=True" in found[0]
+    assert len(found) == 1 and "PersistentVolumeClaim models/model-cache" in found[0] and "retain_on_delete" in found[0]
     assert violations("protected-model-cache", pvc, MODEL_CACHE, opts=PROTECTED) == []
+    retained = changed(MODEL_CACHE, **{"metadata__annotations": {model_runner.RETAINED_ANNOTATION: "true"}})
+    assert violations("protected-model-cache", pvc, retained) == []
     assert violations("protected-model-cache", pvc, changed(MODEL_CACHE, **{"metadata__name": "postgres-data"})) == []
 
 

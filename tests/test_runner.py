@@ -230,7 +230,10 @@ def test_dev_cache_is_single_node_with_recreate_updates():
 def test_prod_shares_a_protected_cache_and_rolls_without_downtime():
     evaluation = evaluate("prod")
     claim = evaluation.one("kubernetes:core/v1:PersistentVolumeClaim")
-    assert claim.protect and claim.retain_on_delete
+    assert claim.retain_on_delete and not claim.protect
+    assert claim.inputs["metadata"]["annotations"]["model-stack.dev/retained"] == "true"
+    # The namespace holding the claim outlives the stack too: deleting it would delete the claim.
+    assert evaluation.one("kubernetes:core/v1:Namespace").retain_on_delete
     assert claim.inputs["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim.inputs["spec"]["storageClassName"] == "efs-model-cache"
     deployment = named(evaluation, "Deployment", RUNNER)

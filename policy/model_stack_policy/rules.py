@@ -372,13 +372,18 @@ def validate_no_plain_secrets(args: ResourceValidationArgs, report_violation: Re
 
 # --- model caches --------------------------------------------------------------------------------------------
 
+# What model-stack's ModelRunner puts on a claim it retains on delete (the pack runs without the components).
+RETAINED_ANNOTATION = "model-stack.dev/retained"
+
 MODEL_CACHE_SCHEMA = PolicyConfigSchema(
     properties={
         "namePattern": {
             "type": "string",
             "default": "model|cache|hf-home|huggingface",
             "description": "A PersistentVolumeClaim whose name matches this regular expression holds a model "
-            "cache (hours of downloads) and must be created with the `protect` resource option.",
+            "cache (hours of downloads) and must outlive the stack: created with the `protect` resource option, or "
+            "retained on delete and annotated `model-stack.dev/retained: \"true\"` (policies cannot see "
+            "`retainOnDelete` itself).",
         }
     }
 )
@@ -388,10 +393,12 @@ def validate_model_cache_protected(args: ResourceValidationArgs, report_violatio
     if group_and_kind(args.resource_type) != ("core", "PersistentVolumeClaim"):
         return
     name = _get(args.props, "metadata", "name") or args.name
-    if re.search(_setting(args, MODEL_CACHE_SCHEMA, "namePattern"), name) and not args.opts.protect:
+    retained = _get(args.props, "metadata", "annotations", RETAINED_ANNOTATION) == "true"
+    if re.search(_setting(args, MODEL_CACHE_SCHEMA, "namePattern"), name) and not (args.opts.protect or retained):
         report_violation(
-            f"{describe(args.resource_type, args.props, args.name)} holds a model cache but is not protected; "
-            "create it with `pulumi.ResourceOptions(protect=True)` so a replace or destroy cannot wipe it."
+            f"{describe(args.resource_type, args.props, args.name)} holds a model cache but is not kept; create it "
+            f"with `pulumi.ResourceOptions(retain_on_delete=True)` and the annotation `{RETAINED_ANNOTATION}: "
+            '"true"` (or `protect=True`) so a replace or destroy cannot wipe it.'
         )
 
 
@@ -547,7 +554,7 @@ POLICIES = [
     ),
     ResourceValidationPolicy(
         name="protected-model-cache",
-        description="PersistentVolumeClaims holding model caches are protected from deletion.",
+        description="PersistentVolumeClaims holding model caches outlive the stack (retained or protected).",
         validate=validate_model_cache_protected,
         config_schema=MODEL_CACHE_SCHEMA,
     ),

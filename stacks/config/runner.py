@@ -34,8 +34,9 @@ class CacheConfig(Section):
     """Use this PersistentVolumeClaim (in the runner's namespace) instead of creating one."""
 
     protect: bool = False
-    """Protect the cache volume: `pulumi destroy` or a replacement refuses to delete it, and the claim is
-    retained in the cluster if it leaves the stack, so downloaded models are never lost by accident."""
+    """Keep the cache volume whatever happens to the stack: `pulumi destroy` completes and leaves the claim (and
+    the runner's namespace, whose deletion would take the claim with it) in the cluster, and the next `pulumi up`
+    adopts both with the models still there. On EKS the EFS file system under it is retained too."""
 
     def check(self, path: str) -> Iterator[Problem]:
         if self.existing_claim is not None and self.storage_class is not None:
