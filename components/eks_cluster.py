@@ -89,6 +89,9 @@ class EksClusterArgs(TypedDict):
     deletion_protection: NotRequired[bool]
     """Refuse to delete the EKS cluster."""
 
+    retain_model_cache: NotRequired[bool]
+    """Leave the model cache's EFS file system (and the models in it) in the account when the stack is destroyed."""
+
 
 class EksCluster(pulumi.ComponentResource):
     """An EKS cluster and the Kubernetes provider for it."""
@@ -269,7 +272,8 @@ class EksCluster(pulumi.ComponentResource):
             # balance to run dry, unlike bursting.
             throughput_mode="elastic",
             tags={"Name": f"{args['name']}-model-cache"},
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(retain_on_delete=args.get("retain_model_cache", False))),
         )
         mount_targets = [
             aws.efs.MountTarget(

@@ -69,7 +69,7 @@ def provision_cluster(config: StackConfig, secrets: StackSecrets) -> ClusterHand
     if cluster.provider == "kind":
         return _kind_cluster(cluster)
     if cluster.provider == "eks":
-        return _eks_cluster(cluster)
+        return _eks_cluster(cluster, retain_model_cache=config.runner.cache.protect)
     return _existing_cluster(cluster, secrets)
 
 
@@ -109,7 +109,7 @@ def _kind_cluster(cluster: ClusterConfig) -> ClusterHandle:
     )
 
 
-def _eks_cluster(cluster: ClusterConfig) -> ClusterHandle:
+def _eks_cluster(cluster: ClusterConfig, retain_model_cache: bool) -> ClusterHandle:
     from components.eks_cluster import GPU_NODE_LABELS, GPU_TOLERATION, MODEL_CACHE_STORAGE_CLASS, EksCluster
 
     settings = cluster.eks
@@ -134,6 +134,7 @@ def _eks_cluster(cluster: ClusterConfig) -> ClusterHandle:
             "system_nodes": node_group(settings.system_instance_type, settings.system_nodes),
             "gpu_nodes": node_group(settings.gpu_instance_type, settings.gpu_nodes),
             "deletion_protection": settings.deletion_protection,
+            "retain_model_cache": retain_model_cache,
         },
     )
     return ClusterHandle(
