@@ -13,7 +13,7 @@ from .serving_workload import (
     RESTRICTED_CONTAINER,
     ScalingArgs,
     ServingWorkload,
-    restricted_pod,
+    isolated_pod,
 )
 
 GATEWAY_PORT = 8080
@@ -143,8 +143,7 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         },
     }
     pod_spec: dict[str, Any] = {
-        "securityContext": restricted_pod(GATEWAY_USER),
-        "enableServiceLinks": False,
+        **isolated_pod(GATEWAY_USER),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],

@@ -17,7 +17,7 @@ from .serving_workload import (
     ScalingArgs,
     ServingWorkload,
     ServingWorkloadArgs,
-    restricted_pod,
+    isolated_pod,
     workload_labels,
 )
 
@@ -379,14 +379,13 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
     if not pull["env"]:
         del pull["env"]
     spec: dict[str, Any] = {
-        "securityContext": {
-            **restricted_pod(RUN_AS_USER),
+        **isolated_pod(
+            RUN_AS_USER,
             # The cache becomes writable for the engine's group without a root chmod; only a root
             # directory with the wrong group is changed, so a large cache is not re-walked at every start.
-            "fsGroup": RUN_AS_USER,
-            "fsGroupChangePolicy": "OnRootMismatch",
-        },
-        "enableServiceLinks": False,
+            fsGroup=RUN_AS_USER,
+            fsGroupChangePolicy="OnRootMismatch",
+        ),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
         "volumes": volumes,
     }

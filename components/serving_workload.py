@@ -59,9 +59,18 @@ RESTRICTED_CONTAINER = {
 }
 
 
-def restricted_pod(user: int) -> dict[str, Any]:
-    """Pod-level security context: non-root as `user` (uid and gid), RuntimeDefault seccomp."""
-    return {"runAsNonRoot": True, "runAsUser": user, "runAsGroup": user, "seccompProfile": {"type": "RuntimeDefault"}}
+def isolated_pod(user: int, **security_context: Any) -> dict[str, Any]:
+    """Pod settings every served workload shares: the restricted Pod Security Standard as `user` (uid and gid)
+    with RuntimeDefault seccomp, no service account token (no pod of the stack calls the Kubernetes API, so a
+    compromised engine gets no credential for it), and no service-link environment."""
+    return {
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": user, "runAsGroup": user, "seccompProfile": {"type": "RuntimeDefault"},
+            **security_context,
+        },
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
 
 
 def workload_labels(name: str) -> dict[str, str]:

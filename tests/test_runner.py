@@ -177,6 +177,16 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard(evaluation)
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
+def test_no_pod_gets_a_kubernetes_api_token(evaluation):
+    served = {
+        obj["metadata"]["name"]: obj["spec"]["template"]["spec"]["automountServiceAccountToken"]
+        for resource, obj in evaluation.kubernetes_objects()
+        if resource.type != "kubernetes:yaml/v2:ConfigGroup" and obj["kind"] in ("Deployment", "Service")
+        and "template" in obj["spec"]
+    }
+    assert served == {RUNNER: False, "gateway": False}
+
+
 def test_pods_are_hardened(evaluation):
     spec = pod_spec(evaluation)
     assert spec["securityContext"]["runAsNonRoot"] is True
