@@ -370,20 +370,31 @@ def knative_features(pod_spec: dict[str, Any]) -> list[str]:
     return sorted(features)
 
 
+# Pod security context fields Knative 1.15 refuses in a Service (its PodSecurityContextMask).
+_KNATIVE_REFUSED_POD_SECURITY = {"fsGroupChangePolicy"}
+
+
 def knative_pod_spec(pod_spec: dict[str, Any], port: int) -> dict[str, Any]:
-    """The pod under Knative's rules: the serving port is unnamed (Knative names it), HTTP probes carry no port
-    (the queue proxy probes the serving port itself), and fields Knative sets itself are dropped."""
+    """The pod under Knative's rules: the serving port is unnamed (Knative names it); readiness and liveness
+    probes carry no port (the queue proxy probes the serving port itself, and Knative points liveness at it),
+    while a startup probe, which Knative passes to the kubelet untouched, names the port by number; fields Knative
+    sets itself or refuses are dropped."""
     # Copies of only what changes: the spec may hold Outputs (an image, an upstream URL), which cannot be deep-copied.
     spec = {key: value for key, value in pod_spec.items() if key != "terminationGracePeriodSeconds"}
-    spec["containers"] = [_knative_container(container) for container in pod_spec["containers"]]
+    if "securityContext" in spec:
+        spec["securityContext"] = {key: value for key, value in spec["securityContext"].items()
+                                   if key not in _KNATIVE_REFUSED_POD_SECURITY}
+    spec["containers"] = [_knative_container(container, port) for container in pod_spec["containers"]]
     spec["containers"][0]["ports"] = [{"containerPort": port}]
     return spec
 
 
-def _knative_container(container: dict[str, Any]) -> dict[str, Any]:
+def _knative_container(container: dict[str, Any], port: int) -> dict[str, Any]:
     adapted = dict(container)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if probe in container and "httpGet" in container[probe]:
             http_get = {key: value for key, value in container[probe]["httpGet"].items() if key != "port"}
+            if probe == "startupProbe":
+                http_get["port"] = port
             adapted[probe] = {**container[probe], "httpGet": http_get}
     return adapted

@@ -53,6 +53,12 @@ def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and
         assert [set(port) for port in container["ports"]] == [{"containerPort"}]
         for probe in ("readinessProbe", "livenessProbe"):
             assert "port" not in container[probe].get("httpGet", {})
+        # Knative leaves a startup probe to the kubelet as written: without a port it would probe port 0.
+        if "startupProbe" in container:
+            assert container["startupProbe"]["httpGet"]["port"] == container["ports"][0]["containerPort"]
+        # Knative 1.15's PodSecurityContextMask drops nothing silently: it refuses the Service.
+        assert set(spec["securityContext"]) <= {
+            "runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "supplementalGroups", "seccompProfile"}
         assert "terminationGracePeriodSeconds" not in spec
         assert container["resources"]["limits"]["memory"]
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
