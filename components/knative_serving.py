@@ -31,6 +31,7 @@ DOWNLOAD_TIMEOUT_SECONDS = 60
 SERVING_NAMESPACE = "knative-serving"
 KOURIER_NAMESPACE = "kourier-system"
 KOURIER_SERVICE = "kourier"
+MAX_REVISION_TIMEOUT_KEY = "max-revision-timeout-seconds"
 QUEUE_SIDECAR_KEY = "queue-sidecar-image"
 CA_BUNDLE_CONFIG_MAP = "registry-ca-bundle"
 CA_BUNDLE_DIR = "/etc/registry-ca"
@@ -184,6 +185,7 @@ def _unique(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _transformer(args: KnativeServingArgs) -> Callable[[dict[str, Any]], dict[str, Any]]:
     rules = args.get("rewrite_rules", {})
     config = args.get("config", {})
+    defaults = config.get("config-defaults", {})
 
     def transform(released: dict[str, Any]) -> dict[str, Any]:
         obj = copy.deepcopy(released)  # the cached release stays as released
@@ -206,6 +208,11 @@ def _transformer(args: KnativeServingArgs) -> Callable[[dict[str, Any]], dict[st
             obj["spec"]["maxReplicas"] = max(obj["spec"]["maxReplicas"], obj["spec"]["minReplicas"])
         if kind == "Deployment" and metadata["name"] == "controller" and "registry_ca_bundle" in args:
             _trust_registry_ca(pod)
+        if kind == "Deployment" and metadata["name"] == "activator" and MAX_REVISION_TIMEOUT_KEY in defaults:
+            # config-defaults' own note: the activator must be allowed to drain requests as long as the longest
+            # revision timeout, or a rollout of the activator cuts them off.
+            pod["terminationGracePeriodSeconds"] = max(
+                pod.get("terminationGracePeriodSeconds", 30), int(defaults[MAX_REVISION_TIMEOUT_KEY]))
         return obj
 
     return transform

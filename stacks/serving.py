@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.gateway import Gateway, gateway_pod_spec
+from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
 from components.model_runner import ModelRunner, runner_pod_spec
 from components.serving_workload import knative_features, workload_labels
 
@@ -98,9 +99,11 @@ def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, d
     return {
         "config-features": {feature: "enabled" for feature in sorted(features)},
         "config-defaults": {
-            "max-revision-timeout-seconds": str(
-                max(KNATIVE_MAX_REVISION_TIMEOUT_SECONDS, config.gateway.request_timeout_seconds)
-            )
+            # The ceiling covers the default revision timeout too: Knative refuses a default above it.
+            MAX_REVISION_TIMEOUT_KEY: str(max(
+                KNATIVE_MAX_REVISION_TIMEOUT_SECONDS, config.gateway.request_timeout_seconds,
+                config.knative.revision_timeout_seconds,
+            ))
         },
     }
 

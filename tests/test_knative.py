@@ -93,6 +93,14 @@ def test_dev_scales_to_zero_and_skips_tag_resolution_for_the_local_registry(dev)
     assert "localhost:5001" in config_map(dev, "config-deployment")["registries-skipping-tag-resolving"].split(",")
 
 
+def test_the_activator_drains_requests_as_long_as_the_longest_revision_timeout():
+    evaluation = evaluate("dev", set={"gateway.requestTimeoutSeconds": 1800, "knative.revisionTimeoutSeconds": 2400})
+    defaults = config_map(evaluation, "config-defaults")
+    assert int(defaults["max-revision-timeout-seconds"]) == 2400
+    activator = knative_objects(evaluation, "Deployment")["activator"]
+    assert activator["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 2400
+
+
 def test_model_loads_and_long_streams_fit_the_timeouts(dev):
     deployment = config_map(dev, "config-deployment")
     assert int(deployment["progress-deadline"].removesuffix("s")) >= 600
