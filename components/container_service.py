@@ -1,5 +1,7 @@
 """One long-running container (or a one-shot job) on a Docker host, set up the way a Compose service would be."""
 
+import re
+from fractions import Fraction
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
@@ -198,8 +200,9 @@ class ContainerService(pulumi.ComponentResource):
             restart="no" if one_shot else policy,
             max_retry_count=int(retries) if retries else None,
             healthcheck=docker.ContainerHealthcheckArgs(
-                tests=healthcheck["test"], interval=healthcheck["interval"], timeout=healthcheck["timeout"],
-                retries=healthcheck["retries"], start_period=healthcheck["start_period"],
+                tests=healthcheck["test"], interval=go_duration(healthcheck["interval"]),
+                timeout=go_duration(healthcheck["timeout"]), retries=healthcheck["retries"],
+                start_period=go_duration(healthcheck["start_period"]),
             ) if healthcheck else None,
             log_driver=args.get("log_driver"),
             log_opts=args.get("log_options"),
@@ -210,19 +213,71 @@ class ContainerService(pulumi.ComponentResource):
             ],
             read_only=args.get("read_only_root", True),
             privileged=False,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=args.get("capabilities_add")),
+            # Docker reports added capabilities back with their CAP_ prefix: the same form here means no diff.
+            capabilities=docker.ContainerCapabilitiesArgs(
+                drops=["ALL"],
+                adds=[name if name.startswith("CAP_") else f"CAP_{name}" for name in args.get("capabilities_add", [])]
+                or None,
+            ),
             security_opts=args.get("security_opts", ["no-new-privileges:true"]),
             gpus=args.get("gpus"),
-            # A job runs once per `pulumi up` that changes it; `attach` waits for it and fails the update if it fails.
+            # A job runs once per `pulumi up` that changes it; `attach` waits for it to exit and `logs` keeps
+            # what it printed (the provider records the exit code but does not check it: see below).
             must_run=not one_shot,
             attach=one_shot or None,
+            logs=one_shot or None,
             wait=False if one_shot else None,
             opts=pulumi.ResourceOptions.merge(
                 child, pulumi.ResourceOptions(additional_secret_outputs=["envs"] if secret_env else None)
             ),
         )
+        if one_shot:
+            pulumi.Output.all(container.exit_code, container.container_logs, container.urn).apply(
+                lambda result: _check_job(args["container_name"], *result))
         self.container_name = container.name
         self.register_outputs({"container_name": self.container_name})
+
+
+JOB_LOG_LINES = 20
+
+
+def _check_job(container_name: str, exit_code: Optional[int], logs: Optional[str], urn: str) -> None:
+    """Fails the update when a one-shot job failed, with what it printed last: a failed chown or download would
+    otherwise leave the update green and the services after it failing."""
+    if not exit_code:
+        return
+    tail = "\n".join((logs or "").rstrip().splitlines()[-JOB_LOG_LINES:])
+    raise pulumi.RunError(
+        f"the one-shot container {container_name} exited with {exit_code}; its last output:\n{tail}\n"
+        f"Fix the cause, then run it again: pulumi up --replace '{urn}'"
+    )
+
+
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_NANOSECONDS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "µs": 10**3, "ns": 1}
+
+
+def go_duration(text: str) -> str:
+    """A Compose duration (Go's `time.ParseDuration` grammar: `1m30s`, `1.5s`, `500ms`) in the form Go's
+    `Duration.String()` prints it (`90s` -> `1m30s`, `120s` -> `2m0s`): Docker reports health-check durations back
+    in that form, so anything else shows as a change on every `pulumi up`."""
+    parts = _GO_DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 1m30s, 1.5s or 500ms)")
+    total = round(sum(Fraction(number) * _NANOSECONDS[unit] for number, unit in parts))
+    if total == 0:
+        return "0s"
+    if total < 10**9:
+        unit = "ms" if total >= 10**6 else "µs" if total >= 10**3 else "ns"
+        return _decimal(total, _NANOSECONDS[unit]) + unit
+    hours, rest = divmod(total, _NANOSECONDS["h"])
+    minutes, rest = divmod(rest, _NANOSECONDS["m"])
+    return (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "") + _decimal(rest, 10**9) + "s"
+
+
+def _decimal(nanoseconds: int, unit: int) -> str:
+    whole, fraction = divmod(nanoseconds, unit)
+    return f"{whole}.{fraction:0{len(str(unit)) - 1}d}".rstrip("0").rstrip(".") if fraction else str(whole)
 
 
 def _megabytes(size: Optional[int]) -> Optional[int]:

@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
-from harness import FAKE_SECRETS, ROOT, Evaluation, Resource, Secret, assert_rejected, evaluate, unwrap
+from components.container_service import go_duration
+from harness import (
+    FAKE_SECRETS, MOCK_OUTPUTS, ROOT, Evaluation, Resource, Secret, assert_rejected, evaluate, evaluate_failure, unwrap,
+)
 CONTAINER = "docker:index/container:Container"
 
 
@@ -50,7 +53,8 @@ def test_the_model_cache_is_a_kept_named_volume_filled_before_the_engine_starts(
         assert cache in job.inputs["mounts"]
     assert pull.inputs["mustRun"] is False and pull.inputs["attach"] is True
     assert {pull.urn, owner.urn} <= set(runner.dependencies)
-    assert owner.inputs["capabilities"] == {"drops": ["ALL"], "adds": ["CHOWN"]} and owner.inputs["user"] == "0:0"
+    # Docker reports capabilities back with the CAP_ prefix: anything else is a replacement on every `up`.
+    assert owner.inputs["capabilities"] == {"drops": ["ALL"], "adds": ["CAP_CHOWN"]} and owner.inputs["user"] == "0:0"
 
 
 def test_pulled_images_run_by_the_digest_that_was_pulled_and_stay_on_the_host(local):
@@ -77,7 +81,8 @@ def test_compose_settings_land_on_the_container(local):
     assert runner.inputs["healthcheck"]["tests"] == [
         "CMD", "curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/health"
     ]
-    assert runner.inputs["healthcheck"]["startPeriod"] == "120s"  # the model-load budget
+    # The model-load budget, in the form Docker reports it back (Go's Duration.String), so `up` shows no diff.
+    assert runner.inputs["healthcheck"]["startPeriod"] == "2m0s"
     assert gateway.inputs["healthcheck"] == {
         "tests": ["CMD", "/opt/venv/bin/python", "-m", "model_gateway.healthcheck"],
         "interval": "15s", "timeout": "5s", "retries": 3, "startPeriod": "10s",
@@ -122,7 +127,7 @@ def test_every_compose_option_maps_onto_pulumi_docker():
     assert (inputs["memory"], inputs["memorySwap"], inputs["cpuShares"]) == (1536, 3072, 512)
     assert (inputs["restart"], inputs["maxRetryCount"]) == ("on-failure", 5)
     assert inputs["healthcheck"]["tests"] == ["CMD-SHELL", "curl -f http://127.0.0.1:8080/health"]
-    assert (inputs["healthcheck"]["interval"], inputs["healthcheck"]["timeout"]) == ("90s", "500ms")
+    assert (inputs["healthcheck"]["interval"], inputs["healthcheck"]["timeout"]) == ("1m30s", "500ms")
     assert (inputs["logDriver"], inputs["logOpts"]) == ("local", {"max-size": "20m"})
     assert {"label": "team", "value": "ml"} in inputs["labels"]
     assert (inputs["hostname"], inputs["entrypoints"], inputs["command"]) == ("engine", ["/app/llama-server"], ["--help"])
@@ -172,3 +177,22 @@ BAD_DOCKER_CONFIG: list[tuple[dict[str, Any], str, str]] = [
 @pytest.mark.parametrize("overrides,key,text", BAD_DOCKER_CONFIG, ids=[case[1] for case in BAD_DOCKER_CONFIG])
 def test_bad_docker_config_is_rejected_by_key_before_anything_exists(overrides, key, text):
     assert_rejected("local", overrides, key, text)
+
+
+@pytest.mark.parametrize("text,docker_form", [
+    ("120s", "2m0s"), ("90s", "1m30s"), ("1h", "1h0m0s"), ("1.5s", "1.5s"), ("500ms", "500ms"), ("0s", "0s"),
+    ("61.5s", "1m1.5s"), ("1500us", "1.5ms"), ("2h3m4s", "2h3m4s"),
+])
+def test_durations_are_emitted_as_docker_reports_them_back(text, docker_form):
+    assert go_duration(text) == docker_form
+
+
+def test_a_failed_one_shot_job_fails_the_update_with_its_output(monkeypatch):
+    def failing_jobs(args):
+        failed = args.inputs.get("attach") is True
+        return {"exitCode": 1 if failed else 0, "containerLogs": "chown: /models: Operation not permitted\n" * failed}
+
+    monkeypatch.setitem(MOCK_OUTPUTS, CONTAINER, failing_jobs)
+    error, _ = evaluate_failure("local")
+    assert "exited with 1" in str(error) and "chown: /models: Operation not permitted" in str(error)
+    assert "pulumi up --replace" in str(error)
