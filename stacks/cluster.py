@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
+import pulumi_docker as docker
 import pulumi_kubernetes as k8s
 
 from components.cluster_provider import cluster_provider
@@ -79,7 +80,13 @@ def _kind_cluster(cluster: ClusterConfig) -> ClusterHandle:
     if not pulumi.runtime.is_dry_run():
         check_kind_host(node_image.kind_version)
     settings = cluster.kind
-    registry = LocalRegistry("registry", {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER})
+    # The Docker provider pings the daemon when it starts unless told not to; a preview needs no daemon, and an
+    # update without one fails on the registry container with Docker's own message.
+    docker_host = docker.Provider("docker", disable_docker_daemon_check=True)
+    registry = LocalRegistry(
+        "registry", {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER},
+        opts=pulumi.ResourceOptions(providers=[docker_host]),
+    )
     http_port, https_port = KIND_INGRESS_NODE_PORTS
     kind = KindCluster(
         "kind",

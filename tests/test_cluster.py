@@ -118,6 +118,13 @@ def test_settings_and_credentials_change_in_place(stack, provider):
     assert inputs["enableConfigMapMutable"] == inputs["enableSecretMutable"] == "true"
 
 
+def test_the_dev_preview_needs_no_docker_daemon(dev):
+    provider = dev.one("pulumi:providers:docker", "docker")
+    assert provider.inputs["disableDockerDaemonCheck"] == "true"
+    registry_children = [r for r in dev.resources if r.type.startswith("docker:") and "registry" in r.name]
+    assert registry_children and all(r.provider.startswith(provider.urn) for r in registry_children)
+
+
 def test_local_registry_is_pinned_published_on_loopback_and_keeps_its_data():
     evaluation = evaluate("dev", set={"cluster.kind.registryPort": 5055})
     image = evaluation.one("docker:index/remoteImage:RemoteImage", "registry-image").inputs["name"]
