@@ -103,6 +103,8 @@ class EngineProfile:
     shared_memory: bool = False
     http_client: Optional[str] = None
     """`curl` or `python3` when the image has one: what a Docker health check can ask the engine over HTTP with."""
+    downloads_from_hub: bool = False
+    """Weights come from a Hugging Face-compatible hub, so a mirror can stand in for it (`model_hub`)."""
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -110,9 +112,11 @@ class EngineProfile:
             return None
         return f"must name a {self.name} model such as {self.model_example!r}"
 
-    def render(self, model: str, port: Optional[int] = None, image: Optional[str] = None) -> EngineContainer:
+    def render(
+        self, model: str, port: Optional[int] = None, image: Optional[str] = None, model_hub: Optional[str] = None
+    ) -> EngineContainer:
         port = port or self.port
-        command, args, env, model_ready, pull = _RENDERERS[self.name](model, port)
+        command, args, env, model_ready, pull = _RENDERERS[self.name](model, port, model_hub or DEFAULT_MODEL_HUB)
         return EngineContainer(
             image=image or self.image,
             port=port,
@@ -130,11 +134,17 @@ class EngineProfile:
         )
 
 
+# Where vLLM and llama.cpp download weights unless a mirror is configured (`model_hub`).
+DEFAULT_MODEL_HUB = "https://huggingface.co"
+# getpass.getuser()'s answer for the engine's passwd-less UID.
+ENGINE_USER_NAME = "model-runner"
+
+
 def _sh(script: str) -> tuple[str, ...]:
     return ("sh", "-ec", script)
 
 
-def _docker_model_runner(model: str, port: int):
+def _docker_model_runner(model: str, port: int, hub: str):
     store = f"{CACHE_MOUNT_PATH}/docker-model-runner"
     pull = _sh(
         f'until curl -fsS "http://127.0.0.1:{port}/models" >/dev/null; do sleep 2; done\n'
@@ -158,7 +168,7 @@ def _docker_model_runner(model: str, port: int):
     )
 
 
-def _vllm(model: str, port: int):
+def _vllm(model: str, port: int, hub: str):
     download = (
         "python3", "-c",
         "import os; from huggingface_hub import snapshot_download; "
@@ -167,14 +177,19 @@ def _vllm(model: str, port: int):
     return (
         ("vllm", "serve"),
         (model, "--host", "0.0.0.0", "--port", str(port), "--served-model-name", model),
-        {"HF_HOME": f"{CACHE_MOUNT_PATH}/huggingface", "HF_HUB_OFFLINE": "1", MODEL_ENV: model},
+        {
+            "HF_HOME": f"{CACHE_MOUNT_PATH}/huggingface", "HF_HUB_OFFLINE": "1", MODEL_ENV: model,
+            # The pod runs as a UID without a passwd entry; torch and vLLM call getpass.getuser(), which reads
+            # these before it would fail on the missing entry.
+            "USER": ENGINE_USER_NAME, "LOGNAME": ENGINE_USER_NAME,
+        },
         ProbeAction(http_path="/v1/models"),
         # The server runs offline so a restart never reaches the hub; the download is the one step that must.
-        PullStep(mode="init", command=download, env={"HF_HUB_OFFLINE": "0"}),
+        PullStep(mode="init", command=download, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub}),
     )
 
 
-def _ollama(model: str, port: int):
+def _ollama(model: str, port: int, hub: str):
     pull = _sh(
         "ollama serve & server=$!\n"
         # A server that died never answers: stop waiting (kill -0 fails, and -e ends the step) instead of hanging.
@@ -198,10 +213,11 @@ def _ollama(model: str, port: int):
     )
 
 
-def _llama_cpp(model: str, port: int):
+def _llama_cpp(model: str, port: int, hub: str):
     repository, _, filename = model.rpartition("/")
-    path = f"{CACHE_MOUNT_PATH}/llama.cpp/{filename}"
-    url = f"https://huggingface.co/{repository}/resolve/main/{filename}"
+    # Keyed by repository too: the same file name in another repository is other weights.
+    path = f"{CACHE_MOUNT_PATH}/llama.cpp/{repository}/{filename}"
+    url = f"{hub}/{repository}/resolve/main/{filename}"
     fetch = _sh(
         f"target={shlex.quote(path)}\n"
         'if [ -s "$target" ]; then exit 0; fi\n'
@@ -212,7 +228,8 @@ def _llama_cpp(model: str, port: int):
     )
     return (
         (),
-        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model),
+        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts).
+        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model, "--no-webui", "--no-slots"),
         {MODEL_ENV: model},
         ProbeAction(http_path="/health"),
         PullStep(mode="init", command=fetch),
@@ -250,6 +267,7 @@ ENGINES: dict[str, EngineProfile] = {
             liveness_path="/health",
             model_pattern=r"[\w.-]+/[\w.-]+",
             model_example="Qwen/Qwen2.5-7B-Instruct",
+            downloads_from_hub=True,
             needs_gpu=True,
             shared_memory=True,
         ),
@@ -271,6 +289,7 @@ ENGINES: dict[str, EngineProfile] = {
             liveness_path="/health",
             model_pattern=r"[\w.-]+/[\w.-]+/[\w.-]+\.gguf",
             model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
+            downloads_from_hub=True,
         ),
     )
 }
@@ -299,11 +318,12 @@ def render_profile(
     api_base_path: Optional[str] = None,
     liveness_path: Optional[str] = None,
     ready_path: Optional[str] = None,
+    model_hub: Optional[str] = None,
 ) -> EngineContainer:
     """An engine's profile rendered for `model`, with whatever the user overrides."""
     overrides = {"image": image, "port": port, "api_base_path": api_base_path, "liveness_path": liveness_path}
     profile = dataclasses.replace(ENGINES[engine], **{key: value for key, value in overrides.items() if value is not None})
-    rendered = profile.render(model)
+    rendered = profile.render(model, model_hub=model_hub)
     if ready_path is not None:
         rendered = dataclasses.replace(rendered, model_ready=ProbeAction(http_path=ready_path))
     return rendered

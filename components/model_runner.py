@@ -135,6 +135,10 @@ class ModelRunnerArgs(TypedDict):
     ready_path: NotRequired[str]
     """HTTP path that answers 200 only once the model can serve; absent uses the engine's model-ready check."""
 
+    model_hub: NotRequired[str]
+    """Base URL of the Hugging Face-compatible hub (or mirror) vLLM and llama.cpp download weights from; absent
+    uses https://huggingface.co."""
+
     request_timeout_seconds: NotRequired[int]
     """Knative: longest one request may take (a streamed completion); Knative's default applies when absent."""
 
@@ -181,7 +185,7 @@ def render_engine(args: ModelRunnerArgs) -> EngineContainer:
     """The engine profile rendered for the configured model, with every override the args carry."""
     overrides = {
         field: args[field]  # type: ignore[literal-required]
-        for field in ("image", "port", "api_base_path", "liveness_path", "ready_path")
+        for field in ("image", "port", "api_base_path", "liveness_path", "ready_path", "model_hub")
         if field in args
     }
     return render_profile(args["engine"], args["model"], **overrides)

@@ -43,6 +43,7 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
         api_base_path=runner_config.api_base_path,
         liveness_path=runner_config.liveness_path,
         ready_path=runner_config.ready_path,
+        model_hub=runner_config.model_hub,
     )
     cache_mount: MountArgs = {"type": "volume", "source": settings.cache_volume, "target": CACHE_MOUNT_PATH}
     writable = _scratch(settings.runner, list(engine.writable_paths.values()))

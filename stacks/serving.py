@@ -168,6 +168,7 @@ def _runner_args(
         "api_base_path": runner_config.api_base_path,
         "liveness_path": runner_config.liveness_path,
         "ready_path": runner_config.ready_path,
+        "model_hub": runner_config.model_hub,
     }
     runner_args.update({key: value for key, value in overrides.items() if value is not None})
     return runner_args

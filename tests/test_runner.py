@@ -66,14 +66,28 @@ def test_engine_arguments_select_the_model_and_port():
     vllm = ENGINES["vllm"].render("Qwen/Qwen2.5-7B-Instruct", port=9000)
     assert vllm.command == ("vllm", "serve")
     assert vllm.args[0] == "Qwen/Qwen2.5-7B-Instruct" and ("--port", "9000") == vllm.args[3:5]
-    assert vllm.env["HF_HUB_OFFLINE"] == "1" and vllm.pull.env == {"HF_HUB_OFFLINE": "0"}
+    assert vllm.env["HF_HUB_OFFLINE"] == "1"
+    assert vllm.pull.env == {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://huggingface.co"}
+    # getpass.getuser() must answer for a UID without a passwd entry.
+    assert vllm.env["USER"] == vllm.env["LOGNAME"] == "model-runner"
     llama = ENGINES["llama.cpp"].render("owner/repo-GGUF/model-Q4.gguf")
-    assert "/models/llama.cpp/model-Q4.gguf" in llama.args
+    # The repository is part of the cache path: the same file name elsewhere is other weights.
+    assert "/models/llama.cpp/owner/repo-GGUF/model-Q4.gguf" in llama.args
+    assert "--no-webui" in llama.args and "--no-slots" in llama.args
     assert "https://huggingface.co/owner/repo-GGUF/resolve/main/model-Q4.gguf" in llama.pull.command[-1]
     ollama = ENGINES["ollama"].render("llama3.2:3b")
     assert ollama.env["OLLAMA_HOST"] == "0.0.0.0:11434" and ollama.env["OLLAMA_MODELS"].startswith("/models/")
     dmr = ENGINES["docker-model-runner"].render("ai/smollm2")
     assert dmr.env["MODEL_RUNNER_PORT"] == "12434" and dmr.env["MODELS_PATH"].startswith("/models/")
+
+
+def test_weights_come_from_the_configured_hub_mirror():
+    evaluation = evaluate("prod", set={"runner.modelHub": "https://hf-mirror.example.com"})
+    pull = pod_spec(evaluation)["initContainers"][0]
+    assert {"name": "HF_ENDPOINT", "value": "https://hf-mirror.example.com"} in pull["env"]
+    local = evaluate("local", set={"runner.modelHub": "http://127.0.0.1:8765/hub"})
+    fetch = " ".join(local.one("docker:index/container:Container", "model-pull").inputs["entrypoints"])
+    assert "http://127.0.0.1:8765/hub/bartowski/SmolLM2-360M-Instruct-GGUF/resolve/main/" in fetch
 
 
 SHELL_PULLS = {name: p.render(p.model_example).pull.command for name, p in ENGINES.items()}
@@ -271,6 +285,9 @@ BAD_RUNNER_CONFIG = [
     ("dev", {"runner.cache.existingClaim": "models", "runner.cache.storageClass": "fast"}, "runner.cache.storageClass", "existingClaim"),
     ("prod", {"runner.scaling.minReplicas": 1}, "runner.scaling.minReplicas", "at least 2"),
     ("prod", {"runner.cache.protect": False}, "runner.cache.protect", "must be true"),
+    ("dev", {"runner.modelHub": "https://hf-mirror.example.com"}, "runner.modelHub", "not docker-model-runner"),
+    ("prod", {"runner.modelHub": "https://user:pass@hf-mirror.example.com"}, "runner.modelHub", "http(s) base URL"),
+    ("prod", {"runner.modelHub": "ftp://hf-mirror.example.com"}, "runner.modelHub", "http(s) base URL"),
     ("prod", {"gateway.scaling.minReplicas": 1}, "gateway.scaling.minReplicas", "at least 2"),
     ("dev", {"gateway.workload": "deployment"}, "gateway.scaling.minReplicas", "workload knative"),
     ("dev", {"runner.workload": "knative", "runner.scaling.podsMetric": {"name": "q", "averageValue": "4"}},

@@ -14,6 +14,11 @@ from .workload import ServedWorkload, ResourcesConfig, ScalingConfig, workload_s
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
 K8sName = Annotated[str, matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a Kubernetes name (lowercase letters, digits, '-')")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# An http(s) base URL: no credentials (the token is the hfToken secret), query or fragment; no trailing slash.
+HubUrl = Annotated[
+    str,
+    matching(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%-]+)*", "an http(s) base URL such as https://hf-mirror.example.com"),
+]
 HttpPath = Annotated[str, matching(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "an absolute URL path such as /v1")]
 
 
@@ -77,6 +82,12 @@ class RunnerConfig(ServedWorkload):
     image: Optional[ImageRef] = None
     """Engine image; unset uses the engine profile's image. Production needs it digest-pinned."""
 
+    model_hub: Optional[HubUrl] = None
+    """Base URL of a Hugging Face-compatible hub the engine downloads weights from, for sites behind a firewall
+    or air-gapped ones with a mirror (`https://hf-mirror.internal`); unset: https://huggingface.co. vLLM gets it as
+    `HF_ENDPOINT`; llama.cpp downloads `<modelHub>/<owner>/<repo>/resolve/main/<file>`. Ollama pulls from its own
+    registry and Docker Model Runner from an OCI registry, so neither takes it."""
+
     pull_sidecar_image: Optional[ImageRef] = None
     """Image of the pull sidecar for engines that pull through their own API (Docker Model Runner); unset uses
     a small curl image. Production needs it digest-pinned."""
@@ -139,6 +150,13 @@ class RunnerConfig(ServedWorkload):
         profile = ENGINES[self.engine]
         if (problem := profile.model_problem(self.model)) is not None:
             yield Problem(join_key(path, "model"), problem, self.model)
+        if self.model_hub is not None and not profile.downloads_from_hub:
+            yield Problem(
+                join_key(path, "modelHub"),
+                f"applies to engines that download from a Hugging Face-compatible hub (vllm, llama.cpp), not "
+                f"{self.engine}, which pulls from its own registry; remove it",
+                self.model_hub,
+            )
         if profile.needs_gpu and self.gpu.count == 0:
             yield Problem(join_keys(path, "gpu.count"), f"must be at least 1 for engine {self.engine}", 0)
         if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
