@@ -1,0 +1,269 @@
+"""Builds, from Go modules, the real tools the engine lane runs, at the versions this project installs.
+
+    .venv/bin/python .ci/toolchain.py            # build what is missing, install the plugins, print a summary
+    .venv/bin/python .ci/toolchain.py --env      # only print the environment the tests use (PATH, PULUMI_HOME, ...)
+
+What it builds and from which module (`go mod download`, then `go build` from a copy, because each of these
+modules' go.mod replaces its sibling modules with relative paths, which `go install module@version` refuses):
+
+- the Pulumi CLI (`github.com/pulumi/pulumi/pkg/v3`, with `sdk/v3` beside it) at the version of the installed
+  `pulumi` Python SDK;
+- every resource plugin whose installed Python SDK declares it (`pulumi-plugin.json`), installed with
+  `pulumi plugin install resource NAME VERSION --file BINARY`, so the engine never downloads one;
+- kube-apiserver and kube-controller-manager (`k8s.io/kubernetes`, its staging modules taken from their published
+  `k8s.io/*` v0.X.Y twins) at the Kubernetes version the stacks pin, and etcd at the release that version is
+  tested with (`build/dependencies.yaml` of that Kubernetes module).
+
+Everything is cached by version under ~/.cache/model-stack-toolchain (override: MODEL_STACK_TOOLCHAIN); a second
+run builds nothing. A plugin whose module the Go module proxy does not serve is reported, not faked: the lane
+then covers what the built plugins allow (see KNOWN_UNBUILDABLE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+CACHE = Path(os.environ.get("MODEL_STACK_TOOLCHAIN", Path.home() / ".cache" / "model-stack-toolchain"))
+BIN = CACHE / "bin"
+PULUMI_HOME = CACHE / "pulumi-home"
+
+# The stacks' default `cluster.kubernetesVersion` is 1.32 (kind's node image v1.32.8). The proxy does not serve
+# the 1.32.8 release of the staging module k8s.io/kube-controller-manager, so the control plane is the next patch
+# release of the same minor.
+KUBERNETES_VERSION = "1.32.9"
+
+# Provider modules are tagged at the repository root only, so the proxy knows their provider/ module by
+# pseudo-version (commit time and hash of the release tag), not by release number.
+PROVIDER_MODULES = {
+    "kubernetes": (
+        "github.com/pulumi/pulumi-kubernetes/provider/v4",
+        {"4.25.0": "v4.0.0-20260115033456-f47bc2d6f199"},
+        "./cmd/pulumi-resource-kubernetes",
+        "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version={version}",
+        "v{version}",
+    ),
+}
+
+# Checked here on 2026-11-29: the Go module proxy these machines reach answers 403 "This module version is not
+# available" for every version and release-tag pseudo-version of these modules, so they cannot be built here.
+KNOWN_UNBUILDABLE = {
+    "command": "github.com/pulumi/pulumi-command/provider",
+    "docker": "github.com/pulumi/pulumi-docker/provider/v4",
+    "docker-build": "github.com/pulumi/pulumi-docker-build/provider",
+    "pulumi-language-python": "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3",
+}
+
+
+def log(message: str) -> None:
+    print(f"toolchain: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class GoBuild:
+    """One `go build` of a package from a downloaded module, its relative `replace` targets laid beside it."""
+
+    name: str
+    module: str
+    version: str
+    packages: dict[str, str]  # binary name -> package path inside the module
+    sibling_version: str  # version of every module the go.mod replaces with a relative path
+    ldflags: str = ""
+    generate_in: list[str] = field(default_factory=list)  # packages whose go:generate must run first
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stamp(self) -> Path:
+        return CACHE / "built" / f"{self.name}-{self.version}"
+
+    def outputs(self) -> list[Path]:
+        return [CACHE / "versions" / self.name / self.version / binary for binary in self.packages]
+
+    def build(self) -> float:
+        if self.stamp.exists() and all(path.exists() for path in self.outputs()):
+            return 0.0
+        started = time.monotonic()
+        log(f"building {self.name} {self.version} from {self.module}@{self.version}")
+        with tempfile.TemporaryDirectory(prefix=f"toolchain-{self.name}-") as work:
+            # Deep enough that replace targets such as ../../../../pkg stay inside the work tree.
+            main = Path(work, "a", "b", "c", "d", "main")
+            copy_module(download(self.module, self.version), main)
+            for old_path, target in relative_replaces(main):
+                try:
+                    copy_module(download(old_path, self.sibling_version), (main / target).resolve())
+                except ModuleNotServed as error:
+                    # Only a module that none of the built packages imports can go (k8s.io/kubernetes's sample-*
+                    # staging modules): `go build` below fails loudly if a package needs it after all.
+                    log(f"{error}; dropping it from the build")
+                    run(["go", "mod", "edit", f"-dropreplace={old_path}", f"-droprequire={old_path}"], cwd=main)
+            # GOWORK=off: k8s.io/kubernetes ships a go.work naming its staging tree; the copies laid beside it by the
+            # replace directives are what the build uses.
+            env = {**os.environ, "GOFLAGS": "-mod=mod", "GOWORK": "off", "CGO_ENABLED": "0", **self.env}
+            for package in self.generate_in:
+                run(["go", "generate", package], cwd=main, env=env)
+            out_dir = CACHE / "versions" / self.name / self.version
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for binary, package in self.packages.items():
+                run(["go", "build", "-trimpath", "-ldflags", self.ldflags, "-o", str(out_dir / binary), package],
+                    cwd=main, env=env)
+        self.stamp.parent.mkdir(parents=True, exist_ok=True)
+        self.stamp.touch()
+        return time.monotonic() - started
+
+
+def run(command: list[str], **kwargs) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise SystemExit(f"toolchain: `{' '.join(command)}` failed:\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+class ModuleNotServed(Exception):
+    pass
+
+
+def download(module: str, version: str) -> Path:
+    result = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True,
+                            env={**os.environ, "GOFLAGS": "-mod=mod"})
+    info = json.loads(result.stdout or "{}")
+    if "Error" in info or result.returncode != 0:
+        raise ModuleNotServed(f"the Go module proxy does not serve {module}@{version}: "
+                              f"{info.get('Error') or result.stderr.strip()}")
+    return Path(info["Dir"])
+
+
+def copy_module(source: Path, destination: Path) -> None:
+    shutil.copytree(source, destination, copy_function=shutil.copy)
+    for path in [destination, *destination.rglob("*")]:  # the module cache is read-only
+        path.chmod(path.stat().st_mode | 0o200)
+
+
+def relative_replaces(module_dir: Path) -> list[tuple[str, str]]:
+    edits = json.loads(run(["go", "mod", "edit", "-json"], cwd=module_dir))
+    return [
+        (replace["Old"]["Path"], replace["New"]["Path"])
+        for replace in edits.get("Replace") or []
+        if replace["New"]["Path"].startswith(".")
+    ]
+
+
+def sdk_plugins() -> dict[str, str]:
+    """Resource plugins (name -> version) that the installed Pulumi SDK packages declare."""
+    plugins = {}
+    for distribution in metadata.distributions():
+        for file in distribution.files or []:
+            if file.name == "pulumi-plugin.json":
+                declared = json.loads(file.read_text())
+                if declared.get("resource"):
+                    plugins[declared["name"]] = declared["version"].lstrip("v")
+    return plugins
+
+
+def etcd_version(kubernetes_dir: Path) -> str:
+    text = (kubernetes_dir / "build" / "dependencies.yaml").read_text()
+    match = re.search(r'- name: "etcd"\s+version: ([0-9.]+)', text)
+    if not match:
+        raise SystemExit("toolchain: no etcd version in k8s.io/kubernetes build/dependencies.yaml")
+    return match.group(1)
+
+
+def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
+    pulumi_version = metadata.version("pulumi")
+    cli = GoBuild(
+        "pulumi", "github.com/pulumi/pulumi/pkg/v3", f"v{pulumi_version}", {"pulumi": "./cmd/pulumi"},
+        sibling_version=f"v{pulumi_version}",
+        ldflags=f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v{pulumi_version}",
+    )
+    plan = [cli]
+    plugins, missing = {}, []
+    for name, version in sorted(sdk_plugins().items()):
+        if name not in PROVIDER_MODULES:
+            missing.append(f"{name} {version}: " + (
+                f"its module {KNOWN_UNBUILDABLE[name]} is not served by the Go module proxy"
+                if name in KNOWN_UNBUILDABLE else "no provider module is known for it"))
+            continue
+        module, versions, package, ldflags, siblings = PROVIDER_MODULES[name]
+        if version not in versions:
+            missing.append(f"{name} {version}: the proxy serves {module} only at the releases {sorted(versions)}")
+            continue
+        binary = f"pulumi-resource-{name}"
+        plan.append(GoBuild(
+            binary, module, versions[version], {binary: package}, sibling_version=siblings.format(version=version),
+            ldflags=ldflags.format(version=version), generate_in=[package], env={"VERSION": version},
+        ))
+        plugins[name] = version
+    k8s_ldflags = " ".join(
+        f"-X k8s.io/component-base/version.{key}={value}" for key, value in {
+            "gitVersion": f"v{KUBERNETES_VERSION}", "gitMajor": KUBERNETES_VERSION.split(".")[0],
+            "gitMinor": KUBERNETES_VERSION.split(".")[1], "gitTreeState": "clean",
+        }.items())
+    kubernetes = GoBuild(
+        "kube-control-plane", "k8s.io/kubernetes", f"v{KUBERNETES_VERSION}",
+        {"kube-apiserver": "./cmd/kube-apiserver", "kube-controller-manager": "./cmd/kube-controller-manager"},
+        sibling_version="v0." + KUBERNETES_VERSION.split(".", 1)[1], ldflags=k8s_ldflags,
+    )
+    etcd = f"v{etcd_version(download(kubernetes.module, kubernetes.version))}"
+    plan += [kubernetes, GoBuild("etcd", "go.etcd.io/etcd/server/v3", etcd, {"etcd": "."}, sibling_version=etcd)]
+    return plan, plugins, missing
+
+
+def environment() -> dict[str, str]:
+    return {
+        "MODEL_STACK_TOOLCHAIN": str(CACHE),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PULUMI_HOME": str(PULUMI_HOME),
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", action="store_true", help="print the environment the tests use and exit")
+    if parser.parse_args().env:
+        for key, value in environment().items():
+            print(f"export {key}={value}")
+        return
+    try:
+        build_all()
+    except ModuleNotServed as error:
+        raise SystemExit(f"toolchain: {error}")
+
+
+def build_all() -> None:
+    if not shutil.which("go"):
+        raise SystemExit("toolchain: Go is required (https://go.dev/doc/install)")
+    started = time.monotonic()
+    plan, plugins, missing = builds()
+    BIN.mkdir(parents=True, exist_ok=True)
+    for build in plan:
+        seconds = build.build()
+        log(f"{build.name} {build.version}: " + (f"built in {seconds:.0f}s" if seconds else "cached"))
+        for output in build.outputs():
+            link = BIN / output.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(output)
+    env = {**os.environ, **environment()}
+    for name, version in plugins.items():
+        installed = PULUMI_HOME / "plugins" / f"resource-{name}-v{version}"
+        if not installed.exists():
+            run(["pulumi", "plugin", "install", "resource", name, version, "--file",
+                 str(BIN / f"pulumi-resource-{name}")], env=env)
+        log(f"plugin {name} {version}: installed in {installed}")
+    for line in missing:
+        log(f"not built: {line}")
+    log(f"done in {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

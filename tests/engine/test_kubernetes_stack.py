@@ -1,0 +1,132 @@
+"""The Kubernetes composition on the `existing` cluster provider, against a real API server: up, read back, up
+again with no changes, change one setting, destroy.
+
+No node exists, so no pod ever runs. The awaits that need a running pod (a Deployment's rollout, a Service's
+endpoints) are skipped with `pulumi.com/skipAwait` by a stack transform this test adds; every other await stays.
+Knative Services need Knative's webhook, which cannot run without nodes, so both workloads are Deployments here
+and Knative Services stay under the mocks (tests/test_knative.py).
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+from pathlib import Path
+
+import pulumi
+import pytest
+from pulumi import automation as auto
+
+from schemas import KNATIVE_MANIFESTS
+
+from .conftest import ROOT
+
+# Stands in for the digest CI pushed; nothing pulls it, since no pod runs.
+GATEWAY_IMAGE = "registry.example.com/model-gateway@sha256:" + "1" * 64
+# Kinds whose await needs a running pod: rollouts need ready replicas, Services need endpoints.
+POD_AWAITS = {
+    "kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet", "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:core/v1:Service", "kubernetes:batch/v1:Job",
+}
+
+
+def skip_pod_awaits(args: pulumi.ResourceTransformArgs):
+    if args.type_ not in POD_AWAITS:
+        return None
+    props = dict(args.props)
+    metadata = dict(props.get("metadata") or {})
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), "pulumi.com/skipAwait": "true"}
+    props["metadata"] = metadata
+    return pulumi.ResourceTransformResult(props, args.opts)
+
+
+def program() -> None:
+    pulumi.runtime.register_resource_transform(skip_pod_awaits)
+    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+
+def config(kubeconfig: Path, load_budget_seconds: int = 300, stable_window_seconds: int = 120) -> dict:
+    return {
+        "environment": "development",
+        "cluster": {"provider": "existing", "kubernetesVersion": "1.32",
+                    "existing": {"kubeconfigPath": str(kubeconfig)}},
+        "knative": {"install": True, "manifestsDir": str(KNATIVE_MANIFESTS),
+                    "stableWindowSeconds": stable_window_seconds},
+        "runner": {
+            "engine": "llama.cpp",
+            "model": "engine-lane/tiny-model/tiny.gguf",
+            "workload": "deployment",
+            "cache": {"size": "1Gi", "storageClass": "standard", "protect": True},
+            "loadBudgetSeconds": load_budget_seconds,
+        },
+        "gateway": {"workload": "deployment", "image": GATEWAY_IMAGE},
+    }
+
+
+def kubectl(control_plane, *args: str) -> dict:
+    result = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args, "-o", "json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cluster(control_plane):
+    """The storage class kind clusters have: claims wait for their first pod, as on kind."""
+    manifest = {
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "standard"},
+        "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Delete",
+    }
+    subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", "apply", "-f", "-"],
+                   input=json.dumps(manifest), text=True, check=True, capture_output=True)
+    return control_plane
+
+
+def operations(result: auto.UpResult | auto.PreviewResult) -> dict:
+    summary = result.summary.resource_changes if isinstance(result, auto.UpResult) else result.change_summary
+    return {op: count for op, count in (summary or {}).items() if op != "same"}
+
+
+def test_kubernetes_stack_lifecycle(cluster, engine_stack):
+    stack = engine_stack("apiserver", config(cluster.kubeconfig), program=program)
+
+    up = stack.up(on_output=print)
+    assert up.summary.result == "succeeded"
+
+    # Read back what the program meant.
+    deployment = kubectl(cluster, "-n", "models", "get", "deployment", "model-runner")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 300
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    claim = kubectl(cluster, "-n", "models", "get", "pvc", "model-cache")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert kubectl(cluster, "get", "crd", "services.serving.knative.dev")["status"]["conditions"]
+    autoscaler = kubectl(cluster, "-n", "knative-serving", "get", "configmap", "config-autoscaler")
+    assert autoscaler["data"]["stable-window"] == "120s"
+    assert kubectl(cluster, "-n", "kourier-system", "get", "deployment", "3scale-kourier-gateway")
+
+    # Up again with no changes: what the API server defaulted must not show as a diff.
+    preview = stack.preview(expect_no_changes=True, diff=True)
+    assert operations(preview) == {}
+
+    # One runner setting and one Knative setting change: updates in place, nothing replaced.
+    autoscaler_uid = autoscaler["metadata"]["uid"]
+    stack.set_config("model-stack:runner.loadBudgetSeconds", auto.ConfigValue("600"), path=True)
+    stack.set_config("model-stack:knative.stableWindowSeconds", auto.ConfigValue("90"), path=True)
+    change = stack.up(on_output=print)
+    changed = operations(change)
+    assert "replace" not in changed and "create" not in changed and "delete" not in changed, changed
+    assert changed.get("update", 0) >= 2
+    autoscaler = kubectl(cluster, "-n", "knative-serving", "get", "configmap", "config-autoscaler")
+    assert autoscaler["data"]["stable-window"] == "90s"
+    assert autoscaler["metadata"]["uid"] == autoscaler_uid
+
+    # Destroy: everything goes but the protected model cache and its claim's data.
+    claim_uid = claim["metadata"]["uid"]
+    stack.destroy(on_output=print)
+    assert kubectl(cluster, "-n", "models", "get", "pvc", "model-cache")["metadata"]["uid"] == claim_uid
+    remaining = kubectl(cluster, "-n", "models", "get", "deployments,services,configmaps,secrets")["items"]
+    # The controller manager puts its CA bundle in every namespace; it is not the stack's.
+    assert {item["metadata"]["name"] for item in remaining} <= {"kube-root-ca.crt"}
