@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Optional, get_args
 
@@ -52,6 +53,31 @@ def join_keys(path: str, dotted: str) -> str:
     return path
 
 
+# (id of a section, field name) pairs a running check has read; None while no check runs.
+_READS: ContextVar[Optional[set[tuple[int, str]]]] = ContextVar("config_reads", default=None)
+
+Invalid = frozenset[tuple[int, str]]
+"""Fields that failed validation, as (id of the section holding them, field name): the loader put defaults in
+their place so the other checks can still run, but no problem may rest on such a stand-in."""
+
+
+def unaffected(found: Iterator[Problem], invalid: Invalid) -> Iterator[Problem]:
+    """The problems `found` yields until it first reads an invalid field: a conclusion drawn from a stand-in
+    default would report a problem the user does not have."""
+    reads: set[tuple[int, str]] = set()
+    while True:
+        token = _READS.set(reads)
+        try:
+            problem = next(found)
+        except StopIteration:
+            return
+        finally:
+            _READS.reset(token)
+        if reads & invalid:
+            return
+        yield problem
+
+
 class Section(BaseModel):
     """Base of every config section: camelCase keys, unknown keys rejected, immutable."""
 
@@ -63,22 +89,29 @@ class Section(BaseModel):
         use_attribute_docstrings=True,
     )
 
-    def problems(self, path: str) -> Iterator[Problem]:
-        """All cross-field problems of this section and the sections inside it."""
+    def __getattribute__(self, name: str) -> Any:
+        reads = _READS.get()
+        if reads is not None and name in type(self).model_fields:
+            reads.add((id(self), name))
+        return super().__getattribute__(name)
+
+    def problems(self, path: str, invalid: Invalid = frozenset()) -> Iterator[Problem]:
+        """All cross-field problems of this section and the sections inside it, except those that would rest on
+        an `invalid` field."""
         for name, field in type(self).model_fields.items():
             key = join_key(path, field.alias or name)
             value = getattr(self, name)
             if isinstance(value, Section):
-                yield from value.problems(key)
+                yield from value.problems(key, invalid)
             elif isinstance(value, (list, tuple)):
                 for index, item in enumerate(value):
                     if isinstance(item, Section):
-                        yield from item.problems(join_key(key, index))
+                        yield from item.problems(join_key(key, index), invalid)
             elif isinstance(value, dict):
                 for item_key, item in value.items():
                     if isinstance(item, Section):
-                        yield from item.problems(join_key(key, item_key))
-        yield from self.check(path)
+                        yield from item.problems(join_key(key, item_key), invalid)
+        yield from unaffected(self.check(path), invalid)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
@@ -199,6 +232,8 @@ def _holds_images(annotation: Any) -> bool:
 def image_fields(section: Section, path: str) -> Iterator[tuple[str, str]]:
     """Every image reference in a section tree, with the key it is configured under."""
     for name, field in type(section).model_fields.items():
+        if not (_holds_images(field.annotation) or _section_in(field.annotation)):
+            continue  # not read at all: a check must not depend on fields it does not look at
         key = join_key(path, field.alias or name)
         value = getattr(section, name)
         items: list[tuple[str, Any]]
