@@ -13,12 +13,13 @@ from typing import Any, Iterator, Literal
 
 import pulumi
 from pulumi.runtime import config as runtime_config
-from pydantic import ValidationError
+from pydantic import PrivateAttr, ValidationError
 
 from .base import (
     ImageReference, Invalid, Problem, Section, image_fields, join_key, join_keys, section_at, unaffected, unknown_key_problem,
 )
 from .cluster import ClusterConfig
+from .credentials import credential_problems
 from .docker import DockerConfig
 from .gateway import GatewayConfig
 from .images import ImagesConfig
@@ -66,6 +67,12 @@ class StackConfig(Section):
 
     docker: DockerConfig = DockerConfig()
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
+
+    _secret_sections: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def is_secret(self, key: str) -> bool:
+        """Whether a top-level key is stored encrypted, so what it sets must reach its object as a secret."""
+        return key in self._secret_sections
 
     @property
     def knative_workloads(self) -> list[str]:
@@ -134,6 +141,8 @@ def load(project: str | None = None, stack: str | None = None) -> tuple[StackCon
     project = project or pulumi.get_project()
     stack = stack or pulumi.get_stack()
     raw, problems, unreadable = _read_raw(project)
+    encrypted = secret_sections(project)
+    problems.extend(credential_problems(raw, encrypted))
     config, validation_problems, invalid_locs = _validate(raw)
     problems.extend(validation_problems)
     secrets = StackSecrets.read(pulumi.Config(project))
@@ -145,6 +154,7 @@ def load(project: str | None = None, stack: str | None = None) -> tuple[StackCon
     if problems:
         raise ConfigError(stack, problems)
     assert config is not None
+    config._secret_sections = encrypted
     return config, secrets
 
 

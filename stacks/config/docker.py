@@ -5,13 +5,16 @@ Values are written the way a Compose file writes them (`"127.0.0.1:8080:8080"`, 
 error naming its key before anything is created.
 """
 
+import io
 import re
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
+from dotenv.parser import Binding, parse_stream
 from pydantic import BeforeValidator, Field, GetJsonSchemaHandler, WithJsonSchema
 
 from .base import Problem, Section, join_key, matching
+from .credentials import credential_under
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,14 @@ _BYTES = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[bkmg]?)b?", re.IGNOR
 _UNIT_BYTES = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 _DURATION = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?!s))?(?:(?P<s>\d+)s)?(?:(?P<ms>\d+)ms)?")
 _RESTART = re.compile(r"(?P<policy>no|always|unless-stopped|on-failure)(?::(?P<retries>\d+))?")
+
+
+def _env_file_bindings(env_file: str) -> Optional[list[Binding]]:
+    """The lines of an env file as Compose reads them, None if it cannot be read."""
+    try:
+        return list(parse_stream(io.StringIO((PROJECT_ROOT / env_file).read_text())))
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _port(value: Any) -> Any:
@@ -246,10 +257,31 @@ class ServiceConfig(Section):
     gpus: Optional[str] = None
     """GPUs to expose (`all`, or `"device=0,1"`); needs the NVIDIA container toolkit."""
 
+    def env_file_variables(self) -> Iterator[tuple[int, str, Optional[str]]]:
+        """(index of the file, name, value) of every variable the readable env files set."""
+        for index, env_file in enumerate(self.env_files):
+            for binding in _env_file_bindings(env_file) or ():
+                if binding.key is not None:
+                    yield index, binding.key, binding.value
+
     def check(self, path: str) -> Iterator[Problem]:
         for index, env_file in enumerate(self.env_files):
-            if not (PROJECT_ROOT / env_file).is_file():
-                yield Problem(join_key(join_key(path, "envFiles"), index), "no such file (paths are relative to the project)", env_file)
+            key = join_key(join_key(path, "envFiles"), index)
+            bindings = _env_file_bindings(env_file)
+            if bindings is None:
+                yield Problem(key, "no such file, or not readable as text (paths are relative to the project)", env_file)
+                continue
+            for binding in bindings:
+                if binding.error:
+                    yield Problem(key, f"line {binding.original.line} is not KEY=VALUE (a Compose env file line)",
+                                  binding.original.string.strip())
+        for index, name, value in self.env_file_variables():
+            if (found := credential_under(name, value)) is not None:
+                yield Problem(
+                    join_key(join_key(path, "envFiles"), index),
+                    f"sets {name} to {found}, in a plain-text file: set it with "
+                    f"`pulumi config set --secret --path {join_key(join_key(path, 'env'), name)} <value>` instead",
+                )
         if self.memory_swap is not None and (self.memory is None or self.memory_swap < self.memory):
             yield Problem(join_key(path, "memorySwap"), "must be at least memory (it is memory plus swap)", self.memory_swap)
 
