@@ -280,7 +280,7 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
         target = target[part]  # type: ignore[index]
     last = parts[-1]
     if value is None:
-        target.pop(last)
+        target.pop(last, None)
     elif isinstance(target, list) and last == len(target):
         target.append(value)
     else:
@@ -340,10 +340,16 @@ def run(
     secret_sections: tuple[str, ...] = (),
 ) -> tuple[Evaluation, Optional[BaseException]]:
     config = copy.deepcopy(stack_config(stack))
-    # Knative's release manifests come from ../shared (no network in tests) unless a test names a directory.
+    # Knative's release manifests come from ../shared (no network in tests) unless a test names a directory;
+    # a stack without Knative refuses Knative settings, so it gets none.
     config.setdefault("knative", {}).setdefault("manifestsDir", str(KNATIVE_MANIFESTS))
     for path, value in (set or {}).items():
         set_path(config, path, value)
+    knative = config.get("knative")
+    if not _installs_knative(config) and isinstance(knative, dict) and knative.get("manifestsDir") == str(KNATIVE_MANIFESTS):
+        del knative["manifestsDir"]
+        if not knative:
+            del config["knative"]
     secret_values = FAKE_SECRETS if secrets is None else secrets
     wire = {key: _wire(value) for key, value in provider_config(stack).items()}
     wire.update({f"{PROJECT}:{key}": _wire(value) for key, value in config.items()})
@@ -355,6 +361,18 @@ def run(
     with host_check:
         return _execute(ROOT / "__main__.py", PROJECT, stack, wire,
                         [f"{PROJECT}:{key}" for key in [*secret_values, *secret_sections]], preview)
+
+
+def _installs_knative(config: dict[str, Any]) -> bool:
+    """Whether a stack config would install Knative (read leniently: the config may be one a test expects to fail)."""
+    def section(key: str) -> dict[str, Any]:
+        value = config.get(key)
+        return value if isinstance(value, dict) else {}
+
+    if config.get("runtime") == "docker":
+        return False
+    return section("knative").get("install") is True or any(
+        section(workload).get("workload") == "knative" for workload in ("runner", "gateway"))
 
 
 def evaluate_program(

@@ -103,6 +103,7 @@ EVERYTHING = {
     "docker.runner.workingDir": "/app",
     "docker.runner.user": "2000:2000",
     "docker.runner.gpus": "all",
+    "runner.image": "ghcr.io/ggml-org/llama.cpp:server-cuda",  # a GPU build: the CPU one cannot use one
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any, Iterator, Literal
 
 import pulumi
@@ -84,6 +85,8 @@ class StackConfig(Section):
             bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
 
     def check(self, path: str) -> Iterator[Problem]:
+        yield from self._knative_problems(path)
+        yield from self._wiring_problems(path)
         if self.knative.install is False and self.knative_workloads:
             yield Problem(
                 join_keys(path, "knative.install"),
@@ -136,6 +139,47 @@ class StackConfig(Section):
                 )
 
 
+    def _knative_problems(self, path: str) -> Iterator[Problem]:
+        knative = self.knative
+        configured = sorted(knative.model_dump(by_alias=True, exclude_unset=True).keys() - {"install"})
+        if self.runtime == "docker" and (configured or knative.install):
+            yield Problem(join_key(path, "knative"), "the Docker runtime runs nothing on Knative; remove these settings",
+                          ", ".join([*(["install"] if knative.install else []), *configured]))
+        elif not self.knative_installed and configured:
+            yield Problem(
+                join_key(path, "knative"),
+                "configures a Knative that this stack does not install: no workload is served through Knative "
+                "(set runner.workload or gateway.workload to knative, or knative.install: true)",
+                ", ".join(configured),
+            )
+        if self.knative_installed:
+            if not knative.scale_to_zero:
+                asking = [f"{section}.scaling.minReplicas" for section in self.knative_workloads
+                          if getattr(self, section).scaling.min_replicas == 0]
+                if asking:
+                    yield Problem(join_keys(path, "knative.scaleToZero"),
+                                  f"cannot be false while {' and '.join(asking)} {'asks' if len(asking) == 1 else 'ask'} for 0 replicas "
+                                  "(set it true, or minReplicas to 1 or more)", False)
+            if knative.serving_version.split(".")[:2] != knative.kourier_version.split(".")[:2]:
+                yield Problem(join_keys(path, "knative.kourierVersion"),
+                              f"must be a release of the same minor version as knative.servingVersion "
+                              f"({knative.serving_version}): net-kourier is released in step with Serving",
+                              knative.kourier_version)
+
+    def _wiring_problems(self, path: str) -> Iterator[Problem]:
+        # A production stack on kind is refused as such; its GPUs are then no separate problem.
+        if self.runtime == "kubernetes" and self.cluster.provider == "kind" and self.runner.gpu.count \
+                and self.environment != "production":
+            yield Problem(join_keys(path, "runner.gpu.count"),
+                          "must be 0 on kind: its nodes have no GPUs (use provider eks or existing)", self.runner.gpu.count)
+        if self.runtime == "docker":
+            if self.docker.runner.gpus and self.runner.runs_a_cpu_build():
+                yield Problem(join_keys(path, "docker.runner.gpus"),
+                              f"the engine image {self.runner.engine_image()!r} is a CPU build and cannot use a GPU "
+                              "(set runner.image to a GPU build, such as a -cuda tag)", self.docker.runner.gpus)
+            yield from self.docker.env_wiring_problems(join_key(path, "docker"), self.runner.wired_env())
+
+
 def load(project: str | None = None, stack: str | None = None) -> tuple[StackConfig, StackSecrets]:
     """Reads and validates this stack's config; raises ConfigError naming every problem."""
     project = project or pulumi.get_project()
@@ -175,7 +219,9 @@ def _validate(raw: dict[str, Any]) -> tuple[StackConfig | None, list[Problem], l
             locations = []
             for item in error.errors(include_url=False):
                 location = _present_prefix(raw, item["loc"])
-                problems.append(_problem(item, location))
+                # A required value left out in an earlier pass is reported already, as what was wrong with it.
+                if not (item["type"] == "missing" and tuple(item["loc"]) in invalid):
+                    problems.append(_problem(item, location))
                 if item["type"] == "extra_forbidden":
                     parent = section_at(StackConfig, location[:-1])
                     close = parent and difflib.get_close_matches(str(location[-1]), _aliases(parent), n=1)
@@ -300,4 +346,5 @@ def _problem(item: Any, location: tuple) -> Problem:
     if item["type"] == "missing":
         return Problem(_config_key(loc), "is required")
     message = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    message = re.sub(r"^(String|List|Dictionary) should have", "must have", message)
     return Problem(_config_key(location), message, item.get("input"))

@@ -14,7 +14,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Optional, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
 
@@ -250,31 +252,91 @@ def image_fields(section: Section, path: str) -> Iterator[tuple[str, str]]:
                 yield item_key, item
 
 
-# --- Kubernetes quantities -----------------------------------------------------------------------------------
+# --- Kubernetes grammar ---------------------------------------------------------------------------------------
+# From k8s.io/apimachinery: pkg/util/validation (names, label keys and values, ConfigMap and env keys) and
+# pkg/api/resource (quantities).
 
-_QUANTITY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+DnsLabel = Annotated[str, Field(max_length=63), matching(
+    _LABEL, "a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")]
+DnsSubdomain = Annotated[str, Field(max_length=253), matching(
+    _SUBDOMAIN, "a DNS subdomain: at most 253 characters of dot-separated DNS labels (lowercase letters, digits, '-')")]
+# Namespaces the cluster or Knative owns: the stack creates its namespace and would take one of them over.
+RESERVED_NAMESPACES = ("default", "kube-*", "knative-serving", "kourier-system")
+Namespace = Annotated[str, Field(max_length=63), matching(
+    rf"(?!kube-|default$|knative-serving$|kourier-system$){_LABEL}",
+    f"a namespace name (a DNS label of at most 63 lowercase letters, digits and '-') other than the reserved "
+    f"{', '.join(RESERVED_NAMESPACES)}")]
+_LABEL_NAME = r"(?=[^/]{1,63}$)[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+LabelKey = Annotated[str, matching(
+    rf"(?:(?=[^/]{{1,253}}/){_SUBDOMAIN}/)?{_LABEL_NAME}",
+    "a label key: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit (e.g. nvidia.com/gpu.product)")]
+LabelValue = Annotated[str, Field(max_length=63), matching(
+    r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?",
+    "a label value: empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")]
+# Env of Kubernetes containers travels as ConfigMap keys and must be an environment variable name as well.
+KubernetesEnvName = Annotated[str, Field(max_length=253), matching(
+    r"[-._a-zA-Z][-._a-zA-Z0-9]*", "an environment variable name usable as a ConfigMap key (letters, digits, '_', "
+    "'-', '.'; not starting with a digit)")]
+
+
+def env_value(value: Any) -> Any:
+    """Env values as `pulumi config set --path` writes them: `8` and `true` arrive as a number and a boolean."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(env_value), WithJsonSchema({"type": ["string", "number", "boolean"]})]
+
+_QUANTITY = re.compile(
+    r"\+?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE](?P<exponent>[+-]?[0-9]+))?"
+)
 _SUFFIX_FACTORS = {
-    None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
 
 
 def quantity_value(text: str) -> float:
-    """The number a Kubernetes quantity stands for (`512Mi` -> 536870912), for comparing sizes."""
+    """The number a Kubernetes quantity stands for (`512Mi` -> 536870912, `1e9` -> 1000000000)."""
     match = _QUANTITY.fullmatch(text)
     if match is None:
         raise ValueError(text)
-    return float(match["number"]) * _SUFFIX_FACTORS[match["suffix"]]
+    factor = 10 ** int(match["exponent"]) if match["exponent"] else _SUFFIX_FACTORS[match["suffix"]]
+    return float(match["number"]) * factor
 
 
 def _quantity(value: str | int | float) -> str:
-    text = str(value)
+    text = value if isinstance(value, str) else format(value, "g") if isinstance(value, float) else str(value)
     if _QUANTITY.fullmatch(text) is None or quantity_value(text) <= 0:
         raise ValueError(
-            "must be a positive Kubernetes quantity such as 500m, 2, 512Mi or 20Gi "
-            "(binary suffixes Ki Mi Gi Ti, decimal k M G T, or m for thousandths)"
+            "must be a positive Kubernetes quantity such as 500m, 2, 1e9, 512Mi or 20Gi "
+            "(binary suffixes Ki Mi Gi Ti Pi Ei, decimal n u m k M G T P E, or an exponent e<n>)"
         )
     return text
 
 
-Quantity = Annotated[str, BeforeValidator(_quantity)]
+def _bytes(text: str) -> str:
+    match = _QUANTITY.fullmatch(text)
+    assert match is not None  # _quantity ran first
+    if match["suffix"] in ("m", "u", "n") or quantity_value(text) < 1:
+        raise ValueError(
+            f"must be a number of bytes: {text} is {quantity_value(text):g} bytes (m means thousandths); "
+            f"did you mean {match['number']}{'Mi' if match['suffix'] == 'm' else 'Ki'}?"
+        )
+    return text
+
+
+_QUANTITY_SCHEMA = {"anyOf": [
+    {"type": "number", "exclusiveMinimum": 0},
+    # JSON Schema's regular expressions (ECMA-262) write no `P` in named groups; none are needed there.
+    {"type": "string", "pattern": f"^(?:{re.sub(r'[?]P<[a-z]+>', '', _QUANTITY.pattern)})$"},
+]}
+Quantity = Annotated[str, BeforeValidator(_quantity), WithJsonSchema(_QUANTITY_SCHEMA)]
+ByteQuantity = Annotated[str, BeforeValidator(_quantity), AfterValidator(_bytes), WithJsonSchema(_QUANTITY_SCHEMA)]

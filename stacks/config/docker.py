@@ -13,7 +13,7 @@ from typing import Annotated, Any, Iterator, Literal, Optional, Union
 from dotenv.parser import Binding, parse_stream
 from pydantic import BeforeValidator, Field, GetJsonSchemaHandler, WithJsonSchema
 
-from .base import Problem, Section, join_key, matching
+from .base import EnvValue, Problem, Section, join_key, matching
 from .credentials import credential_under
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -203,8 +203,9 @@ class ServiceConfig(Section):
     tmpfs: list[Annotated[TmpfsMount, BeforeValidator(_tmpfs), _SHORT_OR_LONG]] = []
     """tmpfs mounts (`/tmp:size=64m,mode=1777`)."""
 
-    env: dict[str, str] = {}
-    """Environment; wins over env files, which win over the image's defaults."""
+    env: dict[Annotated[str, matching(r"[^=\s]+", "a variable name (no '=' or spaces)")], EnvValue] = {}
+    """Environment; wins over env files, which win over the image's defaults. Numbers and booleans are written
+    as Compose writes them (`8`, `true`)."""
 
     env_files: list[str] = []
     """Env files (KEY=VALUE lines, relative to the project), later files winning over earlier ones."""
@@ -286,6 +287,16 @@ class ServiceConfig(Section):
             yield Problem(join_key(path, "memorySwap"), "must be at least memory (it is memory plus swap)", self.memory_swap)
 
 
+# What the stack sets in the gateway container to wire it to the runner, and the setting that changes each.
+GATEWAY_WIRED_ENV = {
+    "GATEWAY_PORT": "docker.gateway.ports (the container port is fixed; publish another host port)",
+    "GATEWAY_UPSTREAM_BASE_URL": "runner.port or runner.apiBasePath",
+    "GATEWAY_MODEL": "runner.model",
+    "GATEWAY_REQUEST_TIMEOUT_SECONDS": "gateway.requestTimeoutSeconds",
+    "GATEWAY_CORS_ALLOW_ORIGINS": "gateway.corsAllowOrigins",
+}
+
+
 class DockerConfig(Section):
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
@@ -300,3 +311,18 @@ class DockerConfig(Section):
 
     gateway: ServiceConfig = ServiceConfig(ports=["127.0.0.1:8080:8080"])
     """The gateway container, published on this machine only by default."""
+
+    def env_wiring_problems(self, path: str, runner_wired_env: dict[str, str]) -> Iterator[Problem]:
+        """Env or env files that would override what the stack sets to wire the containers together."""
+        for service, wired in (("runner", runner_wired_env), ("gateway", GATEWAY_WIRED_ENV)):
+            settings: ServiceConfig = getattr(self, service)
+            service_path = join_key(path, service)
+            for name in settings.env.keys() & wired.keys():
+                yield Problem(join_key(join_key(service_path, "env"), name),
+                              f"is set by the stack to wire the containers together; set {wired[name]} instead",
+                              settings.env[name])
+            for index, name, _ in settings.env_file_variables():
+                if name in wired:
+                    yield Problem(join_key(join_key(service_path, "envFiles"), index),
+                                  f"sets {name}, which the stack sets to wire the containers together; "
+                                  f"set {wired[name]} instead", settings.env_files[index])

@@ -7,7 +7,7 @@ from typing import Annotated, Iterator, Optional
 from pydantic import Field
 
 from .base import ImageRef, Problem
-from .workload import ServedWorkload, ResourcesConfig, ScalingConfig, workload_scaling_problems
+from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
 
 
 class GatewayConfig(ServedWorkload):
@@ -31,4 +31,4 @@ class GatewayConfig(ServedWorkload):
     """Browser origins allowed to call the API (e.g. `https://chat.example.com`); empty allows none."""
 
     def check(self, path: str) -> Iterator[Problem]:
-        yield from workload_scaling_problems(path, self.workload, self.scaling)
+        yield from self.scaling_problems(path)
