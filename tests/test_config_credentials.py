@@ -31,8 +31,8 @@ REFUSED = [
     ("local", {"docker.gateway.labels.auth-token": "abcdef"}, "docker.gateway.labels.auth-token", "clear text"),
     ("local", {"docker.runner.command": ["--api-key", "abcdef"]}, "docker.runner.command[1]", "command line"),
     ("dev", {"knative.registryCaBundle": PRIVATE_KEY}, "knative.registryCaBundle", "a private key"),
-    ("dev", {"gateway.corsAllowOrigins": ["https://user:pw@chat.example.com"]}, "gateway.corsAllowOrigins[0]",
-     "user and password"),
+    ("dev", {"images.gatewayBuild.labels.source": "https://user:pw@git.example.com/repo"},
+     "images.gatewayBuild.labels.source", "user and password"),
 ]
 
 
