@@ -154,6 +154,10 @@ class ModelRunnerArgs(TypedDict):
     hf_token: NotRequired[pulumi.Input[str]]
     """Hugging Face token (a Pulumi secret) for gated models; kept in a Secret, never in the ConfigMap."""
 
+    secret_env: NotRequired[dict[str, pulumi.Input[str]]]
+    """Engine environment that must stay secret (e.g. from a config section stored encrypted); kept in the
+    Secret with the Hugging Face token, never in the ConfigMap."""
+
     image_pull_secrets: NotRequired[list[str]]
     """Names of dockerconfigjson Secrets in the namespace to pull images with."""
 
@@ -206,6 +210,10 @@ def _credentials_name(name: str) -> str:
     return f"{name}-credentials"
 
 
+def _credentials(args: ModelRunnerArgs) -> dict[str, pulumi.Input[str]]:
+    return {**args.get("secret_env", {}), **({HF_TOKEN_ENV: args["hf_token"]} if "hf_token" in args else {})}
+
+
 def _claim_name(name: str, cache: CacheArgs) -> str:
     return cache.get("existing_claim", f"{name}-cache")
 
@@ -243,12 +251,13 @@ class ModelRunner(pulumi.ComponentResource):
             data=settings,
             opts=child,
         )]
-        if "hf_token" in args:
+        credentials = _credentials(args)
+        if credentials:
             settings_objects.append(k8s.core.v1.Secret(
                 _credentials_name(name),
                 metadata={"name": _credentials_name(name), "namespace": namespace, "labels": labels},
                 type="Opaque",
-                string_data={HF_TOKEN_ENV: pulumi.Output.secret(args["hf_token"])},
+                string_data={key: pulumi.Output.secret(value) for key, value in credentials.items()},
                 opts=child,
             ))
         if "existing_claim" not in args["cache"]:
@@ -322,7 +331,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
     engine = render_engine(args)
     labels = workload_labels(name)
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": _config_name(name, _settings(engine, args))}}]
-    if "hf_token" in args:
+    if _credentials(args):
         env_from.append({"secretRef": {"name": _credentials_name(name)}})
     claim = _claim_name(name, args["cache"])
     gpu = args.get("gpu", {"count": 0})

@@ -47,8 +47,11 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     )
     cache_mount: MountArgs = {"type": "volume", "source": settings.cache_volume, "target": CACHE_MOUNT_PATH}
     writable = _scratch(settings.runner, list(engine.writable_paths.values()))
-    engine_env = {**engine.env, **dict(runner_config.env)}
-    hub_token = {HF_TOKEN_ENV: secrets.hf_token} if secrets.hf_token is not None else {}
+    # A section stored encrypted keeps its env secret all the way to the container.
+    runner_env_is_secret = config.is_secret("runner")
+    engine_env = {**engine.env, **({} if runner_env_is_secret else dict(runner_config.env))}
+    runner_secret_env: dict[str, pulumi.Input[str]] = dict(runner_config.env) if runner_env_is_secret else {}
+    engine_secret_env = {**runner_secret_env, **({HF_TOKEN_ENV: secrets.hf_token} if secrets.hf_token is not None else {})}
     after: list[pulumi.Resource] = [network, cache]
 
     # Docker has no fsGroup: a fresh named volume belongs to root, so one job hands it to the engine's user,
@@ -69,16 +72,16 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
             {
                 "image": engine.image, "pull": True, "container_name": f"{RUNNER}-pull", "network": settings.network,
                 "entrypoint": list(engine.pull.command), "user": RUN_AS, "mounts": [cache_mount, *writable],
-                "env": {**engine_env, **engine.pull.env}, "secret_env": hub_token, "run_to_completion": True,
+                "env": {**engine_env, **engine.pull.env}, "secret_env": engine_secret_env, "run_to_completion": True,
             },
             opts=pulumi.ResourceOptions(depends_on=after),
         )
         after = [*after, pull]
 
-    runner_args = service_args(settings.runner, RUNNER, settings.network, engine.image, engine_env)
+    runner_args = service_args(settings.runner, RUNNER, settings.network, engine.image, engine_env, config.is_secret("docker"))
     runner_args["pull"] = True
     runner_args["mounts"] = [cache_mount, *writable, *runner_args["mounts"]]
-    runner_args["secret_env"] = hub_token
+    runner_args["secret_env"] = {**engine_secret_env, **runner_args.get("secret_env", {})}
     if engine.command and settings.runner.entrypoint is None:
         runner_args["entrypoint"] = list(engine.command)
     if settings.runner.command is None and (engine.args or runner_config.args):
@@ -95,7 +98,7 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
             {
                 "image": runner_config.pull_sidecar_image or engine.pull.image or engine.image, "pull": True,
                 "container_name": f"{RUNNER}-pull", "network": settings.network, "entrypoint": list(engine.pull.command),
-                "user": RUN_AS, "env": engine_env, "mounts": writable,
+                "user": RUN_AS, "env": engine_env, "secret_env": runner_secret_env, "mounts": writable,
                 # It talks to the engine on 127.0.0.1, as it does inside the Kubernetes pod.
                 "share_network_with": RUNNER,
             },
@@ -112,16 +115,18 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     if config.gateway.cors_allow_origins:
         gateway_env["GATEWAY_CORS_ALLOW_ORIGINS"] = ",".join(config.gateway.cors_allow_origins)
     if config.gateway.image is not None:
-        gateway_args = service_args(settings.gateway, GATEWAY, settings.network, config.gateway.image, gateway_env)
+        gateway_args = service_args(
+            settings.gateway, GATEWAY, settings.network, config.gateway.image, gateway_env, config.is_secret("docker"))
         gateway_args["pull"] = True
     else:
         image = _build_gateway(config)
-        gateway_args = service_args(settings.gateway, GATEWAY, settings.network, image.ref, gateway_env)
+        gateway_args = service_args(
+            settings.gateway, GATEWAY, settings.network, image.ref, gateway_env, config.is_secret("docker"))
         # A local build keeps its tag across rebuilds: the context hash makes a rebuild replace the container.
         gateway_args["labels"] = {**gateway_args["labels"], "model-stack.build-context": image.context_hash}
     gateway_args["mounts"] = [*_scratch(settings.gateway, ["/tmp"]), *gateway_args["mounts"]]
     if secrets.gateway_api_keys is not None:
-        gateway_args["secret_env"] = {"GATEWAY_API_KEYS": secrets.gateway_api_keys}
+        gateway_args["secret_env"] = {"GATEWAY_API_KEYS": secrets.gateway_api_keys, **gateway_args.get("secret_env", {})}
     health = _healthcheck(settings.gateway, GATEWAY_HEALTH_TEST, "10s")
     if health is not None:
         gateway_args["healthcheck"] = health
@@ -132,14 +137,17 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
 
 
 def service_args(
-    service: ServiceConfig, name: str, network: str, image: pulumi.Input[str], base_env: dict[str, str]
+    service: ServiceConfig, name: str, network: str, image: pulumi.Input[str], base_env: dict[str, str],
+    secret_env: bool = False,
 ) -> ContainerServiceArgs:
     """A container's Compose-style settings. Environment precedence: the service's `env` over its env files
-    (later files over earlier ones) over what the stack sets (`base_env`) over the image's own."""
+    (later files over earlier ones) over what the stack sets (`base_env`) over the image's own. `secret_env`:
+    the service's `env` comes from a section stored encrypted and stays secret."""
     env = dict(base_env)
     for env_file in service.env_files:
         env.update({key: value or "" for key, value in dotenv_values(PROJECT_ROOT / env_file).items()})
-    env.update(service.env)
+    if not secret_env:
+        env.update(service.env)
     args: dict[str, Any] = {
         "image": image,
         "container_name": name,
@@ -174,6 +182,8 @@ def service_args(
         "command": service.command, "working_dir": service.working_dir, "gpus": service.gpus,
     }
     args.update({key: value for key, value in optional.items() if value is not None})
+    if secret_env and service.env:
+        args["secret_env"] = dict(service.env)
     return args  # type: ignore[return-value]
 
 

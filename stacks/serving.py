@@ -141,7 +141,8 @@ def _runner_args(
         "image": rewrite(engine_image),
         "pull_sidecar_image": rewrite(pull_sidecar_image),
         "args": list(runner_config.args),
-        "env": dict(runner_config.env),
+        # A runner section stored encrypted keeps its env secret all the way to the pod.
+        ("secret_env" if config.is_secret("runner") else "env"): dict(runner_config.env),
         "resources": _resources(runner_config.resources),
         "gpu": {
             "count": gpu.count,

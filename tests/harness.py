@@ -280,7 +280,7 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
         target = target[part]  # type: ignore[index]
     last = parts[-1]
     if value is None:
-        target.pop(last)
+        target.pop(last, None)
     elif isinstance(target, list) and last == len(target):
         target.append(value)
     else:
@@ -297,10 +297,12 @@ def evaluate(
     secrets: Optional[dict[str, str]] = None,
     preview: bool = False,
     check_host: bool = False,
+    secret_sections: tuple[str, ...] = (),
 ) -> Evaluation:
     """Runs __main__.py for a stack. `set` applies `--path` overrides; `secrets` replaces FAKE_SECRETS;
-    `check_host` runs the kind provider's check of this machine's tools (skipped by default)."""
-    evaluation, error = run(stack, set, secrets, preview, check_host)
+    `check_host` runs the kind provider's check of this machine's tools (skipped by default); `secret_sections`
+    are top-level keys stored encrypted, as `pulumi config set --secret --path <key>.<part>` leaves them."""
+    evaluation, error = run(stack, set, secrets, preview, check_host, secret_sections)
     if error is not None:
         raise error
     return evaluation
@@ -311,9 +313,10 @@ def evaluate_failure(
     set: Optional[dict[str, Any]] = None,
     secrets: Optional[dict[str, str]] = None,
     check_host: bool = False,
+    secret_sections: tuple[str, ...] = (),
 ) -> tuple[BaseException, Evaluation]:
     """Runs a config that must fail; returns the error and what was registered before it."""
-    evaluation, error = run(stack, set, secrets, preview=False, check_host=check_host)
+    evaluation, error = run(stack, set, secrets, preview=False, check_host=check_host, secret_sections=secret_sections)
     assert error is not None, f"stack {stack} with {set} evaluated without error"
     return error, evaluation
 
@@ -333,13 +336,20 @@ def assert_rejected(
 
 
 def run(
-    stack: str, set: Optional[dict[str, Any]], secrets: Optional[dict[str, str]], preview: bool, check_host: bool = False
+    stack: str, set: Optional[dict[str, Any]], secrets: Optional[dict[str, str]], preview: bool, check_host: bool = False,
+    secret_sections: tuple[str, ...] = (),
 ) -> tuple[Evaluation, Optional[BaseException]]:
     config = copy.deepcopy(stack_config(stack))
-    # Knative's release manifests come from ../shared (no network in tests) unless a test names a directory.
+    # Knative's release manifests come from ../shared (no network in tests) unless a test names a directory;
+    # a stack without Knative refuses Knative settings, so it gets none.
     config.setdefault("knative", {}).setdefault("manifestsDir", str(KNATIVE_MANIFESTS))
     for path, value in (set or {}).items():
         set_path(config, path, value)
+    knative = config.get("knative")
+    if not _installs_knative(config) and isinstance(knative, dict) and knative.get("manifestsDir") == str(KNATIVE_MANIFESTS):
+        del knative["manifestsDir"]
+        if not knative:
+            del config["knative"]
     secret_values = FAKE_SECRETS if secrets is None else secrets
     wire = {key: _wire(value) for key, value in provider_config(stack).items()}
     wire.update({f"{PROJECT}:{key}": _wire(value) for key, value in config.items()})
@@ -349,7 +359,20 @@ def run(
     # installed, so the check is skipped unless a test asks for it (and fakes the machine itself).
     host_check = contextlib.nullcontext() if check_host else mock.patch("stacks.cluster.check_kind_host")
     with host_check:
-        return _execute(ROOT / "__main__.py", PROJECT, stack, wire, [f"{PROJECT}:{key}" for key in secret_values], preview)
+        return _execute(ROOT / "__main__.py", PROJECT, stack, wire,
+                        [f"{PROJECT}:{key}" for key in [*secret_values, *secret_sections]], preview)
+
+
+def _installs_knative(config: dict[str, Any]) -> bool:
+    """Whether a stack config would install Knative (read leniently: the config may be one a test expects to fail)."""
+    def section(key: str) -> dict[str, Any]:
+        value = config.get(key)
+        return value if isinstance(value, dict) else {}
+
+    if config.get("runtime") == "docker":
+        return False
+    return section("knative").get("install") is True or any(
+        section(workload).get("workload") == "knative" for workload in ("runner", "gateway"))
 
 
 def evaluate_program(

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from harness import FAKE_SECRETS, Secret, evaluate, evaluate_failure
+from harness import FAKE_SECRETS, ROOT, Secret, evaluate, evaluate_failure
 from stacks.cluster import ClusterPrerequisiteError
 from stacks.config import ConfigError
 from stacks.config.cluster import KIND_NODE_IMAGES
@@ -254,7 +254,10 @@ def test_existing_cluster_from_another_stacks_output():
     "overrides,secrets,given",
     [
         ({}, NO_KUBECONFIG, "none"),
-        ({"cluster.existing.kubeconfigPath": "/etc/kube"}, FAKE_SECRETS, "kubeconfig, cluster.existing.kubeconfigPath"),
+        # Any file will do as the second source: the kubeconfig secret is the one too many (the file is read and
+        # must be a kubeconfig, so the rule is seen alone).
+        ({"cluster.existing.kubeconfigPath": str(ROOT / "tests/fixtures/kubeconfig.yaml")}, FAKE_SECRETS,
+         "kubeconfig, cluster.existing.kubeconfigPath"),
     ],
     ids=["none", "two"],
 )
@@ -272,7 +275,9 @@ def test_a_missing_kubeconfig_file_names_the_key(tmp_path):
     error, evaluation = evaluate_failure(
         "prod", set={**EXISTING, "cluster.existing.kubeconfigPath": str(missing)}, secrets=NO_KUBECONFIG
     )
-    assert str(error).startswith(f"cluster.existing.kubeconfigPath: {missing} is not a file")
+    assert isinstance(error, ConfigError)
+    assert [problem.key for problem in error.problems] == ["cluster.existing.kubeconfigPath"]
+    assert "cannot be read" in str(error) and str(missing) in str(error)
     assert evaluation.resources == []
 
 

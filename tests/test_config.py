@@ -40,3 +40,43 @@ def test_every_problem_is_reported_at_once():
     assert [problem.key for problem in error.problems] == [
         "environment", "cluster.kubernetesVersion", "cluster.bogus"
     ]
+
+
+def test_field_errors_do_not_hide_the_cross_field_checks():
+    error, evaluation = evaluate_failure("prod", set={
+        "runner.port": 70000,
+        "gateway.scaling.minReplicas": "two",
+        "runner.scaling.minReplicas": 3,
+        "runner.scaling.maxReplicas": 2,
+        "runner.cache.accessMode": "ReadWriteOnce",
+        "gateway.scaling.maxReplicas": 1,
+        "gateway.scaling.targetCpuUtilization": 5,
+    })
+    assert sorted(problem.key for problem in error.problems) == sorted([
+        "runner.port",
+        "gateway.scaling.minReplicas",
+        "gateway.scaling.targetCpuUtilization",
+        "runner.scaling.maxReplicas",  # below minReplicas
+        "runner.scaling.maxReplicas",  # above 1 on a ReadWriteOnce cache
+    ])
+    assert evaluation.resources == []
+
+
+def test_production_floors_are_checked_beside_field_errors():
+    error, _ = evaluate_failure("prod", set={"runner.port": 0, "gateway.scaling.minReplicas": 1, "runner.cache.protect": False})
+    assert [problem.key for problem in error.problems] == [
+        "runner.port", "gateway.scaling.minReplicas", "runner.cache.protect"
+    ]
+
+
+@pytest.mark.parametrize("overrides,reported", [
+    # The RWO rule would fire on the default access mode that stands in for the bad one.
+    ({"runner.cache.accessMode": "RWX", "runner.scaling.maxReplicas": 3}, ["runner.cache.accessMode"]),
+    # A misspelt key leaves its default in force; a rule resting on that default would blame the user wrongly.
+    ({"runner.cache.acessMode": "ReadWriteMany", "runner.scaling.maxReplicas": 3}, ["runner.cache.acessMode"]),
+    ({"runner.scaling.minReplicas": 500, "runner.scaling.maxReplicas": 3, "runner.cache.accessMode": "ReadWriteMany"},
+     ["runner.scaling.minReplicas"]),
+])
+def test_no_problem_is_reported_on_a_default_standing_in_for_a_bad_value(overrides, reported):
+    error, _ = evaluate_failure("dev", set=overrides)
+    assert [problem.key for problem in error.problems] == reported

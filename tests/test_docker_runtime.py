@@ -109,6 +109,7 @@ EVERYTHING = {
     "docker.runner.workingDir": "/app",
     "docker.runner.user": "2000:2000",
     "docker.runner.gpus": "all",
+    "runner.image": "ghcr.io/ggml-org/llama.cpp:server-cuda",  # a GPU build: the CPU one cannot use one
 }
 
 
@@ -163,7 +164,7 @@ def test_the_docker_model_runner_pulls_from_a_sidecar_sharing_the_engines_networ
 
 BAD_DOCKER_CONFIG: list[tuple[dict[str, Any], str, str]] = [
     ({"docker.gateway.ports": ["8080:80:90"]}, "docker.gateway.ports[0]", "[host-ip:][published:]target"),
-    ({"docker.gateway.ports": ["70000"]}, "docker.gateway.ports[0].target", "65535"),
+    ({"docker.gateway.ports": ["70000"]}, "docker.gateway.ports[0]", "65535"),
     ({"docker.runner.memory": "2 gigs"}, "docker.runner.memory", "512m, 2g"),
     ({"docker.runner.memory": "2g", "docker.runner.memorySwap": "1g"}, "docker.runner.memorySwap", "at least memory"),
     ({"docker.runner.restart": "sometimes"}, "docker.runner.restart", "unless-stopped"),

@@ -178,6 +178,7 @@ def test_prod_on_knative_copies_and_pulls_every_knative_and_kourier_image_from_i
     registry = stack_config("prod")["images"]["registry"]["server"].partition("/")[0]
     evaluation = evaluate("prod", set={
         "gateway.workload": "knative",
+        "gateway.scaling.targetCpuUtilization": None,  # Knative ignores it; the config refuses it there
         "knative.domain": "models.example.com",
         "knative.manifestsDir": str(pinned_knative_release),
         f'images.rewrite["{KNATIVE_RELEASES}"]': f"{registry}/mirror/knative",

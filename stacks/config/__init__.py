@@ -7,15 +7,20 @@ resource has been registered.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from typing import Any, Iterator, Literal
 
 import pulumi
 from pulumi.runtime import config as runtime_config
-from pydantic import ValidationError
+from pydantic import PrivateAttr, ValidationError
 
-from .base import ImageReference, Problem, Section, image_fields, join_key, join_keys, section_at, unknown_key_problem
+from .base import (
+    ImageReference, Invalid, Problem, Section, image_fields, join_key, join_keys, section_at, unaffected, unknown_key_problem,
+)
 from .cluster import ClusterConfig
+from .credentials import credential_problems
 from .docker import DockerConfig
 from .gateway import GatewayConfig
 from .images import ImagesConfig
@@ -64,6 +69,12 @@ class StackConfig(Section):
     docker: DockerConfig = DockerConfig()
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
+    _secret_sections: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def is_secret(self, key: str) -> bool:
+        """Whether a top-level key is stored encrypted, so what it sets must reach its object as a secret."""
+        return key in self._secret_sections
+
     @property
     def knative_workloads(self) -> list[str]:
         return [section for section in ("runner", "gateway") if getattr(self, section).workload == "knative"]
@@ -74,6 +85,8 @@ class StackConfig(Section):
             bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
 
     def check(self, path: str) -> Iterator[Problem]:
+        yield from self._knative_problems(path)
+        yield from self._wiring_problems(path)
         if self.knative.install is False and self.knative_workloads:
             yield Problem(
                 join_keys(path, "knative.install"),
@@ -126,25 +139,149 @@ class StackConfig(Section):
                 )
 
 
+    def _knative_problems(self, path: str) -> Iterator[Problem]:
+        knative = self.knative
+        configured = sorted(knative.model_dump(by_alias=True, exclude_unset=True).keys() - {"install"})
+        if self.runtime == "docker" and (configured or knative.install):
+            yield Problem(join_key(path, "knative"), "the Docker runtime runs nothing on Knative; remove these settings",
+                          ", ".join([*(["install"] if knative.install else []), *configured]))
+        elif not self.knative_installed and configured:
+            yield Problem(
+                join_key(path, "knative"),
+                "configures a Knative that this stack does not install: no workload is served through Knative "
+                "(set runner.workload or gateway.workload to knative, or knative.install: true)",
+                ", ".join(configured),
+            )
+        if self.knative_installed:
+            if not knative.scale_to_zero:
+                asking = [f"{section}.scaling.minReplicas" for section in self.knative_workloads
+                          if getattr(self, section).scaling.min_replicas == 0]
+                if asking:
+                    yield Problem(join_keys(path, "knative.scaleToZero"),
+                                  f"cannot be false while {' and '.join(asking)} {'asks' if len(asking) == 1 else 'ask'} for 0 replicas "
+                                  "(set it true, or minReplicas to 1 or more)", False)
+            if knative.serving_version.split(".")[:2] != knative.kourier_version.split(".")[:2]:
+                yield Problem(join_keys(path, "knative.kourierVersion"),
+                              f"must be a release of the same minor version as knative.servingVersion "
+                              f"({knative.serving_version}): net-kourier is released in step with Serving",
+                              knative.kourier_version)
+
+    def _wiring_problems(self, path: str) -> Iterator[Problem]:
+        # A production stack on kind is refused as such; its GPUs are then no separate problem.
+        if self.runtime == "kubernetes" and self.cluster.provider == "kind" and self.runner.gpu.count \
+                and self.environment != "production":
+            yield Problem(join_keys(path, "runner.gpu.count"),
+                          "must be 0 on kind: its nodes have no GPUs (use provider eks or existing)", self.runner.gpu.count)
+        if self.runtime == "docker":
+            if self.docker.runner.gpus and self.runner.runs_a_cpu_build():
+                yield Problem(join_keys(path, "docker.runner.gpus"),
+                              f"the engine image {self.runner.engine_image()!r} is a CPU build and cannot use a GPU "
+                              "(set runner.image to a GPU build, such as a -cuda tag)", self.docker.runner.gpus)
+            yield from self.docker.env_wiring_problems(join_key(path, "docker"), self.runner.wired_env())
+
+
 def load(project: str | None = None, stack: str | None = None) -> tuple[StackConfig, StackSecrets]:
     """Reads and validates this stack's config; raises ConfigError naming every problem."""
     project = project or pulumi.get_project()
     stack = stack or pulumi.get_stack()
-    raw, problems = _read_raw(project)
-    config: StackConfig | None = None
-    try:
-        config = StackConfig.model_validate(raw)
-    except ValidationError as error:
-        problems.extend(_from_validation_error(error))
+    raw, problems, unreadable = _read_raw(project)
+    encrypted = secret_sections(project)
+    problems.extend(credential_problems(raw, encrypted))
+    config, validation_problems, invalid_locs = _validate(raw)
+    problems.extend(validation_problems)
     secrets = StackSecrets.read(pulumi.Config(project))
     problems.extend(_secret_problems(project))
-    if config is not None and not problems:
-        problems.extend(config.problems(""))
-        problems.extend(secrets.problems(config))
+    if config is not None:
+        invalid = _invalid_fields(config, [*((key,) for key in unreadable), *invalid_locs])
+        problems.extend(config.problems("", invalid))
+        problems.extend(unaffected(secrets.problems(config), invalid))
     if problems:
         raise ConfigError(stack, problems)
     assert config is not None
+    config._secret_sections = encrypted
     return config, secrets
+
+
+# Each pass drops what failed and validates the rest again; a nested value that fails shows up in its own pass.
+_MAX_VALIDATION_PASSES = 20
+
+
+def _validate(raw: dict[str, Any]) -> tuple[StackConfig | None, list[Problem], list[tuple]]:
+    """Validates `raw`, leaving out whatever fails until the rest validates, so that every field error is
+    reported and the cross-field checks still run on the rest. Returns the config (None if nothing could be
+    salvaged), the field problems, and the locations of the fields that were left out."""
+    problems: list[Problem] = []
+    invalid: list[tuple] = []
+    for _ in range(_MAX_VALIDATION_PASSES):
+        try:
+            return StackConfig.model_validate(raw), problems, invalid
+        except ValidationError as error:
+            locations = []
+            for item in error.errors(include_url=False):
+                location = _present_prefix(raw, item["loc"])
+                # A required value left out in an earlier pass is reported already, as what was wrong with it.
+                if not (item["type"] == "missing" and tuple(item["loc"]) in invalid):
+                    problems.append(_problem(item, location))
+                if item["type"] == "extra_forbidden":
+                    parent = section_at(StackConfig, location[:-1])
+                    close = parent and difflib.get_close_matches(str(location[-1]), _aliases(parent), n=1)
+                    if close:
+                        invalid.append((*location[:-1], close[0]))
+                elif not location:
+                    return None, problems, invalid
+                else:
+                    invalid.append(location)
+                locations.append(location)
+            raw = _without(raw, set(locations))
+    return None, problems, invalid
+
+
+def _aliases(section: type[Section]) -> list[str]:
+    return [field.alias or name for name, field in section.model_fields.items()]
+
+
+def _present_prefix(raw: Any, loc: tuple) -> tuple:
+    """The longest start of a pydantic error location that exists in the document (a missing field points at
+    its section; a union's member tags are not keys)."""
+    present: list[str | int] = []
+    current = raw
+    for part in loc:
+        if isinstance(current, dict) and isinstance(part, str) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        else:
+            break
+        present.append(part)
+    return tuple(present)
+
+
+def _without(value: Any, locations: set[tuple], here: tuple = ()) -> Any:
+    if isinstance(value, dict):
+        return {key: _without(item, locations, (*here, key)) for key, item in value.items() if (*here, key) not in locations}
+    if isinstance(value, list):
+        return [_without(item, locations, (*here, index)) for index, item in enumerate(value) if (*here, index) not in locations]
+    return value
+
+
+def _invalid_fields(config: StackConfig, locations: list[tuple]) -> Invalid:
+    """(section id, field name) of every location: the field at it, or the field holding the map or list entry
+    at it."""
+    fields: set[tuple[int, str]] = set()
+    for location in locations:
+        section: Any = config
+        deepest = None
+        for part in location:
+            name = next((name for name, field in type(section).model_fields.items() if (field.alias or name) == part), None)
+            if name is None:
+                break
+            deepest = (id(section), name)
+            section = getattr(section, name)
+            if not isinstance(section, Section):
+                break
+        if deepest is not None:
+            fields.add(deepest)
+    return frozenset(fields)
 
 
 def _configured_keys(project: str) -> set[str]:
@@ -155,10 +292,13 @@ def _configured_keys(project: str) -> set[str]:
     return {key[len(prefix):] for key in keys if key.startswith(prefix)}
 
 
-def _read_raw(project: str) -> tuple[dict[str, Any], list[Problem]]:
+def _read_raw(project: str) -> tuple[dict[str, Any], list[Problem], list[str]]:
+    """The project's keys as a document (secrets excluded), problems reading it, and the keys that could not be
+    read."""
     fields = {field.alias or name: field for name, field in StackConfig.model_fields.items()}
     raw: dict[str, Any] = {}
     problems: list[Problem] = []
+    unreadable: list[str] = []
     for key in sorted(_configured_keys(project)):
         if key in SECRET_KEYS:
             continue
@@ -171,9 +311,17 @@ def _read_raw(project: str) -> tuple[dict[str, Any], list[Problem]]:
                 raw[key] = json.loads(text)
             except json.JSONDecodeError:
                 problems.append(Problem(key, "must be a map of settings (set its parts with `--path`)", text))
+                unreadable.append(key)
         else:
             raw[key] = text
-    return raw, problems
+    return raw, problems, unreadable
+
+
+def secret_sections(project: str) -> frozenset[str]:
+    """Top-level keys stored encrypted: `pulumi config set --secret --path runner.env.X` encrypts inside
+    `runner`, and Pulumi then hands the whole `runner` key to the program as a secret."""
+    return frozenset(key for key in _configured_keys(project) if key not in SECRET_KEYS
+                     and runtime_config.is_config_secret(f"{project}:{key}"))
 
 
 def _secret_problems(project: str) -> Iterator[Problem]:
@@ -189,15 +337,14 @@ def _config_key(loc: tuple) -> str:
     return key
 
 
-def _from_validation_error(error: ValidationError) -> Iterator[Problem]:
-    for item in error.errors(include_url=False):
-        loc = item["loc"]
-        if item["type"] == "extra_forbidden":
-            parent = section_at(StackConfig, loc[:-1])
-            allowed = [field.alias or name for name, field in parent.model_fields.items()] if parent else []
-            yield unknown_key_problem(_config_key(loc[:-1]), str(loc[-1]), allowed)
-        elif item["type"] == "missing":
-            yield Problem(_config_key(loc), "is required")
-        else:
-            message = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-            yield Problem(_config_key(loc), message, item.get("input"))
+def _problem(item: Any, location: tuple) -> Problem:
+    """One pydantic error as a Problem keyed by where it is in the document."""
+    loc = item["loc"]
+    if item["type"] == "extra_forbidden":
+        parent = section_at(StackConfig, loc[:-1])
+        return unknown_key_problem(_config_key(loc[:-1]), str(loc[-1]), _aliases(parent) if parent else [])
+    if item["type"] == "missing":
+        return Problem(_config_key(loc), "is required")
+    message = item["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    message = re.sub(r"^(String|List|Dictionary) should have", "must have", message)
+    return Problem(_config_key(location), message, item.get("input"))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import difflib
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Optional, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
 
@@ -52,6 +55,31 @@ def join_keys(path: str, dotted: str) -> str:
     return path
 
 
+# (id of a section, field name) pairs a running check has read; None while no check runs.
+_READS: ContextVar[Optional[set[tuple[int, str]]]] = ContextVar("config_reads", default=None)
+
+Invalid = frozenset[tuple[int, str]]
+"""Fields that failed validation, as (id of the section holding them, field name): the loader put defaults in
+their place so the other checks can still run, but no problem may rest on such a stand-in."""
+
+
+def unaffected(found: Iterator[Problem], invalid: Invalid) -> Iterator[Problem]:
+    """The problems `found` yields until it first reads an invalid field: a conclusion drawn from a stand-in
+    default would report a problem the user does not have."""
+    reads: set[tuple[int, str]] = set()
+    while True:
+        token = _READS.set(reads)
+        try:
+            problem = next(found)
+        except StopIteration:
+            return
+        finally:
+            _READS.reset(token)
+        if reads & invalid:
+            return
+        yield problem
+
+
 class Section(BaseModel):
     """Base of every config section: camelCase keys, unknown keys rejected, immutable."""
 
@@ -63,22 +91,29 @@ class Section(BaseModel):
         use_attribute_docstrings=True,
     )
 
-    def problems(self, path: str) -> Iterator[Problem]:
-        """All cross-field problems of this section and the sections inside it."""
+    def __getattribute__(self, name: str) -> Any:
+        reads = _READS.get()
+        if reads is not None and name in type(self).model_fields:
+            reads.add((id(self), name))
+        return super().__getattribute__(name)
+
+    def problems(self, path: str, invalid: Invalid = frozenset()) -> Iterator[Problem]:
+        """All cross-field problems of this section and the sections inside it, except those that would rest on
+        an `invalid` field."""
         for name, field in type(self).model_fields.items():
             key = join_key(path, field.alias or name)
             value = getattr(self, name)
             if isinstance(value, Section):
-                yield from value.problems(key)
+                yield from value.problems(key, invalid)
             elif isinstance(value, (list, tuple)):
                 for index, item in enumerate(value):
                     if isinstance(item, Section):
-                        yield from item.problems(join_key(key, index))
+                        yield from item.problems(join_key(key, index), invalid)
             elif isinstance(value, dict):
                 for item_key, item in value.items():
                     if isinstance(item, Section):
-                        yield from item.problems(join_key(key, item_key))
-        yield from self.check(path)
+                        yield from item.problems(join_key(key, item_key), invalid)
+        yield from unaffected(self.check(path), invalid)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
@@ -199,6 +234,8 @@ def _holds_images(annotation: Any) -> bool:
 def image_fields(section: Section, path: str) -> Iterator[tuple[str, str]]:
     """Every image reference in a section tree, with the key it is configured under."""
     for name, field in type(section).model_fields.items():
+        if not (_holds_images(field.annotation) or _section_in(field.annotation)):
+            continue  # not read at all: a check must not depend on fields it does not look at
         key = join_key(path, field.alias or name)
         value = getattr(section, name)
         items: list[tuple[str, Any]]
@@ -215,31 +252,91 @@ def image_fields(section: Section, path: str) -> Iterator[tuple[str, str]]:
                 yield item_key, item
 
 
-# --- Kubernetes quantities -----------------------------------------------------------------------------------
+# --- Kubernetes grammar ---------------------------------------------------------------------------------------
+# From k8s.io/apimachinery: pkg/util/validation (names, label keys and values, ConfigMap and env keys) and
+# pkg/api/resource (quantities).
 
-_QUANTITY = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?")
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+DnsLabel = Annotated[str, Field(max_length=63), matching(
+    _LABEL, "a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")]
+DnsSubdomain = Annotated[str, Field(max_length=253), matching(
+    _SUBDOMAIN, "a DNS subdomain: at most 253 characters of dot-separated DNS labels (lowercase letters, digits, '-')")]
+# Namespaces the cluster or Knative owns: the stack creates its namespace and would take one of them over.
+RESERVED_NAMESPACES = ("default", "kube-*", "knative-serving", "kourier-system")
+Namespace = Annotated[str, Field(max_length=63), matching(
+    rf"(?!kube-|default$|knative-serving$|kourier-system$){_LABEL}",
+    f"a namespace name (a DNS label of at most 63 lowercase letters, digits and '-') other than the reserved "
+    f"{', '.join(RESERVED_NAMESPACES)}")]
+_LABEL_NAME = r"(?=[^/]{1,63}$)[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+LabelKey = Annotated[str, matching(
+    rf"(?:(?=[^/]{{1,253}}/){_SUBDOMAIN}/)?{_LABEL_NAME}",
+    "a label key: an optional DNS-subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit (e.g. nvidia.com/gpu.product)")]
+LabelValue = Annotated[str, Field(max_length=63), matching(
+    r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?",
+    "a label value: empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")]
+# Env of Kubernetes containers travels as ConfigMap keys and must be an environment variable name as well.
+KubernetesEnvName = Annotated[str, Field(max_length=253), matching(
+    r"[-._a-zA-Z][-._a-zA-Z0-9]*", "an environment variable name usable as a ConfigMap key (letters, digits, '_', "
+    "'-', '.'; not starting with a digit)")]
+
+
+def env_value(value: Any) -> Any:
+    """Env values as `pulumi config set --path` writes them: `8` and `true` arrive as a number and a boolean."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(env_value), WithJsonSchema({"type": ["string", "number", "boolean"]})]
+
+_QUANTITY = re.compile(
+    r"\+?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE](?P<exponent>[+-]?[0-9]+))?"
+)
 _SUFFIX_FACTORS = {
-    None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
 
 
 def quantity_value(text: str) -> float:
-    """The number a Kubernetes quantity stands for (`512Mi` -> 536870912), for comparing sizes."""
+    """The number a Kubernetes quantity stands for (`512Mi` -> 536870912, `1e9` -> 1000000000)."""
     match = _QUANTITY.fullmatch(text)
     if match is None:
         raise ValueError(text)
-    return float(match["number"]) * _SUFFIX_FACTORS[match["suffix"]]
+    factor = 10 ** int(match["exponent"]) if match["exponent"] else _SUFFIX_FACTORS[match["suffix"]]
+    return float(match["number"]) * factor
 
 
 def _quantity(value: str | int | float) -> str:
-    text = str(value)
+    text = value if isinstance(value, str) else format(value, "g") if isinstance(value, float) else str(value)
     if _QUANTITY.fullmatch(text) is None or quantity_value(text) <= 0:
         raise ValueError(
-            "must be a positive Kubernetes quantity such as 500m, 2, 512Mi or 20Gi "
-            "(binary suffixes Ki Mi Gi Ti, decimal k M G T, or m for thousandths)"
+            "must be a positive Kubernetes quantity such as 500m, 2, 1e9, 512Mi or 20Gi "
+            "(binary suffixes Ki Mi Gi Ti Pi Ei, decimal n u m k M G T P E, or an exponent e<n>)"
         )
     return text
 
 
-Quantity = Annotated[str, BeforeValidator(_quantity)]
+def _bytes(text: str) -> str:
+    match = _QUANTITY.fullmatch(text)
+    assert match is not None  # _quantity ran first
+    if match["suffix"] in ("m", "u", "n") or quantity_value(text) < 1:
+        raise ValueError(
+            f"must be a number of bytes: {text} is {quantity_value(text):g} bytes (m means thousandths); "
+            f"did you mean {match['number']}{'Mi' if match['suffix'] == 'm' else 'Ki'}?"
+        )
+    return text
+
+
+_QUANTITY_SCHEMA = {"anyOf": [
+    {"type": "number", "exclusiveMinimum": 0},
+    # JSON Schema's regular expressions (ECMA-262) write no `P` in named groups; none are needed there.
+    {"type": "string", "pattern": f"^(?:{re.sub(r'[?]P<[a-z]+>', '', _QUANTITY.pattern)})$"},
+]}
+Quantity = Annotated[str, BeforeValidator(_quantity), WithJsonSchema(_QUANTITY_SCHEMA)]
+ByteQuantity = Annotated[str, BeforeValidator(_quantity), AfterValidator(_bytes), WithJsonSchema(_QUANTITY_SCHEMA)]

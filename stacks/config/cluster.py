@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
+import yaml
 from pydantic import Field
 
 from .base import Problem, Section, join_key, matching
@@ -70,6 +72,27 @@ class ExistingSettings(Section):
 
     context: Optional[str] = None
     """Kubeconfig context to use; unset uses the kubeconfig's current context."""
+
+    def kubeconfig_problems(self, path: str) -> Iterator[Problem]:
+        """A kubeconfig file that is missing, is no kubeconfig, or lacks the chosen context."""
+        if self.kubeconfig_path is None:
+            return
+        key = join_key(path, "kubeconfigPath")
+        try:
+            document = yaml.safe_load(Path(self.kubeconfig_path).expanduser().read_text())
+        except (OSError, UnicodeDecodeError) as error:
+            yield Problem(key, f"cannot be read ({getattr(error, 'strerror', None) or error})", self.kubeconfig_path)
+            return
+        except yaml.YAMLError as error:
+            yield Problem(key, f"is not YAML: {str(error).splitlines()[0]}", self.kubeconfig_path)
+            return
+        if not isinstance(document, dict) or document.get("kind") != "Config":
+            yield Problem(key, "is not a kubeconfig (a YAML map with `kind: Config`)", self.kubeconfig_path)
+            return
+        contexts = [entry.get("name") for entry in document.get("contexts") or [] if isinstance(entry, dict)]
+        if self.context is not None and self.context not in contexts:
+            yield Problem(join_key(path, "context"), f"is not a context of {self.kubeconfig_path} "
+                          f"(it has: {', '.join(map(str, contexts)) or 'none'})", self.context)
 
 
 class NodeGroupSize(Section):
@@ -143,6 +166,7 @@ class ClusterConfig(Section):
     """Settings of the EKS cluster (provider `eks`, where `eks.vpcId` and `eks.privateSubnetIds` are required)."""
 
     def check(self, path: str) -> Iterator[Problem]:
+        yield from self.existing.kubeconfig_problems(join_key(path, "existing"))
         for section in ("kind", "existing", "eks"):
             if section in self.model_fields_set and section != self.provider:
                 yield Problem(join_key(path, section), f"applies only when provider is {section}", self.provider)

@@ -5,13 +5,16 @@ Values are written the way a Compose file writes them (`"127.0.0.1:8080:8080"`, 
 error naming its key before anything is created.
 """
 
+import io
 import re
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
+from dotenv.parser import Binding, parse_stream
 from pydantic import BeforeValidator, Field, GetJsonSchemaHandler, WithJsonSchema
 
-from .base import Problem, Section, join_key, matching
+from .base import EnvValue, Problem, Section, join_key, matching
+from .credentials import credential_under
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,14 @@ _BYTES = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[bkmg]?)b?", re.IGNOR
 _UNIT_BYTES = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 _DURATION = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?!s))?(?:(?P<s>\d+)s)?(?:(?P<ms>\d+)ms)?")
 _RESTART = re.compile(r"(?P<policy>no|always|unless-stopped|on-failure)(?::(?P<retries>\d+))?")
+
+
+def _env_file_bindings(env_file: str) -> Optional[list[Binding]]:
+    """The lines of an env file as Compose reads them, None if it cannot be read."""
+    try:
+        return list(parse_stream(io.StringIO((PROJECT_ROOT / env_file).read_text())))
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _port(value: Any) -> Any:
@@ -192,8 +203,9 @@ class ServiceConfig(Section):
     tmpfs: list[Annotated[TmpfsMount, BeforeValidator(_tmpfs), _SHORT_OR_LONG]] = []
     """tmpfs mounts (`/tmp:size=64m,mode=1777`)."""
 
-    env: dict[str, str] = {}
-    """Environment; wins over env files, which win over the image's defaults."""
+    env: dict[Annotated[str, matching(r"[^=\s]+", "a variable name (no '=' or spaces)")], EnvValue] = {}
+    """Environment; wins over env files, which win over the image's defaults. Numbers and booleans are written
+    as Compose writes them (`8`, `true`)."""
 
     env_files: list[str] = []
     """Env files (KEY=VALUE lines, relative to the project), later files winning over earlier ones."""
@@ -246,12 +258,43 @@ class ServiceConfig(Section):
     gpus: Optional[str] = None
     """GPUs to expose (`all`, or `"device=0,1"`); needs the NVIDIA container toolkit."""
 
+    def env_file_variables(self) -> Iterator[tuple[int, str, Optional[str]]]:
+        """(index of the file, name, value) of every variable the readable env files set."""
+        for index, env_file in enumerate(self.env_files):
+            for binding in _env_file_bindings(env_file) or ():
+                if binding.key is not None:
+                    yield index, binding.key, binding.value
+
     def check(self, path: str) -> Iterator[Problem]:
         for index, env_file in enumerate(self.env_files):
-            if not (PROJECT_ROOT / env_file).is_file():
-                yield Problem(join_key(join_key(path, "envFiles"), index), "no such file (paths are relative to the project)", env_file)
+            key = join_key(join_key(path, "envFiles"), index)
+            bindings = _env_file_bindings(env_file)
+            if bindings is None:
+                yield Problem(key, "no such file, or not readable as text (paths are relative to the project)", env_file)
+                continue
+            for binding in bindings:
+                if binding.error:
+                    yield Problem(key, f"line {binding.original.line} is not KEY=VALUE (a Compose env file line)",
+                                  binding.original.string.strip())
+        for index, name, value in self.env_file_variables():
+            if (found := credential_under(name, value)) is not None:
+                yield Problem(
+                    join_key(join_key(path, "envFiles"), index),
+                    f"sets {name} to {found}, in a plain-text file: set it with "
+                    f"`pulumi config set --secret --path {join_key(join_key(path, 'env'), name)} <value>` instead",
+                )
         if self.memory_swap is not None and (self.memory is None or self.memory_swap < self.memory):
             yield Problem(join_key(path, "memorySwap"), "must be at least memory (it is memory plus swap)", self.memory_swap)
+
+
+# What the stack sets in the gateway container to wire it to the runner, and the setting that changes each.
+GATEWAY_WIRED_ENV = {
+    "GATEWAY_PORT": "docker.gateway.ports (the container port is fixed; publish another host port)",
+    "GATEWAY_UPSTREAM_BASE_URL": "runner.port or runner.apiBasePath",
+    "GATEWAY_MODEL": "runner.model",
+    "GATEWAY_REQUEST_TIMEOUT_SECONDS": "gateway.requestTimeoutSeconds",
+    "GATEWAY_CORS_ALLOW_ORIGINS": "gateway.corsAllowOrigins",
+}
 
 
 class DockerConfig(Section):
@@ -268,3 +311,18 @@ class DockerConfig(Section):
 
     gateway: ServiceConfig = ServiceConfig(ports=["127.0.0.1:8080:8080"])
     """The gateway container, published on this machine only by default."""
+
+    def env_wiring_problems(self, path: str, runner_wired_env: dict[str, str]) -> Iterator[Problem]:
+        """Env or env files that would override what the stack sets to wire the containers together."""
+        for service, wired in (("runner", runner_wired_env), ("gateway", GATEWAY_WIRED_ENV)):
+            settings: ServiceConfig = getattr(self, service)
+            service_path = join_key(path, service)
+            for name in settings.env.keys() & wired.keys():
+                yield Problem(join_key(join_key(service_path, "env"), name),
+                              f"is set by the stack to wire the containers together; set {wired[name]} instead",
+                              settings.env[name])
+            for index, name, _ in settings.env_file_variables():
+                if name in wired:
+                    yield Problem(join_key(join_key(service_path, "envFiles"), index),
+                                  f"sets {name}, which the stack sets to wire the containers together; "
+                                  f"set {wired[name]} instead", settings.env_files[index])

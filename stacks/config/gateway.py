@@ -6,8 +6,8 @@ from typing import Annotated, Iterator, Optional
 
 from pydantic import Field
 
-from .base import ImageRef, Problem
-from .workload import ServedWorkload, ResourcesConfig, ScalingConfig, workload_scaling_problems
+from .base import ImageRef, Problem, matching
+from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
 
 
 class GatewayConfig(ServedWorkload):
@@ -27,8 +27,10 @@ class GatewayConfig(ServedWorkload):
     request_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     """Longest a proxied completion may take, streamed responses included."""
 
-    cors_allow_origins: list[str] = []
+    cors_allow_origins: list[Annotated[str, matching(
+        r"\*|[a-z][a-z0-9+.-]*://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?",
+        "a browser origin, scheme://host[:port] with no path or trailing slash (e.g. https://chat.example.com), or *")]] = []
     """Browser origins allowed to call the API (e.g. `https://chat.example.com`); empty allows none."""
 
     def check(self, path: str) -> Iterator[Problem]:
-        yield from workload_scaling_problems(path, self.workload, self.scaling)
+        yield from self.scaling_problems(path)

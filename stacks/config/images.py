@@ -1,10 +1,13 @@
 """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
 
+from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
 from components.image_rewrite import canonical_prefix, rewrite_image
 
 from .base import ImageRef, ImageReference, Problem, Section, join_key, join_keys, matching
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 RegistryPath = Annotated[
     str,
@@ -14,6 +17,7 @@ RegistryPath = Annotated[
     ),
 ]
 Tag = Annotated[str, matching(r"[\w][\w.-]{0,127}", "an image tag such as 1.4.0 (letters, digits, '_', '.', '-')")]
+Username = Annotated[str, matching(r"\S+", "a user name (not empty, no spaces)")]
 Repository = Annotated[str, matching(r"[a-z0-9]+([._/-][a-z0-9]+)*", "a lowercase repository name such as model-gateway")]
 
 
@@ -22,11 +26,11 @@ class RegistryConfig(Section):
     """Where the stack pushes what it builds, as host[/path] (`123456789012.dkr.ecr.us-east-1.amazonaws.com`,
     `ghcr.io/acme`). Unset: the cluster's local registry (kind: `localhost:5001`)."""
 
-    push_username: Optional[str] = None
+    push_username: Optional[Username] = None
     """User that pushes builds (CI's account); its password is the `registryPushPassword` secret. Unset for
     registries that take anonymous pushes or where the Docker credential helper already logs in."""
 
-    pull_username: Optional[str] = None
+    pull_username: Optional[Username] = None
     """Read-only user the cluster pulls with; its password is the `registryPullPassword` secret and it becomes
     an `imagePullSecret`. Unset where nodes pull without credentials (kind's local registry, ECR via the node
     role)."""
@@ -90,6 +94,13 @@ class ImagesConfig(Section):
     stack; the stack's own images need no entry here."""
 
     def check(self, path: str) -> Iterator[Problem]:
+        build = self.gateway_build
+        context = PROJECT_ROOT / build.context
+        if not context.is_dir():
+            yield Problem(join_keys(path, "gatewayBuild.context"), "no such directory (relative to the project)", build.context)
+        elif build.dockerfile is not None and not (context / build.dockerfile).is_file():
+            yield Problem(join_keys(path, "gatewayBuild.dockerfile"), "no such file (relative to the build context)",
+                          build.dockerfile)
         registry = self.registry
         if registry.push_username and not registry.server:
             yield Problem(join_keys(path, "registry.pushUsername"), "needs images.registry.server to log in to")

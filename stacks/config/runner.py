@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from components.engines import ENGINES, PULL_SIDECAR_IMAGE
+from components.engines import ENGINES, PULL_SIDECAR_IMAGE, EngineContainer
 
-from .base import ImageRef, Problem, Quantity, Section, join_key, join_keys, matching
-from .workload import ServedWorkload, ResourcesConfig, ScalingConfig, workload_scaling_problems
+from .base import (
+    ImageReference,
+    ByteQuantity, DnsLabel, DnsSubdomain, EnvValue, ImageRef, KubernetesEnvName, LabelKey, LabelValue, Namespace, Problem,
+    Section, join_key, join_keys, matching,
+)
+from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
 
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
-K8sName = Annotated[str, matching(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", "a Kubernetes name (lowercase letters, digits, '-')")]
+# The address every engine profile binds to, so the Service, the probes and the gateway reach it.
+BIND_HOST = "0.0.0.0"
+# Flags that move the engine's OpenAI API under another path (llama.cpp `--api-prefix`, vLLM `--root-path`), which
+# the gateway's upstream URL and the probes would no longer find.
+API_PATH_FLAGS = frozenset({"--api-prefix", "--root-path"})
+# Engines whose images are CPU builds unless a GPU variant's tag says otherwise (Docker Model Runner's
+# `latest-cuda`, llama.cpp's `server-cuda`, `server-rocm`, `server-vulkan`, ...).
+CPU_BUILD_ENGINES = frozenset({"docker-model-runner", "llama.cpp"})
+_GPU_BUILD_TAG = re.compile(r"cuda|rocm|vulkan|musa|gpu|intel|sycl", re.IGNORECASE)
 Port = Annotated[int, Field(ge=1, le=65535)]
 # An http(s) base URL: no credentials (the token is the hfToken secret), query or fragment; no trailing slash.
 HubUrl = Annotated[
@@ -23,10 +36,10 @@ HttpPath = Annotated[str, matching(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "an abso
 
 
 class CacheConfig(Section):
-    size: Quantity = "10Gi"
+    size: ByteQuantity = "10Gi"
     """Capacity of the model cache volume; leave room for the model plus one upgrade of it."""
 
-    storage_class: Optional[str] = None
+    storage_class: Optional[DnsSubdomain] = None
     """Storage class of the cache volume; unset uses the cluster layer's choice (kind: local-path `standard`,
     EKS: the EFS class that supports ReadWriteMany)."""
 
@@ -35,7 +48,7 @@ class CacheConfig(Section):
     Recreate (a surging rollout would wait forever for the volume). `ReadWriteMany`: replicas on any node share
     one cache and updates roll with zero downtime."""
 
-    existing_claim: Optional[K8sName] = None
+    existing_claim: Optional[DnsSubdomain] = None
     """Use this PersistentVolumeClaim (in the runner's namespace) instead of creating one."""
 
     protect: bool = False
@@ -56,10 +69,10 @@ class GpuConfig(Section):
     count: Annotated[int, Field(ge=0, le=16)] = 0
     """NVIDIA GPUs per replica (`nvidia.com/gpu`); 0 runs on CPU."""
 
-    node_selector: dict[str, str] = {}
+    node_selector: dict[LabelKey, LabelValue] = {}
     """Extra labels GPU nodes must carry (added to what the cluster layer knows about its GPU nodes)."""
 
-    runtime_class_name: Optional[K8sName] = None
+    runtime_class_name: Optional[DnsSubdomain] = None
     """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
@@ -67,7 +80,7 @@ class RunnerConfig(ServedWorkload):
     """The model runner: engine, model, cache, resources, probes, scaling and exposure."""
 
 
-    namespace: K8sName = "models"
+    namespace: Namespace = "models"
     """Namespace of the model runner and the gateway."""
 
     engine: EngineName = "docker-model-runner"
@@ -109,7 +122,7 @@ class RunnerConfig(ServedWorkload):
     args: list[str] = []
     """Extra engine arguments, appended to the profile's (e.g. `--max-model-len=8192` for vLLM)."""
 
-    env: dict[str, str] = {}
+    env: dict[KubernetesEnvName, EnvValue] = {}
     """Extra non-secret environment for the engine (credentials belong in secrets such as `hfToken`)."""
 
     resources: ResourcesConfig = ResourcesConfig(
@@ -134,7 +147,7 @@ class RunnerConfig(ServedWorkload):
     probe_period_seconds: Annotated[int, Field(ge=1, le=60)] = 5
     """How often the startup and readiness probes ask whether the model can answer."""
 
-    allowed_namespaces: list[K8sName] = []
+    allowed_namespaces: list[DnsLabel] = []
     """Namespaces whose pods may call the model runner directly; the gateway always may, and nothing else can."""
 
     def profile_images(self, path: str) -> Iterator[tuple[str, str]]:
@@ -146,7 +159,65 @@ class RunnerConfig(ServedWorkload):
         if profile.render(self.model).pull.mode == "sidecar" and self.pull_sidecar_image is None:
             yield join_key(path, "pullSidecarImage"), PULL_SIDECAR_IMAGE
 
+    def engine_image(self) -> str:
+        return self.image or ENGINES[self.engine].image
+
+    def runs_a_cpu_build(self) -> bool:
+        """Whether the engine image can use no GPU at all."""
+        tag = ImageReference.parse(self.engine_image()).tag or ""
+        return self.engine in CPU_BUILD_ENGINES and not _GPU_BUILD_TAG.search(tag)
+
+    def wired_env(self) -> dict[str, str]:
+        """Engine env the stack sets to wire the port and bind address, with the setting that changes it."""
+        engine = self._rendered()
+        return {name: "runner.port" for name, value in engine.env.items() if str(engine.port) in value}
+
+    def _rendered(self) -> EngineContainer:
+        return ENGINES[self.engine].render(self.model, self.port)
+
+    def wiring_problems(self, path: str) -> Iterator[Problem]:
+        """Extra args or env that would move the engine off the port, address or API path the Service, the
+        probes and the gateway are wired to."""
+        engine = self._rendered()
+        wired_flags = {flag for flag, value in zip(engine.args, engine.args[1:])
+                       if flag.startswith("--") and value in (str(engine.port), BIND_HOST)} | API_PATH_FLAGS
+        for index, argument in enumerate(self.args):
+            flag = argument.partition("=")[0]
+            if flag in wired_flags:
+                yield Problem(
+                    join_key(join_key(path, "args"), index),
+                    f"{flag} would move the engine off the port, address or API path the stack wires its Service, "
+                    "probes and gateway to; set runner.port or runner.apiBasePath instead",
+                    argument,
+                )
+        for name, setting in self.wired_env().items():
+            if name in self.env:
+                yield Problem(join_key(join_key(path, "env"), name),
+                              f"is how the stack sets the engine's port and address; set {setting} instead", self.env[name])
+
     def check(self, path: str) -> Iterator[Problem]:
+        # Problems are reported until a check reads a field that failed validation: the rules that read the
+        # fewest fields come first.
+        yield from self.scaling_problems(path)
+        if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
+            yield Problem(
+                join_keys(path, "scaling.maxReplicas"),
+                "must be 1 while cache.accessMode is ReadWriteOnce: a single-node volume cannot be mounted by "
+                "replicas on other nodes (set cache.accessMode to ReadWriteMany to scale out)",
+                self.scaling.max_replicas,
+            )
+        if self.gpu.count == 0:
+            for name, value in (("nodeSelector", self.gpu.node_selector), ("runtimeClassName", self.gpu.runtime_class_name)):
+                if value:
+                    yield Problem(join_keys(path, f"gpu.{name}"),
+                                  "applies to GPU pods only; it is ignored while gpu.count is 0 (set gpu.count)", value)
+        elif self.runs_a_cpu_build():
+            yield Problem(
+                join_keys(path, "gpu.count"),
+                f"must be 0 with the CPU build {self.engine_image()!r}: it cannot use a GPU (set runner.image to "
+                "a GPU build of the engine, such as a -cuda tag)",
+                self.gpu.count,
+            )
         profile = ENGINES[self.engine]
         if (problem := profile.model_problem(self.model)) is not None:
             yield Problem(join_key(path, "model"), problem, self.model)
@@ -159,11 +230,4 @@ class RunnerConfig(ServedWorkload):
             )
         if profile.needs_gpu and self.gpu.count == 0:
             yield Problem(join_keys(path, "gpu.count"), f"must be at least 1 for engine {self.engine}", 0)
-        if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
-            yield Problem(
-                join_keys(path, "scaling.maxReplicas"),
-                "must be 1 while cache.accessMode is ReadWriteOnce: a single-node volume cannot be mounted by "
-                "replicas on other nodes (set cache.accessMode to ReadWriteMany to scale out)",
-                self.scaling.max_replicas,
-            )
-        yield from workload_scaling_problems(path, self.workload, self.scaling)
+        yield from self.wiring_problems(path)

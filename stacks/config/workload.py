@@ -6,11 +6,18 @@ from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from .base import Problem, Quantity, Section, join_key, join_keys, quantity_value
+from .base import ByteQuantity, Problem, Quantity, Section, join_key, join_keys, quantity_value
 
 
-def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig") -> Iterator[Problem]:
-    """Scaling settings the chosen workload form cannot honour (`path` is the section holding both)."""
+def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig", configured: bool) -> Iterator[Problem]:
+    """Scaling settings the chosen workload form cannot honour or ignores (`path` is the section holding both;
+    `configured`: the scaling was written in the config, not the section's built-in one)."""
+    ignored = {"deployment": ("target_concurrency", "Knative workloads"),
+               "knative": ("target_cpu_utilization", "Deployment workloads (Knative scales on scaling.targetConcurrency)")}
+    field, applies_to = ignored[workload]
+    if configured and field in scaling.model_fields_set:
+        yield Problem(join_keys(path, f"scaling.{ScalingConfig.model_fields[field].alias}"),
+                      f"applies to {applies_to}; this one is workload {workload}", getattr(scaling, field))
     if scaling.min_replicas == 0 and workload != "knative":
         yield Problem(
             join_keys(path, "scaling.minReplicas"),
@@ -29,7 +36,7 @@ class ComputeQuantities(Section):
     cpu: Optional[Quantity] = None
     """CPU cores (`500m`, `4`)."""
 
-    memory: Optional[Quantity] = None
+    memory: Optional[ByteQuantity] = None
     """Memory (`512Mi`, `16Gi`)."""
 
 
@@ -98,3 +105,8 @@ class ServedWorkload(Section):
     Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route needs the name of
     the Service the Deployment form created and refuses one it does not own, so delete that Service first
     (`pulumi destroy --target <its URN>`), then `pulumi up`."""
+
+    def scaling_problems(self, path: str) -> Iterator[Problem]:
+        scaling: ScalingConfig = self.scaling  # type: ignore[attr-defined]  # declared by each workload
+        return workload_scaling_problems(
+            path, self.workload, scaling, configured=scaling != type(self).model_fields["scaling"].default)

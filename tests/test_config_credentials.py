@@ -1,0 +1,106 @@
+"""Promise: credentials never sit in plain config. Wherever one appears outside the secret keys it is refused
+with its key and where it belongs instead; a section stored encrypted keeps its env secret up to the object it
+lands in."""
+
+import pytest
+
+from harness import ROOT, FAKE_SECRETS, Secret, assert_rejected, evaluate, evaluate_failure, unwrap
+
+HF_TOKEN = "hf_" + "a1B2" * 9
+OPENAI_KEY = "sk-" + "Zy9x" * 8
+PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----"
+
+REFUSED = [
+    # (stack, overrides, key, text naming where it belongs)
+    ("dev", {"runner.env.HF_TOKEN": "my-token-123"}, "runner.env.HF_TOKEN", "`hfToken` secret"),
+    ("dev", {"runner.env.WANDB_API_KEY": "0123abcd"}, "runner.env.WANDB_API_KEY",
+     "pulumi config set --secret --path runner.env.WANDB_API_KEY"),
+    ("dev", {"runner.env.SOME_SETTING": OPENAI_KEY}, "runner.env.SOME_SETTING", "OpenAI-style API key"),
+    ("dev", {"runner.env.DATABASE_URL": "postgres://app:hunter2@db:5432/app"}, "runner.env.DATABASE_URL",
+     "URL with a user and password"),
+    ("prod", {"runner.args": ["--api-key", "s3cr3t-value"]}, "runner.args[1]", "runner.env.<NAME>"),
+    ("prod", {"runner.args": ["--max-model-len=8192", "--api-key=s3cr3t-value"]}, "runner.args[1]", "command line"),
+    ("prod", {"runner.args": [f"--hf-token={HF_TOKEN}"]}, "runner.args[0]", "command line"),
+    ("dev", {"images.gatewayBuild.buildArgs.GITHUB_TOKEN": "abc123def456"}, "images.gatewayBuild.buildArgs.GITHUB_TOKEN",
+     "image's history"),
+    ("dev", {"images.gatewayBuild.buildArgs.PIP_INDEX_URL": "https://bob:pw@pypi.example.com/simple"},
+     "images.gatewayBuild.buildArgs.PIP_INDEX_URL", "image's history"),
+    ("local", {"docker.runner.env.HTTPS_PROXY": "http://bob:pw@proxy:3128"}, "docker.runner.env.HTTPS_PROXY",
+     "--secret --path docker.runner.env.HTTPS_PROXY"),
+    ("local", {"docker.gateway.env.GATEWAY_API_KEYS": "k1,k2"}, "docker.gateway.env.GATEWAY_API_KEYS", "gatewayApiKeys"),
+    ("local", {"docker.gateway.labels.auth-token": "abcdef"}, "docker.gateway.labels.auth-token", "clear text"),
+    ("local", {"docker.runner.command": ["--api-key", "abcdef"]}, "docker.runner.command[1]", "command line"),
+    ("dev", {"knative.registryCaBundle": PRIVATE_KEY}, "knative.registryCaBundle", "a private key"),
+    ("dev", {"images.gatewayBuild.labels.source": "https://user:pw@git.example.com/repo"},
+     "images.gatewayBuild.labels.source", "user and password"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,key,text", REFUSED, ids=[case[2] for case in REFUSED])
+def test_a_credential_in_plain_config_is_refused_with_where_it_belongs(stack, overrides, key, text):
+    assert_rejected(stack, overrides, key, text)
+
+
+NOT_CREDENTIALS = [
+    ("dev", {"runner.env.MAX_TOKENS": "4096"}),
+    ("dev", {"runner.env.HF_TOKEN_PATH": "/var/run/secrets/hf/token"}),
+    ("dev", {"runner.env.ENABLE_TOKEN_AUTH": "true"}),
+    ("dev", {"runner.env.TOKENIZERS_PARALLELISM": "false"}),
+    ("dev", {"runner.env.HTTPS_PROXY": "http://proxy.internal:3128"}),
+    ("prod", {"runner.args": ["--max-num-batched-tokens", "8192", "--max-model-len=16384"]}),
+    ("dev", {"images.gatewayBuild.buildArgs.PIP_INDEX_URL": "https://pypi.example.com/simple"}),
+    ("local", {"docker.runner.labels.token-budget": "none"}),
+]
+
+
+@pytest.mark.parametrize("stack,overrides", NOT_CREDENTIALS, ids=[next(iter(case[1])) for case in NOT_CREDENTIALS])
+def test_settings_that_merely_mention_a_credential_word_are_accepted(stack, overrides):
+    evaluate(stack, set=overrides)
+
+
+def test_a_credential_in_an_env_file_is_refused_with_the_file_named(tmp_path):
+    env_file = tmp_path / "runner.env"
+    env_file.write_text("LOG_LEVEL=debug\nWANDB_API_KEY=0123abcd\n")
+    assert_rejected("local", {"docker.runner.envFiles": [str(env_file)]}, "docker.runner.envFiles[0]",
+                    "WANDB_API_KEY to a credential, in a plain-text file")
+
+
+def test_every_credential_is_reported_at_once():
+    error, evaluation = evaluate_failure("dev", set={
+        "runner.env.HF_TOKEN": HF_TOKEN,
+        "runner.args": ["--api-key=abcdef"],
+        "images.gatewayBuild.buildArgs.NPM_TOKEN": "abcdef",
+        "runner.port": "eighty",
+    })
+    assert sorted(problem.key for problem in error.problems) == sorted([
+        "runner.env.HF_TOKEN", "runner.args[0]", "images.gatewayBuild.buildArgs.NPM_TOKEN", "runner.port"
+    ])
+    assert HF_TOKEN not in str(error)
+    assert evaluation.resources == []
+
+
+# --- a section stored encrypted ---------------------------------------------------------------------------------
+
+def test_credentials_in_an_encrypted_runner_section_reach_the_pod_through_a_secret_only():
+    evaluation = evaluate("dev", set={"runner.env.WANDB_API_KEY": "0123abcd"}, secrets={},
+                          secret_sections=("runner",))
+    credentials = evaluation.one("kubernetes:core/v1:Secret", "model-runner-credentials")
+    assert unwrap(credentials.inputs["stringData"]) == {"WANDB_API_KEY": "0123abcd"}
+    assert "0123abcd" not in repr([unwrap(r.inputs) for r in evaluation.of_type("kubernetes:core/v1:ConfigMap")])
+    deployment = evaluation.one("kubernetes:apps/v1:Deployment")
+    env_from = unwrap(deployment.inputs)["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": "model-runner-credentials"}} in env_from
+
+
+def test_credentials_in_an_encrypted_docker_section_reach_the_container_as_secret_env():
+    evaluation = evaluate("local", set={"docker.runner.env.WANDB_API_KEY": "0123abcd"}, secrets={},
+                          secret_sections=("docker",))
+    runner = evaluation.one("docker:index/container:Container", "model-runner")
+    assert isinstance(runner.inputs["envs"], Secret)
+    assert "WANDB_API_KEY=0123abcd" in unwrap(runner.inputs["envs"])
+
+
+def test_plain_sections_stay_plain():
+    evaluation = evaluate("local", set={"docker.runner.env.LOG_LEVEL": "debug"}, secrets={})
+    runner = evaluation.one("docker:index/container:Container", "model-runner")
+    assert not isinstance(runner.inputs["envs"], Secret)
