@@ -27,10 +27,12 @@ API_PATH_FLAGS = frozenset({"--api-prefix", "--root-path"})
 CPU_BUILD_ENGINES = frozenset({"docker-model-runner", "llama.cpp"})
 _GPU_BUILD_TAG = re.compile(r"cuda|rocm|vulkan|musa|gpu|intel|sycl", re.IGNORECASE)
 Port = Annotated[int, Field(ge=1, le=65535)]
-# An http(s) base URL: no credentials (the token is the hfToken secret), query or fragment; no trailing slash.
+# An http(s) base URL without query, fragment or trailing slash. A user:password part parses here so that the
+# credential rule (config/credentials.py) names it once, as a credential.
 HubUrl = Annotated[
     str,
-    matching(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%-]+)*", "an http(s) base URL such as https://hf-mirror.example.com"),
+    matching(r"https?://([^/@\s]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%-]+)*",
+             "an http(s) base URL such as https://hf-mirror.example.com"),
 ]
 HttpPath = Annotated[str, matching(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "an absolute URL path such as /v1")]
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator
 import pytest
 from pulumi import automation as auto
 
-from .control_plane import ControlPlane, run_control_plane
+from control_plane import ControlPlane, run_control_plane
+from harness import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 TOOLCHAIN = ROOT / ".ci" / "toolchain.py"
 
 

@@ -18,9 +18,8 @@ import pulumi
 import pytest
 from pulumi import automation as auto
 
+from harness import ROOT
 from schemas import KNATIVE_MANIFESTS
-
-from .conftest import ROOT
 
 # Stands in for the digest CI pushed; nothing pulls it, since no pod runs.
 GATEWAY_IMAGE = "registry.example.com/model-gateway@sha256:" + "1" * 64
@@ -34,11 +33,11 @@ POD_AWAITS = {
 def skip_pod_awaits(args: pulumi.ResourceTransformArgs):
     if args.type_ not in POD_AWAITS:
         return None
-    props = dict(args.props)
-    metadata = dict(props.get("metadata") or {})
-    metadata["annotations"] = {**(metadata.get("annotations") or {}), "pulumi.com/skipAwait": "true"}
-    props["metadata"] = metadata
-    return pulumi.ResourceTransformResult(props, args.opts)
+    def annotated(metadata: dict) -> dict:
+        return {**metadata, "annotations": {**(metadata.get("annotations") or {}), "pulumi.com/skipAwait": "true"}}
+
+    metadata = pulumi.Output.from_input(args.props.get("metadata") or {}).apply(annotated)
+    return pulumi.ResourceTransformResult({**args.props, "metadata": metadata}, args.opts)
 
 
 def program() -> None:
