@@ -41,6 +41,9 @@ HOME_PATH = "/home/engine"
 TMP_PATH = "/tmp"
 SHM_PATH = "/dev/shm"
 HF_TOKEN_ENV = "HF_TOKEN"
+# huggingface_hub's variable for a file holding the token: on Kubernetes the token is a mounted Secret file, so it
+# is in no process environment (/proc/*/environ) and no child process inherits it.
+HF_TOKEN_PATH_ENV = "HF_TOKEN_PATH"
 MODEL_ENV = "MODEL"
 
 
@@ -171,8 +174,9 @@ def _docker_model_runner(model: str, port: int, hub: str):
 def _vllm(model: str, port: int, hub: str):
     download = (
         "python3", "-c",
+        # huggingface_hub finds the token itself: HF_TOKEN, else the file HF_TOKEN_PATH names.
         "import os; from huggingface_hub import snapshot_download; "
-        f"snapshot_download(os.environ['{MODEL_ENV}'], token=os.environ.get('{HF_TOKEN_ENV}') or None)",
+        f"snapshot_download(os.environ['{MODEL_ENV}'])",
     )
     return (
         ("vllm", "serve"),
@@ -222,8 +226,10 @@ def _llama_cpp(model: str, port: int, hub: str):
         f"target={shlex.quote(path)}\n"
         'if [ -s "$target" ]; then exit 0; fi\n'
         'mkdir -p "$(dirname "$target")"\n'
-        f'curl -fL --retry 5 ${{{HF_TOKEN_ENV}:+-H "Authorization: Bearer ${HF_TOKEN_ENV}"}} '
-        f'-o "$target.partial" {shlex.quote(url)}\n'
+        # The token (a mounted file, or the Docker runtime's env) reaches curl on stdin, never in its arguments.
+        f'token=$(cat "${{{HF_TOKEN_PATH_ENV}:-/dev/null}}" 2>/dev/null || true); token=${{token:-${{{HF_TOKEN_ENV}:-}}}}\n'
+        'if [ -n "$token" ]; then printf \'header = "Authorization: Bearer %s"\\n\' "$token"; fi |\n'
+        f'  curl -fL --retry 5 -K - -o "$target.partial" {shlex.quote(url)}\n'
         'mv "$target.partial" "$target"'
     )
     return (

@@ -9,7 +9,7 @@ from typing import Any, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .engines import CACHE_MOUNT_PATH, HF_TOKEN_ENV, SHM_PATH, EngineContainer, ProbeAction, render_profile
+from .engines import CACHE_MOUNT_PATH, HF_TOKEN_PATH_ENV, SHM_PATH, EngineContainer, ProbeAction, render_profile
 from .options import child_options
 from .serving_workload import (
     PORT_NAME,
@@ -21,6 +21,9 @@ from .serving_workload import (
     workload_labels,
 )
 
+# The hub token's key in the runner's Secret, and where the download step finds it.
+HF_TOKEN_KEY = "hf-token"
+HUB_TOKEN_DIR = "/var/run/secrets/model-stack"
 # Marks a model cache claim that `pulumi destroy` leaves in the cluster (retain_on_delete).
 RETAINED_ANNOTATION = "model-stack.dev/retained"
 # Any UID works for the engines (see engines.py); a fixed one makes file ownership on the cache predictable.
@@ -211,7 +214,7 @@ def _credentials_name(name: str) -> str:
 
 
 def _credentials(args: ModelRunnerArgs) -> dict[str, pulumi.Input[str]]:
-    return {**args.get("secret_env", {}), **({HF_TOKEN_ENV: args["hf_token"]} if "hf_token" in args else {})}
+    return {**args.get("secret_env", {}), **({HF_TOKEN_KEY: args["hf_token"]} if "hf_token" in args else {})}
 
 
 def _claim_name(name: str, cache: CacheArgs) -> str:
@@ -331,8 +334,11 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
     engine = render_engine(args)
     labels = workload_labels(name)
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": _config_name(name, _settings(engine, args))}}]
-    if _credentials(args):
-        env_from.append({"secretRef": {"name": _credentials_name(name)}})
+    # Secret env the user configured stays env (the engine reads it so); the hub token is a file (below).
+    secret_env = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": _credentials_name(name), "key": key}}}
+        for key in sorted(args.get("secret_env", {}))
+    ]
     claim = _claim_name(name, args["cache"])
     gpu = args.get("gpu", {"count": 0})
     resources: dict[str, Any] = {
@@ -356,6 +362,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
         "image": engine.image,
         "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
         "envFrom": env_from,
+        **({"env": secret_env} if secret_env else {}),
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,
@@ -384,11 +391,17 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
         "image": args.get("pull_sidecar_image", engine.pull.image) if engine.pull.image else engine.image,
         "command": list(engine.pull.command),
         "envFrom": env_from,
-        "env": [{"name": key, "value": value} for key, value in sorted(engine.pull.env.items())],
+        "env": [*({"name": key, "value": value} for key, value in sorted(engine.pull.env.items())), *secret_env],
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     }
+    if "hf_token" in args:
+        # Only the step that downloads sees the token, as a file: no process environment holds it.
+        volumes.append({"name": "hub-token", "secret": {
+            "secretName": _credentials_name(name), "items": [{"key": HF_TOKEN_KEY, "path": HF_TOKEN_KEY}]}})
+        pull["volumeMounts"] = [*mounts, {"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True}]
+        pull["env"].append({"name": HF_TOKEN_PATH_ENV, "value": f"{HUB_TOKEN_DIR}/{HF_TOKEN_KEY}"})
     if not pull["env"]:
         del pull["env"]
     spec: dict[str, Any] = {

@@ -88,8 +88,9 @@ def test_credentials_in_an_encrypted_runner_section_reach_the_pod_through_a_secr
     assert unwrap(credentials.inputs["stringData"]) == {"WANDB_API_KEY": "0123abcd"}
     assert "0123abcd" not in repr([unwrap(r.inputs) for r in evaluation.of_type("kubernetes:core/v1:ConfigMap")])
     deployment = evaluation.one("kubernetes:apps/v1:Deployment")
-    env_from = unwrap(deployment.inputs)["spec"]["template"]["spec"]["containers"][0]["envFrom"]
-    assert {"secretRef": {"name": "model-runner-credentials"}} in env_from
+    env = unwrap(deployment.inputs)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "WANDB_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "model-runner-credentials", "key": "WANDB_API_KEY"}}} in env
 
 
 def test_credentials_in_an_encrypted_docker_section_reach_the_container_as_secret_env():

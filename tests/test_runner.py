@@ -218,10 +218,26 @@ def test_pods_are_hardened(evaluation):
 def test_the_hub_token_is_secret_and_never_plain(evaluation):
     secret = evaluation.one("kubernetes:core/v1:Secret", "model-runner-credentials")
     string_data = secret.inputs["stringData"]
-    assert isinstance(string_data, Secret) or isinstance(string_data["HF_TOKEN"], Secret)
+    assert isinstance(string_data, Secret) or isinstance(string_data["hf-token"], Secret)
     token = FAKE_SECRETS["hfToken"]
     exposed = [resource.name for resource in evaluation.resources if token in repr(_without_secrets(resource.inputs))]
     assert exposed == []
+
+
+def test_the_hub_token_is_a_file_only_the_download_step_sees(evaluation):
+    """No process environment holds it (/proc/*/environ, child processes): huggingface_hub and the llama.cpp fetch
+    read the file HF_TOKEN_PATH names."""
+    spec = pod_spec(evaluation)
+    pull = next(c for c in [*spec.get("initContainers", []), *spec["containers"]] if c["name"] == "model-pull")
+    token_file = {e["name"]: e.get("value") for e in pull["env"]}["HF_TOKEN_PATH"]
+    mount = next(m for m in pull["volumeMounts"] if token_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "model-runner-credentials" and mount["readOnly"] is True
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        assert {"secretRef": {"name": "model-runner-credentials"}} not in container.get("envFrom", [])
+        assert "HF_TOKEN" not in {e["name"] for e in container.get("env", [])}
+        if container["name"] != "model-pull":
+            assert mount["name"] not in {m["name"] for m in container["volumeMounts"]}
 
 
 def _without_secrets(value: Any) -> Any:
