@@ -31,6 +31,7 @@ DOWNLOAD_TIMEOUT_SECONDS = 60
 SERVING_NAMESPACE = "knative-serving"
 KOURIER_NAMESPACE = "kourier-system"
 KOURIER_SERVICE = "kourier"
+WEBHOOK_KINDS = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 MAX_REVISION_TIMEOUT_KEY = "max-revision-timeout-seconds"
 QUEUE_SIDECAR_KEY = "queue-sidecar-image"
 CA_BUNDLE_CONFIG_MAP = "registry-ca-bundle"
@@ -149,7 +150,11 @@ class KnativeServing(pulumi.ComponentResource):
         manifests = {file: [transform(obj) for obj in objects] for file, objects in released.items()}
         # serving-core.yaml repeats the CRDs: each object is applied once, CRDs first.
         crds = _unique([obj for file in (SERVING_CRDS, SERVING_CORE) for obj in manifests[file] if _is_crd(obj)])
-        core = [obj for obj in manifests[SERVING_CORE] if not _is_crd(obj)]
+        # Knative's webhooks reject what they cannot reach (failurePolicy Fail): registered together with the
+        # rest, they raced the webhook's own start and failed the ConfigMaps and the release's Certificate and
+        # Image. They, and the objects only the webhook admits, come once the webhook Deployment is ready.
+        core = [obj for obj in manifests[SERVING_CORE] if not _is_crd(obj) and not _needs_webhook(obj)]
+        admitted = [obj for obj in manifests[SERVING_CORE] if _needs_webhook(obj)]
         if "registry_ca_bundle" in args:
             core.append({
                 "apiVersion": "v1",
@@ -163,9 +168,13 @@ class KnativeServing(pulumi.ComponentResource):
         core_group = k8s.yaml.v2.ConfigGroup(
             f"{name}-core", objs=core, opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[crd_group]))
         )
+        webhook_group = k8s.yaml.v2.ConfigGroup(
+            f"{name}-webhooks", objs=admitted,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[core_group])),
+        )
         k8s.yaml.v2.ConfigGroup(
             f"{name}-kourier", objs=kourier,
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[core_group])),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[webhook_group])),
         )
         self.domain_config = pulumi.Output.from_input(args.get("config", {}).get("config-domain", {}))
         self.register_outputs({"domain_config": self.domain_config})
@@ -173,6 +182,11 @@ class KnativeServing(pulumi.ComponentResource):
 
 def _is_crd(obj: dict[str, Any]) -> bool:
     return obj["kind"] == "CustomResourceDefinition"
+
+
+def _needs_webhook(obj: dict[str, Any]) -> bool:
+    """Webhook configurations, and Knative's own custom resources, which only a running webhook admits."""
+    return obj["kind"] in WEBHOOK_KINDS or obj["apiVersion"].split("/")[0].endswith(".knative.dev")
 
 
 def _unique(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -48,11 +48,20 @@ def config_map(evaluation: Evaluation, name: str) -> dict[str, str]:
 # --- order -----------------------------------------------------------------------------------------------------
 
 
-def test_crds_then_core_then_kourier_then_the_workloads(dev):
-    crds, core, kourier = (groups(dev)[name] for name in ("crds", "core", "kourier"))
-    assert crds.urn in core.dependencies and core.urn in kourier.dependencies
+def test_crds_then_core_then_webhooks_then_kourier_then_the_workloads(dev):
+    crds, core, webhooks, kourier = (groups(dev)[name] for name in ("crds", "core", "webhooks", "kourier"))
+    assert crds.urn in core.dependencies and core.urn in webhooks.dependencies and webhooks.urn in kourier.dependencies
     gateway = dev.one("kubernetes:serving.knative.dev/v1:Service", "gateway")
-    assert {crds.urn, core.urn, kourier.urn} <= set(gateway.dependencies)
+    assert {crds.urn, core.urn, webhooks.urn, kourier.urn} <= set(gateway.dependencies)
+
+
+def test_webhooks_and_what_only_they_admit_wait_for_the_webhook(dev):
+    """Registered with the rest, Knative's fail-closed webhooks would reject the ConfigMaps and the release's own
+    custom resources until the webhook pod runs (the engine lane's API server showed it)."""
+    per_group = {name: {(o["apiVersion"], o["kind"]) for o in group.plain()["objs"]} for name, group in groups(dev).items()}
+    assert {kind for _, kind in per_group["webhooks"]} == {
+        "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Certificate", "Image"}
+    assert not any(api.split("/")[0].endswith("knative.dev") or "Webhook" in kind for api, kind in per_group["core"])
 
 
 def test_every_object_is_applied_once_and_crds_only_with_the_crds(dev):
@@ -61,7 +70,7 @@ def test_every_object_is_applied_once_and_crds_only_with_the_crds(dev):
     everything = [key for keys in per_group.values() for key in keys]
     assert len(everything) == len(set(everything))
     assert {kind for kind, _, _ in per_group["crds"]} == {"CustomResourceDefinition"}
-    assert all(kind != "CustomResourceDefinition" for name in ("core", "kourier") for kind, _, _ in per_group[name])
+    assert all(kind != "CustomResourceDefinition" for name in ("core", "webhooks", "kourier") for kind, _, _ in per_group[name])
     assert {name for _, _, name in per_group["crds"]} >= {"services.serving.knative.dev", "revisions.serving.knative.dev"}
 
 

@@ -1,10 +1,13 @@
 """The Kubernetes composition on the `existing` cluster provider, against a real API server: up, read back, up
 again with no changes, change one setting, destroy.
 
-No node exists, so no pod ever runs. The awaits that need a running pod (a Deployment's rollout, a Service's
-endpoints) are skipped with `pulumi.com/skipAwait` by a stack transform this test adds; every other await stays.
-Knative Services need Knative's webhook, which cannot run without nodes, so both workloads are Deployments here
-and Knative Services stay under the mocks (tests/test_knative.py).
+No node exists, so no pod ever runs. A stack transform this test adds changes two things, and nothing else:
+- the awaits that need a running pod (a Deployment's rollout, a Service's endpoints) are skipped with
+  `pulumi.com/skipAwait`; every other await stays;
+- Knative's webhooks, which cannot run without a node, fail open (`failurePolicy: Ignore`) so the API server
+  stores what they would admit (Knative's ConfigMaps, the release's Certificate and Image).
+Knative Services need the webhook's defaulting to be valid at all, so both workloads are Deployments here and
+Knative Services stay under the mocks (tests/test_knative.py).
 """
 
 from __future__ import annotations
@@ -30,18 +33,28 @@ POD_AWAITS = {
 }
 
 
-def skip_pod_awaits(args: pulumi.ResourceTransformArgs):
-    if args.type_ not in POD_AWAITS:
-        return None
-    def annotated(metadata: dict) -> dict:
-        return {**metadata, "annotations": {**(metadata.get("annotations") or {}), "pulumi.com/skipAwait": "true"}}
+WEBHOOK_CONFIGURATIONS = {
+    "kubernetes:admissionregistration.k8s.io/v1:MutatingWebhookConfiguration",
+    "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
+}
 
-    metadata = pulumi.Output.from_input(args.props.get("metadata") or {}).apply(annotated)
-    return pulumi.ResourceTransformResult({**args.props, "metadata": metadata}, args.opts)
+
+def without_nodes(args: pulumi.ResourceTransformArgs):
+    if args.type_ in POD_AWAITS:
+        def annotated(metadata: dict) -> dict:
+            return {**metadata, "annotations": {**(metadata.get("annotations") or {}), "pulumi.com/skipAwait": "true"}}
+
+        metadata = pulumi.Output.from_input(args.props.get("metadata") or {}).apply(annotated)
+        return pulumi.ResourceTransformResult({**args.props, "metadata": metadata}, args.opts)
+    if args.type_ in WEBHOOK_CONFIGURATIONS:
+        webhooks = pulumi.Output.from_input(args.props["webhooks"]).apply(
+            lambda hooks: [{**hook, "failurePolicy": "Ignore"} for hook in hooks])
+        return pulumi.ResourceTransformResult({**args.props, "webhooks": webhooks}, args.opts)
+    return None
 
 
 def program() -> None:
-    pulumi.runtime.register_resource_transform(skip_pod_awaits)
+    pulumi.runtime.register_resource_transform(without_nodes)
     runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
 
@@ -99,7 +112,7 @@ def test_kubernetes_stack_lifecycle(cluster, engine_stack):
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 300
     assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    claim = kubectl(cluster, "-n", "models", "get", "pvc", "model-cache")
+    claim = kubectl(cluster, "-n", "models", "get", "pvc", "model-runner-cache")
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert kubectl(cluster, "get", "crd", "services.serving.knative.dev")["status"]["conditions"]
     autoscaler = kubectl(cluster, "-n", "knative-serving", "get", "configmap", "config-autoscaler")
@@ -125,7 +138,12 @@ def test_kubernetes_stack_lifecycle(cluster, engine_stack):
     # Destroy: everything goes but the protected model cache and its claim's data.
     claim_uid = claim["metadata"]["uid"]
     stack.destroy(on_output=print)
-    assert kubectl(cluster, "-n", "models", "get", "pvc", "model-cache")["metadata"]["uid"] == claim_uid
+    assert kubectl(cluster, "-n", "models", "get", "pvc", "model-runner-cache")["metadata"]["uid"] == claim_uid
     remaining = kubectl(cluster, "-n", "models", "get", "deployments,services,configmaps,secrets")["items"]
     # The controller manager puts its CA bundle in every namespace; it is not the stack's.
     assert {item["metadata"]["name"] for item in remaining} <= {"kube-root-ca.crt"}
+
+    # Up again: server-side apply adopts the retained namespace and claim, so the models are where they were.
+    stack.up(on_output=print)
+    assert kubectl(cluster, "-n", "models", "get", "pvc", "model-runner-cache")["metadata"]["uid"] == claim_uid
+    stack.destroy(on_output=print)

@@ -32,7 +32,8 @@ def prod_on_existing_cluster(kubeconfig: Path, runner_image: str) -> dict:
     config = {key: value for key, value in stack_config("prod").items() if key != "images"}
     config["cluster"] = {"provider": "existing", "kubernetesVersion": "1.32",
                          "existing": {"kubeconfigPath": str(kubeconfig)}}
-    config["runner"] = {**config["runner"], "image": runner_image, "cache": {
+    # A namespace of its own: the lifecycle test leaves its retained model cache in `models`, on purpose.
+    config["runner"] = {**config["runner"], "namespace": "prod-models", "image": runner_image, "cache": {
         **config["runner"]["cache"], "storageClass": "standard"}}
     config["gateway"] = {**config["gateway"], "image": f"{PRIVATE_REGISTRY}/model-stack/model-gateway:0.1.0{DIGEST}"}
     return config
