@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Optional
 
 import pulumi
@@ -19,7 +19,6 @@ from .config import StackConfig
 from .config.base import ImageReference
 from .config.secrets import StackSecrets
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PULL_SECRET_NAME = "registry-pull"
 
 
@@ -112,14 +111,14 @@ def publish_images(
         build_args = dict(build.build_args)
         if build.base_image is not None:
             build_args["BASE_IMAGE"] = build.base_image
-        context = PROJECT_ROOT / build.context
         image = Image(
             "gateway",
             {
                 "repository": repository,
                 "tag": build.tag,
-                "context": str(context),
-                **({"dockerfile": str(context / build.dockerfile)} if build.dockerfile else {}),
+                # Relative to the project, which Pulumi runs the program in.
+                "context": build.context,
+                **({"dockerfile": str(PurePosixPath(build.context, build.dockerfile))} if build.dockerfile else {}),
                 "target": build.target,
                 "build_args": build_args,
                 **({"platforms": list(build.platforms)} if build.platforms else {}),

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from components.image_rewrite import canonical_repository, rewrite_image
-from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config, unwrap
+from harness import FAKE_SECRETS, ROOT, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config, unwrap
 
 DIGEST = "sha256:" + "a" * 64
 MIRROR = "registry.example.com/mirror"
@@ -75,7 +75,7 @@ def test_dev_builds_the_gateway_into_the_kind_registry_and_deploys_its_digest():
     build = evaluation.one("docker-build:index:Image")
     assert build.inputs["tags"] == ["localhost:5001/model-gateway:dev"]
     assert build.inputs["push"] is True and build.inputs["buildOnPreview"] is False
-    assert build.inputs["context"]["location"].endswith("/app") and build.inputs["target"] == "prod"
+    assert build.inputs["target"] == "prod"
     assert "registries" not in build.inputs  # the local registry takes anonymous pushes
     image = container_images(evaluation)["Service/gateway/gateway"]
     assert re.fullmatch(r"localhost:5001/model-gateway:dev@sha256:[0-9a-f]{64}", image)
@@ -92,6 +92,15 @@ PRIVATE = {
 }
 
 
+@pytest.mark.parametrize("stack", ["dev", "local"])
+def test_build_paths_reach_the_provider_relative_to_the_project(stack, monkeypatch):
+    # The provider compares these paths as strings: an absolute path would differ on every other checkout.
+    monkeypatch.chdir(ROOT)
+    build = evaluate(stack, set={"images.gatewayBuild.dockerfile": "Dockerfile"}).one("docker-build:index:Image")
+    assert build.inputs["context"] == {"location": "app"}
+    assert build.inputs["dockerfile"] == {"location": "app/Dockerfile"}
+
+
 def test_a_private_registry_gets_push_credentials_cache_platforms_and_a_pinned_base():
     build = evaluate("dev", set=PRIVATE).one("docker-build:index:Image")
     (registry,) = build.inputs["registries"]
@@ -100,7 +109,10 @@ def test_a_private_registry_gets_push_credentials_cache_platforms_and_a_pinned_b
     assert build.inputs["tags"] == ["ghcr.io/acme/model-gateway:1.4.0"]
     assert build.inputs["platforms"] == ["linux/amd64", "linux/arm64"]
     assert build.inputs["cacheFrom"] == [{"registry": {"ref": "ghcr.io/acme/model-gateway:buildcache"}}]
-    assert build.inputs["cacheTo"] == [{"registry": {"ref": "ghcr.io/acme/model-gateway:buildcache", "mode": "max"}}]
+    # An OCI image manifest: the only cache export ECR accepts, and one every OCI registry takes.
+    assert build.inputs["cacheTo"] == [{"registry": {
+        "ref": "ghcr.io/acme/model-gateway:buildcache", "mode": "max", "imageManifest": True, "ociMediaTypes": True,
+    }}]
     assert build.inputs["buildArgs"] == {"BASE_IMAGE": f"python:3.12-slim-bookworm@{DIGEST}"}
     assert build.inputs["labels"]["org.opencontainers.image.version"] == "1.4.0"
 
