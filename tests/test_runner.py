@@ -3,12 +3,13 @@ objects, secrets, storage rules, and what prod adds (GPUs, redundancy, protectio
 
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Any
 
 import pytest
 
-from components.engines import ENGINES
+from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.model_runner import probe_timing
 from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, stack_config
 from stacks.config import StackConfig
@@ -271,6 +272,27 @@ BAD_RUNNER_CONFIG = [
 @pytest.mark.parametrize("stack,overrides,key,text", BAD_RUNNER_CONFIG, ids=[f"{c[0]}-{c[2]}" for c in BAD_RUNNER_CONFIG])
 def test_bad_runner_config_is_rejected_by_key(stack, overrides, key, text):
     assert_rejected(stack, overrides, key, text)
+
+
+# Tags their publishers move to new builds: a pod restarted tomorrow would run something else.
+MOVING_TAGS = {"latest", "server", "main", "edge", "nightly"}
+
+
+@pytest.mark.parametrize("image", sorted({*(profile.image for profile in ENGINES.values()), PULL_SIDECAR_IMAGE}))
+def test_default_images_name_a_release(image):
+    tag = image.rpartition(":")[2]
+    assert tag not in MOVING_TAGS and re.search(r"\d+\.\d+|\bb\d+$", tag), image
+
+
+@pytest.mark.parametrize("stack", ["dev", "local"])
+def test_dev_and_local_run_released_images(stack):
+    evaluation = evaluate(stack)
+    images = [
+        *(container["image"] for deployment in evaluation.of_type("kubernetes:apps/v1:Deployment")
+          for container in deployment.plain()["spec"]["template"]["spec"]["containers"]),
+        *(pull.plain()["name"] for pull in evaluation.of_type("docker:index/remoteImage:RemoteImage")),
+    ]
+    assert images and not [image for image in images if image.rpartition(":")[2] in MOVING_TAGS], images
 
 
 def test_production_names_every_unpinned_image_the_engine_profile_would_deploy():
