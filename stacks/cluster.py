@@ -195,6 +195,11 @@ def check_kind_host(minimum_kind_version: str) -> None:
         )
 
 
+def kind_release_for_every_node_image() -> str:
+    """The kind release that passes `check_kind_host` for every pinned node image: the newest that built one."""
+    return max((image.kind_version for image in KIND_NODE_IMAGES.values()), key=_version_tuple)
+
+
 def _kind_version() -> Optional[tuple[int, ...]]:
     result = subprocess.run(["kind", "version"], capture_output=True, text=True, timeout=30, check=False)
     match = re.search(r"v(\d+\.\d+\.\d+)", result.stdout)

@@ -2,14 +2,15 @@
 
 import importlib
 import shutil
+import subprocess
 import sys
 from unittest import mock
 
 import pytest
 import yaml
 
-from harness import FAKE_SECRETS, Secret, evaluate, evaluate_failure
-from stacks.cluster import ClusterPrerequisiteError
+from harness import FAKE_SECRETS, ROOT, Secret, evaluate, evaluate_failure
+from stacks.cluster import ClusterPrerequisiteError, kind_release_for_every_node_image
 from stacks.config import ConfigError
 from stacks.config.cluster import KIND_NODE_IMAGES
 
@@ -197,6 +198,35 @@ def test_a_current_kind_passes():
         "stacks.cluster._kind_version", return_value=(0, 30, 1)
     ):
         assert evaluate("dev", check_host=True).resources
+
+
+def _kind_step(workflow: dict) -> str:
+    (step,) = [step for step in workflow["jobs"]["pulumi"]["steps"] if step.get("name", "").startswith("kind CLI")]
+    return step["run"]
+
+
+@pytest.mark.parametrize("installed,downloaded", [
+    ("kind v0.29.0 go1.24.2 linux/amd64", True),  # what a runner image may ship
+    (None, True),
+    ("kind v0.30.0 go1.24.6 linux/amd64", False),
+])
+def test_ci_installs_the_kind_release_the_pinned_node_images_need(tmp_path, installed, downloaded):
+    release = kind_release_for_every_node_image()
+    assert release == "0.30.0"  # the newest release in KIND_NODE_IMAGES
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/curl-args\ntouch "$2"\n')
+    if installed is not None:
+        (bin_dir / "kind").write_text(f"#!/bin/sh\necho '{installed}'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pulumi-stack.yml").read_text())
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "RUNNER_TEMP": str(tmp_path), "GITHUB_PATH": str(tmp_path / "path")}
+    subprocess.run(["bash", "-eo", "pipefail", "-c", _kind_step(workflow)], cwd=ROOT, env=env, check=True)
+    assert (tmp_path / "curl-args").exists() == downloaded
+    if downloaded:
+        assert f"https://kind.sigs.k8s.io/dl/v{release}/kind-linux-amd64" in (tmp_path / "curl-args").read_text()
+    assert f"sigs.k8s.io/kind@v{release}" in (ROOT / "README.md").read_text()
 
 
 def test_preview_needs_no_kind_on_the_machine():
