@@ -95,6 +95,58 @@ def test_cluster_command_creates_idempotently_and_deletes_the_cluster(dev):
     assert {"stdin", "environment"} <= set(cluster.replace_on_changes) and cluster.delete_before_replace
 
 
+FAKE_KIND = """#!/bin/sh
+case "$1 $2" in
+  "get clusters") printf '%s\\n' $EXISTING_CLUSTERS ;;
+  "get nodes") printf '%s\\n' $EXISTING_NODES ;;
+  "get kubeconfig") echo "kubeconfig of $4" ;;
+  "create cluster") cat > "$WORK/created" ;;
+esac
+"""
+FAKE_DOCKER = """#!/bin/sh
+echo "$EXISTING_IMAGE"
+"""
+
+
+def run_create(dev, tmp_path, clusters: str, nodes: str = "", image: str = "") -> subprocess.CompletedProcess:
+    """The cluster command's create script against fake `kind` and `docker` CLIs describing what already runs."""
+    for tool, script in (("kind", FAKE_KIND), ("docker", FAKE_DOCKER)):
+        (tmp_path / tool).write_text(script)
+        (tmp_path / tool).chmod(0o755)
+    cluster = dev.one(COMMAND, "kind-cluster")
+    env = {**cluster.inputs["environment"], "PATH": f"{tmp_path}:/usr/bin:/bin", "WORK": str(tmp_path),
+           "EXISTING_CLUSTERS": clusters, "EXISTING_NODES": nodes, "EXISTING_IMAGE": image}
+    return subprocess.run(["sh", "-c", cluster.inputs["create"]], input=cluster.inputs["stdin"], env=env,
+                          capture_output=True, text=True)
+
+
+DEV_NODES = "model-stack-control-plane model-stack-worker model-stack-worker2"
+
+
+def test_a_missing_cluster_is_created_from_the_config(dev, tmp_path):
+    result = run_create(dev, tmp_path, clusters="other")
+    assert result.returncode == 0 and result.stdout == "kubeconfig of model-stack\n"
+    assert (tmp_path / "created").read_text().strip() == dev.one(COMMAND, "kind-cluster").inputs["stdin"].strip()
+
+
+def test_an_existing_cluster_with_the_configured_nodes_is_adopted(dev, tmp_path):
+    # State lost (or the cluster made by hand): the same nodes on the same image are this cluster.
+    result = run_create(dev, tmp_path, clusters="model-stack", nodes=DEV_NODES, image=KIND_NODE_IMAGES["1.32"].image)
+    assert result.returncode == 0 and result.stdout == "kubeconfig of model-stack\n"
+    assert "adopting it" in result.stderr and not (tmp_path / "created").exists()
+
+
+@pytest.mark.parametrize("nodes,image", [
+    (DEV_NODES, KIND_NODE_IMAGES["1.31"].image),
+    ("model-stack-control-plane", KIND_NODE_IMAGES["1.32"].image),
+], ids=["other-node-image", "other-node-count"])
+def test_another_cluster_under_the_name_stops_with_what_to_do(dev, tmp_path, nodes, image):
+    result = run_create(dev, tmp_path, clusters="model-stack", nodes=nodes, image=image)
+    assert result.returncode != 0 and result.stdout == "" and not (tmp_path / "created").exists()
+    assert "kind delete cluster --name model-stack" in result.stderr
+    assert f"Its nodes run:\n  {image}" in result.stderr
+
+
 def test_kubeconfig_is_a_secret_and_never_logged(dev):
     cluster = dev.one(COMMAND, "kind-cluster")
     assert cluster.additional_secret_outputs == ["stdout"]
