@@ -127,6 +127,7 @@ def _eks_cluster(cluster: ClusterConfig) -> ClusterHandle:
         {
             "name": f"model-stack-{pulumi.get_stack()}",
             "kubernetes_version": cluster.kubernetes_version,
+            "region": pulumi.Config("aws").require("region"),
             "vpc_id": settings.vpc_id,
             "private_subnet_ids": list(settings.private_subnet_ids),
             "public_subnet_ids": list(settings.public_subnet_ids),

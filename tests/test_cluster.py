@@ -1,6 +1,7 @@
 """The cluster layer: the kind cluster and its local registry, existing clusters, EKS, and the checks in front."""
 
 import importlib
+import json
 import shutil
 import subprocess
 import sys
@@ -386,7 +387,7 @@ def test_system_and_gpu_node_groups(prod):
 
 
 def test_device_plugin_is_pinned_and_runs_on_the_tainted_gpu_nodes(prod):
-    chart = prod.one("kubernetes:helm.sh/v4:Chart").inputs
+    chart = prod.one("kubernetes:helm.sh/v4:Chart", "eks-nvidia-device-plugin").inputs
     assert (chart["chart"], chart["version"]) == ("nvidia-device-plugin", "0.17.1")
     assert chart["repositoryOpts"] == {"repo": "https://nvidia.github.io/k8s-device-plugin"}
     gpu = prod.one("eks:index:ManagedNodeGroup", "eks-gpu").inputs
@@ -412,6 +413,39 @@ def test_model_cache_storage_class_is_efs_access_points(prod):
     assert {m.urn for m in mount_targets} <= set(storage_class_dependencies)
     nfs = prod.one("aws:ec2/securityGroup:SecurityGroup").inputs["ingress"]
     assert nfs == [{"protocol": "tcp", "fromPort": 2049, "toPort": 2049, "securityGroups": ["sg-eks"]}]
+
+
+def test_network_policies_are_enforced(prod):
+    # EKS accepts NetworkPolicy objects and ignores them unless the VPC CNI runs its policy agent.
+    assert prod.one("eks:index:Cluster", "eks").inputs["vpcCniOptions"]["enableNetworkPolicy"] is True
+    assert any(obj["kind"] == "NetworkPolicy" for _, obj in prod.kubernetes_objects())
+
+
+def test_metrics_server_feeds_the_autoscalers(prod):
+    chart = prod.one("kubernetes:helm.sh/v4:Chart", "eks-metrics-server")
+    assert (chart.inputs["chart"], chart.inputs["version"]) == ("metrics-server", "3.12.2")
+    assert chart.inputs["repositoryOpts"] == {"repo": "https://kubernetes-sigs.github.io/metrics-server/"}
+    assert chart.inputs["namespace"] == "kube-system"
+    assert chart.provider.startswith(prod.one(PROVIDER, "eks").urn)
+    assert prod.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")  # what it is there for
+
+
+def test_cluster_autoscaler_adds_gpu_nodes_up_to_the_groups_max(prod):
+    chart = prod.one("kubernetes:helm.sh/v4:Chart", "eks-cluster-autoscaler").inputs
+    assert (chart["chart"], chart["version"]) == ("cluster-autoscaler", "9.46.3")
+    values = chart["values"]
+    assert values["autoDiscovery"] == {"clusterName": "model-stack-prod"} and values["awsRegion"] == "us-east-1"
+    assert values["image"] == {"tag": "v1.32.0"}  # its minor follows the cluster's
+    identity = prod.one("aws:eks/podIdentityAssociation:PodIdentityAssociation", "eks-cluster-autoscaler").inputs
+    assert identity["serviceAccount"] == values["rbac"]["serviceAccount"]["name"]
+    assert (identity["namespace"], identity["clusterName"]) == ("kube-system", "model-stack-prod")
+    assert identity["roleArn"] == "arn:aws:iam::123456789012:role/eks-cluster-autoscaler"
+    (policy,) = prod.one("aws:iam/role:Role", "eks-cluster-autoscaler").inputs["inlinePolicies"]
+    actions = {action for statement in json.loads(policy["policy"])["Statement"] for action in statement["Action"]}
+    assert {"autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"} <= actions
+    # Scaling happens in the groups' bounds; the program does not undo the autoscaler's count.
+    gpu = prod.one("eks:index:ManagedNodeGroup", "eks-gpu").inputs
+    assert gpu["ignoreScalingChanges"] is True and gpu["scalingConfig"]["maxSize"] > gpu["scalingConfig"]["desiredSize"]
 
 
 def test_efs_csi_driver_runs_with_its_own_pod_identity(prod):

@@ -228,18 +228,29 @@ def test_dev_cache_is_single_node_with_recreate_updates():
     assert named(evaluation, "Deployment", RUNNER)["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_prod_shares_a_protected_cache_and_rolls_without_downtime():
+def test_prod_shares_a_protected_cache_and_rolls_one_gpu_replica_at_a_time():
     evaluation = evaluate("prod")
     claim = evaluation.one("kubernetes:core/v1:PersistentVolumeClaim")
     assert claim.protect and claim.retain_on_delete
     assert claim.inputs["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim.inputs["spec"]["storageClassName"] == "efs-model-cache"
     deployment = named(evaluation, "Deployment", RUNNER)
-    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    # Every GPU node holds one replica: a surge pod would find no GPU free. One old pod stops first, the others
+    # keep serving, within what the disruption budget allows.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     assert named(evaluation, "PodDisruptionBudget", RUNNER)["spec"]["maxUnavailable"] == 1
     hpa = evaluation.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", RUNNER)
     assert "spec.replicas" in evaluation.one("kubernetes:apps/v1:Deployment", RUNNER).ignore_changes
     assert hpa.inputs["spec"]["minReplicas"] >= 2
+
+
+def test_cpu_replicas_on_a_shared_cache_roll_with_a_surge_pod():
+    evaluation = evaluate("prod", set={
+        "runner.engine": "ollama", "runner.model": "llama3.2:3b", "runner.gpu.count": 0, "runner.args": [],
+        "runner.image": f"ollama/ollama:0.12.6@sha256:{'a' * 64}",
+    })
+    strategy = named(evaluation, "Deployment", RUNNER)["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
 def test_prod_runs_on_gpu_nodes():
