@@ -11,7 +11,7 @@ class RegistryLoginArgs(TypedDict):
     address: str
     """Registry host the image is pushed to (`123456789012.dkr.ecr.us-east-1.amazonaws.com`)."""
 
-    username: str
+    username: pulumi.Input[str]
     """User to push as."""
 
     password: pulumi.Input[str]
