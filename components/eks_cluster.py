@@ -1,5 +1,8 @@
 """An Amazon EKS cluster for model serving: system and GPU node groups, the NVIDIA device plugin, and an EFS
-storage class that lets every model-runner replica share one model cache (ReadWriteMany)."""
+storage class that lets every model-runner replica share one model cache (ReadWriteMany). EKS ships without
+what the workloads count on elsewhere, so this adds it: metrics-server (HorizontalPodAutoscalers read it),
+NetworkPolicy enforcement (the VPC CNI's policy agent) and the Cluster Autoscaler (nodes up to each group's
+max when pods wait for room)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,44 @@ from .cluster_provider import cluster_provider
 DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
 DEVICE_PLUGIN_CHART_VERSION = "0.17.1"
 DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
+
+METRICS_SERVER_CHART = "metrics-server"
+METRICS_SERVER_CHART_VERSION = "3.12.2"
+METRICS_SERVER_REPOSITORY = "https://kubernetes-sigs.github.io/metrics-server/"
+
+# The autoscaler finds the node groups by the tags EKS puts on their Auto Scaling groups
+# (k8s.io/cluster-autoscaler/enabled, k8s.io/cluster-autoscaler/<cluster>); its minor must match Kubernetes'.
+CLUSTER_AUTOSCALER_CHART = "cluster-autoscaler"
+CLUSTER_AUTOSCALER_CHART_VERSION = "9.46.3"
+CLUSTER_AUTOSCALER_REPOSITORY = "https://kubernetes.github.io/autoscaler"
+CLUSTER_AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
+# https://github.com/kubernetes/autoscaler/blob/master/cluster-autoscaler/cloudprovider/aws/README.md
+CLUSTER_AUTOSCALER_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": [
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeAutoScalingInstances",
+                "autoscaling:DescribeLaunchConfigurations",
+                "autoscaling:DescribeScalingActivities",
+                "autoscaling:DescribeTags",
+                "ec2:DescribeImages",
+                "ec2:DescribeInstanceTypes",
+                "ec2:DescribeLaunchTemplateVersions",
+                "ec2:GetInstanceTypesFromInstanceRequirements",
+                "eks:DescribeNodegroup",
+            ],
+            "Resource": "*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            "Resource": "*",
+        },
+    ],
+}
 
 MODEL_CACHE_STORAGE_CLASS = "efs-model-cache"
 # The label GPU feature discovery would set; the device plugin chart's default node affinity selects it.
@@ -71,6 +112,9 @@ class EksClusterArgs(TypedDict):
     kubernetes_version: str
     """Kubernetes minor version, e.g. `1.32`."""
 
+    region: str
+    """AWS region of the cluster (the AWS provider's), for the Cluster Autoscaler's API calls."""
+
     vpc_id: str
     """VPC of the cluster."""
 
@@ -84,7 +128,8 @@ class EksClusterArgs(TypedDict):
     """Node group for everything but the model runner."""
 
     gpu_nodes: NodeGroupArgs
-    """Node group with NVIDIA GPUs, tainted so that only pods tolerating `nvidia.com/gpu` run there."""
+    """Node group with NVIDIA GPUs, tainted so that only pods tolerating `nvidia.com/gpu` run there. The Cluster
+    Autoscaler adds nodes up to `max_size` while GPU pods are pending and removes idle ones down to `min_size`."""
 
     deletion_protection: NotRequired[bool]
     """Refuse to delete the EKS cluster."""
@@ -132,6 +177,8 @@ class EksCluster(pulumi.ComponentResource):
             authentication_mode=eks.AuthenticationMode.API,
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             deletion_protection=args.get("deletion_protection", True),
+            # The VPC CNI's network policy agent: without it EKS accepts NetworkPolicies and enforces none.
+            vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True),
             opts=child,
         )
         node_group_opts = pulumi.ResourceOptions(parent=self, depends_on=node_policies)
@@ -212,9 +259,65 @@ class EksCluster(pulumi.ComponentResource):
             values={"nodeSelector": GPU_NODE_LABELS, "tolerations": [GPU_TOLERATION]},
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster]),
         )
+        system_only = {"nodeSelector": {NODE_POOL_LABEL: "system"}}
+        k8s.helm.v4.Chart(
+            f"{name}-metrics-server",
+            chart=METRICS_SERVER_CHART,
+            version=METRICS_SERVER_CHART_VERSION,
+            repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=METRICS_SERVER_REPOSITORY),
+            namespace="kube-system",
+            values=system_only,
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster, system_nodes]),
+        )
+        self._cluster_autoscaler(name, args, cluster, system_only, addon_opts, pod_identity_agent)
         self.model_cache_storage_class = storage_class.metadata.apply(lambda metadata: metadata.name)
         self.register_outputs(
             {"kubeconfig": self.kubeconfig, "model_cache_storage_class": self.model_cache_storage_class}
+        )
+
+    def _cluster_autoscaler(
+        self,
+        name: str,
+        args: EksClusterArgs,
+        cluster: "eks.Cluster",
+        placement: dict,
+        addon_opts: pulumi.ResourceOptions,
+        pod_identity_agent: "aws.eks.Addon",
+    ) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-cluster-autoscaler",
+            assume_role_policy=_assume_role_policy(
+                {"Service": "pods.eks.amazonaws.com"}, ["sts:AssumeRole", "sts:TagSession"]
+            ),
+            inline_policies=[
+                aws.iam.RoleInlinePolicyArgs(name="cluster-autoscaler", policy=json.dumps(CLUSTER_AUTOSCALER_POLICY))
+            ],
+            opts=child,
+        )
+        identity = aws.eks.PodIdentityAssociation(
+            f"{name}-cluster-autoscaler",
+            cluster_name=args["name"],
+            namespace="kube-system",
+            service_account=CLUSTER_AUTOSCALER_SERVICE_ACCOUNT,
+            role_arn=role.arn,
+            opts=pulumi.ResourceOptions.merge(addon_opts, pulumi.ResourceOptions(depends_on=[pod_identity_agent])),
+        )
+        k8s.helm.v4.Chart(
+            f"{name}-cluster-autoscaler",
+            chart=CLUSTER_AUTOSCALER_CHART,
+            version=CLUSTER_AUTOSCALER_CHART_VERSION,
+            repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=CLUSTER_AUTOSCALER_REPOSITORY),
+            namespace="kube-system",
+            values={
+                "cloudProvider": "aws",
+                "awsRegion": args["region"],
+                "autoDiscovery": {"clusterName": args["name"]},
+                "rbac": {"serviceAccount": {"name": CLUSTER_AUTOSCALER_SERVICE_ACCOUNT}},
+                "image": {"tag": f"v{args['kubernetes_version']}.0"},
+                **placement,
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster, identity]),
         )
 
     def _node_group(

@@ -21,7 +21,7 @@ Endpoints and flags, per engine (checked against each project's docs and code):
   private `ollama serve` in the init container and runs `ollama pull` unless `ollama show` finds the model;
   readiness runs `ollama show <model>`, which fails until the model is in the store. It writes its identity key
   under `$HOME/.ollama`, so HOME is a writable emptyDir.
-- llama.cpp server (ghcr.io/ggml-org/llama.cpp:server): `/health` answers 503 while the model loads and 200 once
+- llama.cpp server (ghcr.io/ggml-org/llama.cpp, `server-b<build>` tags): `/health` answers 503 while the model loads and 200 once
   it can serve; the model is one GGUF file, fetched with the image's curl into the cache unless already there.
 
 All four run as an arbitrary non-root UID when HOME and the cache are writable, so every profile complies with
@@ -245,6 +245,11 @@ def _llama_cpp(model: str, port: int, hub: str):
 # The Docker Model Runner image has no HTTP client; its pull sidecar needs one.
 PULL_SIDECAR_IMAGE = "curlimages/curl:8.10.1"
 
+# Default images are pinned to a release tag, never a moving one (`latest`, llama.cpp's `server`), so a pod
+# restarted next month runs what was tested. No digest: none could be checked against the publishers'
+# registries from here, and a wrong one would stop every pull. Production pins digests itself
+# (`runner.image`, `runner.pullSidecarImage`; the config refuses tags there).
+
 _RENDERERS = {
     "docker-model-runner": _docker_model_runner,
     "vllm": _vllm,
@@ -257,7 +262,7 @@ ENGINES: dict[str, EngineProfile] = {
     for profile in (
         EngineProfile(
             name="docker-model-runner",
-            image="docker/model-runner:latest",
+            image="docker/model-runner:v1.2.6",
             port=12434,
             api_base_path="/engines/v1",
             liveness_path="/models",
@@ -289,7 +294,7 @@ ENGINES: dict[str, EngineProfile] = {
         EngineProfile(
             name="llama.cpp",
             http_client="curl",
-            image="ghcr.io/ggml-org/llama.cpp:server",
+            image="ghcr.io/ggml-org/llama.cpp:server-b7010",
             port=8080,
             api_base_path="/v1",
             liveness_path="/health",

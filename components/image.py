@@ -1,5 +1,6 @@
 """An image built from a Docker context with BuildKit and pushed to a registry, exposed by digest."""
 
+import os
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
@@ -10,7 +11,7 @@ class RegistryLoginArgs(TypedDict):
     address: str
     """Registry host the image is pushed to (`123456789012.dkr.ecr.us-east-1.amazonaws.com`)."""
 
-    username: str
+    username: pulumi.Input[str]
     """User to push as."""
 
     password: pulumi.Input[str]
@@ -25,11 +26,12 @@ class ImageArgs(TypedDict):
     """Tag pushed along with the digest (a release version; deployments use the digest)."""
 
     context: str
-    """Build context directory. Only what its `.dockerignore` lets through is hashed and sent to BuildKit, so a
-    rebuild happens exactly when a file that reaches the build changes."""
+    """Build context directory, best relative to the program's directory. Only what its `.dockerignore` lets
+    through is hashed and sent to BuildKit, so a rebuild happens exactly when a file that reaches the build
+    changes."""
 
     dockerfile: NotRequired[str]
-    """Dockerfile path; absent uses `<context>/Dockerfile`."""
+    """Dockerfile path (relative to the program's directory, like `context`); absent uses `<context>/Dockerfile`."""
 
     target: NotRequired[str]
     """Stage of a multi-stage Dockerfile to build."""
@@ -78,13 +80,18 @@ class Image(pulumi.ComponentResource):
         push = args.get("push", True)
         image = docker_build.Image(
             name,
-            context={"location": args["context"]},
-            dockerfile={"location": args["dockerfile"]} if "dockerfile" in args else None,
+            context={"location": _portable_path(args["context"])},
+            dockerfile={"location": _portable_path(args["dockerfile"])} if "dockerfile" in args else None,
             target=args.get("target"),
             build_args=args.get("build_args"),
             platforms=args.get("platforms"),
             cache_from=[{"registry": {"ref": ref}} for ref in args.get("cache_from", [])] or None,
-            cache_to=[{"registry": {"ref": ref, "mode": "max"}} for ref in args.get("cache_to", [])] or None,
+            # An OCI image manifest rather than a cache index: ECR rejects the index, and every registry that
+            # serves OCI images (GHCR, Docker Hub, Harbor, distribution) takes the manifest.
+            cache_to=[
+                {"registry": {"ref": ref, "mode": "max", "image_manifest": True, "oci_media_types": True}}
+                for ref in args.get("cache_to", [])
+            ] or None,
             labels=args.get("labels"),
             pull=args.get("pull", False),
             secrets=args.get("secrets"),
@@ -100,3 +107,10 @@ class Image(pulumi.ComponentResource):
         self.ref = image.ref
         self.context_hash = image.context_hash
         self.register_outputs({"ref": self.ref, "context_hash": self.context_hash})
+
+
+def _portable_path(path: str) -> str:
+    """`path` relative to the working directory (Pulumi runs the program and its providers in the project's
+    directory). The provider keeps the path in its state and compares it as a string, so an absolute path would
+    differ on every other checkout and show the image as changed."""
+    return os.path.relpath(path)

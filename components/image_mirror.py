@@ -3,22 +3,10 @@
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
-import pulumi_command as command
+import pulumi_docker_build as docker_build
 
 from .image import RegistryLoginArgs
 from .image_rewrite import split_reference
-
-# `imagetools create` copies the manifest (the whole multi-platform index) registry to registry: the copy has
-# the upstream digest, nothing is pulled into a local image store, and every platform comes along. The login
-# lives in a throwaway DOCKER_CONFIG, so no credential reaches the command line, the log or ~/.docker.
-COPY_IMAGE = """set -eu
-export DOCKER_CONFIG="$(mktemp -d)"
-trap 'rm -rf "$DOCKER_CONFIG"' EXIT
-if [ -n "${REGISTRY_USERNAME:-}" ]; then
-  printf '%s' "$REGISTRY_PASSWORD" | docker login --username "$REGISTRY_USERNAME" --password-stdin "$REGISTRY" >&2
-fi
-docker buildx imagetools create --tag "$TARGET" "$SOURCE" >&2
-"""
 
 
 class ImageMirrorArgs(TypedDict):
@@ -44,20 +32,17 @@ class ImageMirror(pulumi.ComponentResource):
         digest = suffix.partition("@")[2]
         if not digest:
             raise ValueError(f"ImageMirror {name}: source {args['source']!r} must be pinned by digest")
-        environment: dict[str, pulumi.Input[str]] = {"SOURCE": args["source"], "TARGET": args["target"]}
-        login = args.get("registry_login")
-        if login:
-            environment.update(
-                REGISTRY=login["address"], REGISTRY_USERNAME=login["username"],
-                REGISTRY_PASSWORD=pulumi.Output.secret(login["password"]),
-            )
-        copy = command.local.Command(
+        # docker-build's Index runs `docker buildx imagetools create` inside the provider: the manifest (the whole
+        # multi-platform index) is copied registry to registry, so the copy keeps the upstream digest and every
+        # platform, and nothing lands in a local image store. The provider holds the login in memory. Its diff
+        # ignores the registry password on purpose, so a short-lived token (ECR's lasts 12 hours) that differs on
+        # every run neither copies again nor shows a change; a new source or target does.
+        copy = docker_build.Index(
             name,
-            create=COPY_IMAGE,
-            environment=environment,
-            # A new source digest or target is a new copy; the same pair is already there.
-            triggers=[args["source"], args["target"]],
-            logging=command.local.Logging.STDERR,
+            sources=[args["source"]],
+            tag=args["target"],
+            push=True,
+            registry=args.get("registry_login"),
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.ref = copy.id.apply(lambda _: f"{args['target']}@{digest}")

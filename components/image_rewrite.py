@@ -4,10 +4,24 @@ A rule maps a repository prefix to another (`docker.io/vllm` -> `registry.intern
 matching prefix wins, and tag and digest are kept, so a mirrored copy is pinned to exactly the upstream image.
 """
 
-from typing import Mapping
+import re
+from typing import Mapping, NamedTuple, Optional
 
 DEFAULT_REGISTRY = "docker.io"
 OFFICIAL_NAMESPACE = "library"
+_ECR_HOST = re.compile(r"(?P<account>[0-9]{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?")
+
+
+class EcrHost(NamedTuple):
+    account: str
+    region: str
+
+
+def ecr_host(host: str) -> Optional[EcrHost]:
+    """Account and region of an Amazon ECR registry host (`123456789012.dkr.ecr.us-east-1.amazonaws.com`); None
+    for any other registry."""
+    match = _ECR_HOST.fullmatch(host)
+    return EcrHost(match["account"], match["region"]) if match else None
 
 
 def split_reference(reference: str) -> tuple[str, str]:

@@ -14,11 +14,27 @@ from .kind_config import CONTAINERD_REGISTRY_CONFIG_DIR, KindPortMapping, kind_c
 
 # Scripts read their parameters from the environment, so their text never changes and no value is ever
 # interpolated into shell syntax. The kubeconfig is the only thing written to stdout.
+
+# An existing cluster of that name (state lost, or made by hand) is adopted only if its nodes run exactly the
+# node images the config asks for, one per node; anything else would silently be another cluster.
 CREATE_CLUSTER = """set -eu
+config="$(cat)"
 if kind get clusters | grep -qx "$KIND_CLUSTER"; then
-  echo "kind cluster $KIND_CLUSTER already exists; keeping it" >&2
+  wanted="$(printf '%s\\n' "$config" | sed -n 's/^[ -]*image: *//p' | sort)"
+  running="$(for node in $(kind get nodes --name "$KIND_CLUSTER"); do docker inspect -f '{{.Config.Image}}' "$node"; done | sort)"
+  if [ "$running" != "$wanted" ]; then
+    {
+      echo "A kind cluster named $KIND_CLUSTER already exists, but it is not the one this config describes."
+      echo "Its nodes run:"; printf '%s\\n' "$running" | sed 's/^/  /'
+      echo "The config wants:"; printf '%s\\n' "$wanted" | sed 's/^/  /'
+      echo "Delete it (its workloads and volumes go with it): kind delete cluster --name $KIND_CLUSTER"
+      echo "or keep it and give this cluster another name."
+    } >&2
+    exit 1
+  fi
+  echo "kind cluster $KIND_CLUSTER already exists with the configured node images; adopting it" >&2
 else
-  kind create cluster --name "$KIND_CLUSTER" --config - --wait 5m >&2
+  printf '%s\\n' "$config" | kind create cluster --name "$KIND_CLUSTER" --config - --wait 5m >&2
 fi
 kind get kubeconfig --name "$KIND_CLUSTER"
 """

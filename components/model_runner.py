@@ -274,6 +274,10 @@ class ModelRunner(pulumi.ComponentResource):
             "workload": args.get("workload", "deployment"),
             # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
             "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
+            # A surge pod needs a free GPU, and at peak (every node busy, the group at its max) there is none: the
+            # rollout would wait out its progress deadline. Even below the max, a node added for it takes minutes
+            # before the image pull and model load start. So GPU replicas are replaced one at a time.
+            "surge": args.get("gpu", {"count": 0})["count"] == 0,
             "allowed_clients": args.get("allowed_clients", []),
             # A new pod pulls its image and then loads the model; the rollout gives up on it after this.
             "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,

@@ -125,6 +125,10 @@ class ServingWorkloadArgs(TypedDict):
     recreate: NotRequired[bool]
     """Deployment: replace pods instead of rolling (a single-node volume cannot be attached to a surge pod)."""
 
+    surge: NotRequired[bool]
+    """Deployment: roll by starting each new pod before an old one stops (default). False rolls by stopping one
+    old pod first: for pods that need a node resource (a GPU) that no spare node may have."""
+
     allowed_clients: NotRequired[list[dict[str, Any]]]
     """NetworkPolicy peers (camelCase `from` entries) that may reach the port; empty admits none, absent admits
     every client (no NetworkPolicy)."""
@@ -204,12 +208,14 @@ class ServingWorkload(pulumi.ComponentResource):
     ) -> None:
         scaling = args["scaling"]
         selector = {"matchLabels": labels}
-        strategy = (
-            {"type": "Recreate"}
-            if args.get("recreate")
+        if args.get("recreate"):
+            strategy: dict[str, Any] = {"type": "Recreate"}
+        elif args.get("surge", True):
             # A new pod must be Ready before an old one goes: a replica never drops out mid-rollout.
-            else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
-        )
+            strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+        else:
+            # The old pod frees what the new one needs; the others keep serving meanwhile (as the PDB allows).
+            strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
         autoscaled = scaling["max_replicas"] > scaling["min_replicas"]
         spec: dict[str, Any] = {
             "replicas": scaling["min_replicas"],

@@ -135,6 +135,7 @@ def _eks_cluster(cluster: ClusterConfig, retain_model_cache: bool) -> ClusterHan
         {
             "name": f"model-stack-{pulumi.get_stack()}",
             "kubernetes_version": cluster.kubernetes_version,
+            "region": pulumi.Config("aws").require("region"),
             "vpc_id": settings.vpc_id,
             "private_subnet_ids": list(settings.private_subnet_ids),
             "public_subnet_ids": list(settings.public_subnet_ids),
@@ -202,6 +203,11 @@ def check_kind_host(minimum_kind_version: str) -> None:
             f"cluster.provider is kind, but this machine cannot run it; nothing was created.\n{lines}\n"
             "(`pulumi preview` skips this check.)"
         )
+
+
+def kind_release_for_every_node_image() -> str:
+    """The kind release that passes `check_kind_host` for every pinned node image: the newest that built one."""
+    return max((image.kind_version for image in KIND_NODE_IMAGES.values()), key=_version_tuple)
 
 
 def _kind_version() -> Optional[tuple[int, ...]]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Optional
 
 import pulumi
 
 from components.image import Image, RegistryLoginArgs
 from components.image_mirror import ImageMirror
-from components.image_rewrite import canonical_repository, rewrite_image, split_reference
+from components.image_rewrite import canonical_repository, ecr_host, rewrite_image, split_reference
 from components.registry_credentials import RegistryCredentials
 
 from .cluster import ClusterHandle
@@ -19,8 +19,11 @@ from .config import StackConfig
 from .config.base import ImageReference
 from .config.secrets import StackSecrets
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from components.ecr_registry import EcrRegistry
+
 PULL_SECRET_NAME = "registry-pull"
+BUILD_CACHE_TAG = "buildcache"
 
 
 @dataclass(frozen=True)
@@ -81,24 +84,32 @@ def publish_images(
     rules = dict(images.rewrite)
     server = images.registry.server or cluster.local_registry
     registry_host = server.partition("/")[0] if server else None
+    build = images.gateway_build
+    gateway_repository = f"{server}/{build.repository}" if config.gateway.image is None and server else None
+    mapped = [image for image in deployed if ImageReference.parse(image).pinned and rewrite_image(image, rules) != image]
+    mirrors = {source: split_reference(rewrite_image(source, rules)) for source in dict.fromkeys([*images.mirror, *mapped])}
+
+    # The copy and the build run where `pulumi up` runs; they wait for the cluster only because kind's local
+    # registry comes up with it.
+    push_after: list[pulumi.Resource] = list(cluster.ready)
     login: Optional[RegistryLoginArgs] = None
-    if images.registry.push_username and registry_host and secrets.registry_push_password is not None:
+    if registry_host and ecr_host(registry_host):
+        registry = _ecr_registry(registry_host, gateway_repository, build.cache, [repo for repo, _ in mirrors.values()])
+        login = {"address": registry.address, "username": registry.username, "password": registry.password}
+        push_after.append(registry)
+    elif images.registry.push_username and registry_host and secrets.registry_push_password is not None:
         login = {
             "address": registry_host,
             "username": images.registry.push_username,
             "password": secrets.registry_push_password,
         }
+
     ready: list[pulumi.Resource] = []
-    mapped = [image for image in deployed if ImageReference.parse(image).pinned and rewrite_image(image, rules) != image]
-    for source in dict.fromkeys([*images.mirror, *mapped]):
-        repository, suffix = split_reference(rewrite_image(source, rules))
-        tag = suffix.partition("@")[0]
+    for source, (repository, suffix) in mirrors.items():
         mirror = ImageMirror(
             _resource_name("mirror", canonical_repository(split_reference(source)[0])),
-            {"source": source, "target": repository + tag, **({"registry_login": login} if login else {})},
-            # The copy runs where `pulumi up` runs; it waits for the cluster only because kind's local registry
-            # comes up with it.
-            opts=pulumi.ResourceOptions(depends_on=cluster.ready),
+            {"source": source, "target": repository + suffix.partition("@")[0], **({"registry_login": login} if login else {})},
+            opts=pulumi.ResourceOptions(depends_on=push_after),
         )
         ready.append(mirror)
 
@@ -106,24 +117,23 @@ def publish_images(
     if config.gateway.image is not None:
         gateway_image = pulumi.Output.from_input(rewrite_image(config.gateway.image, rules))
     else:
-        assert server is not None  # StackConfig.check requires a registry to push the build to
-        build = images.gateway_build
-        repository = f"{server}/{build.repository}"
+        assert gateway_repository is not None  # StackConfig.check requires a registry to push the build to
         build_args = dict(build.build_args)
         if build.base_image is not None:
             build_args["BASE_IMAGE"] = build.base_image
-        context = PROJECT_ROOT / build.context
+        cache = f"{gateway_repository}:{BUILD_CACHE_TAG}"
         image = Image(
             "gateway",
             {
-                "repository": repository,
+                "repository": gateway_repository,
                 "tag": build.tag,
-                "context": str(context),
-                **({"dockerfile": str(context / build.dockerfile)} if build.dockerfile else {}),
+                # Relative to the project, which Pulumi runs the program in.
+                "context": build.context,
+                **({"dockerfile": str(PurePosixPath(build.context, build.dockerfile))} if build.dockerfile else {}),
                 "target": build.target,
                 "build_args": build_args,
                 **({"platforms": list(build.platforms)} if build.platforms else {}),
-                **({"cache_from": [f"{repository}:buildcache"], "cache_to": [f"{repository}:buildcache"]} if build.cache else {}),
+                **({"cache_from": [cache], "cache_to": [cache]} if build.cache else {}),
                 "labels": {
                     "org.opencontainers.image.title": build.repository,
                     "org.opencontainers.image.version": build.tag,
@@ -132,7 +142,7 @@ def publish_images(
                 "pull": build.pull,
                 **({"registry_login": login} if login else {}),
             },
-            opts=pulumi.ResourceOptions(depends_on=cluster.ready),
+            opts=pulumi.ResourceOptions(depends_on=push_after),
         )
         ready.append(image)
         gateway_image = image.ref
@@ -141,6 +151,35 @@ def publish_images(
     if images.registry.pull_username and registry_host and secrets.registry_pull_password is not None:
         pull_credentials = PullCredentials(registry_host, images.registry.pull_username, secrets.registry_pull_password)
     return ImageHandle(rewrite_rules=rules, gateway_image=gateway_image, ready=ready, pull_credentials=pull_credentials)
+
+
+def _ecr_registry(
+    host: str, gateway_repository: Optional[str], build_cache: bool, mirror_repositories: list[str]
+) -> EcrRegistry:
+    """The ECR repositories of every push on `host`, and the push login (a fresh token each run)."""
+    from components.ecr_registry import EcrRegistry  # the AWS SDK is an optional dependency
+
+    def under_host(repository: str) -> Optional[str]:
+        registry, _, name = repository.partition("/")
+        return name if registry == host else None
+
+    repositories: dict[str, list[str]] = {}
+    if gateway_repository is not None and under_host(gateway_repository):
+        # The cache tag moves with every build; release tags never do.
+        repositories[under_host(gateway_repository)] = [BUILD_CACHE_TAG] if build_cache else []
+    for repository in mirror_repositories:
+        name = under_host(repository)
+        if name is not None:
+            repositories.setdefault(name, [])
+    return EcrRegistry(
+        "ecr",
+        {
+            "host": host,
+            "repositories": [
+                {"name": name, **({"mutable_tags": tags} if tags else {})} for name, tags in repositories.items()
+            ],
+        },
+    )
 
 
 def _resource_name(kind: str, repository: str) -> str:

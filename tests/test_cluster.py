@@ -1,7 +1,9 @@
 """The cluster layer: the kind cluster and its local registry, existing clusters, EKS, and the checks in front."""
 
 import importlib
+import json
 import shutil
+import subprocess
 import sys
 from unittest import mock
 
@@ -9,7 +11,7 @@ import pytest
 import yaml
 
 from harness import FAKE_SECRETS, ROOT, Secret, evaluate, evaluate_failure
-from stacks.cluster import ClusterPrerequisiteError
+from stacks.cluster import ClusterPrerequisiteError, kind_release_for_every_node_image
 from stacks.config import ConfigError
 from stacks.config.cluster import KIND_NODE_IMAGES
 
@@ -92,6 +94,58 @@ def test_cluster_command_creates_idempotently_and_deletes_the_cluster(dev):
     assert cluster.inputs["delete"] == 'kind delete cluster --name "$KIND_CLUSTER"'
     # A changed config re-creates the cluster, deleting the old one (same name) first.
     assert {"stdin", "environment"} <= set(cluster.replace_on_changes) and cluster.delete_before_replace
+
+
+FAKE_KIND = """#!/bin/sh
+case "$1 $2" in
+  "get clusters") printf '%s\\n' $EXISTING_CLUSTERS ;;
+  "get nodes") printf '%s\\n' $EXISTING_NODES ;;
+  "get kubeconfig") echo "kubeconfig of $4" ;;
+  "create cluster") cat > "$WORK/created" ;;
+esac
+"""
+FAKE_DOCKER = """#!/bin/sh
+echo "$EXISTING_IMAGE"
+"""
+
+
+def run_create(dev, tmp_path, clusters: str, nodes: str = "", image: str = "") -> subprocess.CompletedProcess:
+    """The cluster command's create script against fake `kind` and `docker` CLIs describing what already runs."""
+    for tool, script in (("kind", FAKE_KIND), ("docker", FAKE_DOCKER)):
+        (tmp_path / tool).write_text(script)
+        (tmp_path / tool).chmod(0o755)
+    cluster = dev.one(COMMAND, "kind-cluster")
+    env = {**cluster.inputs["environment"], "PATH": f"{tmp_path}:/usr/bin:/bin", "WORK": str(tmp_path),
+           "EXISTING_CLUSTERS": clusters, "EXISTING_NODES": nodes, "EXISTING_IMAGE": image}
+    return subprocess.run(["sh", "-c", cluster.inputs["create"]], input=cluster.inputs["stdin"], env=env,
+                          capture_output=True, text=True)
+
+
+DEV_NODES = "model-stack-control-plane model-stack-worker model-stack-worker2"
+
+
+def test_a_missing_cluster_is_created_from_the_config(dev, tmp_path):
+    result = run_create(dev, tmp_path, clusters="other")
+    assert result.returncode == 0 and result.stdout == "kubeconfig of model-stack\n"
+    assert (tmp_path / "created").read_text().strip() == dev.one(COMMAND, "kind-cluster").inputs["stdin"].strip()
+
+
+def test_an_existing_cluster_with_the_configured_nodes_is_adopted(dev, tmp_path):
+    # State lost (or the cluster made by hand): the same nodes on the same image are this cluster.
+    result = run_create(dev, tmp_path, clusters="model-stack", nodes=DEV_NODES, image=KIND_NODE_IMAGES["1.32"].image)
+    assert result.returncode == 0 and result.stdout == "kubeconfig of model-stack\n"
+    assert "adopting it" in result.stderr and not (tmp_path / "created").exists()
+
+
+@pytest.mark.parametrize("nodes,image", [
+    (DEV_NODES, KIND_NODE_IMAGES["1.31"].image),
+    ("model-stack-control-plane", KIND_NODE_IMAGES["1.32"].image),
+], ids=["other-node-image", "other-node-count"])
+def test_another_cluster_under_the_name_stops_with_what_to_do(dev, tmp_path, nodes, image):
+    result = run_create(dev, tmp_path, clusters="model-stack", nodes=nodes, image=image)
+    assert result.returncode != 0 and result.stdout == "" and not (tmp_path / "created").exists()
+    assert "kind delete cluster --name model-stack" in result.stderr
+    assert f"Its nodes run:\n  {image}" in result.stderr
 
 
 def test_kubeconfig_is_a_secret_and_never_logged(dev):
@@ -215,6 +269,35 @@ def test_a_current_kind_passes():
         assert evaluate("dev", check_host=True).resources
 
 
+def _kind_step(workflow: dict) -> str:
+    (step,) = [step for step in workflow["jobs"]["pulumi"]["steps"] if step.get("name", "").startswith("kind CLI")]
+    return step["run"]
+
+
+@pytest.mark.parametrize("installed,downloaded", [
+    ("kind v0.29.0 go1.24.2 linux/amd64", True),  # what a runner image may ship
+    (None, True),
+    ("kind v0.30.0 go1.24.6 linux/amd64", False),
+])
+def test_ci_installs_the_kind_release_the_pinned_node_images_need(tmp_path, installed, downloaded):
+    release = kind_release_for_every_node_image()
+    assert release == "0.30.0"  # the newest release in KIND_NODE_IMAGES
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/curl-args\ntouch "$2"\n')
+    if installed is not None:
+        (bin_dir / "kind").write_text(f"#!/bin/sh\necho '{installed}'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pulumi-stack.yml").read_text())
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "RUNNER_TEMP": str(tmp_path), "GITHUB_PATH": str(tmp_path / "path")}
+    subprocess.run(["bash", "-eo", "pipefail", "-c", _kind_step(workflow)], cwd=ROOT, env=env, check=True)
+    assert (tmp_path / "curl-args").exists() == downloaded
+    if downloaded:
+        assert f"https://kind.sigs.k8s.io/dl/v{release}/kind-linux-amd64" in (tmp_path / "curl-args").read_text()
+    assert f"sigs.k8s.io/kind@v{release}" in (ROOT / "README.md").read_text()
+
+
 def test_preview_needs_no_kind_on_the_machine():
     with mock.patch.object(shutil, "which", _which_without({"kind", "docker"})):
         assert evaluate("dev", preview=True, check_host=True).resources
@@ -325,7 +408,7 @@ def test_system_and_gpu_node_groups(prod):
 
 
 def test_device_plugin_is_pinned_and_runs_on_the_tainted_gpu_nodes(prod):
-    chart = prod.one("kubernetes:helm.sh/v4:Chart").inputs
+    chart = prod.one("kubernetes:helm.sh/v4:Chart", "eks-nvidia-device-plugin").inputs
     assert (chart["chart"], chart["version"]) == ("nvidia-device-plugin", "0.17.1")
     assert chart["repositoryOpts"] == {"repo": "https://nvidia.github.io/k8s-device-plugin"}
     gpu = prod.one("eks:index:ManagedNodeGroup", "eks-gpu").inputs
@@ -357,6 +440,39 @@ def test_model_cache_storage_class_is_efs_access_points(prod):
     assert {m.urn for m in mount_targets} <= set(storage_class_dependencies)
     nfs = prod.one("aws:ec2/securityGroup:SecurityGroup").inputs["ingress"]
     assert nfs == [{"protocol": "tcp", "fromPort": 2049, "toPort": 2049, "securityGroups": ["sg-eks"]}]
+
+
+def test_network_policies_are_enforced(prod):
+    # EKS accepts NetworkPolicy objects and ignores them unless the VPC CNI runs its policy agent.
+    assert prod.one("eks:index:Cluster", "eks").inputs["vpcCniOptions"]["enableNetworkPolicy"] is True
+    assert any(obj["kind"] == "NetworkPolicy" for _, obj in prod.kubernetes_objects())
+
+
+def test_metrics_server_feeds_the_autoscalers(prod):
+    chart = prod.one("kubernetes:helm.sh/v4:Chart", "eks-metrics-server")
+    assert (chart.inputs["chart"], chart.inputs["version"]) == ("metrics-server", "3.12.2")
+    assert chart.inputs["repositoryOpts"] == {"repo": "https://kubernetes-sigs.github.io/metrics-server/"}
+    assert chart.inputs["namespace"] == "kube-system"
+    assert chart.provider.startswith(prod.one(PROVIDER, "eks").urn)
+    assert prod.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")  # what it is there for
+
+
+def test_cluster_autoscaler_adds_gpu_nodes_up_to_the_groups_max(prod):
+    chart = prod.one("kubernetes:helm.sh/v4:Chart", "eks-cluster-autoscaler").inputs
+    assert (chart["chart"], chart["version"]) == ("cluster-autoscaler", "9.46.3")
+    values = chart["values"]
+    assert values["autoDiscovery"] == {"clusterName": "model-stack-prod"} and values["awsRegion"] == "us-east-1"
+    assert values["image"] == {"tag": "v1.32.0"}  # its minor follows the cluster's
+    identity = prod.one("aws:eks/podIdentityAssociation:PodIdentityAssociation", "eks-cluster-autoscaler").inputs
+    assert identity["serviceAccount"] == values["rbac"]["serviceAccount"]["name"]
+    assert (identity["namespace"], identity["clusterName"]) == ("kube-system", "model-stack-prod")
+    assert identity["roleArn"] == "arn:aws:iam::123456789012:role/eks-cluster-autoscaler"
+    (policy,) = prod.one("aws:iam/role:Role", "eks-cluster-autoscaler").inputs["inlinePolicies"]
+    actions = {action for statement in json.loads(policy["policy"])["Statement"] for action in statement["Action"]}
+    assert {"autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"} <= actions
+    # Scaling happens in the groups' bounds; the program does not undo the autoscaler's count.
+    gpu = prod.one("eks:index:ManagedNodeGroup", "eks-gpu").inputs
+    assert gpu["ignoreScalingChanges"] is True and gpu["scalingConfig"]["maxSize"] > gpu["scalingConfig"]["desiredSize"]
 
 
 def test_efs_csi_driver_runs_with_its_own_pod_identity(prod):

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import ROOT
 
@@ -61,3 +62,35 @@ def test_the_installed_components_import_without_the_repo(wheel, tmp_path):
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# The first release of each SDK that has what the code passes, found in their PyPI wheels (`pip download
+# --no-deps <package>==<version>` and a grep of the module): an older floor installs fine and breaks at runtime.
+FIRST_RELEASES_WITH = {
+    "pulumi-docker": ("4.7", "Container(cpus=...)"),
+    "pulumi-eks": ("4.1", "Cluster(deletion_protection=...)"),
+    "pulumi-aws": ("7.10", "what pulumi-eks 4.1 requires; ecr.Repository(image_tag_mutability_exclusion_filters=...)"),
+    "pulumi-docker-build": ("0.0.12", "Index, CacheToRegistry(image_manifest=..., oci_media_types=...)"),
+}
+# The engine lane installs these exact versions (constraints.txt on main): the floors must admit them.
+ENGINE_LANE = {"pulumi": "3.260.0", "pulumi-kubernetes": "4.25.0"}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_declared_floors_have_every_argument_the_code_passes():
+    floors = dict(line.split("==") for line in subprocess.run(
+        [sys.executable, str(ROOT / "scripts/lowest-constraints")], capture_output=True, text=True, check=True,
+    ).stdout.split())
+    for package, (first, what) in FIRST_RELEASES_WITH.items():
+        assert _version(floors[package]) >= _version(first), f"{package}>={floors[package]} lacks {what}"
+    for package, version in ENGINE_LANE.items():
+        assert _version(floors[package]) <= _version(version), package
+
+
+def test_ci_runs_the_mocks_suite_on_the_floors():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pulumi.yml").read_text())
+    steps = " ".join(step.get("run", "") for step in workflow["jobs"]["test"]["steps"])
+    assert "scripts/lowest-constraints" in steps and "-c " in steps and "pytest" in steps

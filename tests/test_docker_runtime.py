@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from components.container_service import go_duration
+from components.engines import ENGINES
 from harness import (
     FAKE_SECRETS, MOCK_OUTPUTS, ROOT, Evaluation, Resource, Secret, assert_rejected, evaluate, evaluate_failure, unwrap,
 )
@@ -59,7 +60,7 @@ def test_the_model_cache_is_a_kept_named_volume_filled_before_the_engine_starts(
 
 def test_pulled_images_run_by_the_digest_that_was_pulled_and_stay_on_the_host(local):
     pulled = {r.name: r.inputs for r in local.of_type("docker:index/remoteImage:RemoteImage")}
-    assert pulled["model-runner"] == {"name": "ghcr.io/ggml-org/llama.cpp:server", "keepLocally": True}
+    assert pulled["model-runner"] == {"name": ENGINES["llama.cpp"].image, "keepLocally": True}
     image = container(local, "model-runner").inputs["image"]
     assert image.startswith("ghcr.io/ggml-org/llama.cpp@sha256:")
 

@@ -9,7 +9,9 @@ import re
 import pytest
 
 from components.image_rewrite import canonical_repository, rewrite_image
-from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config, unwrap
+from harness import (
+    FAKE_SECRETS, ROOT, Evaluation, Secret, assert_rejected, diffed_inputs, evaluate, evaluate_failure, stack_config, unwrap,
+)
 
 DIGEST = "sha256:" + "a" * 64
 MIRROR = "registry.example.com/mirror"
@@ -75,7 +77,7 @@ def test_dev_builds_the_gateway_into_the_kind_registry_and_deploys_its_digest():
     build = evaluation.one("docker-build:index:Image")
     assert build.inputs["tags"] == ["localhost:5001/model-gateway:dev"]
     assert build.inputs["push"] is True and build.inputs["buildOnPreview"] is False
-    assert build.inputs["context"]["location"].endswith("/app") and build.inputs["target"] == "prod"
+    assert build.inputs["target"] == "prod"
     assert "registries" not in build.inputs  # the local registry takes anonymous pushes
     image = container_images(evaluation)["Service/gateway/gateway"]
     assert re.fullmatch(r"localhost:5001/model-gateway:dev@sha256:[0-9a-f]{64}", image)
@@ -92,6 +94,15 @@ PRIVATE = {
 }
 
 
+@pytest.mark.parametrize("stack", ["dev", "local"])
+def test_build_paths_reach_the_provider_relative_to_the_project(stack, monkeypatch):
+    # The provider compares these paths as strings: an absolute path would differ on every other checkout.
+    monkeypatch.chdir(ROOT)
+    build = evaluate(stack, set={"images.gatewayBuild.dockerfile": "Dockerfile"}).one("docker-build:index:Image")
+    assert build.inputs["context"] == {"location": "app"}
+    assert build.inputs["dockerfile"] == {"location": "app/Dockerfile"}
+
+
 def test_a_private_registry_gets_push_credentials_cache_platforms_and_a_pinned_base():
     build = evaluate("dev", set=PRIVATE).one("docker-build:index:Image")
     (registry,) = build.inputs["registries"]
@@ -100,7 +111,10 @@ def test_a_private_registry_gets_push_credentials_cache_platforms_and_a_pinned_b
     assert build.inputs["tags"] == ["ghcr.io/acme/model-gateway:1.4.0"]
     assert build.inputs["platforms"] == ["linux/amd64", "linux/arm64"]
     assert build.inputs["cacheFrom"] == [{"registry": {"ref": "ghcr.io/acme/model-gateway:buildcache"}}]
-    assert build.inputs["cacheTo"] == [{"registry": {"ref": "ghcr.io/acme/model-gateway:buildcache", "mode": "max"}}]
+    # An OCI image manifest: the only cache export ECR accepts, and one every OCI registry takes.
+    assert build.inputs["cacheTo"] == [{"registry": {
+        "ref": "ghcr.io/acme/model-gateway:buildcache", "mode": "max", "imageManifest": True, "ociMediaTypes": True,
+    }}]
     assert build.inputs["buildArgs"] == {"BASE_IMAGE": f"python:3.12-slim-bookworm@{DIGEST}"}
     assert build.inputs["labels"]["org.opencontainers.image.version"] == "1.4.0"
 
@@ -137,18 +151,59 @@ def test_prod_pulls_everything_from_its_registry():
 
 # --- mirrors ---------------------------------------------------------------------------------------------------
 
+ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
 def test_deployed_images_the_mapping_sends_to_the_registry_are_copied_there_by_digest():
     evaluation = evaluate("prod")
-    (copy,) = evaluation.of_type("command:local:Command")
+    (copy,) = evaluation.of_type("docker-build:index:Index")
     source = stack_config("prod")["runner"]["image"]  # mirrored because the mapping sends it to ECR
-    environment = copy.inputs["environment"]
-    assert environment["SOURCE"] == source
-    assert environment["TARGET"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/mirror/vllm/vllm-openai:v0.11.0"
-    assert isinstance(environment["REGISTRY_PASSWORD"], Secret)
-    assert FAKE_SECRETS["registryPushPassword"] not in copy.inputs["create"]
-    assert "imagetools create" in copy.inputs["create"]
+    assert copy.inputs["sources"] == [source] and copy.inputs["push"] is True
+    assert copy.inputs["tag"] == f"{ECR}/mirror/vllm/vllm-openai:v0.11.0"
     runner_image = container_images(evaluation)["Deployment/model-runner/engine"]
-    assert runner_image == environment["TARGET"] + "@" + source.split("@")[1]
+    assert runner_image == copy.inputs["tag"] + "@" + source.split("@")[1]
+
+
+def test_ecr_pushes_with_a_token_from_aws_that_changes_nothing_when_it_changes():
+    # AWS hands out a new 12-hour token on every run (the mocks do too); no stored secret is involved.
+    first, second = evaluate("prod"), evaluate("prod")
+    pushes = ("docker-build:index:Index", "docker-build:index:Image")
+    for kind in pushes:
+        (before,), (after,) = first.of_type(kind), second.of_type(kind)
+        logins = before.inputs.get("registries") or [before.inputs["registry"]]
+        for login in logins:
+            assert (login["address"], login["username"]) == (ECR, "AWS")
+            assert isinstance(login["password"], Secret) and login["password"].value.startswith("ecr-token-123456789012-")
+            assert FAKE_SECRETS["registryPushPassword"] not in json.dumps(unwrap(before.inputs))
+        # The token is the only input that differs between runs, and it sits in the one field docker-build's
+        # Image and Index diffs skip (registry passwords): a new token neither rebuilds, nor copies again, nor
+        # shows up in a preview or the drift check.
+        assert unwrap(before.inputs) != unwrap(after.inputs)
+        assert diffed_inputs(before) == diffed_inputs(after)
+    assert not first.of_type("command:local:Command")  # nothing shell-based holds credentials as inputs
+
+
+def test_ecr_repositories_exist_before_anything_is_pushed_and_outlive_the_stack():
+    evaluation = evaluate("prod")
+    repositories = {r.inputs["name"]: r for r in evaluation.of_type("aws:ecr/repository:Repository")}
+    assert set(repositories) == {"model-stack/model-gateway", "mirror/vllm/vllm-openai"}
+    for repository in repositories.values():
+        assert repository.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
+        assert repository.inputs["region"] == "us-east-1"
+        assert repository.retain_on_delete  # pushed images stay pullable after the stack goes
+    assert repositories["mirror/vllm/vllm-openai"].inputs["imageTagMutability"] == "IMMUTABLE"
+    # Release tags are immutable; only the build cache (gatewayBuild.cache) is pushed over on every build.
+    gateway = repositories["model-stack/model-gateway"].inputs
+    assert gateway["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
+    assert gateway["imageTagMutabilityExclusionFilters"] == [{"filter": "buildcache", "filterType": "WILDCARD"}]
+    for push in ("model-stack:index:ImageMirror", "model-stack:index:Image"):
+        assert {r.urn for r in repositories.values()} <= set(evaluation.one(push).dependencies)
+
+
+def test_without_a_build_cache_every_gateway_tag_is_immutable():
+    evaluation = evaluate("prod", set={"images.gatewayBuild.cache": False})
+    repositories = {r.inputs["name"]: r.inputs for r in evaluation.of_type("aws:ecr/repository:Repository")}
+    assert repositories["model-stack/model-gateway"]["imageTagMutability"] == "IMMUTABLE"
 
 
 BAD_IMAGE_CONFIG = [
@@ -159,6 +214,7 @@ BAD_IMAGE_CONFIG = [
     ("dev", {"images.registry.server": "ghcr.io/Acme Corp"}, "images.registry.server", "registry host"),
     ("prod", {"images.gatewayBuild.baseImage": "python:3.12-slim"}, "images.gatewayBuild.baseImage", "digest-pinned"),
     ("prod", {"gateway.image": "ghcr.io/acme/model-gateway:latest"}, "gateway.image", "digest-pinned"),
+    ("prod", {"images.registry.pushUsername": "AWS"}, "images.registry.pushUsername", "token from AWS"),
 ]
 
 
@@ -169,7 +225,7 @@ def test_bad_image_config_is_rejected_by_key(stack, overrides, key, text):
 
 def test_a_push_user_needs_its_password():
     secrets = {key: value for key, value in FAKE_SECRETS.items() if key != "registryPushPassword"}
-    error, evaluation = evaluate_failure("prod", secrets=secrets)
+    error, evaluation = evaluate_failure("dev", set=PRIVATE, secrets=secrets)
     assert [problem.key for problem in error.problems] == ["registryPushPassword"]
     assert evaluation.resources == []
 
@@ -183,7 +239,7 @@ def test_prod_on_knative_copies_and_pulls_every_knative_and_kourier_image_from_i
         "knative.manifestsDir": str(pinned_knative_release),
         f'images.rewrite["{KNATIVE_RELEASES}"]': f"{registry}/mirror/knative",
     })
-    copies = {c.inputs["environment"]["SOURCE"]: c.inputs["environment"]["TARGET"] for c in evaluation.of_type("command:local:Command")}
+    copies = {c.inputs["sources"][0]: c.inputs["tag"] for c in evaluation.of_type("docker-build:index:Index")}
     knative_sources = [source for source in copies if source.startswith(KNATIVE_RELEASES)]
     # activator, autoscaler, controller, webhook, queue proxy, net-kourier controller, envoy
     assert len(knative_sources) == 7

@@ -3,12 +3,13 @@ objects, secrets, storage rules, and what prod adds (GPUs, redundancy, protectio
 
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Any
 
 import pytest
 
-from components.engines import ENGINES
+from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.model_runner import probe_timing
 from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, stack_config
 from stacks.config import StackConfig
@@ -267,7 +268,7 @@ def test_dev_cache_is_single_node_with_recreate_updates():
     assert named(evaluation, "Deployment", RUNNER)["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_prod_shares_a_protected_cache_and_rolls_without_downtime():
+def test_prod_shares_a_protected_cache_and_rolls_one_gpu_replica_at_a_time():
     evaluation = evaluate("prod")
     claim = evaluation.one("kubernetes:core/v1:PersistentVolumeClaim")
     assert claim.retain_on_delete and not claim.protect
@@ -277,11 +278,22 @@ def test_prod_shares_a_protected_cache_and_rolls_without_downtime():
     assert claim.inputs["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim.inputs["spec"]["storageClassName"] == "efs-model-cache"
     deployment = named(evaluation, "Deployment", RUNNER)
-    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    # Every GPU node holds one replica: a surge pod would find no GPU free. One old pod stops first, the others
+    # keep serving, within what the disruption budget allows.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     assert named(evaluation, "PodDisruptionBudget", RUNNER)["spec"]["maxUnavailable"] == 1
     hpa = evaluation.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", RUNNER)
     assert "spec.replicas" in evaluation.one("kubernetes:apps/v1:Deployment", RUNNER).ignore_changes
     assert hpa.inputs["spec"]["minReplicas"] >= 2
+
+
+def test_cpu_replicas_on_a_shared_cache_roll_with_a_surge_pod():
+    evaluation = evaluate("prod", set={
+        "runner.engine": "ollama", "runner.model": "llama3.2:3b", "runner.gpu.count": 0, "runner.args": [],
+        "runner.image": f"ollama/ollama:0.12.6@sha256:{'a' * 64}",
+    })
+    strategy = named(evaluation, "Deployment", RUNNER)["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
 def test_prod_runs_on_gpu_nodes():
@@ -318,6 +330,27 @@ BAD_RUNNER_CONFIG = [
 @pytest.mark.parametrize("stack,overrides,key,text", BAD_RUNNER_CONFIG, ids=[f"{c[0]}-{c[2]}" for c in BAD_RUNNER_CONFIG])
 def test_bad_runner_config_is_rejected_by_key(stack, overrides, key, text):
     assert_rejected(stack, overrides, key, text)
+
+
+# Tags their publishers move to new builds: a pod restarted tomorrow would run something else.
+MOVING_TAGS = {"latest", "server", "main", "edge", "nightly"}
+
+
+@pytest.mark.parametrize("image", sorted({*(profile.image for profile in ENGINES.values()), PULL_SIDECAR_IMAGE}))
+def test_default_images_name_a_release(image):
+    tag = image.rpartition(":")[2]
+    assert tag not in MOVING_TAGS and re.search(r"\d+\.\d+|\bb\d+$", tag), image
+
+
+@pytest.mark.parametrize("stack", ["dev", "local"])
+def test_dev_and_local_run_released_images(stack):
+    evaluation = evaluate(stack)
+    images = [
+        *(container["image"] for deployment in evaluation.of_type("kubernetes:apps/v1:Deployment")
+          for container in deployment.plain()["spec"]["template"]["spec"]["containers"]),
+        *(pull.plain()["name"] for pull in evaluation.of_type("docker:index/remoteImage:RemoteImage")),
+    ]
+    assert images and not [image for image in images if image.rpartition(":")[2] in MOVING_TAGS], images
 
 
 def test_production_names_every_unpinned_image_the_engine_profile_would_deploy():

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
-from components.image_rewrite import canonical_prefix, rewrite_image
+from components.image_rewrite import canonical_prefix, ecr_host, rewrite_image
 
 from .base import ImageRef, ImageReference, Problem, Section, join_key, join_keys, matching
 
@@ -28,7 +28,8 @@ class RegistryConfig(Section):
 
     push_username: Optional[Username] = None
     """User that pushes builds (CI's account); its password is the `registryPushPassword` secret. Unset for
-    registries that take anonymous pushes or where the Docker credential helper already logs in."""
+    registries that take anonymous pushes or where the Docker credential helper already logs in, and for Amazon
+    ECR, where the program gets a push token from AWS on every run (a stored one expires after 12 hours)."""
 
     pull_username: Optional[Username] = None
     """Read-only user the cluster pulls with; its password is the `registryPullPassword` secret and it becomes
@@ -104,6 +105,13 @@ class ImagesConfig(Section):
         registry = self.registry
         if registry.push_username and not registry.server:
             yield Problem(join_keys(path, "registry.pushUsername"), "needs images.registry.server to log in to")
+        if registry.push_username and registry.server and ecr_host(registry.server.partition("/")[0]):
+            yield Problem(
+                join_keys(path, "registry.pushUsername"),
+                "is not used with Amazon ECR: the program gets a push token from AWS on every run (unset it, and "
+                "the registryPushPassword secret)",
+                registry.push_username,
+            )
         if registry.pull_username and not registry.server:
             yield Problem(join_keys(path, "registry.pullUsername"), "needs images.registry.server to log in to")
         for prefix, target in self.rewrite.items():
