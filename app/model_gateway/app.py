@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from .auth import ApiKeys
 from .errors import error_response
@@ -62,6 +63,35 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+class RelayedRoute:
+    """The endpoint of a route relayed to the model server. A plain ASGI app (a class instance, which Starlette
+    calls as one instead of wrapping it in its request/response adapter), because the relay sends the response
+    itself, piece by piece as it arrives."""
+
+    def __init__(self, route: str, upstream_path: str, settings: Settings, api_keys: ApiKeys, upstream: Upstream):
+        self._route = route
+        self._upstream_path = upstream_path
+        self._settings = settings
+        self._api_keys = api_keys
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        rejection = self._api_keys.rejection(request)
+        if rejection is None:
+            limit = self._settings.max_request_bytes
+            try:
+                body = await read_limited_body(request, limit)
+            except RequestTooLarge:
+                rejection = error_response(
+                    413, f"request body exceeds the gateway's limit of {limit} bytes", "invalid_request_error"
+                )
+        if rejection is not None:
+            await rejection(scope, receive, send)
+            return
+        await self._upstream.relay(scope, receive, send, self._upstream_path, self._route, body, request_id(scope))
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = GatewayMetrics()
     upstream = Upstream(settings, metrics)
@@ -74,23 +104,6 @@ def create_app(settings: Settings) -> Starlette:
         .read_text(encoding="utf-8")
         .replace(_MODEL_PLACEHOLDER, html.escape(settings.model or ""))
     )
-
-    def relay_to(upstream_path: str, route: str):
-        async def relay(request: Request) -> Response:
-            rejection = api_keys.rejection(request)
-            if rejection is not None:
-                return rejection
-            try:
-                body = await read_limited_body(request, settings.max_request_bytes)
-            except RequestTooLarge:
-                return error_response(
-                    413,
-                    f"request body exceeds the gateway's limit of {settings.max_request_bytes} bytes",
-                    "invalid_request_error",
-                )
-            return await upstream.relay(request, upstream_path, route, body, request_id(request.scope))
-
-        return relay
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -112,6 +125,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        await upstream.start()
         yield
         await upstream.aclose()
 
@@ -123,7 +137,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     routes += [
-        Route(route, relay_to(upstream_path, route), methods=methods)
+        Route(route, RelayedRoute(route, upstream_path, settings, api_keys, upstream), methods=methods)
         for route, (upstream_path, methods) in RELAYED_ROUTES.items()
     ]
     middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
