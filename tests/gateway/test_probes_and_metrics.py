@@ -113,7 +113,7 @@ def test_requests_are_counted_by_route_method_and_status(metrics):
         metric_value(scraped, "gateway_request_duration_seconds_count", route="/v1/chat/completions", method="POST")
         == 2
     )
-    assert metric_value(scraped, "gateway_requests_in_flight") == 1  # the scrape itself
+    assert metric_value(scraped, "gateway_requests_in_flight") == 0  # the scrape does not count itself
 
 
 def test_tokens_are_counted_from_json_and_streamed_usage(metrics):
@@ -162,7 +162,7 @@ def test_time_to_first_streamed_byte_is_measured_before_the_stream_ends(metrics,
         b"".join(chunks)
 
     assert metric_value(during_stream, "gateway_stream_first_byte_seconds_count", route="/v1/chat/completions") == 1
-    assert metric_value(during_stream, "gateway_requests_in_flight") == 2  # the open stream and the scrape
+    assert metric_value(during_stream, "gateway_requests_in_flight") == 1  # the open stream, not the scrape
 
 
 def test_metrics_include_process_metrics(gateway_url):
