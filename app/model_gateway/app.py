@@ -6,6 +6,7 @@ import contextlib
 import html
 import logging
 import os
+import time
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -23,17 +24,19 @@ from .errors import error_response
 from .logs import configure_logging
 from .metrics import GatewayMetrics
 from .observability import REQUEST_ID_HEADER, ObservabilityMiddleware, request_id
+from .request_checks import body_rejection
 from .settings import Settings, load_settings
 from .upstream import Upstream
 
 log = logging.getLogger("model_gateway")
 
-# Gateway route -> path appended to GATEWAY_UPSTREAM_BASE_URL, and the methods OpenAI defines for it.
+# Gateway route -> path appended to GATEWAY_UPSTREAM_BASE_URL. Both take a JSON body naming a model.
 RELAYED_ROUTES = {
-    "/v1/models": ("/models", ["GET"]),
-    "/v1/chat/completions": ("/chat/completions", ["POST"]),
-    "/v1/completions": ("/completions", ["POST"]),
+    "/v1/chat/completions": "/chat/completions",
+    "/v1/completions": "/completions",
 }
+MODELS_ROUTE = "/v1/models"
+_MODELS_UPSTREAM_PATH = "/models"
 # The chat page loads only its own script and style and talks only to this origin.
 _PAGE_HEADERS = {
     "content-security-policy": (
@@ -72,6 +75,7 @@ class RelayedRoute:
         self._route = route
         self._upstream_path = upstream_path
         self._settings = settings
+        self._served_models = settings.served_models
         self._api_keys = api_keys
         self._upstream = upstream
 
@@ -86,6 +90,9 @@ class RelayedRoute:
                 rejection = error_response(
                     413, f"request body exceeds the gateway's limit of {limit} bytes", "invalid_request_error"
                 )
+            else:
+                if scope["method"] == "POST":
+                    rejection = body_rejection(body, self._served_models)
         if rejection is not None:
             await rejection(scope, receive, send)
             return
@@ -104,6 +111,25 @@ def create_app(settings: Settings) -> Starlette:
         .read_text(encoding="utf-8")
         .replace(_MODEL_PLACEHOLDER, html.escape(settings.model or ""))
     )
+
+    started = int(time.time())
+
+    async def served_model_list(request: Request) -> Response:
+        # The models the gateway accepts, from its settings, so the list and the check of requests agree (and
+        # listing needs no model server awake).
+        rejection = api_keys.rejection(request)
+        if rejection is not None:
+            return rejection
+        models = sorted(settings.served_models or ())
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": model, "object": "model", "created": started, "owned_by": "model-gateway"}
+                    for model in models
+                ],
+            }
+        )
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -137,9 +163,14 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     routes += [
-        Route(route, RelayedRoute(route, upstream_path, settings, api_keys, upstream), methods=methods)
-        for route, (upstream_path, methods) in RELAYED_ROUTES.items()
+        Route(route, RelayedRoute(route, upstream_path, settings, api_keys, upstream), methods=["POST"])
+        for route, upstream_path in RELAYED_ROUTES.items()
     ]
+    if settings.served_models is None:
+        models_endpoint = RelayedRoute(MODELS_ROUTE, _MODELS_UPSTREAM_PATH, settings, api_keys, upstream)
+    else:
+        models_endpoint = served_model_list
+    routes.append(Route(MODELS_ROUTE, models_endpoint, methods=["GET"]))
     middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
     if settings.cors_allow_origins:
         middleware.append(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import aiohttp
 from starlette.datastructures import Headers
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from .errors import error_event, error_response
+from .errors import error_event, error_response, upstream_client_error
 from .metrics import GatewayMetrics
 from .settings import Settings
 from .usage import UsageObserver
@@ -20,24 +20,45 @@ log = logging.getLogger("model_gateway.upstream")
 
 _HOP_BY_HOP_HEADERS = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
-# The gateway's own server frames and dates the response it sends.
-_UNRELAYED_RESPONSE_HEADERS = _HOP_BY_HOP_HEADERS | {"content-length", "date", "server"}
+# The gateway's own server frames and dates the response it sends, and sets its own cache and buffering headers
+# on streams.
+_UNRELAYED_RESPONSE_HEADERS = _HOP_BY_HOP_HEADERS | {
+    b"content-length",
+    b"date",
+    b"server",
+    b"cache-control",
+    b"x-accel-buffering",
+}
+# CORS is the gateway's to answer (GATEWAY_CORS_ALLOW_ORIGINS): an engine's own CORS headers (llama.cpp echoes
+# any Origin) would contradict it, or duplicate it, which browsers reject.
+_CORS_HEADER_PREFIX = b"access-control-"
+_EVENT_STREAM_HEADERS = [
+    # Tell caches and buffering reverse proxies (nginx ingress honours X-Accel-Buffering) to pass events through
+    # as they come.
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 # Only what describes the payload goes upstream: the client's credentials are for the gateway, not the model server.
 _RELAYED_REQUEST_HEADERS = ("content-type", "accept")
 # /ready answers a probe, which must not hang for a long model-load timeout.
 _READINESS_TIMEOUT_SECONDS = 5.0
 # How much of an upstream 5xx body goes into the log (the client gets a plain message instead).
 _LOGGED_ERROR_BODY_BYTES = 1024
+# Longest upstream 4xx body read to turn it into an OpenAI error; error bodies are a few hundred bytes.
+_CLIENT_ERROR_BODY_BYTES = 64 * 1024
+# Sent with a 503 whose model server named no time (llama.cpp answers 503 while it loads the model): clients
+# that retry, like the OpenAI SDKs, wait this long instead of retrying at once.
+_UNAVAILABLE_RETRY_AFTER_SECONDS = "5"
 # Status recorded (in metrics and the request log) for a request whose client left before it was answered,
 # as nginx does; the client never sees it.
 _CLIENT_CLOSED_REQUEST = 499
@@ -214,6 +235,8 @@ class _Exchange:
         try:
             if response.status >= 500:
                 await self._answer(await self._server_error(response))
+            elif response.status >= 400:
+                await self._answer(await self._client_error(response))
             else:
                 await self._relay(response)
         finally:
@@ -233,15 +256,9 @@ class _Exchange:
     async def _relay(self, response: aiohttp.ClientResponse) -> None:
         content_type = response.headers.get("content-type", "")
         is_event_stream = content_type.startswith("text/event-stream")
-        headers = [
-            (name.lower(), value)
-            for name, value in response.raw_headers
-            if name.lower().decode("latin-1") not in _UNRELAYED_RESPONSE_HEADERS
-        ]
+        headers = _relayed_headers(response.raw_headers)
         if is_event_stream:
-            # Tell caches and buffering reverse proxies (nginx ingress honours X-Accel-Buffering) to pass
-            # events through as they come.
-            headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+            headers += _EVENT_STREAM_HEADERS
         await self._sending({"type": "http.response.start", "status": response.status, "headers": headers})
         usage = UsageObserver(content_type)
         try:
@@ -277,6 +294,14 @@ class _Exchange:
         tokens.labels(usage.model, "completion").inc(usage.completion_tokens)
         self._scope.setdefault("state", {})["usage"] = usage._asdict()
 
+    async def _client_error(self, response: aiohttp.ClientResponse) -> Response:
+        """The model server's 4xx answer with its status and message, in OpenAI's error format."""
+        try:
+            body = await response.content.read(_CLIENT_ERROR_BODY_BYTES)
+        except _TransportError:
+            body = b""
+        return JSONResponse(upstream_client_error(response.status, body), status_code=response.status)
+
     async def _server_error(self, response: aiohttp.ClientResponse) -> Response:
         status = response.status
         try:
@@ -294,13 +319,39 @@ class _Exchange:
         )
         # 503 (overloaded, model loading) and 504 keep their meaning for clients that retry; any other 5xx is
         # the gateway's upstream failing: 502.
-        retry_after = response.headers.get("retry-after")
+        retry_after = response.headers.get("retry-after") or (
+            _UNAVAILABLE_RETRY_AFTER_SECONDS if status == 503 else None
+        )
         return error_response(
             status if status in (503, 504) else 502,
             f"the model server failed with HTTP {status}",
             "upstream_error",
             headers={"retry-after": retry_after} if retry_after else None,
         )
+
+
+def _relayed_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream response headers the client gets: names lowercased (ASGI's form, in which the middleware
+    recognises and replaces a header instead of adding a second one), each once, without hop-by-hop headers
+    (including those the Connection header names), CORS headers or what the gateway sets itself."""
+    lowered = [(name.lower(), value) for name, value in raw_headers]
+    connection_options = {
+        option.strip().lower().encode("latin-1")
+        for name, value in lowered
+        if name == b"connection"
+        for option in value.decode("latin-1").split(",")
+    }
+    relayed: dict[bytes, bytes] = {}
+    for name, value in lowered:
+        if (
+            name in _UNRELAYED_RESPONSE_HEADERS
+            or name in connection_options
+            or name.startswith(_CORS_HEADER_PREFIX)
+            or name in relayed
+        ):
+            continue
+        relayed[name] = value
+    return list(relayed.items())
 
 
 async def _no_receive() -> Message:

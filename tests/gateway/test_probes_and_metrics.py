@@ -136,14 +136,17 @@ def test_tokens_are_counted_from_json_and_streamed_usage(metrics):
 def test_upstream_errors_are_counted_by_reason(metrics, upstream):
     client, exposition = metrics
     upstream.behaviour.failure_status = 500
-    client.get("/v1/models")
+    client.post("/v1/chat/completions", json=chat_request())
     upstream.behaviour.failure_status = None
     upstream.behaviour.break_after_first_chunk = True
     with client.stream("POST", "/v1/chat/completions", json=chat_request(stream=True)) as response:
         response.read()
 
     scraped = exposition()
-    assert metric_value(scraped, "gateway_upstream_errors_total", route="/v1/models", reason="server_error") == 1
+    assert (
+        metric_value(scraped, "gateway_upstream_errors_total", route="/v1/chat/completions", reason="server_error")
+        == 1
+    )
     assert (
         metric_value(scraped, "gateway_upstream_errors_total", route="/v1/chat/completions", reason="interrupted") == 1
     )

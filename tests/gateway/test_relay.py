@@ -27,11 +27,14 @@ def streamed_text(events: list[str], field: str) -> str:
     return text
 
 
-def test_models_are_listed_from_upstream(client, upstream):
-    response = client.get("/v1/models")
+def test_without_a_configured_model_the_models_are_listed_from_upstream(start_gateway, upstream):
+    gateway_url = start_gateway(MODEL=None)
+    upstream.behaviour.models = ("engine-model", "another-model")
+
+    response = httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"})
 
     assert response.status_code == 200
-    assert [model["id"] for model in response.json()["data"]] == [FAKE_MODEL]
+    assert [model["id"] for model in response.json()["data"]] == ["engine-model", "another-model"]
     assert upstream.requests[-1].path == "/v1/models"
 
 
@@ -128,25 +131,55 @@ def test_upstream_gets_its_own_key_and_the_request_id_but_not_the_clients_key(st
 
 
 def test_a_request_id_is_made_when_the_client_sends_none_or_a_malformed_one(client, upstream):
-    generated = client.get("/v1/models").headers["x-request-id"]
-    replaced = client.get("/v1/models", headers={"x-request-id": "bad id with spaces"}).headers["x-request-id"]
+    generated = client.post("/v1/chat/completions", json=chat_request()).headers["x-request-id"]
+    replaced = client.post(
+        "/v1/chat/completions", json=chat_request(), headers={"x-request-id": "bad id with spaces"}
+    ).headers["x-request-id"]
 
     assert len(generated) == 32 and len(replaced) == 32 and generated != replaced
     assert upstream.requests[-1].headers["x-request-id"] == replaced
 
 
+def test_upstream_client_errors_keep_their_status_and_message_in_openais_format(client):
+    response = client.post("/v1/chat/completions", json={"model": FAKE_MODEL, "messages": []})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"message": "invalid request body", "type": "invalid_request_error", "param": None, "code": None}
+    }
+
+
 @pytest.mark.parametrize(
-    ("body", "status", "message"),
+    ("upstream_body", "expected_error"),
     [
-        (chat_request() | {"model": "no-such-model"}, 404, "The model `no-such-model` does not exist."),
-        ({"messages": []}, 400, "invalid request body"),
+        # Older vLLM: the error object at the top level, with a numeric code.
+        (
+            {"object": "error", "message": "bad value", "type": "BadRequestError", "param": None, "code": 400},
+            {"message": "bad value", "type": "invalid_request_error", "param": None, "code": None},
+        ),
+        # vLLM's context overflow.
+        (
+            {"error": {"message": "This model's maximum context length is 2048 tokens. However, you requested 4000"}},
+            {
+                "message": "This model's maximum context length is 2048 tokens. However, you requested 4000",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "context_length_exceeded",
+            },
+        ),
+        # Ollama: the message as the error.
+        ({"error": "invalid options"}, {"message": "invalid options", "type": "invalid_request_error", "param": None, "code": None}),
+        ("not json", {"message": "the model server answered HTTP 422", "type": "invalid_request_error", "param": None, "code": None}),
     ],
 )
-def test_upstream_client_errors_pass_through_with_their_body(client, body, status, message):
-    response = client.post("/v1/chat/completions", json=body)
+def test_upstream_client_errors_in_other_formats_are_given_openais(client, upstream, upstream_body, expected_error):
+    upstream.behaviour.failure_status = 422
+    upstream.behaviour.failure_body = upstream_body
 
-    assert response.status_code == status
-    assert response.json() == {"error": {"message": message, "type": "invalid_request_error"}}
+    response = client.post("/v1/chat/completions", json=chat_request())
+
+    assert response.status_code == 422
+    assert response.json() == {"error": expected_error}
 
 
 @pytest.mark.parametrize(("upstream_status", "gateway_status"), [(500, 502), (502, 502), (503, 503), (504, 504)])
@@ -159,6 +192,8 @@ def test_upstream_server_errors_become_gateway_errors(client, upstream, upstream
     assert response.json()["error"] == {
         "message": f"the model server failed with HTTP {upstream_status}",
         "type": "upstream_error",
+        "param": None,
+        "code": None,
     }
 
 
@@ -166,7 +201,7 @@ def test_upstream_retry_after_is_kept_on_503(client, upstream):
     upstream.behaviour.failure_status = 503
     upstream.behaviour.failure_headers = {"retry-after": "7"}
 
-    response = client.get("/v1/models")
+    response = client.post("/v1/chat/completions", json=chat_request())
 
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"
@@ -184,18 +219,24 @@ def test_upstream_that_does_not_answer_in_time_gives_504(start_gateway, upstream
     assert response.json()["error"] == {
         "message": "the model server sent nothing for 0.2s",
         "type": "upstream_timeout",
+        "param": None,
+        "code": None,
     }
 
 
 def test_unreachable_upstream_gives_502(start_gateway):
     gateway_url = start_gateway(UPSTREAM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
 
-    response = httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"})
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions", json=chat_request(), headers={"authorization": f"Bearer {API_KEY}"}
+    )
 
     assert response.status_code == 502
     assert response.json()["error"] == {
         "message": "cannot connect to the model server",
         "type": "upstream_unavailable",
+        "param": None,
+        "code": None,
     }
 
 
@@ -208,7 +249,12 @@ def test_stream_broken_by_the_upstream_ends_with_an_error_event(client, upstream
 
     assert "Echo:" in events[0]
     assert json.loads(events[-1]) == {
-        "error": {"message": "the connection to the model server failed", "type": "upstream_error"}
+        "error": {
+            "message": "the connection to the model server failed",
+            "type": "upstream_error",
+            "param": None,
+            "code": None,
+        }
     }
 
 
