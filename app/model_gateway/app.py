@@ -91,7 +91,7 @@ class RelayedRoute:
                     413, f"request body exceeds the gateway's limit of {limit} bytes", "invalid_request_error"
                 )
             else:
-                if scope["method"] == "POST":
+                if scope["method"] == "POST":  # the relayed POST routes all take a JSON body naming a model
                     rejection = body_rejection(body, self._served_models)
         if rejection is not None:
             await rejection(scope, receive, send)

@@ -297,15 +297,15 @@ class _Exchange:
     async def _client_error(self, response: aiohttp.ClientResponse) -> Response:
         """The model server's 4xx answer with its status and message, in OpenAI's error format."""
         try:
-            body = await response.content.read(_CLIENT_ERROR_BODY_BYTES)
+            body = await _body_start(response, _CLIENT_ERROR_BODY_BYTES)
         except _TransportError:
-            body = b""
+            body = b""  # the status alone still tells the client what kind of error it made
         return JSONResponse(upstream_client_error(response.status, body), status_code=response.status)
 
     async def _server_error(self, response: aiohttp.ClientResponse) -> Response:
         status = response.status
         try:
-            excerpt = await response.content.read(_LOGGED_ERROR_BODY_BYTES)
+            excerpt = await _body_start(response, _LOGGED_ERROR_BODY_BYTES)
         except _TransportError:
             excerpt = b""  # the status alone says what the client needs; the excerpt is a courtesy for the log
         self._metrics.upstream_errors.labels(self._route, "server_error").inc()
@@ -328,6 +328,16 @@ class _Exchange:
             "upstream_error",
             headers={"retry-after": retry_after} if retry_after else None,
         )
+
+
+async def _body_start(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first `limit` bytes of the response body (all of it when shorter)."""
+    start = bytearray()
+    async for chunk in response.content.iter_any():
+        start += chunk
+        if len(start) >= limit:
+            break
+    return bytes(start[:limit])
 
 
 def _relayed_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
