@@ -92,6 +92,8 @@ class Upstream:
             # Uncompressed bodies can be inspected for token usage while they are relayed.
             headers={"accept-encoding": "identity"},
             auto_decompress=False,
+            # A cookie one model server response sets must not be sent on other clients' requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def aclose(self) -> None:

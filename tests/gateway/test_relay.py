@@ -306,3 +306,18 @@ def test_unknown_paths_and_methods_get_json_errors(client):
     assert not_found.json()["error"]["type"] == "invalid_request_error"
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"
+
+
+def test_a_cookie_the_upstream_sets_is_not_sent_on_later_requests(start_gateway, upstream):
+    # A host name, not an IP address: HTTP clients keep cookies only from named hosts.
+    gateway_url = start_gateway(UPSTREAM_BASE_URL=upstream.base_url.replace("127.0.0.1", "localhost"))
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    upstream.behaviour.failure_status = 400
+    upstream.behaviour.failure_headers = {"set-cookie": "engine-session=abc; Path=/"}
+    httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request(), headers=headers)
+    upstream.behaviour.failure_status = None
+
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request(), headers=headers)
+
+    assert response.status_code == 200
+    assert "cookie" not in upstream.requests[-1].headers
