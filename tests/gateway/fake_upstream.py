@@ -52,7 +52,7 @@ class InjectedBreak(ConnectionAbortedError):
 class Behaviour:
     models: tuple[str, ...] = (FAKE_MODEL,)
     failure_status: int | None = None
-    """Answer every /v1 call with this status and an OpenAI error body."""
+    """Answer every /v1 call with this status and `failure_body`."""
     failure_headers: dict[str, str] = field(default_factory=dict)
     failure_body: dict | str | None = None
     """The body of the injected failure (a string is sent as is); an OpenAI error body when None."""
@@ -212,9 +212,9 @@ class FakeUpstream:
                 self.abandoned += 1
                 return Response(status_code=499)  # nobody reads it
             await asyncio.sleep(0.005)
-        if self.behaviour.loading:
-            return JSONResponse({"message": "Loading model"}, status_code=503)
         behaviour = self.behaviour
+        if behaviour.loading:
+            return JSONResponse({"message": "Loading model"}, status_code=503)
         if behaviour.failure_status is None:
             return None
         if isinstance(behaviour.failure_body, str):
