@@ -33,6 +33,7 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
@@ -163,7 +164,7 @@ async def measure(targets: list[Target], model: str, arguments: argparse.Namespa
     cpu_before = {gateway.name: gateway.cpu_seconds() for gateway in gateways}
     for _ in range(arguments.requests):
         for target in targets:
-            latencies[target.name].append(await timed(lambda: completion(target, model)))
+            latencies[target.name].append(await timed(partial(completion, target, model)))
     sequential_cpu = {
         gateway.name: (gateway.cpu_seconds() - cpu_before[gateway.name]) / arguments.requests for gateway in gateways
     }
@@ -203,7 +204,10 @@ async def measure(targets: list[Target], model: str, arguments: argparse.Namespa
             )
             for target in targets
         ]
-        + [(f"added by {gateway.name}", [added(latencies, gateway, p) for p in (50, 99)] + [""]) for gateway in gateways],
+        + [
+            (f"added by {gateway.name}", [added(latencies, gateway, p) for p in (50, 99)] + [""])
+            for gateway in gateways
+        ],
     )
     print_table(
         f"throughput, {arguments.concurrency} concurrent clients",
@@ -232,7 +236,10 @@ async def measure(targets: list[Target], model: str, arguments: argparse.Namespa
             )
             for target in targets
         ]
-        + [(f"added by {gateway.name}", [added(first_bytes, gateway, p) for p in (50, 99)] + [""]) for gateway in gateways],
+        + [
+            (f"added by {gateway.name}", [added(first_bytes, gateway, p) for p in (50, 99)] + [""])
+            for gateway in gateways
+        ],
     )
     print("\ngateway CPU: the gateway process's user + system CPU time per request")
 

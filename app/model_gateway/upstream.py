@@ -258,7 +258,7 @@ class _Exchange:
     async def _relay(self, response: aiohttp.ClientResponse) -> None:
         content_type = response.headers.get("content-type", "")
         is_event_stream = content_type.startswith("text/event-stream")
-        headers = _relayed_headers(response.raw_headers)
+        headers = relayed_headers(response.raw_headers)
         if is_event_stream:
             headers += _EVENT_STREAM_HEADERS
         await self._sending({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -342,10 +342,11 @@ async def _body_start(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(start[:limit])
 
 
-def _relayed_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def relayed_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream response headers the client gets: names lowercased (ASGI's form, in which the middleware
-    recognises and replaces a header instead of adding a second one), each once, without hop-by-hop headers
-    (including those the Connection header names), CORS headers or what the gateway sets itself."""
+    recognises and replaces a header instead of adding a second one), each once (repeats joined), without
+    hop-by-hop headers (including those the Connection header names), CORS headers or what the gateway sets
+    itself."""
     lowered = [(name.lower(), value) for name, value in raw_headers]
     connection_options = {
         option.strip().lower().encode("latin-1")
@@ -355,14 +356,10 @@ def _relayed_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[b
     }
     relayed: dict[bytes, bytes] = {}
     for name, value in lowered:
-        if (
-            name in _UNRELAYED_RESPONSE_HEADERS
-            or name in connection_options
-            or name.startswith(_CORS_HEADER_PREFIX)
-            or name in relayed
-        ):
+        if name in _UNRELAYED_RESPONSE_HEADERS or name in connection_options or name.startswith(_CORS_HEADER_PREFIX):
             continue
-        relayed[name] = value
+        # A repeated header means the same as one with the values joined by commas (RFC 9110, section 5.3).
+        relayed[name] = relayed[name] + b", " + value if name in relayed else value
     return list(relayed.items())
 
 

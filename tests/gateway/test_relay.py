@@ -11,6 +11,7 @@ import pytest
 from fake_upstream import FAKE_MODEL
 from gateway_helpers import API_KEY, chat_request
 from loopback import eventually, free_port
+from model_gateway.upstream import relayed_headers
 
 
 def stream_events(response: httpx.Response) -> list[str]:
@@ -168,8 +169,19 @@ def test_upstream_client_errors_keep_their_status_and_message_in_openais_format(
             },
         ),
         # Ollama: the message as the error.
-        ({"error": "invalid options"}, {"message": "invalid options", "type": "invalid_request_error", "param": None, "code": None}),
-        ("not json", {"message": "the model server answered HTTP 422", "type": "invalid_request_error", "param": None, "code": None}),
+        (
+            {"error": "invalid options"},
+            {"message": "invalid options", "type": "invalid_request_error", "param": None, "code": None},
+        ),
+        (
+            "not json",
+            {
+                "message": "the model server answered HTTP 422",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            },
+        ),
     ],
 )
 def test_upstream_client_errors_in_other_formats_are_given_openais(client, upstream, upstream_body, expected_error):
@@ -321,3 +333,26 @@ def test_a_cookie_the_upstream_sets_is_not_sent_on_later_requests(start_gateway,
 
     assert response.status_code == 200
     assert "cookie" not in upstream.requests[-1].headers
+
+
+def test_relayed_headers_are_lowercase_and_once_each_without_hop_by_hop_cors_or_the_gateways_own():
+    upstream_headers = [
+        (b"Content-Type", b"application/json"),
+        (b"Connection", b"keep-alive, X-Engine-Hop"),
+        (b"X-Engine-Hop", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Access-Control-Allow-Origin", b""),
+        (b"Access-Control-Allow-Credentials", b"true"),
+        (b"X-Accel-Buffering", b"no"),
+        (b"Server", b"llama.cpp"),
+        (b"Vary", b"Origin"),
+        (b"vary", b"Accept-Encoding"),
+        (b"X-Engine-Slot", b"3"),
+    ]
+
+    assert relayed_headers(upstream_headers) == [
+        (b"content-type", b"application/json"),
+        (b"vary", b"Origin, Accept-Encoding"),
+        (b"x-engine-slot", b"3"),
+    ]
