@@ -7,7 +7,8 @@ authentication and request logging on) as a separate process on 127.0.0.1, then 
   latency     sequential non-streamed chat completions, direct and through each gateway in turn: p50/p99 of
               each and the difference (the latency the gateway adds)
   throughput  the same number of requests from concurrent clients: requests per second of each, and the ratio
-  CPU         the gateway process's CPU time (user + system) per request, in both of the runs above
+  CPU         the gateway process's CPU time (user + system) per request, in both of the runs above (higher in
+              the sequential one, where the gateway idles between its requests and wakes up cold for each)
   first byte  chat streams: time to the first streamed byte (p50/p99) and to the end of the stream; a gateway
               that buffered would show a first byte near the end
 
@@ -241,7 +242,11 @@ async def measure(targets: list[Target], model: str, arguments: argparse.Namespa
             for gateway in gateways
         ],
     )
-    print("\ngateway CPU: the gateway process's user + system CPU time per request")
+    print(
+        "\ngateway CPU: the gateway process's user + system CPU time per request. Sequentially the gateway idles"
+        "\nbetween its requests (as at low load in front of a real engine) and pays a cold wake-up for each;"
+        "\nunder concurrent load it stays busy and each request costs less."
+    )
 
 
 def print_table(title: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> None:
