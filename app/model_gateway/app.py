@@ -6,6 +6,7 @@ import contextlib
 import html
 import logging
 import os
+import time
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -16,23 +17,26 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from .auth import ApiKeys
 from .errors import error_response
 from .logs import configure_logging
 from .metrics import GatewayMetrics
 from .observability import REQUEST_ID_HEADER, ObservabilityMiddleware, request_id
+from .request_checks import body_rejection
 from .settings import Settings, load_settings
 from .upstream import Upstream
 
 log = logging.getLogger("model_gateway")
 
-# Gateway route -> path appended to GATEWAY_UPSTREAM_BASE_URL, and the methods OpenAI defines for it.
+# Gateway route -> path appended to GATEWAY_UPSTREAM_BASE_URL. Both take a JSON body naming a model.
 RELAYED_ROUTES = {
-    "/v1/models": ("/models", ["GET"]),
-    "/v1/chat/completions": ("/chat/completions", ["POST"]),
-    "/v1/completions": ("/completions", ["POST"]),
+    "/v1/chat/completions": "/chat/completions",
+    "/v1/completions": "/completions",
 }
+MODELS_ROUTE = "/v1/models"
+_MODELS_UPSTREAM_PATH = "/models"
 # The chat page loads only its own script and style and talks only to this origin.
 _PAGE_HEADERS = {
     "content-security-policy": (
@@ -62,6 +66,39 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+class RelayedRoute:
+    """The endpoint of a route relayed to the model server. A plain ASGI app (a class instance, which Starlette
+    calls as one instead of wrapping it in its request/response adapter), because the relay sends the response
+    itself, piece by piece as it arrives."""
+
+    def __init__(self, route: str, upstream_path: str, settings: Settings, api_keys: ApiKeys, upstream: Upstream):
+        self._route = route
+        self._upstream_path = upstream_path
+        self._settings = settings
+        self._served_models = settings.served_models
+        self._api_keys = api_keys
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        rejection = self._api_keys.rejection(request)
+        if rejection is None:
+            limit = self._settings.max_request_bytes
+            try:
+                body = await read_limited_body(request, limit)
+            except RequestTooLarge:
+                rejection = error_response(
+                    413, f"request body exceeds the gateway's limit of {limit} bytes", "invalid_request_error"
+                )
+            else:
+                if scope["method"] == "POST":  # the relayed POST routes all take a JSON body naming a model
+                    rejection = body_rejection(body, self._served_models)
+        if rejection is not None:
+            await rejection(scope, receive, send)
+            return
+        await self._upstream.relay(scope, receive, send, self._upstream_path, self._route, body, request_id(scope))
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = GatewayMetrics()
     upstream = Upstream(settings, metrics)
@@ -75,22 +112,24 @@ def create_app(settings: Settings) -> Starlette:
         .replace(_MODEL_PLACEHOLDER, html.escape(settings.model or ""))
     )
 
-    def relay_to(upstream_path: str, route: str):
-        async def relay(request: Request) -> Response:
-            rejection = api_keys.rejection(request)
-            if rejection is not None:
-                return rejection
-            try:
-                body = await read_limited_body(request, settings.max_request_bytes)
-            except RequestTooLarge:
-                return error_response(
-                    413,
-                    f"request body exceeds the gateway's limit of {settings.max_request_bytes} bytes",
-                    "invalid_request_error",
-                )
-            return await upstream.relay(request, upstream_path, route, body, request_id(request.scope))
+    started = int(time.time())
 
-        return relay
+    async def served_model_list(request: Request) -> Response:
+        # The models the gateway accepts, from its settings, so the list and the check of requests agree (and
+        # listing needs no model server awake).
+        rejection = api_keys.rejection(request)
+        if rejection is not None:
+            return rejection
+        models = sorted(settings.served_models or ())
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": model, "object": "model", "created": started, "owned_by": "model-gateway"}
+                    for model in models
+                ],
+            }
+        )
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -112,6 +151,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        await upstream.start()
         yield
         await upstream.aclose()
 
@@ -123,9 +163,14 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     routes += [
-        Route(route, relay_to(upstream_path, route), methods=methods)
-        for route, (upstream_path, methods) in RELAYED_ROUTES.items()
+        Route(route, RelayedRoute(route, upstream_path, settings, api_keys, upstream), methods=["POST"])
+        for route, upstream_path in RELAYED_ROUTES.items()
     ]
+    if settings.served_models is None:
+        models_endpoint = RelayedRoute(MODELS_ROUTE, _MODELS_UPSTREAM_PATH, settings, api_keys, upstream)
+    else:
+        models_endpoint = served_model_list
+    routes.append(Route(MODELS_ROUTE, models_endpoint, methods=["GET"]))
     middleware = [Middleware(ObservabilityMiddleware, metrics=metrics)]
     if settings.cors_allow_origins:
         middleware.append(

@@ -31,13 +31,18 @@ class ApiKeys:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return _unauthorized("missing API key: send 'Authorization: Bearer <key>'", 'Bearer realm="model-gateway"')
+            return _unauthorized(
+                "missing API key: send 'Authorization: Bearer <key>'", None, 'Bearer realm="model-gateway"'
+            )
         presented = _digest(token.strip())
         # Every key is compared, so the time taken does not reveal whether or where a key matched.
         if not any([hmac.compare_digest(presented, digest) for digest in self._digests]):
-            return _unauthorized("invalid API key", 'Bearer realm="model-gateway", error="invalid_token"')
+            return _unauthorized(
+                "invalid API key", "invalid_api_key", 'Bearer realm="model-gateway", error="invalid_token"'
+            )
         return None
 
 
-def _unauthorized(message: str, challenge: str) -> Response:
-    return error_response(401, message, "authentication_error", headers={"www-authenticate": challenge})
+def _unauthorized(message: str, code: str | None, challenge: str) -> Response:
+    # OpenAI's type and codes for a missing and a wrong key.
+    return error_response(401, message, "invalid_request_error", code, headers={"www-authenticate": challenge})

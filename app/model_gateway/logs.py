@@ -39,7 +39,3 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-    # httpx logs every upstream call at info; the gateway's own request log already covers them.
-    quiet_level = logging.DEBUG if level == "debug" else logging.WARNING
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(quiet_level)

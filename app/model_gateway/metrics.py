@@ -48,7 +48,7 @@ class GatewayMetrics:
         )
         self.requests_in_flight = Gauge(
             "gateway_requests_in_flight",
-            "Requests being answered right now, open streams included.",
+            "Requests being answered right now, open streams included (scrapes of /metrics are not).",
             registry=self.registry,
         )
         self.upstream_errors = Counter(

@@ -23,6 +23,8 @@ REQUEST_ID_HEADER = "x-request-id"
 _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes arrive every few seconds; logging them at info would drown the API traffic.
 _QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# A scrape is not counted in flight: it would always read its own request in the gauge.
+_METRICS_PATH = "/metrics"
 _UNMATCHED_ROUTE = "unmatched"
 
 
@@ -63,11 +65,14 @@ class ObservabilityMiddleware:
                 self.metrics.stream_first_byte.labels(_route(scope)).observe(time.perf_counter() - started)
             await send(message)
 
-        self.metrics.requests_in_flight.inc()
+        counted_in_flight = scope["path"] != _METRICS_PATH
+        if counted_in_flight:
+            self.metrics.requests_in_flight.inc()
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            self.metrics.requests_in_flight.dec()
+            if counted_in_flight:
+                self.metrics.requests_in_flight.dec()
             duration = time.perf_counter() - started
             route = _route(scope)
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()

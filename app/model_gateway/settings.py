@@ -37,6 +37,12 @@ class Settings:
     log_level: str = "info"
     port: int = DEFAULT_PORT
 
+    @property
+    def served_models(self) -> frozenset[str] | None:
+        """The model ids clients may name (and /v1/models lists), or None when GATEWAY_MODEL is unset, which
+        leaves the choice of model to the model server."""
+        return None if self.model is None else frozenset({self.model})
+
 
 class SettingsError(Exception):
     """Raised with one human-readable line per invalid or missing variable."""

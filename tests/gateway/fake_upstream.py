@@ -1,9 +1,14 @@
 """A fake OpenAI-compatible model server, for the gateway's tests and bench.
 
 It answers deterministically: the assistant echoes the last message ("Echo: <message>"), one word per streamed
-event, and reports `usage` the way OpenAI does (always in a JSON answer; in a final event of a stream only when
-the request asks for `stream_options.include_usage`). `behaviour` has knobs to make it fail, stall, hold or
-break a stream; `requests` records what it received.
+event (a word counts as a token), and reports `usage` the way OpenAI does (always in a JSON answer; in a final
+event of a stream only when the request asks for `stream_options.include_usage`). `behaviour` has knobs to make
+it fail, stall, hold or break a stream; `requests` records what it received.
+
+Where the gateway has to make up for an engine, it behaves like llama.cpp's server: it answers whatever model
+is named (or none) with its own, fails a body that is not JSON with a 500, answers 503 `{"message": "Loading
+model"}` while loading, refuses a prompt over its context size with llama.cpp's error, and echoes the request's
+Origin (empty without one) in a mixed-case `Access-Control-Allow-Origin` header.
 
 Run on its own (for the bench): python fake_upstream.py --port PORT [--event-delay SECONDS]
 """
@@ -28,6 +33,8 @@ from loopback import serve
 
 REPLY_PREFIX = "Echo:"
 FAKE_MODEL = "fake-model"
+CONTEXT_SIZE = 64
+"""Tokens (words) a prompt may have, as llama.cpp's n_ctx."""
 # How long a held stream waits for its gate before giving up, so a broken test cannot hang the server.
 _GATE_TIMEOUT_SECONDS = 10
 
@@ -45,8 +52,10 @@ class InjectedBreak(ConnectionAbortedError):
 class Behaviour:
     models: tuple[str, ...] = (FAKE_MODEL,)
     failure_status: int | None = None
-    """Answer every /v1 call with this status and an OpenAI error body."""
+    """Answer every /v1 call with this status and `failure_body`."""
     failure_headers: dict[str, str] = field(default_factory=dict)
+    failure_body: dict | str | None = None
+    """The body of the injected failure (a string is sent as is); an OpenAI error body when None."""
     response_delay_seconds: float = 0.0
     """Wait this long before answering a /v1 call (headers included)."""
     event_delay_seconds: float = 0.0
@@ -55,6 +64,8 @@ class Behaviour:
     """When set, a stream sends its first event, then waits for the gate to open."""
     break_after_first_chunk: bool = False
     """Drop the connection right after the first event of a stream, or the first half of a JSON answer."""
+    loading: bool = False
+    """Answer every /v1 call with llama.cpp's 503 while it loads the model."""
 
 
 @dataclass
@@ -72,18 +83,22 @@ class FakeUpstream:
         self.finished_streams = 0
         self.abandoned = 0
         """Streams and delayed answers left unfinished because the client went away."""
-        self.app = Starlette(
-            routes=[
-                Route("/v1/models", self._models, methods=["GET"]),
-                Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
-                Route("/v1/completions", self._completions, methods=["POST"]),
-            ]
+        self.app = _EngineHeaders(
+            Starlette(
+                routes=[
+                    Route("/v1/models", self._models, methods=["GET"]),
+                    Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                    Route("/v1/completions", self._completions, methods=["POST"]),
+                ]
+            )
         )
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[FakeUpstream]:
         """Serves on loopback until the block ends; `base_url` is the OpenAI base URL meanwhile."""
-        with serve(self.app) as url:
+        # h11 sends header names in the case the app gave (httptools lowercases them), as llama.cpp's mixed-case
+        # headers reach the gateway.
+        with serve(self.app, http="h11") as url:
             self.base_url = f"{url}/v1"
             yield self
 
@@ -121,13 +136,16 @@ class FakeUpstream:
             return failure
         try:
             payload = json.loads(body)
-            model = payload["model"]
+        except ValueError:
+            return _error(500, "[json.exception.parse_error.101] parse error: syntax error", "server_error")
+        try:
             prompt = payload["messages"][-1]["content"] if chat else payload["prompt"]
             context = " ".join(message["content"] for message in payload["messages"]) if chat else prompt
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             return _error(400, "invalid request body", "invalid_request_error")
-        if model not in self.behaviour.models:
-            return _error(404, f"The model `{model}` does not exist.", "invalid_request_error")
+        if len(context.split()) > CONTEXT_SIZE:
+            return _context_overflow(len(context.split()))
+        model = self.behaviour.models[0]  # whatever the request named
 
         pieces = reply_pieces(prompt)
         usage = {
@@ -194,18 +212,58 @@ class FakeUpstream:
                 self.abandoned += 1
                 return Response(status_code=499)  # nobody reads it
             await asyncio.sleep(0.005)
-        if self.behaviour.failure_status is None:
+        behaviour = self.behaviour
+        if behaviour.loading:
+            return JSONResponse({"message": "Loading model"}, status_code=503)
+        if behaviour.failure_status is None:
             return None
-        return _error(
-            self.behaviour.failure_status,
-            "injected failure",
-            "server_error",
-            headers=self.behaviour.failure_headers,
-        )
+        if isinstance(behaviour.failure_body, str):
+            return Response(behaviour.failure_body, behaviour.failure_status, headers=behaviour.failure_headers)
+        if behaviour.failure_body is not None:
+            return JSONResponse(behaviour.failure_body, behaviour.failure_status, headers=behaviour.failure_headers)
+        return _error(behaviour.failure_status, "injected failure", "server_error", headers=behaviour.failure_headers)
 
 
 def _error(status_code: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse({"error": {"message": message, "type": error_type}}, status_code=status_code, headers=headers)
+
+
+def _context_overflow(prompt_tokens: int) -> Response:
+    return JSONResponse(
+        {
+            "error": {
+                "code": 400,
+                "message": f"the request exceeds the available context size, try increasing it "
+                f"(n_prompt_tokens={prompt_tokens}, n_ctx={CONTEXT_SIZE})",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": prompt_tokens,
+                "n_ctx": CONTEXT_SIZE,
+            }
+        },
+        status_code=400,
+    )
+
+
+class _EngineHeaders:
+    """Adds the response headers engines add on their own, in their own case: llama.cpp's echo of the Origin in
+    Access-Control-Allow-Origin, and on event streams X-Accel-Buffering, which streaming servers commonly send."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        origin = dict(scope.get("headers", [])).get(b"origin", b"")
+
+        async def send_with_engine_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"Access-Control-Allow-Origin", origin))
+                if any(name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers):
+                    headers.append((b"X-Accel-Buffering", b"no"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_engine_headers)
 
 
 async def _broken(first_chunk: bytes):

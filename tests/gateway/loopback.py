@@ -42,12 +42,13 @@ def eventually(condition: Callable[[], bool], timeout: float = 5) -> bool:
 
 
 @contextlib.contextmanager
-def serve(app) -> Iterator[str]:
-    """Yields the base URL (http://127.0.0.1:PORT) of `app` served until the block ends."""
+def serve(app, **config) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT) of `app` served until the block ends; `config` adds
+    uvicorn.Config options."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))  # bound before the thread starts, so the port is known and never raced for
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS

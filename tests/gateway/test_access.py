@@ -9,17 +9,17 @@ from gateway_helpers import API_KEY, chat_request
 
 
 @pytest.mark.parametrize(
-    ("authorization", "challenge"),
+    ("authorization", "challenge", "code"),
     [
-        (None, 'Bearer realm="model-gateway"'),
-        (f"Basic {API_KEY}", 'Bearer realm="model-gateway"'),
-        ("Bearer", 'Bearer realm="model-gateway"'),
-        ("Bearer wrong-key", 'Bearer realm="model-gateway", error="invalid_token"'),
-        (f"Bearer {API_KEY}x", 'Bearer realm="model-gateway", error="invalid_token"'),
+        (None, 'Bearer realm="model-gateway"', None),
+        (f"Basic {API_KEY}", 'Bearer realm="model-gateway"', None),
+        ("Bearer", 'Bearer realm="model-gateway"', None),
+        ("Bearer wrong-key", 'Bearer realm="model-gateway", error="invalid_token"', "invalid_api_key"),
+        (f"Bearer {API_KEY}x", 'Bearer realm="model-gateway", error="invalid_token"', "invalid_api_key"),
     ],
 )
 def test_requests_without_an_accepted_key_get_401_with_a_bearer_challenge(
-    gateway_url, upstream, authorization, challenge
+    gateway_url, upstream, authorization, challenge, code
 ):
     headers = {"authorization": authorization} if authorization else {}
 
@@ -27,7 +27,8 @@ def test_requests_without_an_accepted_key_get_401_with_a_bearer_challenge(
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == challenge
-    assert response.json()["error"]["type"] == "authentication_error"
+    # OpenAI's type and codes: a missing key has no code, a wrong one invalid_api_key.
+    assert (response.json()["error"]["type"], response.json()["error"]["code"]) == ("invalid_request_error", code)
     assert upstream.requests == []
 
 
@@ -94,7 +95,32 @@ def test_cors_refuses_other_origins(start_gateway):
 
 
 def test_without_cors_origins_no_cors_headers_are_sent(client):
-    response = client.get("/v1/models", headers={"origin": "https://chat.example.com"})
+    # The fake model server, like llama.cpp's, adds its own Access-Control-Allow-Origin.
+    response = client.post(
+        "/v1/chat/completions", json=chat_request(), headers={"origin": "https://chat.example.com"}
+    )
+    without_origin = client.post("/v1/chat/completions", json=chat_request())
 
-    assert response.status_code == 200
+    assert response.status_code == without_origin.status_code == 200
     assert not any(name.startswith("access-control-") for name in response.headers)
+    assert not any(name.startswith("access-control-") for name in without_origin.headers)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_cors_a_relayed_answer_carries_each_header_once(start_gateway, stream):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    with httpx.stream(
+        "POST",
+        f"{gateway_url}/v1/chat/completions",
+        json=chat_request(stream=stream),
+        headers={"authorization": f"Bearer {API_KEY}", "origin": "https://chat.example.com"},
+    ) as response:
+        response.read()
+
+    names = [name.lower() for name, _ in response.headers.raw]
+    assert response.status_code == 200
+    assert sorted(set(names)) == sorted(names), "a header was sent twice"
+    assert response.headers["access-control-allow-origin"] == "https://chat.example.com"
+    if stream:
+        assert response.headers["x-accel-buffering"] == "no"

@@ -11,6 +11,7 @@ import pytest
 from fake_upstream import FAKE_MODEL
 from gateway_helpers import API_KEY, chat_request
 from loopback import eventually, free_port
+from model_gateway.upstream import relayed_headers
 
 
 def stream_events(response: httpx.Response) -> list[str]:
@@ -27,11 +28,14 @@ def streamed_text(events: list[str], field: str) -> str:
     return text
 
 
-def test_models_are_listed_from_upstream(client, upstream):
-    response = client.get("/v1/models")
+def test_without_a_configured_model_the_models_are_listed_from_upstream(start_gateway, upstream):
+    gateway_url = start_gateway(MODEL=None)
+    upstream.behaviour.models = ("engine-model", "another-model")
+
+    response = httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"})
 
     assert response.status_code == 200
-    assert [model["id"] for model in response.json()["data"]] == [FAKE_MODEL]
+    assert [model["id"] for model in response.json()["data"]] == ["engine-model", "another-model"]
     assert upstream.requests[-1].path == "/v1/models"
 
 
@@ -128,25 +132,66 @@ def test_upstream_gets_its_own_key_and_the_request_id_but_not_the_clients_key(st
 
 
 def test_a_request_id_is_made_when_the_client_sends_none_or_a_malformed_one(client, upstream):
-    generated = client.get("/v1/models").headers["x-request-id"]
-    replaced = client.get("/v1/models", headers={"x-request-id": "bad id with spaces"}).headers["x-request-id"]
+    generated = client.post("/v1/chat/completions", json=chat_request()).headers["x-request-id"]
+    replaced = client.post(
+        "/v1/chat/completions", json=chat_request(), headers={"x-request-id": "bad id with spaces"}
+    ).headers["x-request-id"]
 
     assert len(generated) == 32 and len(replaced) == 32 and generated != replaced
     assert upstream.requests[-1].headers["x-request-id"] == replaced
 
 
+def test_upstream_client_errors_keep_their_status_and_message_in_openais_format(client):
+    response = client.post("/v1/chat/completions", json={"model": FAKE_MODEL, "messages": []})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"message": "invalid request body", "type": "invalid_request_error", "param": None, "code": None}
+    }
+
+
 @pytest.mark.parametrize(
-    ("body", "status", "message"),
+    ("upstream_body", "expected_error"),
     [
-        (chat_request() | {"model": "no-such-model"}, 404, "The model `no-such-model` does not exist."),
-        ({"messages": []}, 400, "invalid request body"),
+        # Older vLLM: the error object at the top level, with a numeric code.
+        (
+            {"object": "error", "message": "bad value", "type": "BadRequestError", "param": None, "code": 400},
+            {"message": "bad value", "type": "invalid_request_error", "param": None, "code": None},
+        ),
+        # vLLM's context overflow.
+        (
+            {"error": {"message": "This model's maximum context length is 2048 tokens. However, you requested 4000"}},
+            {
+                "message": "This model's maximum context length is 2048 tokens. However, you requested 4000",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "context_length_exceeded",
+            },
+        ),
+        # Ollama: the message as the error.
+        (
+            {"error": "invalid options"},
+            {"message": "invalid options", "type": "invalid_request_error", "param": None, "code": None},
+        ),
+        (
+            "not json",
+            {
+                "message": "the model server answered HTTP 422",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            },
+        ),
     ],
 )
-def test_upstream_client_errors_pass_through_with_their_body(client, body, status, message):
-    response = client.post("/v1/chat/completions", json=body)
+def test_upstream_client_errors_in_other_formats_are_given_openais(client, upstream, upstream_body, expected_error):
+    upstream.behaviour.failure_status = 422
+    upstream.behaviour.failure_body = upstream_body
 
-    assert response.status_code == status
-    assert response.json() == {"error": {"message": message, "type": "invalid_request_error"}}
+    response = client.post("/v1/chat/completions", json=chat_request())
+
+    assert response.status_code == 422
+    assert response.json() == {"error": expected_error}
 
 
 @pytest.mark.parametrize(("upstream_status", "gateway_status"), [(500, 502), (502, 502), (503, 503), (504, 504)])
@@ -159,6 +204,8 @@ def test_upstream_server_errors_become_gateway_errors(client, upstream, upstream
     assert response.json()["error"] == {
         "message": f"the model server failed with HTTP {upstream_status}",
         "type": "upstream_error",
+        "param": None,
+        "code": None,
     }
 
 
@@ -166,7 +213,7 @@ def test_upstream_retry_after_is_kept_on_503(client, upstream):
     upstream.behaviour.failure_status = 503
     upstream.behaviour.failure_headers = {"retry-after": "7"}
 
-    response = client.get("/v1/models")
+    response = client.post("/v1/chat/completions", json=chat_request())
 
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"
@@ -184,18 +231,24 @@ def test_upstream_that_does_not_answer_in_time_gives_504(start_gateway, upstream
     assert response.json()["error"] == {
         "message": "the model server sent nothing for 0.2s",
         "type": "upstream_timeout",
+        "param": None,
+        "code": None,
     }
 
 
 def test_unreachable_upstream_gives_502(start_gateway):
     gateway_url = start_gateway(UPSTREAM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
 
-    response = httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"})
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions", json=chat_request(), headers={"authorization": f"Bearer {API_KEY}"}
+    )
 
     assert response.status_code == 502
     assert response.json()["error"] == {
         "message": "cannot connect to the model server",
         "type": "upstream_unavailable",
+        "param": None,
+        "code": None,
     }
 
 
@@ -208,7 +261,12 @@ def test_stream_broken_by_the_upstream_ends_with_an_error_event(client, upstream
 
     assert "Echo:" in events[0]
     assert json.loads(events[-1]) == {
-        "error": {"message": "the connection to the model server failed", "type": "upstream_error"}
+        "error": {
+            "message": "the connection to the model server failed",
+            "type": "upstream_error",
+            "param": None,
+            "code": None,
+        }
     }
 
 
@@ -260,3 +318,41 @@ def test_unknown_paths_and_methods_get_json_errors(client):
     assert not_found.json()["error"]["type"] == "invalid_request_error"
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"
+
+
+def test_a_cookie_the_upstream_sets_is_not_sent_on_later_requests(start_gateway, upstream):
+    # A host name, not an IP address: HTTP clients keep cookies only from named hosts.
+    gateway_url = start_gateway(UPSTREAM_BASE_URL=upstream.base_url.replace("127.0.0.1", "localhost"))
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    upstream.behaviour.failure_status = 400
+    upstream.behaviour.failure_headers = {"set-cookie": "engine-session=abc; Path=/"}
+    httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request(), headers=headers)
+    upstream.behaviour.failure_status = None
+
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request(), headers=headers)
+
+    assert response.status_code == 200
+    assert "cookie" not in upstream.requests[-1].headers
+
+
+def test_relayed_headers_are_lowercase_and_once_each_without_hop_by_hop_cors_or_the_gateways_own():
+    upstream_headers = [
+        (b"Content-Type", b"application/json"),
+        (b"Connection", b"keep-alive, X-Engine-Hop"),
+        (b"X-Engine-Hop", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Access-Control-Allow-Origin", b""),
+        (b"Access-Control-Allow-Credentials", b"true"),
+        (b"X-Accel-Buffering", b"no"),
+        (b"Server", b"llama.cpp"),
+        (b"Vary", b"Origin"),
+        (b"vary", b"Accept-Encoding"),
+        (b"X-Engine-Slot", b"3"),
+    ]
+
+    assert relayed_headers(upstream_headers) == [
+        (b"content-type", b"application/json"),
+        (b"vary", b"Origin, Accept-Encoding"),
+        (b"x-engine-slot", b"3"),
+    ]
