@@ -20,6 +20,8 @@ GATEWAY_PORT = 8080
 # The image's user (app/Dockerfile `USER 10001:10001`).
 GATEWAY_USER = 10001
 API_KEYS_KEY = "GATEWAY_API_KEYS"
+API_KEYS_DIR = "/var/run/secrets/model-gateway"
+API_KEYS_FILE_NAME = "api-keys"
 # Longer than the gateway's own drain (uvicorn finishes in-flight responses for up to 20 s after SIGTERM).
 TERMINATION_GRACE_PERIOD_SECONDS = 30
 
@@ -118,9 +120,15 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
     ]
     if args.get("cors_allow_origins"):
         env.append({"name": "GATEWAY_CORS_ALLOW_ORIGINS", "value": ",".join(args["cors_allow_origins"])})
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if "api_keys" in args:
-        secret = {"name": _api_keys_secret_name(name), "key": API_KEYS_KEY}
-        env.append({"name": API_KEYS_KEY, "valueFrom": {"secretKeyRef": secret}})
+        # A file, not environment: no process environment holds the keys, and the gateway reads the file again
+        # when the kubelet swaps in a rotated Secret (the provider updates it in place), without a restart.
+        volumes.append({"name": "api-keys", "secret": {
+            "secretName": _api_keys_secret_name(name), "items": [{"key": API_KEYS_KEY, "path": API_KEYS_FILE_NAME}]}})
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        env.append({"name": "GATEWAY_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_FILE_NAME}"})
 
     container = {
         "name": "gateway",
@@ -128,7 +136,7 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         "ports": [{"name": PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": {kind: dict(args["resources"][kind]) for kind in ("requests", "limits")},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,
         # /ready checks the upstream too: a gateway whose model runner is gone takes no traffic.
         "readinessProbe": {
@@ -146,7 +154,7 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         **isolated_pod(GATEWAY_USER),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": volumes,
     }
     if args.get("image_pull_secrets"):
         pod_spec["imagePullSecrets"] = [{"name": secret} for secret in args["image_pull_secrets"]]

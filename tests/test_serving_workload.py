@@ -160,16 +160,23 @@ def prod() -> Evaluation:
 
 
 def test_the_gateway_calls_the_runners_openai_path_and_reads_keys_from_a_secret(prod):
-    container = pod_spec_of(prod, "Deployment", "gateway")["containers"][0]
+    spec = pod_spec_of(prod, "Deployment", "gateway")
+    container = spec["containers"][0]
     env = {item["name"]: item for item in container["env"]}
     assert env["GATEWAY_UPSTREAM_BASE_URL"]["value"] == prod.outputs["modelRunnerUrl"] == (
         "http://model-runner.models.svc.cluster.local:8000/v1"
     )
     assert env["GATEWAY_MODEL"]["value"] == stack_config("prod")["runner"]["model"]
     assert env["GATEWAY_PORT"]["value"] == "8080"
-    reference = env["GATEWAY_API_KEYS"]["valueFrom"]["secretKeyRef"]
-    secret = prod.one("kubernetes:core/v1:Secret", reference["name"])
-    assert isinstance(secret.inputs["stringData"], Secret) or isinstance(secret.inputs["stringData"][reference["key"]], Secret)
+    # The keys are a mounted file the gateway re-reads on rotation, never environment.
+    assert "GATEWAY_API_KEYS" not in env
+    keys_file = env["GATEWAY_API_KEYS_FILE"]["value"]
+    mount = next(m for m in container["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+    assert [item["path"] for item in volume["items"]] == [keys_file.rsplit("/", 1)[1]] and mount["readOnly"]
+    secret = prod.one("kubernetes:core/v1:Secret", volume["secretName"])
+    key = volume["items"][0]["key"]
+    assert isinstance(secret.inputs["stringData"], Secret) or isinstance(secret.inputs["stringData"][key], Secret)
     assert FAKE_SECRETS["gatewayApiKeys"] not in repr(named(prod, "Deployment", "gateway"))
     assert prod.outputs["gatewayUrl"] == "http://gateway.models.svc.cluster.local:8080/v1"
 
@@ -184,7 +191,8 @@ def test_the_gateway_pod_follows_the_apps_contract(prod):
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["readinessProbe"]["timeoutSeconds"] >= 5
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    # The one writable place is /tmp; the keys are read-only.
+    assert {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")} == {"/tmp"}
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
 

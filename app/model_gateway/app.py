@@ -102,7 +102,7 @@ class RelayedRoute:
 def create_app(settings: Settings) -> Starlette:
     metrics = GatewayMetrics()
     upstream = Upstream(settings, metrics)
-    api_keys = ApiKeys(settings.api_keys)
+    api_keys = ApiKeys(settings.api_keys, settings.api_keys_file)
     if not api_keys.enabled:
         log.warning("GATEWAY_API_KEYS is not set: authentication is disabled and anyone who reaches the API can use it")
     chat_page_html = (

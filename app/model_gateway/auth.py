@@ -1,14 +1,24 @@
-"""API-key authentication: `Authorization: Bearer <key>` against the keys from GATEWAY_API_KEYS."""
+"""API-key authentication: `Authorization: Bearer <key>` against the keys from GATEWAY_API_KEYS, or from the file
+GATEWAY_API_KEYS_FILE names (read again when it changes)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .errors import error_response
+from .settings import read_api_keys_file
+
+log = logging.getLogger(__name__)
+# How often the keys file is checked for a change: rotation takes effect within this (plus the kubelet's own
+# Secret refresh, about a minute), and a request costs at most one stat() per interval.
+KEYS_FILE_CHECK_SECONDS = 1.0
 
 
 def _digest(key: str) -> bytes:
@@ -16,10 +26,39 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeys:
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], keys_file: str | None = None) -> None:
+        self._keys_file = keys_file
+        self._file_state: tuple[int, int, int] | None = None
+        self._next_check = 0.0
+        self._digests: list[bytes] = []
+        self._use(keys)
+        self._reload_if_changed()
+
+    def _use(self, keys: tuple[str, ...]) -> None:
         # Comparing fixed-length digests keeps the comparison time independent of the presented key's length
         # as well as its content.
         self._digests = [_digest(key) for key in keys]
+
+    def _reload_if_changed(self) -> None:
+        if self._keys_file is None or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + KEYS_FILE_CHECK_SECONDS
+        try:
+            stat = os.stat(self._keys_file)  # follows the symlinks a mounted Secret swaps atomically
+        except OSError as error:
+            log.error("cannot read the API keys file %s (%s): keeping the keys read before", self._keys_file, error)
+            return
+        state = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if state == self._file_state:
+            return
+        try:
+            self._use(read_api_keys_file(self._keys_file))
+        except ValueError:
+            log.error("the API keys file %s holds no valid keys: keeping the keys read before", self._keys_file)
+            return
+        if self._file_state is not None:
+            log.info("API keys reloaded from %s", self._keys_file)
+        self._file_state = state
 
     @property
     def enabled(self) -> bool:
@@ -27,6 +66,7 @@ class ApiKeys:
 
     def rejection(self, request: Request) -> Response | None:
         """A 401 response when authentication is on and the request carries no accepted key, else None."""
+        self._reload_if_changed()
         if not self.enabled:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

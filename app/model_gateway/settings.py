@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
@@ -29,6 +30,9 @@ class Settings:
     """OpenAI base URL of the model server, version path included and no trailing slash."""
     model: str | None = None
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys_file: str | None = None
+    """A file holding the keys instead (a mounted Kubernetes Secret): read again when it changes, so rotated keys
+    take effect without a restart, and the keys are in no process environment."""
     upstream_api_key: str | None = field(default=None, repr=False)
     request_timeout_seconds: float = 600.0
     connect_timeout_seconds: float = 5.0
@@ -106,6 +110,23 @@ def _token_list(value: str) -> tuple[str, ...]:
     return tuple(_token(item) for item in _split_list(value))
 
 
+def read_api_keys_file(path: str) -> tuple[str, ...]:
+    """The keys in a keys file: comma- or newline-separated; raises ValueError when unreadable, empty or invalid."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError from error
+    keys = _token_list(text.replace("\n", ","))
+    if not keys:
+        raise ValueError
+    return keys
+
+
+def _api_keys_file(value: str) -> str:
+    read_api_keys_file(value)
+    return value
+
+
 def _origin(value: str) -> str:
     if value == "*":
         return value
@@ -149,6 +170,12 @@ _VARIABLES = (
         secret=True,
     ),
     _Variable(
+        "GATEWAY_API_KEYS_FILE",
+        "api_keys_file",
+        _api_keys_file,
+        "the path of a readable file holding comma- or newline-separated keys (at least one)",
+    ),
+    _Variable(
         "GATEWAY_UPSTREAM_API_KEY",
         "upstream_api_key",
         _token,
@@ -188,6 +215,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             values[variable.attribute] = variable.parse(raw)
         except ValueError:
             problems.append(_invalid_value_message(variable, raw))
+    if "api_keys" in values and "api_keys_file" in values:
+        problems.append("GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE are both set: set one of them")
     if problems:
         raise SettingsError(problems)
     return Settings(**values)

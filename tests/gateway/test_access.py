@@ -124,3 +124,43 @@ def test_with_cors_a_relayed_answer_carries_each_header_once(start_gateway, stre
     assert response.headers["access-control-allow-origin"] == "https://chat.example.com"
     if stream:
         assert response.headers["x-accel-buffering"] == "no"
+
+
+def test_keys_from_a_mounted_file_are_accepted(start_gateway, tmp_path):
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text("file-key-one\nfile-key-two\n")
+    gateway_url = start_gateway(API_KEYS=None, API_KEYS_FILE=str(keys_file))
+
+    statuses = [
+        httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"Bearer {key}"}).status_code
+        for key in ("file-key-one", "file-key-two", API_KEY)
+    ]
+
+    assert statuses == [200, 200, 401]
+
+
+def test_rotated_keys_take_effect_without_a_restart(tmp_path, monkeypatch):
+    """A mounted Secret changes by an atomic swap of the file; the next check reads the new keys."""
+    from starlette.requests import Request
+
+    from model_gateway import auth
+
+    def request(key: str) -> Request:
+        return Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())]})
+
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text("old-key")
+    monkeypatch.setattr(auth, "KEYS_FILE_CHECK_SECONDS", 0.0)
+    keys = auth.ApiKeys((), str(keys_file))
+    assert keys.rejection(request("old-key")) is None
+
+    rotated = tmp_path / "api-keys.new"
+    rotated.write_text("new-key-0123")
+    rotated.replace(keys_file)
+
+    assert keys.rejection(request("new-key-0123")) is None
+    assert keys.rejection(request("old-key")).status_code == 401
+    # A file emptied by mistake does not turn authentication off: the keys read before stay.
+    keys_file.write_text("")
+    assert keys.rejection(request("new-key-0123")) is None
+    assert keys.rejection(request("anything")).status_code == 401

@@ -106,6 +106,18 @@ def test_invalid_secret_is_reported_without_its_value(name):
     assert "has a space" not in problem
 
 
+def test_a_keys_file_must_hold_keys_and_excludes_inline_keys(tmp_path):
+    empty, spaced, good = tmp_path / "empty", tmp_path / "spaced", tmp_path / "good"
+    empty.write_text("\n")
+    spaced.write_text("has a space\n")
+    good.write_text("key-one\nkey-two\n")
+    for path in (tmp_path / "missing", empty, spaced):
+        [problem] = problems_of({**UPSTREAM, "GATEWAY_API_KEYS_FILE": str(path)})
+        assert problem.startswith("GATEWAY_API_KEYS_FILE=") and "readable file" in problem
+    assert problems_of({**UPSTREAM, "GATEWAY_API_KEYS_FILE": str(good), "GATEWAY_API_KEYS": "inline"}) == [
+        "GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE are both set: set one of them"]
+
+
 def test_every_invalid_variable_is_reported_at_once():
     problems = problems_of({"GATEWAY_PORT": "x", "GATEWAY_LOG_LEVEL": "x", "GATEWAY_MAX_REQUEST_BYTES": "x"})
 
