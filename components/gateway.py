@@ -64,6 +64,14 @@ class GatewayArgs(TypedDict):
     image_pull_secrets: NotRequired[list[str]]
     """Names of dockerconfigjson Secrets in the namespace to pull the image with."""
 
+    allowed_clients: NotRequired[list[dict[str, Any]]]
+    """NetworkPolicy peers that may call the gateway (the ingress layer); absent admits every client. Ignored on
+    Knative, where only Knative's data path can reach the pods."""
+
+    allowed_destinations: NotRequired[list[dict[str, Any]]]
+    """NetworkPolicy egress rules for where the gateway may connect (the runner); DNS is always allowed. The
+    gateway holds the API keys: nothing else should be reachable from it."""
+
 
 class Gateway(pulumi.ComponentResource):
     """The gateway workload: settings as environment, API keys from a Secret, hardened, probed."""
@@ -97,6 +105,7 @@ class Gateway(pulumi.ComponentResource):
                 "scaling": args["scaling"],
                 "workload": args.get("workload", "deployment"),
                 "request_timeout_seconds": args["request_timeout_seconds"],
+                **{key: args[key] for key in ("allowed_clients", "allowed_destinations") if key in args},  # type: ignore[misc]
             },
             opts=pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=depends_on)),
         )

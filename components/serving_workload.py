@@ -131,7 +131,11 @@ class ServingWorkloadArgs(TypedDict):
 
     allowed_clients: NotRequired[list[dict[str, Any]]]
     """NetworkPolicy peers (camelCase `from` entries) that may reach the port; empty admits none, absent admits
-    every client (no NetworkPolicy)."""
+    every client."""
+
+    allowed_destinations: NotRequired[list[dict[str, Any]]]
+    """NetworkPolicy egress rules (camelCase `to`/`ports`) the pods may open connections to, DNS always
+    included; absent lets them connect anywhere."""
 
     pod_annotations: NotRequired[dict[str, str]]
     """Annotations on the pod template (e.g. a config checksum that rolls pods when settings change)."""
@@ -188,8 +192,11 @@ class ServingWorkload(pulumi.ComponentResource):
             clients = args.get("allowed_clients")
             ports = [{"port": args["port"], "protocol": "TCP"}]
         self._disruption_budget(metadata, pod_labels, args["scaling"], child)
-        if clients is not None:
-            self._network_policy(metadata, pod_labels, clients, ports, child)
+        destinations = args.get("allowed_destinations")
+        if clients is not None or destinations is not None:
+            k8s.networking.v1.NetworkPolicy(
+                name, metadata=metadata, spec=network_policy_spec(pod_labels, clients, ports, destinations), opts=child
+            )
         self.service_name = pulumi.Output.from_input(name)
         self.url = pulumi.Output.from_input(url)
         self.port = pulumi.Output.from_input(port)
@@ -293,18 +300,6 @@ class ServingWorkload(pulumi.ComponentResource):
             opts=opts,
         )
 
-    def _network_policy(
-        self,
-        metadata: dict,
-        pod_labels: dict[str, str],
-        clients: list[dict[str, Any]],
-        ports: Optional[list[dict[str, Any]]],
-        opts: pulumi.ResourceOptions,
-    ) -> None:
-        k8s.networking.v1.NetworkPolicy(
-            metadata["name"], metadata=metadata, spec=network_policy_spec(pod_labels, clients, ports), opts=opts
-        )
-
     def _knative_service(self, metadata: dict, args: ServingWorkloadArgs, opts: pulumi.ResourceOptions) -> None:
         scaling = args["scaling"]
         annotations = {
@@ -344,19 +339,33 @@ def _rollout_wait(args: ServingWorkloadArgs) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=total, update=total))
 
 
+# Name resolution, wherever the cluster runs its DNS pods (kube-dns and CoreDNS both carry this label).
+DNS_EGRESS = {
+    "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+
+
 def network_policy_spec(
-    pod_labels: dict[str, str], clients: list[dict[str, Any]], ports: Optional[list[dict[str, Any]]]
+    pod_labels: dict[str, str],
+    clients: Optional[list[dict[str, Any]]],
+    ports: Optional[list[dict[str, Any]]],
+    destinations: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
-    """Ingress to the selected pods from `clients` only (on `ports`, or any port when None). No clients admits
-    nobody: a rule with an empty `from` would admit every source instead."""
-    rule: dict[str, Any] = {"from": clients}
-    if ports is not None:
-        rule["ports"] = ports
-    return {
-        "podSelector": {"matchLabels": pod_labels},
-        "policyTypes": ["Ingress"],
-        "ingress": [rule] if clients else [],
-    }
+    """Ingress to the selected pods from `clients` only (on `ports`, or any port when None), and egress from them
+    to `destinations` and DNS only; None leaves that direction open. No clients admits nobody: a rule with an
+    empty `from` would admit every source instead."""
+    spec: dict[str, Any] = {"podSelector": {"matchLabels": pod_labels}, "policyTypes": []}
+    if clients is not None:
+        rule: dict[str, Any] = {"from": clients}
+        if ports is not None:
+            rule["ports"] = ports
+        spec["policyTypes"].append("Ingress")
+        spec["ingress"] = [rule] if clients else []
+    if destinations is not None:
+        spec["policyTypes"].append("Egress")
+        spec["egress"] = [DNS_EGRESS, *destinations]
+    return spec
 
 
 def knative_features(pod_spec: dict[str, Any]) -> list[str]:

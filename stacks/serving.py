@@ -11,7 +11,7 @@ from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.gateway import Gateway, gateway_pod_spec
 from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
 from components.model_runner import ModelRunner, runner_pod_spec
-from components.serving_workload import knative_features, workload_labels
+from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_features, workload_labels
 
 from .cluster import ClusterHandle
 from .config import StackConfig
@@ -160,8 +160,7 @@ def _runner_args(
         "image_pull_secrets": image_pull_secrets,
         "allowed_clients": [
             {"podSelector": {"matchLabels": workload_labels(GATEWAY)}},
-            *({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": allowed}}}
-              for allowed in runner_config.allowed_namespaces),
+            *_namespaces(runner_config.allowed_namespaces),
         ],
     }
     overrides = {
@@ -191,7 +190,23 @@ def _gateway_args(
         "workload": gateway_config.workload,
         "cors_allow_origins": list(gateway_config.cors_allow_origins),
         "image_pull_secrets": image_pull_secrets,
+        **({"allowed_clients": _namespaces(gateway_config.allowed_namespaces)}
+           if gateway_config.allowed_namespaces else {}),
+        "allowed_destinations": [_runner_destination(config)],
     }
+
+
+def _namespaces(names: list[str]) -> list[dict[str, Any]]:
+    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}} for name in names]
+
+
+def _runner_destination(config: StackConfig) -> dict[str, Any]:
+    """Where the gateway's calls to the runner go: its pods on the engine port, or Knative's data path (the
+    activator and Kourier), which forwards to them."""
+    if config.runner.workload == "knative":
+        return {"to": _namespaces(list(KNATIVE_DATA_PATH_NAMESPACES))}
+    port = config.runner.port or ENGINES[config.runner.engine].port
+    return {"to": [{"podSelector": {"matchLabels": workload_labels(RUNNER)}}], "ports": [{"port": port, "protocol": "TCP"}]}
 
 
 def _resources(resources: ResourcesConfig) -> dict[str, dict[str, str]]:

@@ -274,3 +274,27 @@ def test_the_runner_waits_for_its_settings_credentials_and_cache(prod):
     ]
     assert len(wanted) == 3
     assert {r.urn for r in wanted} <= set(deployment.dependencies)
+
+
+def test_the_gateway_is_reached_only_from_the_ingress_layer_and_reaches_only_the_runner(prod):
+    """It holds the API keys: in prod only the ingress controller's namespace may call it, and it may open
+    connections to the runner's engine port and DNS, nothing else."""
+    policy = named(prod, "NetworkPolicy", "gateway")["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gateway"
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    assert ingress["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    dns, runner = policy["egress"]
+    assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert runner == {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "model-runner",
+                                                               "app.kubernetes.io/part-of": "model-stack"}}}],
+                      "ports": [{"port": 8000, "protocol": "TCP"}]}
+
+
+def test_a_gateway_in_front_of_a_knative_runner_reaches_it_through_knatives_data_path():
+    evaluation = evaluate("dev", set={"runner.workload": "knative", "runner.scaling.minReplicas": 0})
+    (_, runner) = named(evaluation, "NetworkPolicy", "gateway")["spec"]["egress"]
+    assert {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in runner["to"]} == {
+        "knative-serving", "kourier-system"}
+    assert "ports" not in runner

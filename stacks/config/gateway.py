@@ -6,7 +6,7 @@ from typing import Annotated, Iterator, Optional
 
 from pydantic import Field
 
-from .base import ImageRef, Problem, matching
+from .base import DnsLabel, ImageRef, Problem, matching
 from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
 
 
@@ -20,6 +20,11 @@ class GatewayConfig(ServedWorkload):
 
     resources: ResourcesConfig = ResourcesConfig()
     """CPU and memory per gateway replica (it proxies and streams; it holds no model)."""
+
+    allowed_namespaces: list[DnsLabel] = []
+    """Namespaces whose pods may call the gateway: your ingress controller's (`ingress-nginx`) and in-cluster
+    clients'. Empty admits every pod. On Knative only Knative's own data path reaches it, whatever this says.
+    Either way the gateway itself may connect only to the model runner and DNS: it holds the API keys."""
 
     scaling: ScalingConfig = ScalingConfig(targetConcurrency=50)
     """Replica bounds and autoscaling targets of the gateway."""
