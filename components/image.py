@@ -1,9 +1,11 @@
 """An image built from a Docker context with BuildKit and pushed to a registry, exposed by digest."""
 
 import os
+import shlex
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
+import pulumi_command as command
 import pulumi_docker_build as docker_build
 
 
@@ -64,6 +66,11 @@ class ImageArgs(TypedDict):
     """Push to the registry (default); false loads the image into the local Docker engine instead, for the
     single-host runtime."""
 
+    host_network_builder: NotRequired[str]
+    """Build with a BuildKit builder of this name on the host's network, created when missing and removed with
+    the image. docker-build's own builder runs BuildKit in a container on a bridge network, where `localhost` is
+    that container: a registry on this machine's loopback (kind's `localhost:5001`) is reachable only this way."""
+
 
 class Image(pulumi.ComponentResource):
     """A BuildKit build pushed to a registry; `ref` names exactly the pushed bytes."""
@@ -78,6 +85,17 @@ class Image(pulumi.ComponentResource):
         super().__init__("model-stack:index:Image", name, None, opts)
         login = args.get("registry_login")
         push = args.get("push", True)
+        builder_name = args.get("host_network_builder")
+        builder_ready: list[pulumi.Resource] = []
+        if builder_name is not None:
+            quoted = shlex.quote(builder_name)
+            builder_ready.append(command.local.Command(
+                f"{name}-builder",
+                create=f"docker buildx inspect {quoted} >/dev/null 2>&1 || docker buildx create --name {quoted} "
+                       "--driver docker-container --driver-opt network=host --bootstrap",
+                delete=f"if docker buildx inspect {quoted} >/dev/null 2>&1; then docker buildx rm {quoted}; fi",
+                opts=pulumi.ResourceOptions(parent=self),
+            ))
         image = docker_build.Image(
             name,
             context={"location": _portable_path(args["context"])},
@@ -99,10 +117,11 @@ class Image(pulumi.ComponentResource):
             push=push,
             load=not push,
             registries=[login] if login else None,
+            builder={"name": builder_name} if builder_name is not None else None,
             # `pulumi preview` (CI on pull requests) needs neither a Docker daemon nor push credentials; the image
             # is built and pushed by `pulumi up`, and until then its digest is unknown in the preview.
             build_on_preview=False,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=builder_ready),
         )
         self.ref = image.ref
         self.context_hash = image.context_hash

@@ -141,6 +141,7 @@ def publish_images(
                 },
                 "pull": build.pull,
                 **({"registry_login": login} if login else {}),
+                **({"host_network_builder": f"model-stack-{pulumi.get_stack()}"} if _on_loopback(registry_host) else {}),
             },
             opts=pulumi.ResourceOptions(depends_on=push_after),
         )
@@ -180,6 +181,14 @@ def _ecr_registry(
             ],
         },
     )
+
+
+def _on_loopback(host: Optional[str]) -> bool:
+    """A registry on this machine (kind's local one), which only a BuildKit on the host's network can reach."""
+    if host is None:
+        return False
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    return name == "localhost" or name.startswith("127.") or name in ("[::1]", "::1")
 
 
 def _resource_name(kind: str, repository: str) -> str:

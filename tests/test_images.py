@@ -83,6 +83,22 @@ def test_dev_builds_the_gateway_into_the_kind_registry_and_deploys_its_digest():
     assert re.fullmatch(r"localhost:5001/model-gateway:dev@sha256:[0-9a-f]{64}", image)
 
 
+def test_the_dev_build_pushes_from_a_builder_on_the_host_network():
+    """docker-build's default BuildKit runs in a container on a bridge network, where localhost:5001 is that
+    container: the push to kind's registry only works from a builder on the host's network."""
+    evaluation = evaluate("dev")
+    build = evaluation.one("docker-build:index:Image")
+    builder = evaluation.one("command:local:Command", "gateway-builder")
+    name = build.inputs["builder"]["name"]
+    assert name == "model-stack-dev" and builder.urn in build.dependencies
+    assert f"docker buildx create --name {name} --driver docker-container --driver-opt network=host" in builder.inputs["create"]
+    assert builder.inputs["create"].startswith(f"docker buildx inspect {name} ")  # an existing one is reused
+    assert f"docker buildx rm {name}" in builder.inputs["delete"]
+    # A remote registry is reached from docker-build's own builder.
+    remote = evaluate("dev", set={"images.registry.server": "ghcr.io/acme"}).one("docker-build:index:Image")
+    assert "builder" not in remote.inputs
+
+
 PRIVATE = {
     "images.registry.server": "ghcr.io/acme",
     "images.registry.pushUsername": "ci-bot",
