@@ -91,6 +91,9 @@ def test_declared_floors_have_every_argument_the_code_passes():
 
 
 def test_ci_runs_the_mocks_suite_on_the_floors():
+    """Both CIs (.ci/run here, the GitHub workflow for users) run one script, which installs the floors."""
     workflow = yaml.safe_load((ROOT / ".github/workflows/pulumi.yml").read_text())
     steps = " ".join(step.get("run", "") for step in workflow["jobs"]["test"]["steps"])
-    assert "scripts/lowest-constraints" in steps and "-c " in steps and "pytest" in steps
+    assert ".ci/test-lowest-versions" in steps and ".ci/test-lowest-versions" in (ROOT / ".ci/run").read_text()
+    script = (ROOT / ".ci/test-lowest-versions").read_text()
+    assert "scripts/lowest-constraints >" in script and '-c "$constraints"' in script and "pytest" in script
