@@ -96,6 +96,43 @@ def cluster(control_plane):
     return control_plane
 
 
+def registered_objects(stack: auto.Stack) -> list[dict]:
+    """The Kubernetes objects in the stack's state, as the provider sent them."""
+    resources = stack.export_stack().deployment["resources"]
+    return [resource["inputs"] for resource in resources
+            if resource["type"].startswith("kubernetes:") and not resource["type"].startswith("kubernetes:yaml")
+            and "kind" in resource.get("inputs", {})]
+
+
+def kubectl_items(control_plane, objects: list[dict]) -> list[dict]:
+    """The live objects for `objects`, in the same order (kubectl reads their kinds, names and namespaces)."""
+    result = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", "get", "-f", "-", "-o", "json"],
+                            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    return found["items"] if found.get("kind") == "List" else [found]
+
+
+def kind_and_name(obj: dict) -> str:
+    return f"{obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
+def assert_contains(live, meant, where: str) -> None:
+    """Every field of `meant` is in `live` with the same value; lists item by item."""
+    if isinstance(meant, dict):
+        assert isinstance(live, dict), f"{where}: {live!r} is not a map"
+        for key, value in meant.items():
+            assert key in live, f"{where}: {key} is missing"
+            assert_contains(live[key], value, f"{where}.{key}")
+    elif isinstance(meant, list):
+        assert isinstance(live, list) and len(live) == len(meant), f"{where}: {live!r} != {meant!r}"
+        for index, (found, value) in enumerate(zip(live, meant)):
+            assert_contains(found, value, f"{where}[{index}]")
+    else:
+        assert live == meant, f"{where}: {live!r} != {meant!r}"
+
+
 def operations(result: auto.UpResult | auto.PreviewResult) -> dict:
     summary = result.summary.resource_changes if isinstance(result, auto.UpResult) else result.change_summary
     return {op: count for op, count in (summary or {}).items() if op != "same"}
@@ -107,7 +144,15 @@ def test_kubernetes_stack_lifecycle(cluster, engine_stack):
     up = stack.up(on_output=print)
     assert up.summary.result == "succeeded"
 
-    # Read back what the program meant.
+    # Read back what the program meant: every object the stack registered is in the API server with every field
+    # the program set (the server may add defaults, but may not drop or change one).
+    meant = registered_objects(stack)
+    assert len(meant) > 70  # Knative and Kourier included
+    live = kubectl_items(cluster, meant)
+    for obj, found in zip(meant, live):
+        assert_contains(found, {key: value for key, value in obj.items() if key != "metadata"}, kind_and_name(obj))
+        assert_contains(found["metadata"], {key: obj["metadata"][key] for key in ("name", "labels", "annotations")
+                                            if key in obj["metadata"]}, kind_and_name(obj))
     deployment = kubectl(cluster, "-n", "models", "get", "deployment", "model-runner")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 300
