@@ -7,7 +7,8 @@ max when pods wait for room)."""
 from __future__ import annotations
 
 import json
-from typing import NotRequired, Optional, TypedDict
+from dataclasses import dataclass
+from typing import Any, NotRequired, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -23,21 +24,21 @@ except ImportError as error:  # the AWS SDKs are an optional dependency (~270 MB
 
 from .cluster_provider import cluster_provider
 
+
+@dataclass(frozen=True)
+class PinnedChart:
+    chart: str
+    version: str
+    repository: str
+
+
 # NVIDIA's own chart: its values select and tolerate GPU nodes, and it tracks the plugin image per release.
 # A chart rather than the static manifest, because the manifest would have to be edited for both.
-DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
-DEVICE_PLUGIN_CHART_VERSION = "0.17.1"
-DEVICE_PLUGIN_REPOSITORY = "https://nvidia.github.io/k8s-device-plugin"
-
-METRICS_SERVER_CHART = "metrics-server"
-METRICS_SERVER_CHART_VERSION = "3.12.2"
-METRICS_SERVER_REPOSITORY = "https://kubernetes-sigs.github.io/metrics-server/"
-
+DEVICE_PLUGIN = PinnedChart("nvidia-device-plugin", "0.17.1", "https://nvidia.github.io/k8s-device-plugin")
+METRICS_SERVER = PinnedChart("metrics-server", "3.12.2", "https://kubernetes-sigs.github.io/metrics-server/")
 # The autoscaler finds the node groups by the tags EKS puts on their Auto Scaling groups
 # (k8s.io/cluster-autoscaler/enabled, k8s.io/cluster-autoscaler/<cluster>); its minor must match Kubernetes'.
-CLUSTER_AUTOSCALER_CHART = "cluster-autoscaler"
-CLUSTER_AUTOSCALER_CHART_VERSION = "9.46.3"
-CLUSTER_AUTOSCALER_REPOSITORY = "https://kubernetes.github.io/autoscaler"
+CLUSTER_AUTOSCALER = PinnedChart("cluster-autoscaler", "9.46.3", "https://kubernetes.github.io/autoscaler")
 CLUSTER_AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
 # https://github.com/kubernetes/autoscaler/blob/master/cluster-autoscaler/cloudprovider/aws/README.md
 CLUSTER_AUTOSCALER_POLICY = {
@@ -250,25 +251,12 @@ class EksCluster(pulumi.ComponentResource):
                 parent=self, provider=self.provider, depends_on=[cluster, efs_csi_driver, *mount_targets]
             ),
         )
-        k8s.helm.v4.Chart(
-            f"{name}-nvidia-device-plugin",
-            chart=DEVICE_PLUGIN_CHART,
-            version=DEVICE_PLUGIN_CHART_VERSION,
-            repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=DEVICE_PLUGIN_REPOSITORY),
-            namespace="kube-system",
-            values={"nodeSelector": GPU_NODE_LABELS, "tolerations": [GPU_TOLERATION]},
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster]),
+        self._system_chart(
+            f"{name}-nvidia-device-plugin", DEVICE_PLUGIN,
+            {"nodeSelector": GPU_NODE_LABELS, "tolerations": [GPU_TOLERATION]}, [cluster],
         )
         system_only = {"nodeSelector": {NODE_POOL_LABEL: "system"}}
-        k8s.helm.v4.Chart(
-            f"{name}-metrics-server",
-            chart=METRICS_SERVER_CHART,
-            version=METRICS_SERVER_CHART_VERSION,
-            repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=METRICS_SERVER_REPOSITORY),
-            namespace="kube-system",
-            values=system_only,
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster, system_nodes]),
-        )
+        self._system_chart(f"{name}-metrics-server", METRICS_SERVER, system_only, [cluster, system_nodes])
         self._cluster_autoscaler(name, args, cluster, system_only, addon_opts, pod_identity_agent)
         self.model_cache_storage_class = storage_class.metadata.apply(lambda metadata: metadata.name)
         self.register_outputs(
@@ -303,13 +291,9 @@ class EksCluster(pulumi.ComponentResource):
             role_arn=role.arn,
             opts=pulumi.ResourceOptions.merge(addon_opts, pulumi.ResourceOptions(depends_on=[pod_identity_agent])),
         )
-        k8s.helm.v4.Chart(
-            f"{name}-cluster-autoscaler",
-            chart=CLUSTER_AUTOSCALER_CHART,
-            version=CLUSTER_AUTOSCALER_CHART_VERSION,
-            repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=CLUSTER_AUTOSCALER_REPOSITORY),
-            namespace="kube-system",
-            values={
+        self._system_chart(
+            f"{name}-cluster-autoscaler", CLUSTER_AUTOSCALER,
+            {
                 "cloudProvider": "aws",
                 "awsRegion": args["region"],
                 "autoDiscovery": {"clusterName": args["name"]},
@@ -317,7 +301,21 @@ class EksCluster(pulumi.ComponentResource):
                 "image": {"tag": f"v{args['kubernetes_version']}.0"},
                 **placement,
             },
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[cluster, identity]),
+            [cluster, identity],
+        )
+
+    def _system_chart(
+        self, name: str, pinned: PinnedChart, values: dict[str, Any], depends_on: list[pulumi.Resource]
+    ) -> None:
+        """A pinned Helm chart in kube-system, through the cluster's provider."""
+        k8s.helm.v4.Chart(
+            name,
+            chart=pinned.chart,
+            version=pinned.version,
+            repository_opts=k8s.helm.v4.RepositoryOptsArgs(repo=pinned.repository),
+            namespace="kube-system",
+            values=values,
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=depends_on),
         )
 
     def _node_group(
