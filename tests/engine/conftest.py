@@ -54,7 +54,7 @@ def run_program() -> None:
 
 
 @pytest.fixture
-def engine_stack(toolchain, tmp_path) -> Iterator[Any]:
+def engine_stack(toolchain, tmp_path) -> Callable[..., auto.Stack]:
     """Returns `make(name, config)`: a stack of this project on a fresh file backend in a temporary directory,
     its `Pulumi.<name>.yaml` holding `config` (keys without the `model-stack:` prefix), as a user writes one."""
 
