@@ -113,11 +113,17 @@ class Section(BaseModel):
                 for item_key, item in value.items():
                     if isinstance(item, Section):
                         yield from item.problems(join_key(key, item_key), invalid)
-        yield from unaffected(self.check(path), invalid)
+        for found in self.checks(path):
+            yield from unaffected(found, invalid)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
         return iter(())
+
+    def checks(self, path: str) -> list[Iterator[Problem]]:
+        """Independent groups of rules: one that reads an invalid field stops, the others still report. Sections
+        whose rules read different fields override it; the default is `check` alone."""
+        return [self.check(path)]
 
 
 def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:
