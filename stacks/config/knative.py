@@ -16,6 +16,8 @@ _ASN1_SEQUENCE = 0x30
 def _pem_certificates(value: str) -> str:
     """PEM certificates: the armour, strict base64, and DER that starts as every X.509 certificate does (a
     SEQUENCE). The `cryptography` package would parse them fully; it is no dependency of this project."""
+    if "PRIVATE KEY-----" in value:
+        return value  # the credential rule (credentials.py) refuses it already, saying where a key belongs
     blocks = list(_PEM_CERTIFICATE.finditer(value))
     between = _PEM_CERTIFICATE.sub("", value)
     problem = None
