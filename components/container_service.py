@@ -18,7 +18,7 @@ class PortArgs(TypedDict):
     """Port on the host; absent lets Docker pick one."""
 
     protocol: NotRequired[str]
-    """`tcp` (default) or `udp`."""
+    """`tcp` (default), `udp` or `sctp`."""
 
     host_ip: NotRequired[str]
     """Host address to publish on; absent publishes on every interface."""
@@ -42,6 +42,12 @@ class MountArgs(TypedDict):
 
     tmpfs_mode: NotRequired[int]
     """tmpfs file mode."""
+
+    propagation: NotRequired[str]
+    """Bind propagation (`rprivate`, `shared`, `rslave`, ...)."""
+
+    no_copy: NotRequired[bool]
+    """A named volume is not filled with what the image has at the target."""
 
 
 class HealthcheckArgs(TypedDict):
@@ -93,7 +99,7 @@ class ContainerServiceArgs(TypedDict):
     """Memory limit."""
 
     memory_swap_bytes: NotRequired[int]
-    """Memory plus swap limit."""
+    """Memory plus swap limit; -1 lets the container swap without limit."""
 
     cpus: NotRequired[float]
     """CPU limit in cores."""
@@ -253,26 +259,41 @@ def _check_job(container_name: str, exit_code: Optional[int], logs: Optional[str
     )
 
 
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
-_NANOSECONDS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "µs": 10**3, "ns": 1}
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# Go spells a microsecond with the micro sign (U+00B5) or the Greek mu (U+03BC).
+_NANOSECONDS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "µs": 10**3, "μs": 10**3, "ns": 1}
+_MAX_GO_DURATION = 2**63 - 1
+
+
+def duration_nanoseconds(text: str) -> int:
+    """Nanoseconds of a duration in Go's `time.ParseDuration` grammar, which Compose uses: an optional sign, then
+    decimal numbers each with a unit (`1m30.5s`, `.5h`, `-1.5s`), or a bare `0`."""
+    sign, body = (text[0], text[1:]) if text[:1] in ("-", "+") else ("", text)
+    if body == "0":
+        return 0
+    parts = _GO_DURATION_PART.findall(body)
+    if not parts or "".join(number + unit for number, unit in parts) != body:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 1m30s, 1.5s or 500ms)")
+    total = round(sum(Fraction(number) * _NANOSECONDS[unit] for number, unit in parts))
+    if total > _MAX_GO_DURATION:
+        raise ValueError(f"not a duration: {text!r} is longer than Go's limit of about 292 years")
+    return -total if sign == "-" else total
 
 
 def go_duration(text: str) -> str:
-    """A Compose duration (Go's `time.ParseDuration` grammar: `1m30s`, `1.5s`, `500ms`) in the form Go's
+    """A Compose duration (`1m30s`, `1.5s`, `500ms`; see `duration_nanoseconds`) in the form Go's
     `Duration.String()` prints it (`90s` -> `1m30s`, `120s` -> `2m0s`): Docker reports health-check durations back
     in that form, so anything else shows as a change on every `pulumi up`."""
-    parts = _GO_DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 1m30s, 1.5s or 500ms)")
-    total = round(sum(Fraction(number) * _NANOSECONDS[unit] for number, unit in parts))
+    total = duration_nanoseconds(text)
+    sign, total = ("-" if total < 0 else ""), abs(total)
     if total == 0:
         return "0s"
     if total < 10**9:
         unit = "ms" if total >= 10**6 else "µs" if total >= 10**3 else "ns"
-        return _decimal(total, _NANOSECONDS[unit]) + unit
+        return sign + _decimal(total, _NANOSECONDS[unit]) + unit
     hours, rest = divmod(total, _NANOSECONDS["h"])
     minutes, rest = divmod(rest, _NANOSECONDS["m"])
-    return (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "") + _decimal(rest, 10**9) + "s"
+    return sign + (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "") + _decimal(rest, 10**9) + "s"
 
 
 def _decimal(nanoseconds: int, unit: int) -> str:
@@ -280,9 +301,13 @@ def _decimal(nanoseconds: int, unit: int) -> str:
     return f"{whole}.{fraction:0{len(str(unit)) - 1}d}".rstrip("0").rstrip(".") if fraction else str(whole)
 
 
+UNLIMITED_SWAP = -1
+
+
 def _megabytes(size: Optional[int]) -> Optional[int]:
-    """pulumi-docker takes memory in MB; a limit is never rounded down below what was asked."""
-    return None if size is None else -(-size // 2**20)
+    """pulumi-docker takes memory in MB; a limit is never rounded down below what was asked (-1, unlimited swap,
+    stays as it is)."""
+    return None if size is None else size if size == UNLIMITED_SWAP else -(-size // 2**20)
 
 
 def _mount(mount: MountArgs) -> docker.ContainerMountArgs:
@@ -292,4 +317,6 @@ def _mount(mount: MountArgs) -> docker.ContainerMountArgs:
     return docker.ContainerMountArgs(
         type=mount["type"], target=mount["target"], source=mount.get("source"), read_only=mount.get("read_only"),
         tmpfs_options=tmpfs,
+        bind_options=docker.ContainerMountBindOptionsArgs(propagation=mount["propagation"]) if "propagation" in mount else None,
+        volume_options=docker.ContainerMountVolumeOptionsArgs(no_copy=True) if mount.get("no_copy") else None,
     )

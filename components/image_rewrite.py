@@ -36,35 +36,47 @@ def split_reference(reference: str) -> tuple[str, str]:
     return name, tag + (at + digest if at else "")
 
 
-def _is_registry_host(component: str) -> bool:
+def is_registry_host(component: str) -> bool:
+    """Whether the first component of a name is a registry host (distribution/reference's rule)."""
     return "." in component or ":" in component or component == "localhost"
 
 
+# Names Docker Hub goes by besides docker.io: reference's legacy default domain and its registry API host.
+_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
+
+
+def _on_hub(host: str) -> str:
+    return DEFAULT_REGISTRY if host in _HUB_ALIASES else host
+
+
 def canonical_repository(repository: str) -> str:
-    """The fully qualified repository Docker pulls for a name: `nginx` -> `docker.io/library/nginx`,
-    `vllm/vllm-openai` -> `docker.io/vllm/vllm-openai`; names with a registry host stay as they are."""
+    """The fully qualified repository Docker pulls for a name: `nginx` and `index.docker.io/nginx` ->
+    `docker.io/library/nginx`, `vllm/vllm-openai` -> `docker.io/vllm/vllm-openai`; other hosts stay as they are."""
     first, _, rest = repository.partition("/")
-    if rest and _is_registry_host(first):
-        return repository
-    if not rest:
-        return f"{DEFAULT_REGISTRY}/{OFFICIAL_NAMESPACE}/{repository}"
-    return f"{DEFAULT_REGISTRY}/{repository}"
+    host, path = (_on_hub(first), rest) if rest and is_registry_host(first) else (DEFAULT_REGISTRY, repository)
+    if host == DEFAULT_REGISTRY and "/" not in path:
+        path = f"{OFFICIAL_NAMESPACE}/{path}"
+    return f"{host}/{path}"
 
 
 def canonical_prefix(prefix: str) -> str:
-    """A rule's prefix, fully qualified: a registry host (`ghcr.io`), or a repository path where a path without
-    a host is on Docker Hub (`vllm` -> `docker.io/vllm`)."""
-    prefix = prefix.strip("/")
-    return prefix if _is_registry_host(prefix.partition("/")[0]) else f"{DEFAULT_REGISTRY}/{prefix}"
+    """A rule's prefix, fully qualified: a registry host (`ghcr.io`; Docker Hub's aliases as `docker.io`), or a
+    repository path where a path without a host is on Docker Hub (`vllm` -> `docker.io/vllm`)."""
+    first, slash, rest = prefix.strip("/").partition("/")
+    return _on_hub(first) + slash + rest if is_registry_host(first) else f"{DEFAULT_REGISTRY}/{prefix.strip('/')}"
+
+
+def applied_rule(reference: str, rules: Mapping[str, str]) -> Optional[str]:
+    """The rule (its key) that maps `reference`: the longest matching prefix; None when none matches."""
+    canonical = canonical_repository(split_reference(reference)[0])
+    matching = [rule for rule in rules if canonical == canonical_prefix(rule) or canonical.startswith(canonical_prefix(rule) + "/")]
+    return max(matching, key=lambda rule: len(canonical_prefix(rule)), default=None)
 
 
 def rewrite_image(reference: str, rules: Mapping[str, str]) -> str:
     """`reference` as the cluster pulls it: through the longest matching rule, or unchanged when none matches."""
-    repository, suffix = split_reference(reference)
-    canonical = canonical_repository(repository)
-    prefixes = {canonical_prefix(prefix): target for prefix, target in rules.items()}
-    matching = [prefix for prefix in prefixes if canonical == prefix or canonical.startswith(prefix + "/")]
-    if not matching:
+    rule = applied_rule(reference, rules)
+    if rule is None:
         return reference
-    prefix = max(matching, key=len)
-    return prefixes[prefix].rstrip("/") + canonical[len(prefix):] + suffix
+    repository, suffix = split_reference(reference)
+    return rules[rule].rstrip("/") + canonical_repository(repository)[len(canonical_prefix(rule)):] + suffix

@@ -41,7 +41,12 @@ SSL_CERT_DIR = f"/etc/ssl/certs:{CA_BUNDLE_DIR}"
 
 
 class ManifestError(pulumi.RunError):
-    """A release manifest could not be read; RunError: Pulumi prints just the message."""
+    """Release manifests that could not be read or are no Kubernetes objects, one reason per file; RunError:
+    Pulumi prints just the message."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
 
 
 class KourierNodePorts(TypedDict):
@@ -99,11 +104,37 @@ def _load(serving_version: str, kourier_version: str, manifests_dir: Optional[st
         SERVING_CORE: SERVING_RELEASE_URL.format(version=serving_version, file=SERVING_CORE),
         KOURIER: KOURIER_RELEASE_URL.format(version=kourier_version, file=KOURIER),
     }
-    manifests = {}
+    if manifests_dir is not None and not Path(manifests_dir).is_dir():
+        raise ManifestError([f"{manifests_dir} is not a directory; it must hold {SERVING_CRDS}, {SERVING_CORE} and "
+                             f"{KOURIER} of the pinned releases"])
+    manifests: dict[str, list[dict[str, Any]]] = {}
+    reasons: list[str] = []
     for file, url in sources.items():
-        text = _read_file(Path(manifests_dir) / file) if manifests_dir else _download(url)
-        manifests[file] = [document for document in yaml.safe_load_all(text) if document]
+        try:
+            text = _read_file(Path(manifests_dir) / file) if manifests_dir else _download(url)
+            manifests[file] = _objects(text)
+        except ValueError as error:
+            reasons.append(f"{file} {error}")
+    if reasons:
+        raise ManifestError(reasons)
     return manifests
+
+
+def _objects(text: str) -> list[dict[str, Any]]:
+    """The Kubernetes objects of a multi-document YAML file; ValueError saying what is wrong with it."""
+    try:
+        documents = [document for document in yaml.safe_load_all(text) if document]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"is not YAML{where}: {getattr(error, 'problem', None) or error}") from None
+    for number, document in enumerate(documents, start=1):
+        if not (isinstance(document, dict) and isinstance(document.get("apiVersion"), str)
+                and isinstance(document.get("kind"), str)):
+            raise ValueError(f"document {number} is not a Kubernetes object (a map with apiVersion and kind)")
+    if not documents:
+        raise ValueError("holds no Kubernetes objects")
+    return documents
 
 
 def release_images(manifests: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -123,9 +154,9 @@ def release_images(manifests: dict[str, list[dict[str, Any]]]) -> list[str]:
 def _read_file(path: Path) -> str:
     try:
         return path.read_text()
-    except OSError as error:
-        raise ManifestError(f"knative.manifestsDir: cannot read {path} ({error.strerror}); the directory must hold "
-                            f"{SERVING_CRDS}, {SERVING_CORE} and {KOURIER} of the pinned releases") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot be read: {path} ({getattr(error, 'strerror', None) or error}); the "
+                         f"directory must hold {SERVING_CRDS}, {SERVING_CORE} and {KOURIER} of the pinned releases") from None
 
 
 def _download(url: str) -> str:
@@ -133,8 +164,8 @@ def _download(url: str) -> str:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
             return response.read().decode()
     except (urllib.error.URLError, TimeoutError) as error:
-        raise ManifestError(f"cannot download {url} ({error}); without internet access, set knative.manifestsDir "
-                            "to a directory with the release manifests") from None
+        raise ValueError(f"cannot be downloaded from {url} ({error}); without internet access, set "
+                         "knative.manifestsDir to a directory with the release manifests") from None
 
 
 class KnativeServing(pulumi.ComponentResource):

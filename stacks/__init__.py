@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Iterator, Optional
+
 import pulumi
 
-from .config import load
+from .config import StackConfig, load
+from .config.base import Problem
 
 
 def deploy() -> None:
     """Validates the stack config (nothing is registered if it is wrong), then deploys the chosen runtime."""
-    config, secrets = load()
+    config, secrets = load(deployment_checks=_release_problems)
+    # A rule for images the stack does not deploy yet (another engine's registry) is no error, but worth a look.
+    for problem in config.images.unused_rule_problems("images", _mapped_images(config)):
+        pulumi.log.warn(str(problem))
     if config.runtime == "kubernetes":
         from .kubernetes import deploy_kubernetes
 
@@ -19,3 +25,30 @@ def deploy() -> None:
 
         deploy_docker(config, secrets)
     pulumi.export("environment", config.environment)
+
+
+def _release_problems(config: StackConfig) -> Iterator[Problem]:
+    """Knative release manifests in knative.manifestsDir that cannot be read or are no Kubernetes objects."""
+    if not config.knative_installed:
+        return
+    from components.knative_serving import ManifestError
+
+    from .knative import release_images_of
+
+    try:
+        release_images_of(config)
+    except ManifestError as error:
+        if config.knative.manifests_dir is None:
+            raise  # a failed download is no config problem; its message says what to do
+        for reason in error.reasons:
+            yield Problem("knative.manifestsDir", reason, config.knative.manifests_dir)
+
+
+def _mapped_images(config: StackConfig) -> Optional[list[str]]:
+    """The images the stack deploys through the registry mapping; None on Docker, which applies no mapping."""
+    if config.runtime == "docker":
+        return None
+    from .knative import release_images_of
+    from .serving import upstream_images
+
+    return [*upstream_images(config), *release_images_of(config)]

@@ -3,6 +3,7 @@ private network, with the model cache in a named volume that outlives the stack.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +16,7 @@ from components.engines import CACHE_MOUNT_PATH, HF_TOKEN_ENV, docker_health_tes
 from components.image import Image
 
 from .config import StackConfig
-from .config.docker import ServiceConfig
+from .config.docker import ServiceConfig, bind_source
 from .config.secrets import StackSecrets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -131,9 +132,23 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     if health is not None:
         gateway_args["healthcheck"] = health
     ContainerService(GATEWAY, gateway_args, opts=pulumi.ResourceOptions(depends_on=[network, runner]))
-    published = next((port for port in settings.gateway.ports if port.target == GATEWAY_PORT and port.published), None)
-    if published is not None:
-        pulumi.export("gatewayUrl", f"http://{published.host_ip or '127.0.0.1'}:{published.published}/v1")
+    url = _gateway_url(settings.gateway)
+    if url is not None:
+        pulumi.export("gatewayUrl", url)
+
+
+def _gateway_url(gateway: ServiceConfig) -> Optional[str]:
+    """Where this machine reaches the gateway: its published port, on loopback when published on every address."""
+    for port in gateway.ports:
+        published = {target: host for host, target in port.pairs()}.get(GATEWAY_PORT)
+        if published is not None and port.protocol == "tcp":
+            address = ip_address(port.host_ip) if port.host_ip else None
+            if address is None or address.is_unspecified:
+                host = "127.0.0.1"
+            else:
+                host = f"[{address}]" if address.version == 6 else str(address)
+            return f"http://{host}:{published}/v1"
+    return None
 
 
 def service_args(
@@ -148,6 +163,11 @@ def service_args(
         env.update({key: value or "" for key, value in dotenv_values(PROJECT_ROOT / env_file).items()})
     if not secret_env:
         env.update(service.env)
+    for volume in service.volumes:
+        if volume.selinux:
+            pulumi.log.warn(f"{name}: the volume on {volume.target} asks for SELinux relabelling ({volume.selinux}), "
+                            "which pulumi-docker's mounts cannot do; on an SELinux host, label its source yourself "
+                            "(chcon -Rt container_file_t <path>)")
     args: dict[str, Any] = {
         "image": image,
         "container_name": name,
@@ -160,15 +180,18 @@ def service_args(
         "log_options": dict(service.logging.options),
         "labels": {"com.docker.compose.project": "model-stack", "com.docker.compose.service": name, **service.labels},
         "security_opts": list(service.security_opts),
+        # pulumi-docker publishes one port per entry: a range is one entry per port.
         "ports": [
-            {"target": port.target, "protocol": port.protocol,
-             **({"published": port.published} if port.published else {}),
+            {"target": target, "protocol": port.protocol,
+             **({"published": published} if published else {}),
              **({"host_ip": port.host_ip} if port.host_ip else {})}
-            for port in service.ports
+            for port in service.ports for published, target in port.pairs()
         ],
         "mounts": [
             *({"type": volume.type, "target": volume.target, "read_only": volume.read_only,
-               **({"source": _bind_source(volume.source) if volume.type == "bind" else volume.source} if volume.source else {})}
+               **({"source": str(bind_source(volume.source)) if volume.type == "bind" else volume.source} if volume.source else {}),
+               **({"propagation": volume.propagation} if volume.propagation else {}),
+               **({"no_copy": True} if volume.no_copy else {})}
               for volume in service.volumes),
             *({"type": "tmpfs", "target": tmpfs.target,
                **({"tmpfs_size_bytes": tmpfs.size} if tmpfs.size else {}),
@@ -193,17 +216,11 @@ def _scratch(service: ServiceConfig, paths: list[str]) -> list[MountArgs]:
     return [{"type": "tmpfs", "target": path} for path in paths if path not in taken]
 
 
-def _bind_source(source: str) -> str:
-    return str((PROJECT_ROOT / Path(source).expanduser()).resolve())
-
-
 def _healthcheck(service: ServiceConfig, default_test: Optional[list[str]], start_period: str) -> Optional[dict[str, Any]]:
     check = service.healthcheck
     test = check.test if check.test is not None else default_test
     if test is None:
         return None
-    if isinstance(test, str):
-        test = ["CMD-SHELL", test]
     return {
         "test": list(test),
         "interval": check.interval,

@@ -49,7 +49,7 @@ FAKE_SECRETS = {
     "gatewayApiKeys": "test-key-1,test-key-2",
     "registryPushPassword": "push-password-0000",
     "registryPullPassword": "pull-password-0000",
-    "kubeconfig": "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n",
+    "kubeconfig": "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: [{name: prod-admin}]\nusers: []\n",
 }
 
 

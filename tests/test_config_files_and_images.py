@@ -3,7 +3,8 @@ error, not a traceback); browser origins are origins; registry user names are no
 
 import pytest
 
-from harness import ROOT, assert_rejected, evaluate
+from harness import ROOT, assert_rejected, evaluate, evaluate_failure
+from schemas import KNATIVE_MANIFESTS
 
 EXISTING = {"cluster.provider": "existing", "cluster.kind": None, "images.registry.server": "registry.example.com"}
 
@@ -61,3 +62,85 @@ def test_bad_origins_usernames_and_build_paths_are_refused(overrides, key, text)
 ])
 def test_valid_origins_and_build_paths_are_accepted(overrides):
     evaluate("dev", set=overrides)
+
+
+# --- Knative's release manifests and the registry CA ----------------------------------------------------------
+
+RELEASE_FILES = ("serving-crds.yaml", "serving-core.yaml", "kourier.yaml")
+
+
+def release_copy(directory, **replaced):
+    """The pinned release's manifests in `directory`, with some files' text replaced (None: left out)."""
+    for file in RELEASE_FILES:
+        text = replaced.get(file.replace("-", "_").removesuffix(".yaml"), (KNATIVE_MANIFESTS / file).read_text())
+        if text is not None:
+            (directory / file).write_text(text)
+    return directory
+
+
+@pytest.mark.parametrize("replaced,text", [
+    ({"kourier": "kind: Service\nmetadata: {name: [unclosed\n"}, "kourier.yaml is not YAML at line 3"),
+    ({"serving_core": "- just\n- a list\n"}, "serving-core.yaml document 1 is not a Kubernetes object"),
+    ({"serving_crds": "apiVersion: v1\nkind: Namespace\n---\nplain text\n"}, "serving-crds.yaml document 2 is not"),
+    ({"serving_crds": "# nothing\n"}, "serving-crds.yaml holds no Kubernetes objects"),
+    ({"kourier": None}, "kourier.yaml cannot be read"),
+], ids=["yaml", "not-objects", "second-document", "empty", "missing"])
+def test_a_broken_release_manifest_is_a_config_error_naming_the_file(tmp_path, replaced, text):
+    assert_rejected("dev", {"knative.manifestsDir": str(release_copy(tmp_path, **replaced))}, "knative.manifestsDir", text)
+
+
+def test_a_manifests_dir_that_is_no_directory_is_a_config_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    assert_rejected("dev", {"knative.manifestsDir": str(tmp_path / "file")}, "knative.manifestsDir", "is not a directory")
+
+
+def test_every_broken_release_file_is_reported_with_the_other_problems(tmp_path):
+    directory = release_copy(tmp_path, kourier="a: [", serving_core="- 1\n", serving_crds=None)
+    error, evaluation = evaluate_failure("dev", set={"knative.manifestsDir": str(directory), "runner.namespace": "Models"})
+    assert sorted(str(problem).partition(".yaml")[0] for problem in error.problems) == sorted([
+        "knative.manifestsDir: kourier", "knative.manifestsDir: serving-core", "knative.manifestsDir: serving-crds",
+        str(next(p for p in error.problems if p.key == "runner.namespace")).partition(".yaml")[0],
+    ])
+    assert evaluation.resources == []
+
+
+CERTIFICATE = (ROOT / "tests" / "fixtures" / "registry-ca.pem").read_text()
+BODY = CERTIFICATE.splitlines()[1]
+
+
+@pytest.mark.parametrize("bundle,text", [
+    ("not a certificate", "holds no -----BEGIN CERTIFICATE-----"),
+    (CERTIFICATE.replace(BODY, BODY[:-1] + "!"), "holds no -----BEGIN CERTIFICATE-----"),
+    (CERTIFICATE.replace(BODY, BODY[1:]), "certificate 1 is not base64 of a DER certificate"),
+    (CERTIFICATE + "issued by our CA\n", "besides certificate blocks"),
+    (CERTIFICATE + CERTIFICATE.replace(BODY, "QUJD" * 16), "certificate 2 is not base64 of a DER certificate"),
+], ids=["text", "bad-character", "bad-base64", "text-outside", "second-bad"])
+def test_a_registry_ca_bundle_must_be_pem_certificates(bundle, text):
+    assert_rejected("dev", {"knative.registryCaBundle": bundle}, "knative.registryCaBundle", text)
+
+
+def test_a_bundle_of_several_certificates_is_accepted():
+    evaluate("dev", set={"knative.registryCaBundle": CERTIFICATE + "\n" + CERTIFICATE})
+
+
+# --- the kubeconfig secret --------------------------------------------------------------------------------------
+
+FROM_SECRET = {**EXISTING, "cluster.existing.context": "mine"}
+
+
+@pytest.mark.parametrize("kubeconfig,key,text", [
+    ("clusters: [unclosed\nusers: []\n", "kubeconfig", "is not YAML (line 2"),
+    ("kind: Secret\n", "kubeconfig", "is not a kubeconfig"),
+    ("apiVersion: v1\nkind: Config\ncontexts: [{name: other}]\n", "cluster.existing.context",
+     "is not a context of the kubeconfig secret (it has: other)"),
+], ids=["yaml", "not-a-kubeconfig", "context"])
+def test_a_bad_kubeconfig_secret_is_a_config_error_that_never_shows_it(kubeconfig, key, text):
+    error, evaluation = evaluate_failure("dev", set=FROM_SECRET, secrets={"kubeconfig": kubeconfig + "token: s3cr3t\n"})
+    assert [str(problem) for problem in error.problems if problem.key == key and text in str(problem)]
+    assert len(error.problems) == 1 and "s3cr3t" not in str(error)
+    assert evaluation.resources == []
+
+
+def test_a_kubeconfig_secret_with_the_chosen_context_is_accepted():
+    evaluate("dev", set=FROM_SECRET,
+             secrets={"kubeconfig": "apiVersion: v1\nkind: Config\ncontexts: [{name: mine}]\nclusters: []\nusers: []\n"})

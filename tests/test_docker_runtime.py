@@ -164,7 +164,7 @@ def test_the_docker_model_runner_pulls_from_a_sidecar_sharing_the_engines_networ
 
 
 BAD_DOCKER_CONFIG: list[tuple[dict[str, Any], str, str]] = [
-    ({"docker.gateway.ports": ["8080:80:90"]}, "docker.gateway.ports[0]", "[host-ip:][published:]target"),
+    ({"docker.gateway.ports": ["8080:80:90"]}, "docker.gateway.ports[0]", "[HOST_IP:][HOST_PORT:]CONTAINER_PORT"),
     ({"docker.gateway.ports": ["70000"]}, "docker.gateway.ports[0]", "65535"),
     ({"docker.runner.memory": "2 gigs"}, "docker.runner.memory", "512m, 2g"),
     ({"docker.runner.memory": "2g", "docker.runner.memorySwap": "1g"}, "docker.runner.memorySwap", "at least memory"),
@@ -183,7 +183,8 @@ def test_bad_docker_config_is_rejected_by_key_before_anything_exists(overrides, 
 
 @pytest.mark.parametrize("text,docker_form", [
     ("120s", "2m0s"), ("90s", "1m30s"), ("1h", "1h0m0s"), ("1.5s", "1.5s"), ("500ms", "500ms"), ("0s", "0s"),
-    ("61.5s", "1m1.5s"), ("1500us", "1.5ms"), ("2h3m4s", "2h3m4s"),
+    ("61.5s", "1m1.5s"), ("1500us", "1.5ms"), ("2h3m4s", "2h3m4s"), ("0", "0s"), ("1500μs", "1.5ms"), ("+1m", "1m0s"),
+    ("1m30.5s", "1m30.5s"), (".5h", "30m0s"), ("1.s", "1s"),
 ])
 def test_durations_are_emitted_as_docker_reports_them_back(text, docker_form):
     assert go_duration(text) == docker_form

@@ -225,7 +225,7 @@ def test_without_a_build_cache_every_gateway_tag_is_immutable():
 BAD_IMAGE_CONFIG = [
     ("dev", {"images.mirror": ["vllm/vllm-openai:v0.11.0"]}, "images.mirror[0]", "pinned by digest"),
     ("dev", {"images.mirror": [f"vllm/vllm-openai@{DIGEST}"]}, "images.mirror[0]", "no images.rewrite rule"),
-    ("dev", {"images.rewrite": {"docker.io": "docker.io/"}}, 'images.rewrite["docker.io"]', "to itself"),
+    ("dev", {"images.rewrite": {"docker.io": "index.docker.io"}}, 'images.rewrite["docker.io"]', "to itself"),
     ("dev", {"images.registry.pushUsername": "ci"}, "images.registry.pushUsername", "images.registry.server"),
     ("dev", {"images.registry.server": "ghcr.io/Acme Corp"}, "images.registry.server", "registry host"),
     ("prod", {"images.gatewayBuild.baseImage": "python:3.12-slim"}, "images.gatewayBuild.baseImage", "digest-pinned"),

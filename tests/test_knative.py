@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from components import knative_serving
-from harness import Evaluation, evaluate, evaluate_failure
+from harness import ROOT, Evaluation, evaluate, evaluate_failure
 from schemas import KNATIVE_MANIFESTS, knative_crd_schemas
 
 # Knative ignores CPU targets (the config refuses them there): prod's goes with the move.
@@ -223,7 +223,7 @@ def test_an_offline_directory_without_the_release_is_named(tmp_path):
 
 
 def test_a_private_registry_ca_is_trusted_by_the_controller_next_to_the_system_roots():
-    bundle = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    bundle = (ROOT / "tests" / "fixtures" / "registry-ca.pem").read_text()
     evaluation = evaluate("dev", set={"knative.registryCaBundle": bundle})
     assert config_map(evaluation, "registry-ca-bundle") == {"ca.crt": bundle}
     controller = knative_objects(evaluation, "Deployment")["controller"]["spec"]["template"]["spec"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import pulumi
 from pulumi.runtime import config as runtime_config
@@ -180,8 +180,12 @@ class StackConfig(Section):
             yield from self.docker.env_wiring_problems(join_key(path, "docker"), self.runner.wired_env())
 
 
-def load(project: str | None = None, stack: str | None = None) -> tuple[StackConfig, StackSecrets]:
-    """Reads and validates this stack's config; raises ConfigError naming every problem."""
+def load(
+    project: str | None = None, stack: str | None = None,
+    deployment_checks: Callable[[StackConfig], Iterator[Problem]] | None = None,
+) -> tuple[StackConfig, StackSecrets]:
+    """Reads and validates this stack's config; raises ConfigError naming every problem. `deployment_checks` are
+    rules that need what the stack deploys (known before anything is registered), reported with the rest."""
     project = project or pulumi.get_project()
     stack = stack or pulumi.get_stack()
     raw, problems, unreadable = _read_raw(project)
@@ -195,6 +199,8 @@ def load(project: str | None = None, stack: str | None = None) -> tuple[StackCon
         invalid = _invalid_fields(config, [*((key,) for key in unreadable), *invalid_locs])
         problems.extend(config.problems("", invalid))
         problems.extend(unaffected(secrets.problems(config), invalid))
+        if deployment_checks is not None:
+            problems.extend(unaffected(deployment_checks(config), invalid))
     if problems:
         raise ConfigError(stack, problems)
     assert config is not None

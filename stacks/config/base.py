@@ -20,6 +20,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
 
+from components.image_rewrite import is_registry_host
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -113,11 +115,17 @@ class Section(BaseModel):
                 for item_key, item in value.items():
                     if isinstance(item, Section):
                         yield from item.problems(join_key(key, item_key), invalid)
-        yield from unaffected(self.check(path), invalid)
+        for found in self.checks(path):
+            yield from unaffected(found, invalid)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
         return iter(())
+
+    def checks(self, path: str) -> list[Iterator[Problem]]:
+        """Independent groups of rules: one that reads an invalid field stops, the others still report. Sections
+        whose rules read different fields override it; the default is `check` alone."""
+        return [self.check(path)]
 
 
 def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:
@@ -216,6 +224,30 @@ def _image_reference(value: str) -> str:
             "or name@sha256:<64 hex digits> (lowercase repository, optional tag and digest)"
         ) from None
     return value
+
+
+_REPOSITORY_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_REGISTRY_PREFIX_HINT = (
+    "a registry host or repository prefix such as docker.io, ghcr.io/acme, vllm or registry.internal:5000/mirror "
+    "(no scheme, lowercase path components, no tag, digest or trailing slash)")
+
+
+def _registry_prefix(value: str) -> str:
+    """A registry host, a repository path on it, or (without a host) a path on Docker Hub: the start of a name in
+    the distribution reference grammar. The first component is a host exactly when reference reads it as one."""
+    first, slash, rest = value.partition("/")
+    host, path = (first, rest) if is_registry_host(first) else ("", value)
+    problem = ("has a scheme; " if "://" in value else "has a tag or digest; " if "@" in path or ":" in path else
+               "ends with '/'; " if value.endswith("/") else "")
+    if problem or not (
+        (not host or re.fullmatch(_DOMAIN, host)) and ((host and not slash) or _REPOSITORY_PATH.fullmatch(path))
+    ):
+        raise ValueError(f"{problem}must be {_REGISTRY_PREFIX_HINT}")
+    return value
+
+
+RegistryPrefix = Annotated[str, AfterValidator(_registry_prefix), WithJsonSchema({
+    "type": "string", "pattern": f"^(?:(?:{_DOMAIN})(?:/{_REPOSITORY_PATH.pattern})?|{_REPOSITORY_PATH.pattern})$"})]
 
 
 class _ImageMarker:

@@ -79,20 +79,33 @@ class ExistingSettings(Section):
             return
         key = join_key(path, "kubeconfigPath")
         try:
-            document = yaml.safe_load(Path(self.kubeconfig_path).expanduser().read_text())
+            text = Path(self.kubeconfig_path).expanduser().read_text()
         except (OSError, UnicodeDecodeError) as error:
             yield Problem(key, f"cannot be read ({getattr(error, 'strerror', None) or error})", self.kubeconfig_path)
             return
-        except yaml.YAMLError as error:
-            yield Problem(key, f"is not YAML: {str(error).splitlines()[0]}", self.kubeconfig_path)
-            return
-        if not isinstance(document, dict) or document.get("kind") != "Config":
-            yield Problem(key, "is not a kubeconfig (a YAML map with `kind: Config`)", self.kubeconfig_path)
-            return
-        contexts = [entry.get("name") for entry in document.get("contexts") or [] if isinstance(entry, dict)]
-        if self.context is not None and self.context not in contexts:
-            yield Problem(join_key(path, "context"), f"is not a context of {self.kubeconfig_path} "
-                          f"(it has: {', '.join(map(str, contexts)) or 'none'})", self.context)
+        yield from kubeconfig_problems(text, key, self.kubeconfig_path, self.context, join_key(path, "context"))
+
+
+def kubeconfig_problems(
+    text: str, key: str, shown_as: Optional[str], context: Optional[str], context_key: str
+) -> Iterator[Problem]:
+    """A kubeconfig (`text`, configured under `key`) that is no YAML, no kubeconfig, or lacks `context`. Only the
+    line and kind of a YAML error are told, never the text: a kubeconfig holds credentials. `shown_as` names it
+    in messages (its path; None for the secret, which is never shown)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}: {getattr(error, 'problem', '')})" if mark is not None else ""
+        yield Problem(key, f"is not YAML{where}", shown_as)
+        return
+    if not isinstance(document, dict) or document.get("kind") != "Config":
+        yield Problem(key, "is not a kubeconfig (a YAML map with `kind: Config`)", shown_as)
+        return
+    contexts = [entry.get("name") for entry in document.get("contexts") or [] if isinstance(entry, dict)]
+    if context is not None and context not in contexts:
+        yield Problem(context_key, f"is not a context of {shown_as or 'the kubeconfig secret'} "
+                      f"(it has: {', '.join(map(str, contexts)) or 'none'})", context)
 
 
 class NodeGroupSize(Section):

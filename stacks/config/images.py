@@ -3,9 +3,9 @@
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
-from components.image_rewrite import canonical_prefix, ecr_host, rewrite_image
+from components.image_rewrite import applied_rule, canonical_prefix, canonical_repository, ecr_host, rewrite_image, split_reference
 
-from .base import ImageRef, ImageReference, Problem, Section, join_key, join_keys, matching
+from .base import ImageRef, ImageReference, Problem, RegistryPrefix, Section, join_key, join_keys, matching
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ class ImagesConfig(Section):
     gateway_build: GatewayBuildConfig = GatewayBuildConfig()
     """How the gateway image is built (when `gateway.image` does not name a prebuilt one)."""
 
-    rewrite: dict[str, str] = {}
+    rewrite: dict[RegistryPrefix, RegistryPrefix] = {}
     """Registry mapping applied to every image the stack deploys, third-party manifests included: upstream
     prefix -> mirror prefix (`docker.io: <registry>/mirror/docker.io`). The longest matching prefix wins; a prefix
     without a host is on Docker Hub. Tags and digests are kept. Every digest-pinned image the stack deploys that
@@ -114,12 +114,36 @@ class ImagesConfig(Section):
             )
         if registry.pull_username and not registry.server:
             yield Problem(join_keys(path, "registry.pullUsername"), "needs images.registry.server to log in to")
+        first_of: dict[str, str] = {}
         for prefix, target in self.rewrite.items():
-            if canonical_prefix(prefix) == canonical_prefix(target):
-                yield Problem(join_key(join_key(path, "rewrite"), prefix), "maps a prefix to itself", target)
+            key = join_key(join_key(path, "rewrite"), prefix)
+            canonical = canonical_prefix(prefix)
+            if canonical == canonical_prefix(target):
+                yield Problem(key, "maps a prefix to itself", target)
+            if canonical in first_of:
+                yield Problem(key, f"is the same prefix as {join_key(join_key(path, 'rewrite'), first_of[canonical])} "
+                                   f"(both are {canonical}), so one of them can never apply; keep one")
+            first_of.setdefault(canonical, prefix)
         for index, source in enumerate(self.mirror):
             key = join_key(join_key(path, "mirror"), index)
             if not ImageReference.parse(source).pinned:
                 yield Problem(key, "mirrored images must be pinned by digest (name[:tag]@sha256:<digest>)", source)
             elif rewrite_image(source, self.rewrite) == source:
                 yield Problem(key, "no images.rewrite rule maps it into the private registry", source)
+
+    def unused_rule_problems(self, path: str, deployed: Optional[list[str]]) -> Iterator[Problem]:
+        """`rewrite` rules that map none of the `deployed` images nor `mirror`; `deployed` None: the runtime
+        applies no mapping at all (Docker)."""
+        if deployed is None:
+            for prefix in self.rewrite:
+                yield Problem(join_key(join_key(path, "rewrite"), prefix), "is not applied: the Docker runtime pulls "
+                              "every image as configured (the mapping is for the Kubernetes runtime); remove it")
+            return
+        images = [*deployed, *self.mirror]
+        applied = {applied_rule(image, self.rewrite) for image in images}
+        repositories = ", ".join(sorted({canonical_repository(split_reference(image)[0]) for image in images}))
+        for prefix in self.rewrite:
+            if prefix not in applied:
+                yield Problem(join_key(join_key(path, "rewrite"), prefix),
+                              f"applies to no image this stack deploys or mirrors (a longer prefix wins where several "
+                              f"match); it deploys {repositories}")

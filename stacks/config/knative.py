@@ -1,10 +1,43 @@
 """Knative Serving with Kourier: release, manifests source and the cluster-wide serving config."""
 
+import binascii
+import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .base import Section, matching
+
+# RFC 7468 armour around the base64 DER of each certificate; only whitespace may come between them.
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\s*(?P<body>[A-Za-z0-9+/=\s]*?)\s*-----END CERTIFICATE-----")
+_ASN1_SEQUENCE = 0x30
+
+
+def _pem_certificates(value: str) -> str:
+    """PEM certificates: the armour, strict base64, and DER that starts as every X.509 certificate does (a
+    SEQUENCE). The `cryptography` package would parse them fully; it is no dependency of this project."""
+    if "PRIVATE KEY-----" in value:
+        return value  # the credential rule (credentials.py) refuses it already, saying where a key belongs
+    blocks = list(_PEM_CERTIFICATE.finditer(value))
+    between = _PEM_CERTIFICATE.sub("", value)
+    problem = None
+    if not blocks:
+        problem = "holds no -----BEGIN CERTIFICATE----- ... -----END CERTIFICATE----- block"
+    elif between.strip():
+        problem = "holds something besides certificate blocks (a private key or text outside the armour?)"
+    for number, block in enumerate(blocks, start=1):
+        try:
+            der = binascii.a2b_base64("".join(block["body"].split()), strict_mode=True)
+        except binascii.Error:
+            der = b""
+        if problem is None and (len(der) < 2 or der[0] != _ASN1_SEQUENCE):
+            problem = f"certificate {number} is not base64 of a DER certificate"
+    if problem is not None:
+        raise ValueError(f"{problem}; it must be PEM certificates (one or more -----BEGIN CERTIFICATE----- blocks)")
+    return value
+
+
+PemCertificates = Annotated[str, AfterValidator(_pem_certificates)]
 
 Version = Annotated[str, matching(r"1\.[0-9]+\.[0-9]+", "a release version such as 1.15.2")]
 Domain = Annotated[
@@ -60,5 +93,5 @@ class KnativeConfig(Section):
     """Registries whose tags Knative must not resolve to digests (unreachable from the controller); the kind local
     registry is added automatically. Digest-pinned images skip resolution anyway."""
 
-    registry_ca_bundle: Optional[str] = None
+    registry_ca_bundle: Optional[PemCertificates] = None
     """PEM CA bundle of a private registry, for the controller's tag resolution."""

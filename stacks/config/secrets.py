@@ -10,8 +10,10 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import pulumi
+from pulumi.runtime import config as runtime_config
 
 from .base import Problem
+from .cluster import kubeconfig_problems
 
 if TYPE_CHECKING:
     from . import StackConfig
@@ -60,6 +62,10 @@ class StackSecrets:
                     "cluster.existing.kubeconfigPath or cluster.existing.stackReference",
                     ", ".join(given) or "none",
                 )
+            elif self.kubeconfig is not None:
+                # The secret's plaintext, read where the program reads config (get() would warn that it is secret).
+                text = runtime_config.get_config(f"{pulumi.get_project()}:kubeconfig") or ""
+                yield from kubeconfig_problems(text, "kubeconfig", None, cluster.existing.context, "cluster.existing.context")
 
 
 def _camel(name: str) -> str:
