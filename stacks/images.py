@@ -11,6 +11,7 @@ import pulumi
 
 from components.image import Image, RegistryLoginArgs
 from components.image_mirror import ImageMirror
+from components.image_signature import ImageSignature, ImageSignatureArgs
 from components.image_rewrite import canonical_repository, ecr_host, rewrite_image, split_reference
 from components.registry_credentials import RegistryCredentials
 
@@ -105,13 +106,22 @@ def publish_images(
         }
 
     ready: list[pulumi.Resource] = []
+
+    def publish(name: str, pushed: pulumi.Resource, ref: pulumi.Output[str]) -> None:
+        """Workloads wait for the push and, when images are signed, for the signature too: an admission policy
+        that verifies signatures would otherwise reject a pod that raced it."""
+        ready.append(pushed)
+        if images.signing.enabled:
+            ready.append(_sign(name, ref, images.signing.tlog_upload, secrets, login, pushed))
+
     for source, (repository, suffix) in mirrors.items():
+        name = _resource_name("mirror", canonical_repository(split_reference(source)[0]))
         mirror = ImageMirror(
-            _resource_name("mirror", canonical_repository(split_reference(source)[0])),
+            name,
             {"source": source, "target": repository + suffix.partition("@")[0], **({"registry_login": login} if login else {})},
             opts=pulumi.ResourceOptions(depends_on=push_after),
         )
-        ready.append(mirror)
+        publish(name, mirror, mirror.ref)
 
     gateway_image: pulumi.Output[str]
     if config.gateway.image is not None:
@@ -145,13 +155,26 @@ def publish_images(
             },
             opts=pulumi.ResourceOptions(depends_on=push_after),
         )
-        ready.append(image)
+        publish("gateway", image, image.ref)
         gateway_image = image.ref
 
     pull_credentials = None
     if images.registry.pull_username and registry_host and secrets.registry_pull_password is not None:
         pull_credentials = PullCredentials(registry_host, images.registry.pull_username, secrets.registry_pull_password)
     return ImageHandle(rewrite_rules=rules, gateway_image=gateway_image, ready=ready, pull_credentials=pull_credentials)
+
+
+def _sign(
+    name: str, ref: pulumi.Output[str], tlog_upload: bool, secrets: StackSecrets, login: Optional[RegistryLoginArgs],
+    pushed: pulumi.Resource,
+) -> ImageSignature:
+    assert secrets.cosign_private_key is not None  # StackSecrets.problems requires it when signing is enabled
+    args: ImageSignatureArgs = {"image": ref, "private_key": secrets.cosign_private_key, "tlog_upload": tlog_upload}
+    if secrets.cosign_password is not None:
+        args["password"] = secrets.cosign_password
+    if login is not None:
+        args["registry_login"] = login
+    return ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(depends_on=[pushed]))
 
 
 def _ecr_registry(

@@ -95,6 +95,14 @@ class StackConfig(Section):
                 "(workload: knative); set it to true or remove it",
                 False,
             )
+        if self.runtime == "docker":
+            for section, reason in (
+                ("signing", "loads its build into the local engine: no registry holds a digest to sign"),
+                ("verification", "has no admission control to verify signatures with"),
+            ):
+                if getattr(self.images, section).enabled:
+                    yield Problem(join_keys(path, f"images.{section}.enabled"),
+                                  f"the Docker runtime {reason}; it needs runtime: kubernetes", True)
         if self.environment == "production" and self.runtime == "kubernetes" and self.cluster.provider == "kind":
             yield Problem(
                 join_key(join_key(path, "cluster"), "provider"),
