@@ -20,16 +20,16 @@ from typing import Iterator
 
 import pytest
 
+from components.image_signature import SIGN_SCRIPT
 from docker_engine import BASE_IMAGE, REGISTRY, docker, require_docker_setup
 
 pytestmark = pytest.mark.docker
 
 KEY_PASSWORD = "engine-lane-signing"
-# Flags every cosign call here shares: the test registry speaks plain HTTP on loopback, and no transparency log is
-# written or consulted.
-REGISTRY_FLAGS = ["--allow-insecure-registry", "--allow-http-registry"]
-SIGN_FLAGS = [*REGISTRY_FLAGS, "--tlog-upload=false", "--yes"]
-VERIFY_FLAGS = [*REGISTRY_FLAGS, "--insecure-ignore-tlog=true"]
+# No transparency log is written or consulted. (The registry speaks plain HTTP: cosign's registry client uses HTTP
+# for a loopback registry by itself, as it does for kind's localhost:5001.)
+SIGN_FLAGS = ["--tlog-upload=false", "--yes"]
+VERIFY_FLAGS = ["--insecure-ignore-tlog=true"]
 
 
 @dataclass(frozen=True)
@@ -164,4 +164,20 @@ def test_a_tag_moved_to_other_bytes_fails_verification(cosign, signing_key, tmp_
     assert tampered.returncode != 0
     assert "no signatures found" in tampered.stderr, tampered.stderr
     cosign("verify", "--key", public_key, *VERIFY_FLAGS, signed_reference)
+    docker("image", "rm", "--force", tag, check=False)
+
+
+def test_the_stacks_signing_command_signs_what_the_public_key_verifies(cosign, tmp_path):
+    """The script ImageSignature runs, with the environment it passes: the key only in the environment, the push
+    login in a throwaway Docker config, the image as the build's `repository:tag@digest` reference."""
+    private_key, public_key = cosign.key_pair("stack")
+    tag = f"{REGISTRY}/model-stack/signing-test:stack-{uuid.uuid4().hex[:12]}"
+    digest_reference = build_and_push(tag, "signed by the stack\n", tmp_path)
+    build_ref = f"{tag}@{digest_reference.partition('@')[2]}"
+    signing = subprocess.run(["sh", "-c", SIGN_SCRIPT], capture_output=True, text=True, timeout=120, env={
+        **cosign.env, "IMAGE": build_ref, "COSIGN_PRIVATE_KEY": private_key.read_text(), "TLOG_UPLOAD": "false",
+        "REGISTRY_ADDRESS": REGISTRY, "REGISTRY_USERNAME": "ci", "REGISTRY_PASSWORD": "anonymous-registry",
+    })
+    assert signing.returncode == 0, signing.stderr
+    cosign("verify", "--key", str(public_key), *VERIFY_FLAGS, digest_reference)
     docker("image", "rm", "--force", tag, check=False)
