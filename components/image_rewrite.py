@@ -5,7 +5,7 @@ matching prefix wins, and tag and digest are kept, so a mirrored copy is pinned 
 """
 
 import re
-from typing import Mapping, NamedTuple, Optional
+from typing import Iterable, Mapping, NamedTuple, Optional
 
 DEFAULT_REGISTRY = "docker.io"
 OFFICIAL_NAMESPACE = "library"
@@ -58,13 +58,19 @@ def canonical_prefix(prefix: str) -> str:
     return prefix if _is_registry_host(prefix.partition("/")[0]) else f"{DEFAULT_REGISTRY}/{prefix}"
 
 
+def longest_matching_prefix(reference: str, prefixes: Iterable[str]) -> Optional[str]:
+    """The longest of `prefixes` (as written) that `reference` is under, comparing whole path components of the
+    fully qualified names; None when none matches."""
+    canonical = canonical_repository(split_reference(reference)[0])
+    matching = [prefix for prefix in prefixes
+                if canonical == canonical_prefix(prefix) or canonical.startswith(canonical_prefix(prefix) + "/")]
+    return max(matching, key=lambda prefix: len(canonical_prefix(prefix)), default=None)
+
+
 def rewrite_image(reference: str, rules: Mapping[str, str]) -> str:
     """`reference` as the cluster pulls it: through the longest matching rule, or unchanged when none matches."""
-    repository, suffix = split_reference(reference)
-    canonical = canonical_repository(repository)
-    prefixes = {canonical_prefix(prefix): target for prefix, target in rules.items()}
-    matching = [prefix for prefix in prefixes if canonical == prefix or canonical.startswith(prefix + "/")]
-    if not matching:
+    prefix = longest_matching_prefix(reference, rules)
+    if prefix is None:
         return reference
-    prefix = max(matching, key=len)
-    return prefixes[prefix].rstrip("/") + canonical[len(prefix):] + suffix
+    repository, suffix = split_reference(reference)
+    return rules[prefix].rstrip("/") + canonical_repository(repository)[len(canonical_prefix(prefix)):] + suffix

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Optional
 import pulumi
 
 from components.image import Image, RegistryLoginArgs
-from components.image_mirror import ImageMirror
+from components.image_mirror import ImageMirror, ImageMirrorArgs
 from components.image_signature import ImageSignature, ImageSignatureArgs
-from components.image_rewrite import canonical_repository, ecr_host, rewrite_image, split_reference
+from components.image_rewrite import (
+    canonical_repository, ecr_host, longest_matching_prefix, rewrite_image, split_reference,
+)
 from components.registry_credentials import RegistryCredentials
 
 from .cluster import ClusterHandle
@@ -116,11 +118,14 @@ def publish_images(
 
     for source, (repository, suffix) in mirrors.items():
         name = _resource_name("mirror", canonical_repository(split_reference(source)[0]))
-        mirror = ImageMirror(
-            name,
-            {"source": source, "target": repository + suffix.partition("@")[0], **({"registry_login": login} if login else {})},
-            opts=pulumi.ResourceOptions(depends_on=push_after),
-        )
+        mirror_args: ImageMirrorArgs = {"source": source, "target": repository + suffix.partition("@")[0]}
+        if login:
+            mirror_args["registry_login"] = login
+        publisher = longest_matching_prefix(source, images.publisher_signatures)
+        if publisher is not None:
+            signer = images.publisher_signatures[publisher]
+            mirror_args["publisher_signature"] = {"identity": signer.identity, "issuer": signer.issuer}
+        mirror = ImageMirror(name, mirror_args, opts=pulumi.ResourceOptions(depends_on=push_after))
         publish(name, mirror, mirror.ref)
 
     gateway_image: pulumi.Output[str]

@@ -168,3 +168,50 @@ def test_a_private_key_in_the_public_keys_is_rejected_without_echoing_it():
     assert "images.verification.publicKeys[0]: is not a PEM public key" in str(error)
     assert "given: '-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----'" in str(error)
     assert "c2VjcmV0LWtleS1ib2R5" not in str(error)
+
+
+# --- publishers' signatures, verified before a copy ------------------------------------------------------------
+
+VLLM_SIGNER = {"identity": "https://github.com/vllm-project/vllm/.github/workflows/release.yml@refs/tags/v0.11.0",
+               "issuer": "https://token.actions.githubusercontent.com"}
+
+
+def verifications(evaluation: Evaluation) -> dict[str, dict]:
+    """The environment of every publisher-signature check, by the upstream image it checks."""
+    return {
+        command.inputs["environment"]["SOURCE"]: command
+        for command in evaluation.of_type("command:local:Command")
+        if "cosign verify --certificate-identity" in command.inputs["create"]
+    }
+
+
+def test_a_mirrored_image_under_a_signing_publisher_is_verified_before_it_is_copied():
+    evaluation = evaluate("prod", set={"images.publisherSignatures.vllm": VLLM_SIGNER})
+    source = stack_config("prod")["runner"]["image"]
+    [(checked, command)] = verifications(evaluation).items()
+    assert checked == source
+    environment = command.inputs["environment"]
+    assert (environment["IDENTITY"], environment["ISSUER"]) == (VLLM_SIGNER["identity"], VLLM_SIGNER["issuer"])
+    assert command.inputs["triggers"] == [source, VLLM_SIGNER["identity"], VLLM_SIGNER["issuer"]]
+    [copy] = [index for index in evaluation.of_type("docker-build:index:Index") if index.plain()["sources"] == [source]]
+    assert command.urn in copy.dependencies
+
+
+def test_the_longest_publisher_prefix_wins():
+    docker_hub = {"identity": "someone@example.com", "issuer": "https://accounts.google.com"}
+    evaluation = evaluate("prod", set={'images.publisherSignatures["docker.io"]': docker_hub,
+                                       'images.publisherSignatures["docker.io/vllm"]': VLLM_SIGNER})
+    identities = {source: command.inputs["environment"]["IDENTITY"]
+                  for source, command in verifications(evaluation).items()}
+    vllm = stack_config("prod")["runner"]["image"]
+    assert identities.pop(vllm) == VLLM_SIGNER["identity"]
+    assert set(identities.values()) <= {docker_hub["identity"]}
+
+
+def test_no_publisher_signature_is_checked_unless_configured():
+    assert verifications(evaluate("prod")) == {}
+
+
+def test_a_publisher_issuer_must_be_an_https_url():
+    assert_rejected("prod", {"images.publisherSignatures.vllm": {**VLLM_SIGNER, "issuer": "accounts.google.com"}},
+                    "images.publisherSignatures.vllm.issuer", "https://")

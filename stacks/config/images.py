@@ -77,6 +77,15 @@ class GatewayBuildConfig(Section):
     """Pull newer base images on every build."""
 
 
+class PublisherSignature(Section):
+    identity: Annotated[str, matching(r"\S+", "a signing identity (an email or a URL, no spaces)")]
+    """The identity the publisher signs with keyless (the certificate subject, such as
+    `signer@knative-releases.iam.gserviceaccount.com`)."""
+
+    issuer: Annotated[str, matching(r"https://\S+", "an https:// OIDC issuer URL such as https://accounts.google.com")]
+    """The OIDC issuer of `identity`."""
+
+
 class SigningConfig(Section):
     enabled: bool = False
     """Sign the gateway build and every mirrored copy with cosign right after the push, by digest, with the key
@@ -149,6 +158,11 @@ class ImagesConfig(Section):
     mirror: list[ImageRef] = []
     """More upstream images (digest-pinned) to copy to where `rewrite` maps them, for workloads outside this
     stack; the stack's own images need no entry here."""
+
+    publisher_signatures: dict[str, PublisherSignature] = {}
+    """Upstream prefix (as in `rewrite`) -> the keyless identity its publisher signs with. Every mirrored image
+    under the prefix (longest prefix wins) is verified with `cosign verify` against Sigstore's public trust root
+    before it is copied; an image that fails is not copied and `pulumi up` fails."""
 
     signing: SigningConfig = SigningConfig()
     """Cosign signatures of the images the stack pushes."""
