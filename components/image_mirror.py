@@ -53,11 +53,6 @@ class ImageMirror(pulumi.ComponentResource):
         digest = suffix.partition("@")[2]
         if not digest:
             raise ValueError(f"ImageMirror {name}: source {args['source']!r} must be pinned by digest")
-        # docker-build's Index runs `docker buildx imagetools create` inside the provider: the manifest (the whole
-        # multi-platform index) is copied registry to registry, so the copy keeps the upstream digest and every
-        # platform, and nothing lands in a local image store. The provider holds the login in memory. Its diff
-        # ignores the registry password on purpose, so a short-lived token (ECR's lasts 12 hours) that differs on
-        # every run neither copies again nor shows a change; a new source or target does.
         verified: list[pulumi.Resource] = []
         signature = args.get("publisher_signature")
         if signature is not None:
@@ -69,6 +64,11 @@ class ImageMirror(pulumi.ComponentResource):
                 triggers=list(environment.values()),
                 opts=pulumi.ResourceOptions(parent=self),
             ))
+        # docker-build's Index runs `docker buildx imagetools create` inside the provider: the manifest (the whole
+        # multi-platform index) is copied registry to registry, so the copy keeps the upstream digest and every
+        # platform, and nothing lands in a local image store. The provider holds the login in memory. Its diff
+        # ignores the registry password on purpose, so a short-lived token (ECR's lasts 12 hours) that differs on
+        # every run neither copies again nor shows a change; a new source or target does.
         copy = docker_build.Index(
             name,
             sources=[args["source"]],

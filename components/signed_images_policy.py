@@ -44,8 +44,8 @@ class SignedImagesPolicy(pulumi.ComponentResource):
         super().__init__("model-stack:index:SignedImagesPolicy", name, None, opts)
         if not args["public_keys"]:
             raise ValueError(f"SignedImagesPolicy {name}: at least one public key is needed")
-        child = pulumi.ResourceOptions(parent=self)
-        namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": CONTROLLER_NAMESPACE}, opts=child)
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-namespace", metadata={"name": CONTROLLER_NAMESPACE}, opts=pulumi.ResourceOptions(parent=self))
         repository, _, digest = args.get("webhook_image", WEBHOOK_IMAGE).partition("@")
         chart = k8s.helm.v4.Chart(
             f"{name}-controller",

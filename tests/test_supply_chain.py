@@ -215,3 +215,7 @@ def test_no_publisher_signature_is_checked_unless_configured():
 def test_a_publisher_issuer_must_be_an_https_url():
     assert_rejected("prod", {"images.publisherSignatures.vllm": {**VLLM_SIGNER, "issuer": "accounts.google.com"}},
                     "images.publisherSignatures.vllm.issuer", "https://")
+
+
+def test_verification_needs_a_registry_the_webhook_reaches():
+    assert_rejected("dev", verifying([public_key_pem()]), "images.verification.enabled", "needs images.registry.server")

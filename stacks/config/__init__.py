@@ -103,6 +103,13 @@ class StackConfig(Section):
                 if getattr(self.images, section).enabled:
                     yield Problem(join_keys(path, f"images.{section}.enabled"),
                                   f"the Docker runtime {reason}; it needs runtime: kubernetes", True)
+        if self.runtime == "kubernetes" and self.images.verification.enabled and self.images.registry.server is None:
+            yield Problem(
+                join_keys(path, "images.verification.enabled"),
+                "needs images.registry.server: the admission webhook runs inside the cluster, where the local "
+                "registry's localhost address does not reach the signatures",
+                True,
+            )
         if self.environment == "production" and self.runtime == "kubernetes" and self.cluster.provider == "kind":
             yield Problem(
                 join_key(join_key(path, "cluster"), "provider"),
