@@ -12,7 +12,9 @@ modules' go.mod replaces its sibling modules with relative paths, which `go inst
   `pulumi plugin install resource NAME VERSION --file BINARY`, so the engine never downloads one;
 - kube-apiserver and kube-controller-manager (`k8s.io/kubernetes`, its staging modules taken from their published
   `k8s.io/*` v0.X.Y twins) at the Kubernetes version the stacks pin, and etcd at the release that version is
-  tested with (`build/dependencies.yaml` of that Kubernetes module).
+  tested with (`build/dependencies.yaml` of that Kubernetes module);
+- cosign (`github.com/sigstore/cosign/v2`), which signs and verifies images and their attestations: the engine
+  lane signs with it, and a stack with `images.signing` runs it after every push.
 
 Everything is cached by version under ~/.cache/model-stack-toolchain (override: MODEL_STACK_TOOLCHAIN); a second
 run builds nothing. A plugin whose module the Go module proxy does not serve is reported, not faked: the lane
@@ -42,6 +44,10 @@ PULUMI_HOME = CACHE / "pulumi-home"
 # the 1.32.8 release of the staging module k8s.io/kube-controller-manager, so the control plane is the next patch
 # release of the same minor.
 KUBERNETES_VERSION = "1.32.9"
+
+# The cosign release the stack's signing commands are written against (its v2 flags: --tlog-upload,
+# --insecure-ignore-tlog, --allow-insecure-registry).
+COSIGN_VERSION = "v2.6.1"
 
 # Provider modules are tagged at the repository root only, so the proxy knows their provider/ module by
 # pseudo-version (commit time and hash of the release tag), not by release number.
@@ -217,6 +223,10 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
     )
     etcd = f"v{etcd_version(download(kubernetes.module, kubernetes.version))}"
     plan += [kubernetes, GoBuild("etcd", "go.etcd.io/etcd/server/v3", etcd, {"etcd": "."}, sibling_version=etcd)]
+    plan.append(GoBuild(
+        "cosign", "github.com/sigstore/cosign/v2", COSIGN_VERSION, {"cosign": "./cmd/cosign"},
+        sibling_version=COSIGN_VERSION, ldflags=f"-X sigs.k8s.io/release-utils/version.gitVersion={COSIGN_VERSION}",
+    ))
     return plan, plugins, missing
 
 

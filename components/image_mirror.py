@@ -3,10 +3,27 @@
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
+import pulumi_command as command
 import pulumi_docker_build as docker_build
 
 from .image import RegistryLoginArgs
 from .image_rewrite import split_reference
+
+
+# Keyless verification against Sigstore's public-good trust root (fetched by cosign): the certificate must name
+# the publisher's identity, issued by its OIDC issuer, and the signature must be in the transparency log.
+VERIFY_SCRIPT = """set -eu
+cosign verify --certificate-identity "$IDENTITY" --certificate-oidc-issuer "$ISSUER" "$SOURCE" >/dev/null
+"""
+
+
+class PublisherSignatureArgs(TypedDict):
+    identity: str
+    """The identity the publisher signs with (the certificate's subject: an email or a workflow URL)."""
+
+    issuer: str
+    """The OIDC issuer that vouched for `identity` (`https://accounts.google.com`,
+    `https://token.actions.githubusercontent.com`)."""
 
 
 class ImageMirrorArgs(TypedDict):
@@ -18,6 +35,10 @@ class ImageMirrorArgs(TypedDict):
 
     registry_login: NotRequired[RegistryLoginArgs]
     """Push credentials of the target registry."""
+
+    publisher_signature: NotRequired[PublisherSignatureArgs]
+    """Verify the source's keyless cosign signature before copying (cosign on the PATH of `pulumi up`); the copy
+    does not happen when it fails. Absent for publishers that do not sign."""
 
 
 class ImageMirror(pulumi.ComponentResource):
@@ -32,6 +53,17 @@ class ImageMirror(pulumi.ComponentResource):
         digest = suffix.partition("@")[2]
         if not digest:
             raise ValueError(f"ImageMirror {name}: source {args['source']!r} must be pinned by digest")
+        verified: list[pulumi.Resource] = []
+        signature = args.get("publisher_signature")
+        if signature is not None:
+            environment = {"SOURCE": args["source"], "IDENTITY": signature["identity"], "ISSUER": signature["issuer"]}
+            verified.append(command.local.Command(
+                f"{name}-verify",
+                create=VERIFY_SCRIPT,
+                environment=environment,
+                triggers=list(environment.values()),
+                opts=pulumi.ResourceOptions(parent=self),
+            ))
         # docker-build's Index runs `docker buildx imagetools create` inside the provider: the manifest (the whole
         # multi-platform index) is copied registry to registry, so the copy keeps the upstream digest and every
         # platform, and nothing lands in a local image store. The provider holds the login in memory. Its diff
@@ -43,7 +75,7 @@ class ImageMirror(pulumi.ComponentResource):
             tag=args["target"],
             push=True,
             registry=args.get("registry_login"),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=verified),
         )
         self.ref = copy.id.apply(lambda _: f"{args['target']}@{digest}")
         self.register_outputs({"ref": self.ref})

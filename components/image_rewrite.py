@@ -5,7 +5,7 @@ matching prefix wins, and tag and digest are kept, so a mirrored copy is pinned 
 """
 
 import re
-from typing import Mapping, NamedTuple, Optional
+from typing import Iterable, Mapping, NamedTuple, Optional
 
 DEFAULT_REGISTRY = "docker.io"
 OFFICIAL_NAMESPACE = "library"
@@ -66,17 +66,19 @@ def canonical_prefix(prefix: str) -> str:
     return _on_hub(first) + slash + rest if is_registry_host(first) else f"{DEFAULT_REGISTRY}/{prefix.strip('/')}"
 
 
-def applied_rule(reference: str, rules: Mapping[str, str]) -> Optional[str]:
-    """The rule (its key) that maps `reference`: the longest matching prefix; None when none matches."""
+def longest_matching_prefix(reference: str, prefixes: Iterable[str]) -> Optional[str]:
+    """The longest of `prefixes` (as written) that `reference` is under, comparing whole path components of the
+    fully qualified names; None when none matches."""
     canonical = canonical_repository(split_reference(reference)[0])
-    matching = [rule for rule in rules if canonical == canonical_prefix(rule) or canonical.startswith(canonical_prefix(rule) + "/")]
-    return max(matching, key=lambda rule: len(canonical_prefix(rule)), default=None)
+    matching = [prefix for prefix in prefixes
+                if canonical == canonical_prefix(prefix) or canonical.startswith(canonical_prefix(prefix) + "/")]
+    return max(matching, key=lambda prefix: len(canonical_prefix(prefix)), default=None)
 
 
 def rewrite_image(reference: str, rules: Mapping[str, str]) -> str:
     """`reference` as the cluster pulls it: through the longest matching rule, or unchanged when none matches."""
-    rule = applied_rule(reference, rules)
-    if rule is None:
+    prefix = longest_matching_prefix(reference, rules)
+    if prefix is None:
         return reference
     repository, suffix = split_reference(reference)
-    return rules[rule].rstrip("/") + canonical_repository(repository)[len(canonical_prefix(rule)):] + suffix
+    return rules[prefix].rstrip("/") + canonical_repository(repository)[len(canonical_prefix(prefix)):] + suffix

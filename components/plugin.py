@@ -8,15 +8,17 @@ from .container_service import ContainerService
 from .gateway import Gateway
 from .image import Image
 from .image_mirror import ImageMirror
+from .image_signature import ImageSignature
 from .kind_cluster import KindCluster
 from .knative_serving import KnativeServing
 from .local_registry import LocalRegistry
 from .model_runner import ModelRunner
 from .registry_credentials import RegistryCredentials
 from .serving_workload import ServingWorkload
+from .signed_images_policy import SignedImagesPolicy
 
 PACKAGE_NAME = "model-stack"
 COMPONENTS = [
     ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KnativeServing, KindCluster,
-    LocalRegistry, ContainerService,
+    LocalRegistry, ContainerService, ImageSignature, SignedImagesPolicy,
 ]

@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Optional
 import pulumi
 
 from components.image import Image, RegistryLoginArgs
-from components.image_mirror import ImageMirror
-from components.image_rewrite import canonical_repository, ecr_host, rewrite_image, split_reference
+from components.image_mirror import ImageMirror, ImageMirrorArgs
+from components.image_signature import ImageSignature, ImageSignatureArgs
+from components.image_rewrite import (
+    canonical_repository, ecr_host, longest_matching_prefix, rewrite_image, split_reference,
+)
 from components.registry_credentials import RegistryCredentials
 
 from .cluster import ClusterHandle
@@ -105,13 +108,25 @@ def publish_images(
         }
 
     ready: list[pulumi.Resource] = []
+
+    def publish(name: str, pushed: pulumi.Resource, ref: pulumi.Output[str]) -> None:
+        """Workloads wait for the push and, when images are signed, for the signature too: an admission policy
+        that verifies signatures would otherwise reject a pod that raced it."""
+        ready.append(pushed)
+        if images.signing.enabled:
+            ready.append(_sign(name, ref, images.signing.tlog_upload, secrets, login, pushed))
+
     for source, (repository, suffix) in mirrors.items():
-        mirror = ImageMirror(
-            _resource_name("mirror", canonical_repository(split_reference(source)[0])),
-            {"source": source, "target": repository + suffix.partition("@")[0], **({"registry_login": login} if login else {})},
-            opts=pulumi.ResourceOptions(depends_on=push_after),
-        )
-        ready.append(mirror)
+        name = _resource_name("mirror", canonical_repository(split_reference(source)[0]))
+        mirror_args: ImageMirrorArgs = {"source": source, "target": repository + suffix.partition("@")[0]}
+        if login:
+            mirror_args["registry_login"] = login
+        publisher = longest_matching_prefix(source, images.publisher_signatures)
+        if publisher is not None:
+            signer = images.publisher_signatures[publisher]
+            mirror_args["publisher_signature"] = {"identity": signer.identity, "issuer": signer.issuer}
+        mirror = ImageMirror(name, mirror_args, opts=pulumi.ResourceOptions(depends_on=push_after))
+        publish(name, mirror, mirror.ref)
 
     gateway_image: pulumi.Output[str]
     if config.gateway.image is not None:
@@ -145,13 +160,26 @@ def publish_images(
             },
             opts=pulumi.ResourceOptions(depends_on=push_after),
         )
-        ready.append(image)
+        publish("gateway", image, image.ref)
         gateway_image = image.ref
 
     pull_credentials = None
     if images.registry.pull_username and registry_host and secrets.registry_pull_password is not None:
         pull_credentials = PullCredentials(registry_host, images.registry.pull_username, secrets.registry_pull_password)
     return ImageHandle(rewrite_rules=rules, gateway_image=gateway_image, ready=ready, pull_credentials=pull_credentials)
+
+
+def _sign(
+    name: str, ref: pulumi.Output[str], tlog_upload: bool, secrets: StackSecrets, login: Optional[RegistryLoginArgs],
+    pushed: pulumi.Resource,
+) -> ImageSignature:
+    assert secrets.cosign_private_key is not None  # StackSecrets.problems requires it when signing is enabled
+    args: ImageSignatureArgs = {"image": ref, "private_key": secrets.cosign_private_key, "tlog_upload": tlog_upload}
+    if secrets.cosign_password is not None:
+        args["password"] = secrets.cosign_password
+    if login is not None:
+        args["registry_login"] = login
+    return ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(depends_on=[pushed]))
 
 
 def _ecr_registry(

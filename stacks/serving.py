@@ -13,6 +13,7 @@ from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
 from components.model_runner import ModelRunner, runner_pod_spec
 from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_features, workload_labels
 
+from .admission import guarded_namespace_labels
 from .cluster import ClusterHandle
 from .config import StackConfig
 from .config.runner import RunnerConfig
@@ -33,7 +34,9 @@ def serve_models(
     cluster: ClusterHandle,
     images: ImageHandle,
     knative: Optional[KnativeHandle],
+    admission: list[pulumi.Resource],
 ) -> None:
+    """`admission`: the signature policy that guards the model namespace, which workloads wait for."""
     runner_config = config.runner
     namespace_name = runner_config.namespace
     namespace = k8s.core.v1.Namespace(
@@ -41,7 +44,11 @@ def serve_models(
         metadata={
             "name": namespace_name,
             # The API server itself refuses any pod here that breaks the restricted Pod Security Standard.
-            "labels": {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"},
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/warn": "restricted",
+                **guarded_namespace_labels(config),
+            },
         },
         # Deleting a namespace deletes every claim in it: one that holds a retained model cache stays, and the
         # next `pulumi up` adopts it (server-side apply creates over what exists).
@@ -54,7 +61,7 @@ def serve_models(
     image_pull_secrets = [pull_secret] if pull_secret else []
 
     def workload_opts(workload: str) -> pulumi.ResourceOptions:
-        depends_on: list[pulumi.Resource] = [*cluster.ready, namespace, *images.ready]
+        depends_on: list[pulumi.Resource] = [*cluster.ready, namespace, *images.ready, *admission]
         if workload == "knative":
             if knative is None:
                 raise pulumi.RunError("a workload is served through Knative, but the Knative layer installed nothing")

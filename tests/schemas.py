@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
 import kubernetes_validate
+import pytest
 import yaml
 
 KNATIVE_MANIFESTS = Path(
@@ -60,6 +64,22 @@ def knative_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     path = KNATIVE_MANIFESTS / "serving-crds.yaml"
     assert path.exists(), f"Knative CRDs not found at {path}; set KNATIVE_MANIFESTS_DIR"
     return crd_schemas(yaml.safe_load_all(path.read_text()))
+
+
+@functools.cache
+def policy_controller_crd_schemas(version: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """ClusterImagePolicy's CRD as policy-controller `version` ships it, from its Go module (through the Go module
+    proxy: the one place besides package registries tests may download from). Skipped without Go, failed in CI."""
+    if not shutil.which("go"):
+        message = "Go is needed to read policy-controller's CRD from its module (https://go.dev/doc/install)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    module = f"github.com/sigstore/policy-controller@{version}"
+    download = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True, timeout=300)
+    assert download.returncode == 0, f"go mod download {module}: {download.stdout}{download.stderr}"
+    crd = Path(json.loads(download.stdout)["Dir"]) / "config" / "300-clusterimagepolicy.yaml"
+    return crd_schemas(yaml.safe_load_all(crd.read_text()))
 
 
 def validation_errors(obj: dict[str, Any], kubernetes_version: str, extra_crds: dict | None = None) -> list[str]:

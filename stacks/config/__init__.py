@@ -95,6 +95,21 @@ class StackConfig(Section):
                 "(workload: knative); set it to true or remove it",
                 False,
             )
+        if self.runtime == "docker":
+            for section, reason in (
+                ("signing", "loads its build into the local engine: no registry holds a digest to sign"),
+                ("verification", "has no admission control to verify signatures with"),
+            ):
+                if getattr(self.images, section).enabled:
+                    yield Problem(join_keys(path, f"images.{section}.enabled"),
+                                  f"the Docker runtime {reason}; it needs runtime: kubernetes", True)
+        if self.runtime == "kubernetes" and self.images.verification.enabled and self.images.registry.server is None:
+            yield Problem(
+                join_keys(path, "images.verification.enabled"),
+                "needs images.registry.server: the admission webhook runs inside the cluster, where the local "
+                "registry's localhost address does not reach the signatures",
+                True,
+            )
         if self.environment == "production" and self.runtime == "kubernetes" and self.cluster.provider == "kind":
             yield Problem(
                 join_key(join_key(path, "cluster"), "provider"),

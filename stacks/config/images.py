@@ -3,7 +3,11 @@
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
-from components.image_rewrite import applied_rule, canonical_prefix, canonical_repository, ecr_host, rewrite_image, split_reference
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from components.image_rewrite import (
+    canonical_prefix, canonical_repository, ecr_host, longest_matching_prefix, rewrite_image, split_reference,
+)
 
 from .base import ImageRef, ImageReference, Problem, RegistryPrefix, Section, join_key, join_keys, matching
 
@@ -75,6 +79,69 @@ class GatewayBuildConfig(Section):
     """Pull newer base images on every build."""
 
 
+class PublisherSignature(Section):
+    identity: Annotated[str, matching(r"\S+", "a signing identity (an email or a URL, no spaces)")]
+    """The identity the publisher signs with keyless (the certificate subject, such as
+    `signer@knative-releases.iam.gserviceaccount.com`)."""
+
+    issuer: Annotated[str, matching(r"https://\S+", "an https:// OIDC issuer URL such as https://accounts.google.com")]
+    """The OIDC issuer of `identity`."""
+
+
+class SigningConfig(Section):
+    enabled: bool = False
+    """Sign the gateway build and every mirrored copy with cosign right after the push, by digest, with the key
+    in the `cosignPrivateKey` secret (its password: `cosignPassword`). `pulumi up` then needs `cosign` on its
+    PATH and write access to the registry, where the signature is stored beside the image."""
+
+    tlog_upload: bool = False
+    """Also record each signature in the transparency log (Rekor; cosign's default is the public instance).
+    Off by default: the public log would publish the name and digest of every private image, and the admission
+    policy verifies with the public keys alone."""
+
+
+class VerificationConfig(Section):
+    enabled: bool = False
+    """Install Sigstore's policy-controller and admit into the model namespace only images signed by one of
+    `publicKeys` (every container, Knative's queue-proxy sidecar included). Other namespaces are not checked."""
+
+    mode: Literal["enforce", "audit"] = "enforce"
+    """`enforce` rejects a pod whose image no key verifies; `audit` admits it with a warning (the step before
+    enforcing, to see what would be rejected)."""
+
+    public_keys: list[str] = []
+    """Cosign public keys (PEM), each inline or as a file path relative to the project; an image signed by any
+    one of them is admitted. Rotate by adding the new key, signing with it, then removing the old one."""
+
+    def keys(self) -> list[str]:
+        """The PEM text of every public key, files read."""
+        return [text for text in map(_key_text, self.public_keys) if text is not None]
+
+    def check(self, path: str) -> Iterator[Problem]:
+        if self.enabled and not self.public_keys:
+            yield Problem(join_keys(path, "publicKeys"), "needs at least one public key while enabled is true", [])
+        for index, key in enumerate(self.public_keys):
+            where = join_key(join_key(path, "publicKeys"), index)
+            text = _key_text(key)
+            if text is None:
+                yield Problem(where, "is neither a PEM public key nor a file (relative to the project)", key)
+                continue
+            try:
+                load_pem_public_key(text.encode())
+            except ValueError:
+                # Only the PEM header of inline text: a private key pasted here by mistake must not reach the log.
+                shown = text.strip().splitlines()[0] if text is key else key
+                yield Problem(where, "is not a PEM public key (`cosign generate-key-pair` writes one to cosign.pub)", shown)
+
+
+def _key_text(key: str) -> Optional[str]:
+    """`key` itself when it is PEM text, else the contents of the project file it names; None for neither."""
+    if key.lstrip().startswith("-----BEGIN"):
+        return key
+    path = PROJECT_ROOT / key
+    return path.read_text() if path.is_file() else None
+
+
 class ImagesConfig(Section):
     """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
 
@@ -93,6 +160,17 @@ class ImagesConfig(Section):
     mirror: list[ImageRef] = []
     """More upstream images (digest-pinned) to copy to where `rewrite` maps them, for workloads outside this
     stack; the stack's own images need no entry here."""
+
+    publisher_signatures: dict[str, PublisherSignature] = {}
+    """Upstream prefix (as in `rewrite`) -> the keyless identity its publisher signs with. Every mirrored image
+    under the prefix (longest prefix wins) is verified with `cosign verify` against Sigstore's public trust root
+    before it is copied; an image that fails is not copied and `pulumi up` fails."""
+
+    signing: SigningConfig = SigningConfig()
+    """Cosign signatures of the images the stack pushes."""
+
+    verification: VerificationConfig = VerificationConfig()
+    """Admission of only signed images into the model namespace (Kubernetes runtime)."""
 
     def check(self, path: str) -> Iterator[Problem]:
         build = self.gateway_build
@@ -140,7 +218,7 @@ class ImagesConfig(Section):
                               "every image as configured (the mapping is for the Kubernetes runtime); remove it")
             return
         images = [*deployed, *self.mirror]
-        applied = {applied_rule(image, self.rewrite) for image in images}
+        applied = {longest_matching_prefix(image, self.rewrite) for image in images}
         repositories = ", ".join(sorted({canonical_repository(split_reference(image)[0]) for image in images}))
         for prefix in self.rewrite:
             if prefix not in applied:

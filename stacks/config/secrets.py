@@ -36,6 +36,13 @@ class StackSecrets:
     kubeconfig: Optional[pulumi.Output[str]] = None
     """Kubeconfig contents of an existing cluster (`kubeconfig`)."""
 
+    cosign_private_key: Optional[pulumi.Output[str]] = None
+    """Cosign private key (PEM, as `cosign generate-key-pair` writes cosign.key) that signs the images the stack
+    pushes when images.signing.enabled is true (`cosignPrivateKey`)."""
+
+    cosign_password: Optional[pulumi.Output[str]] = None
+    """Password of `cosignPrivateKey` (`cosignPassword`); unset for a key without one."""
+
     @classmethod
     def read(cls, config: pulumi.Config) -> "StackSecrets":
         return cls(**{field.name: config.get_secret(key) for key, field in _FIELDS.items()})
@@ -47,6 +54,8 @@ class StackSecrets:
             yield Problem("registryPushPassword", f"is required: images.registry.pushUsername is {registry.push_username!r}")
         if registry.pull_username and self.registry_pull_password is None:
             yield Problem("registryPullPassword", f"is required: images.registry.pullUsername is {registry.pull_username!r}")
+        if config.images.signing.enabled and self.cosign_private_key is None:
+            yield Problem("cosignPrivateKey", "is required: images.signing.enabled is true")
         cluster = config.cluster
         if config.runtime == "kubernetes" and cluster.provider == "existing":
             sources = {

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -22,17 +20,14 @@ from typing import Iterator
 import httpx
 import pytest
 
+from docker_engine import BASE_IMAGE, REGISTRY, docker, image_exists, require_docker_setup
 from fake_upstream import FAKE_MODEL, FakeUpstream
 from loopback import answers, eventually, free_port
 
 pytestmark = pytest.mark.docker
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
-# Debian's docker.io client: its `docker build` speaks BuildKit (build secrets) without the buildx plugin.
-DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
-BASE_IMAGE = os.environ.get("GATEWAY_TEST_BASE_IMAGE", "model-stack/base:bookworm")
 OFFICIAL_BASE_IMAGE = "python:3.12-slim-bookworm"
-REGISTRY = "127.0.0.1:5000"
 REPOSITORY = f"{REGISTRY}/model-stack/gateway"
 API_KEY = "container-test-key"
 RUNTIME_USER = "10001:10001"
@@ -42,48 +37,9 @@ _WAIT_SECONDS = 60
 _BUILD_TIMEOUT_SECONDS = 600
 
 
-def docker(*arguments: str, timeout: float = 120, check: bool = True, **options) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [DOCKER, *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "DOCKER_BUILDKIT": "1"},  # builds use BuildKit, for the Dockerfile's secret mounts
-        **options,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(arguments)} failed ({result.returncode}):\n{result.stderr}")
-    return result
-
-
-def image_exists(reference: str) -> bool:
-    return docker("image", "inspect", reference, check=False).returncode == 0
-
-
-def missing_docker_setup() -> str | None:
-    """What of .ci/docker-setup's work is missing here, or None."""
-    if not shutil.which(DOCKER):
-        return f"no Docker CLI at {DOCKER}"
-    if docker("info", check=False).returncode != 0:
-        return "the Docker engine is not running"
-    if not image_exists(BASE_IMAGE):
-        return f"the base image {BASE_IMAGE} is missing"
-    try:
-        httpx.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
-    except httpx.HTTPError:
-        return f"no registry answers on {REGISTRY}"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def docker_setup() -> None:
-    problem = missing_docker_setup()
-    if problem is None:
-        return
-    message = f"{problem}: run .ci/docker-setup (as root) first"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Docker image tests cannot run in CI: {message}")
-    pytest.skip(message)
+    require_docker_setup()
 
 
 @contextlib.contextmanager
