@@ -106,7 +106,7 @@ def llama_server_command(directory: Path, model: Path, alias: str, port: int) ->
         "--port", str(port),
         "--model", str(model),
         "--alias", alias,
-        "--no-webui",
+        "--no-ui",  # --no-webui in older releases, deprecated in this one
         "--no-slots",
         "-c", str(CONTEXT_TOKENS),
         "-n", "16",
