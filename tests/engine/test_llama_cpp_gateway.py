@@ -31,7 +31,7 @@ from llama_server import (
 # The gateway tests' loopback and metrics helpers, shared rather than copied.
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 from gateway_helpers import APP_DIR, metric_value  # noqa: E402
-from loopback import free_port  # noqa: E402
+from loopback import eventually, free_port  # noqa: E402
 
 MODEL = "tiny-llama"
 API_KEY = "engine-lane-key"
@@ -104,14 +104,24 @@ def client(gateway_url: str) -> Iterator[openai.OpenAI]:
 
 
 def chat(client: openai.OpenAI, message: str = "Say something.", **fields):
-    # Greedy sampling, so the same request gets the same answer from the same model.
+    # Greedy sampling over the whole prompt each time (llama.cpp would otherwise reuse the last request's cached
+    # prompt, a different computation), so the same request gets the same answer.
     return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": message}], max_tokens=MAX_TOKENS, temperature=0, **fields
+        model=MODEL, messages=[{"role": "user", "content": message}], max_tokens=MAX_TOKENS, temperature=0,
+        extra_body={"cache_prompt": False}, **fields,
     )
 
 
-def reported_tokens(gateway_url: str, kind: str) -> float:
-    return metric_value(httpx.get(f"{gateway_url}/metrics").text, "gateway_tokens_total", model=MODEL, kind=kind)
+def completion_tokens_counted(gateway_url: str) -> float:
+    """The gateway's count of the completion tokens the engine reported for MODEL."""
+    scraped = httpx.get(f"{gateway_url}/metrics").text
+    return metric_value(scraped, "gateway_tokens_total", model=MODEL, kind="completion")
+
+
+def counts_up_by(gateway_url: str, before: float, tokens: int) -> bool:
+    """Whether the gateway's count grows by `tokens`: it counts once the response has been sent, so a client can
+    read the whole answer a moment before the count moves."""
+    return eventually(lambda: completion_tokens_counted(gateway_url) - before == tokens)
 
 
 def test_the_gateway_lists_the_model_the_engine_serves(client, gateway_url, llama_server_url):
@@ -124,7 +134,7 @@ def test_the_gateway_lists_the_model_the_engine_serves(client, gateway_url, llam
 
 
 def test_a_chat_completion_has_content_and_usage_the_gateway_counts(client, gateway_url):
-    completion_tokens_before = reported_tokens(gateway_url, "completion")
+    counted_before = completion_tokens_counted(gateway_url)
 
     completion = chat(client)
 
@@ -137,12 +147,12 @@ def test_a_chat_completion_has_content_and_usage_the_gateway_counts(client, gate
     assert usage.prompt_tokens > 0
     assert 0 < usage.completion_tokens <= MAX_TOKENS
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert reported_tokens(gateway_url, "completion") - completion_tokens_before == usage.completion_tokens
+    assert counts_up_by(gateway_url, counted_before, usage.completion_tokens)
 
 
 def test_a_streamed_chat_completion_arrives_in_order_and_ends_with_usage(client, gateway_url):
-    expected = chat(client).choices[0].message.content
-    completion_tokens_before = reported_tokens(gateway_url, "completion")
+    counted_before = completion_tokens_counted(gateway_url)
+    plain = chat(client)
 
     chunks = list(chat(client, stream=True, stream_options={"include_usage": True}))
 
@@ -153,10 +163,11 @@ def test_a_streamed_chat_completion_arrives_in_order_and_ends_with_usage(client,
     finish_reasons = [chunk.choices[0].finish_reason for chunk in answer]
     # Only the last chunk of the answer finishes it, and the usage comes after it, alone.
     assert finish_reasons[:-1] == [None] * (len(answer) - 1) and finish_reasons[-1] in ("stop", "length")
-    assert "".join(chunk.choices[0].delta.content or "" for chunk in answer) == expected
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in answer) == plain.choices[0].message.content
     assert usage_chunk.choices == []
     assert 0 < usage_chunk.usage.completion_tokens <= MAX_TOKENS
-    assert reported_tokens(gateway_url, "completion") - completion_tokens_before == usage_chunk.usage.completion_tokens
+    both_answers = plain.usage.completion_tokens + usage_chunk.usage.completion_tokens
+    assert counts_up_by(gateway_url, counted_before, both_answers)
 
 
 def test_a_stream_ends_with_the_done_event(gateway_url):
