@@ -95,6 +95,7 @@ def gateway_process(python: str, app_dir: Path, upstream_url: str, model: str) -
         PYTHONPATH=str(app_dir),
         GATEWAY_UPSTREAM_BASE_URL=upstream_url,
         GATEWAY_PORT=str(port),
+        GATEWAY_HOST="127.0.0.1",
         GATEWAY_MODEL=model,
         GATEWAY_API_KEYS=API_KEY,
     ) as process:

@@ -1,4 +1,4 @@
-"""Entry point: `python -m model_gateway` validates the GATEWAY_* settings, then serves on 0.0.0.0."""
+"""Entry point: `python -m model_gateway` validates the GATEWAY_* settings, then serves on GATEWAY_HOST:GATEWAY_PORT."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from .settings import SettingsError, load_settings, unrecognized_variables
 
 log = logging.getLogger("model_gateway")
 
-LISTEN_HOST = "0.0.0.0"
 # Seconds open requests (streams included) get to finish after SIGTERM before they are cut.
 GRACEFUL_SHUTDOWN_SECONDS = 20
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("ignoring unknown setting %s (a typo?)", name, extra={"variable": name})
 
     common = dict(
-        host=LISTEN_HOST,
+        host=settings.host,
         port=settings.port,
         log_config=None,  # keep the JSON logging configured above
         access_log=False,  # the gateway logs each request itself, with its request id and status

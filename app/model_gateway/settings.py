@@ -6,6 +6,7 @@ deployment fails with the full list instead of one error per restart.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ()
     log_level: str = "info"
     port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    """Address to listen on: every interface by default (a container's), 127.0.0.1 behind a local proxy."""
 
     @property
     def served_models(self) -> frozenset[str] | None:
@@ -141,6 +144,10 @@ def _origin_list(value: str) -> tuple[str, ...]:
     return tuple(_origin(item) for item in _split_list(value))
 
 
+def _listen_address(value: str) -> str:
+    return str(ipaddress.ip_address(value))
+
+
 def _log_level(value: str) -> str:
     level = value.lower()
     if level not in LOG_LEVELS:
@@ -197,6 +204,7 @@ _VARIABLES = (
     ),
     _Variable("GATEWAY_LOG_LEVEL", "log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
     _Variable("GATEWAY_PORT", "port", _port, "a port number from 1 to 65535"),
+    _Variable("GATEWAY_HOST", "host", _listen_address, "an IP address to listen on, such as 0.0.0.0 or 127.0.0.1"),
 )
 KNOWN_VARIABLES = frozenset(variable.name for variable in _VARIABLES)
 

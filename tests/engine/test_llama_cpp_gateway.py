@@ -75,7 +75,8 @@ def gateway(upstream_url: str, log: Path, **variables: str) -> Iterator[str]:
     settings = {"UPSTREAM_BASE_URL": f"{upstream_url}/v1", "MODEL": MODEL, "API_KEYS": API_KEY, "PORT": str(port),
                 **variables}
     environment = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
-    environment |= {"PYTHONPATH": str(APP_DIR)} | {f"GATEWAY_{name}": value for name, value in settings.items()}
+    environment |= {"PYTHONPATH": str(APP_DIR), "GATEWAY_HOST": "127.0.0.1"} | {
+        f"GATEWAY_{name}": value for name, value in settings.items()}
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "model_gateway"], f"{url}/ready", log, environment):
         yield url

@@ -21,7 +21,9 @@ _STARTUP_TIMEOUT_SECONDS = 15
 
 def gateway_environment(**variables: str) -> dict[str, str]:
     environ = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
-    return {**environ, "PYTHONPATH": str(APP_DIR), **{f"GATEWAY_{name}": value for name, value in variables.items()}}
+    # Loopback only: a test gateway is no one else's business.
+    return {**environ, "PYTHONPATH": str(APP_DIR), "GATEWAY_HOST": "127.0.0.1",
+            **{f"GATEWAY_{name}": value for name, value in variables.items()}}
 
 
 def test_invalid_settings_stop_the_process_with_one_message_per_variable():

@@ -27,6 +27,7 @@ def test_defaults_apply_when_only_the_upstream_is_set():
         cors_allow_origins=(),
         log_level="info",
         port=8080,
+        host="0.0.0.0",
     )
 
 
@@ -43,6 +44,7 @@ def test_every_variable_is_read():
             "GATEWAY_CORS_ALLOW_ORIGINS": "https://chat.example.com, http://localhost:3000",
             "GATEWAY_LOG_LEVEL": "DEBUG",
             "GATEWAY_PORT": "9000",
+            "GATEWAY_HOST": "::1",
         }
     )
 
@@ -57,6 +59,7 @@ def test_every_variable_is_read():
         cors_allow_origins=("https://chat.example.com", "http://localhost:3000"),
         log_level="debug",
         port=9000,
+        host="::1",
     )
 
 
@@ -89,6 +92,8 @@ def test_missing_upstream_is_reported_with_what_it_expects():
         ("GATEWAY_LOG_LEVEL", "verbose", "one of debug, info, warning, error, critical"),
         ("GATEWAY_PORT", "0", "a port number from 1 to 65535"),
         ("GATEWAY_PORT", "http", "a port number from 1 to 65535"),
+        ("GATEWAY_HOST", "localhost", "an IP address to listen on"),
+        ("GATEWAY_HOST", "256.0.0.1", "an IP address to listen on"),
     ],
 )
 def test_invalid_value_names_the_variable_the_value_and_what_is_allowed(name, value, allowed):
