@@ -48,7 +48,6 @@ def _mapped_images(config: StackConfig) -> Optional[list[str]]:
     """The images the stack deploys through the registry mapping; None on Docker, which applies no mapping."""
     if config.runtime == "docker":
         return None
-    from .knative import release_images_of
-    from .serving import upstream_images
+    from .kubernetes import deployed_images
 
-    return [*upstream_images(config), *release_images_of(config)]
+    return deployed_images(config)

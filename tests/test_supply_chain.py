@@ -125,6 +125,15 @@ def test_prod_admission_policy_is_schema_valid_and_guards_exactly_the_model_name
         "matchExpressions": [{"key": "policy.sigstore.dev/include", "operator": "In", "values": ["true"]}]}
 
 
+def test_the_controller_image_counts_as_deployed_for_the_registry_mapping():
+    """The rule that mirrors the webhook's image (prod's ghcr.io) maps a deployed image once verification is on."""
+    def ghcr_warnings(overrides: dict) -> list[str]:
+        return [w for w in evaluate("prod", set=overrides).warnings if w.startswith('images.rewrite["ghcr.io"]')]
+
+    assert ghcr_warnings({}) != []
+    assert ghcr_warnings(verifying([public_key_pem()])) == []
+
+
 def test_the_controller_image_is_mirrored_and_pulled_from_the_mirror():
     evaluation = evaluate("prod", set=verifying([public_key_pem()]))
     repository, _, digest = WEBHOOK_IMAGE.partition("@")
