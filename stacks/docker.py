@@ -50,6 +50,7 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     writable = _scratch(settings.runner, list(engine.writable_paths.values()))
     # A section stored encrypted keeps its env secret all the way to the container.
     runner_env_is_secret = config.is_secret("runner")
+    service_env_is_secret = config.is_secret("docker")
     engine_env = {**engine.env, **({} if runner_env_is_secret else dict(runner_config.env))}
     runner_secret_env: dict[str, pulumi.Input[str]] = dict(runner_config.env) if runner_env_is_secret else {}
     engine_secret_env = {**runner_secret_env, **({HF_TOKEN_ENV: secrets.hf_token} if secrets.hf_token is not None else {})}
@@ -79,7 +80,7 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
         )
         after = [*after, pull]
 
-    runner_args = service_args(settings.runner, RUNNER, settings.network, engine.image, engine_env, config.is_secret("docker"))
+    runner_args = service_args(settings.runner, RUNNER, settings.network, engine.image, engine_env, service_env_is_secret)
     runner_args["pull"] = True
     runner_args["mounts"] = [cache_mount, *writable, *runner_args["mounts"]]
     runner_args["secret_env"] = {**engine_secret_env, **runner_args.get("secret_env", {})}
@@ -117,12 +118,12 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
         gateway_env["GATEWAY_CORS_ALLOW_ORIGINS"] = ",".join(config.gateway.cors_allow_origins)
     if config.gateway.image is not None:
         gateway_args = service_args(
-            settings.gateway, GATEWAY, settings.network, config.gateway.image, gateway_env, config.is_secret("docker"))
+            settings.gateway, GATEWAY, settings.network, config.gateway.image, gateway_env, service_env_is_secret)
         gateway_args["pull"] = True
     else:
         image = _build_gateway(config)
         gateway_args = service_args(
-            settings.gateway, GATEWAY, settings.network, image.ref, gateway_env, config.is_secret("docker"))
+            settings.gateway, GATEWAY, settings.network, image.ref, gateway_env, service_env_is_secret)
         # A local build keeps its tag across rebuilds: the context hash makes a rebuild replace the container.
         gateway_args["labels"] = {**gateway_args["labels"], "model-stack.build-context": image.context_hash}
     gateway_args["mounts"] = [*_scratch(settings.gateway, ["/tmp"]), *gateway_args["mounts"]]
