@@ -1,7 +1,8 @@
-"""The OpenAI-compatible gateway (`app/`) in front of a model runner: API keys, streaming, metrics."""
+"""The OpenAI-compatible gateway (`app/`) in front of the model runners: routing by model, API keys, streaming,
+metrics."""
 
-
-from typing import Any, NotRequired, Optional, TypedDict
+import json
+from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -33,11 +34,9 @@ class GatewayArgs(TypedDict):
     image: pulumi.Input[str]
     """Gateway image, digest-pinned."""
 
-    upstream_base_url: pulumi.Input[str]
-    """OpenAI-compatible base URL of the model runner, API path included (`http://...:8000/v1`)."""
-
-    model: str
-    """Model id sent upstream when a request names none."""
+    models: Mapping[str, pulumi.Input[str]]
+    """Each served model's id (what requests name and `/v1/models` lists) -> the OpenAI-compatible base URL of
+    the engine serving it, API path included (`http://...:8000/v1`)."""
 
     resources: ResourcesArgs
     """CPU and memory per replica."""
@@ -55,11 +54,12 @@ class GatewayArgs(TypedDict):
     """Browser origins allowed to call the API."""
 
     upstream_scales_to_zero: NotRequired[bool]
-    """The model runner scales to zero when idle: readiness then checks the gateway alone, because a probe that
-    asks the runner every few seconds would keep it from ever scaling down."""
+    """A model runner scales to zero when idle: readiness then checks the gateway alone, because a probe that
+    asks the runners every few seconds would keep them from ever scaling down."""
 
     api_keys: NotRequired[pulumi.Input[str]]
-    """Comma-separated API keys clients must present (a Pulumi secret); absent disables authentication."""
+    """API keys clients must present (a Pulumi secret), comma- or newline-separated; a line `<key> <model>,...`
+    limits that key to those models. Absent disables authentication."""
 
     image_pull_secrets: NotRequired[list[str]]
     """Names of dockerconfigjson Secrets in the namespace to pull the image with."""
@@ -118,13 +118,23 @@ def _api_keys_secret_name(name: str) -> str:
     return f"{name}-api-keys"
 
 
+def gateway_route_env(models: Mapping[str, pulumi.Input[str]]) -> dict[str, pulumi.Input[str]]:
+    """The gateway's routing settings: one model as GATEWAY_UPSTREAM_BASE_URL and GATEWAY_MODEL (which a gateway
+    image from before GATEWAY_MODELS reads too), several as the GATEWAY_MODELS table."""
+    if len(models) == 1:
+        [(model, url)] = models.items()
+        return {"GATEWAY_UPSTREAM_BASE_URL": url, "GATEWAY_MODEL": model}
+    routes = dict(models)
+    known = all(isinstance(url, str) for url in routes.values())
+    return {"GATEWAY_MODELS": json.dumps(routes) if known else pulumi.Output.json_dumps(routes)}
+
+
 def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
     """The gateway's pod (Kubernetes PodSpec, camelCase)."""
     env: list[dict[str, Any]] = [
         # Set explicitly: a Service named `gateway` would otherwise inject GATEWAY_PORT=tcp://... links.
         {"name": "GATEWAY_PORT", "value": str(GATEWAY_PORT)},
-        {"name": "GATEWAY_UPSTREAM_BASE_URL", "value": args["upstream_base_url"]},
-        {"name": "GATEWAY_MODEL", "value": args["model"]},
+        *({"name": name, "value": value} for name, value in gateway_route_env(args["models"]).items()),
         {"name": "GATEWAY_REQUEST_TIMEOUT_SECONDS", "value": str(args["request_timeout_seconds"])},
     ]
     if args.get("cors_allow_origins"):

@@ -70,7 +70,7 @@ def provision_cluster(config: StackConfig, secrets: StackSecrets) -> ClusterHand
     if cluster.provider == "kind":
         return _kind_cluster(cluster)
     if cluster.provider == "eks":
-        return _eks_cluster(cluster, retain_model_cache=config.runner.cache.protect)
+        return _eks_cluster(cluster, retain_model_cache=any(model.config.cache.protect for model in config.served_models))
     return _existing_cluster(cluster, secrets)
 
 

@@ -13,14 +13,14 @@ from dotenv import dotenv_values
 
 from components.container_service import ContainerService, ContainerServiceArgs, MountArgs
 from components.engines import CACHE_MOUNT_PATH, HF_TOKEN_ENV, docker_health_test, render_profile
+from components.gateway import gateway_route_env
 from components.image import Image
 
-from .config import StackConfig
+from .config import RUNNER, ServedModel, StackConfig
 from .config.docker import ServiceConfig, bind_source
 from .config.secrets import StackSecrets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RUNNER = "model-runner"
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
 # The same non-root user as on Kubernetes (the gateway image's own user).
@@ -31,91 +31,22 @@ GATEWAY_HEALTH_TEST = ["CMD", "/opt/venv/bin/python", "-m", "model_gateway.healt
 
 def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     settings = config.docker
-    runner_config = config.runner
     network = docker.Network("network", name=settings.network, driver="bridge")
-    # Downloaded models are expensive: the volume stays when the stack is destroyed (without blocking the destroy,
-    # as `protect` would), and the next `pulumi up` finds the models in it.
-    cache = docker.Volume("model-cache", name=settings.cache_volume, opts=pulumi.ResourceOptions(retain_on_delete=True))
-    engine = render_profile(
-        runner_config.engine,
-        runner_config.model,
-        image=runner_config.image,
-        port=runner_config.port,
-        api_base_path=runner_config.api_base_path,
-        liveness_path=runner_config.liveness_path,
-        ready_path=runner_config.ready_path,
-        model_hub=runner_config.model_hub,
-    )
-    cache_mount: MountArgs = {"type": "volume", "source": settings.cache_volume, "target": CACHE_MOUNT_PATH}
-    writable = _scratch(settings.runner, list(engine.writable_paths.values()))
-    # A section stored encrypted keeps its env secret all the way to the container.
-    runner_env_is_secret = config.is_secret("runner")
-    service_env_is_secret = config.is_secret("docker")
-    engine_env = {**engine.env, **({} if runner_env_is_secret else dict(runner_config.env))}
-    runner_secret_env: dict[str, pulumi.Input[str]] = dict(runner_config.env) if runner_env_is_secret else {}
-    engine_secret_env = {**runner_secret_env, **({HF_TOKEN_ENV: secrets.hf_token} if secrets.hf_token is not None else {})}
-    after: list[pulumi.Resource] = [network, cache]
+    routes: dict[str, str] = {}
+    runners: list[pulumi.Resource] = []
+    for model in config.served_models:
+        runner, url = _serve_model(config, model, secrets, network)
+        routes[model.config.model] = url
+        runners.append(runner)
 
-    # Docker has no fsGroup: a fresh named volume belongs to root, so one job hands it to the engine's user,
-    # with CHOWN as its only capability.
-    owner = ContainerService(
-        "cache-owner",
-        {
-            "image": engine.image, "pull": True, "container_name": f"{RUNNER}-cache-owner", "network": settings.network,
-            "entrypoint": ["chown", RUN_AS, CACHE_MOUNT_PATH], "user": "0:0", "mounts": [cache_mount],
-            "capabilities_add": ["CHOWN"], "run_to_completion": True,
-        },
-        opts=pulumi.ResourceOptions(depends_on=after),
-    )
-    after = [*after, owner]
-    if engine.pull.mode == "init":
-        pull = ContainerService(
-            "model-pull",
-            {
-                "image": engine.image, "pull": True, "container_name": f"{RUNNER}-pull", "network": settings.network,
-                "entrypoint": list(engine.pull.command), "user": RUN_AS, "mounts": [cache_mount, *writable],
-                "env": {**engine_env, **engine.pull.env}, "secret_env": engine_secret_env, "run_to_completion": True,
-            },
-            opts=pulumi.ResourceOptions(depends_on=after),
-        )
-        after = [*after, pull]
-
-    runner_args = service_args(settings.runner, RUNNER, settings.network, engine.image, engine_env, service_env_is_secret)
-    runner_args["pull"] = True
-    runner_args["mounts"] = [cache_mount, *writable, *runner_args["mounts"]]
-    runner_args["secret_env"] = {**engine_secret_env, **runner_args.get("secret_env", {})}
-    if engine.command and settings.runner.entrypoint is None:
-        runner_args["entrypoint"] = list(engine.command)
-    if settings.runner.command is None and (engine.args or runner_config.args):
-        runner_args["command"] = [*engine.args, *runner_config.args]
-    health = _healthcheck(settings.runner, docker_health_test(engine), f"{runner_config.load_budget_seconds}s")
-    if health is not None:
-        runner_args["healthcheck"] = health
-    if runner_config.gpu.count and settings.runner.gpus is None:
-        runner_args["gpus"] = "all"
-    runner = ContainerService(RUNNER, runner_args, opts=pulumi.ResourceOptions(depends_on=after))
-    if engine.pull.mode == "sidecar":
-        ContainerService(
-            "model-pull",
-            {
-                "image": runner_config.pull_sidecar_image or engine.pull.image or engine.image, "pull": True,
-                "container_name": f"{RUNNER}-pull", "network": settings.network, "entrypoint": list(engine.pull.command),
-                "user": RUN_AS, "env": engine_env, "secret_env": runner_secret_env, "mounts": writable,
-                # It talks to the engine on 127.0.0.1, as it does inside the Kubernetes pod.
-                "share_network_with": RUNNER,
-            },
-            opts=pulumi.ResourceOptions(depends_on=[runner]),
-        )
-
-    upstream = f"http://{RUNNER}:{engine.port}{engine.api_base_path}"
     gateway_env = {
         "GATEWAY_PORT": str(GATEWAY_PORT),
-        "GATEWAY_UPSTREAM_BASE_URL": upstream,
-        "GATEWAY_MODEL": runner_config.model,
+        **gateway_route_env(routes),
         "GATEWAY_REQUEST_TIMEOUT_SECONDS": str(config.gateway.request_timeout_seconds),
     }
     if config.gateway.cors_allow_origins:
         gateway_env["GATEWAY_CORS_ALLOW_ORIGINS"] = ",".join(config.gateway.cors_allow_origins)
+    service_env_is_secret = config.is_secret("docker")
     if config.gateway.image is not None:
         gateway_args = service_args(
             settings.gateway, GATEWAY, settings.network, config.gateway.image, gateway_env, service_env_is_secret)
@@ -132,10 +63,97 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
     health = _healthcheck(settings.gateway, GATEWAY_HEALTH_TEST, "10s")
     if health is not None:
         gateway_args["healthcheck"] = health
-    ContainerService(GATEWAY, gateway_args, opts=pulumi.ResourceOptions(depends_on=[network, runner]))
+    ContainerService(GATEWAY, gateway_args, opts=pulumi.ResourceOptions(depends_on=[network, *runners]))
     url = _gateway_url(settings.gateway)
     if url is not None:
         pulumi.export("gatewayUrl", url)
+
+
+def _serve_model(
+    config: StackConfig, model: ServedModel, secrets: StackSecrets, network: docker.Network
+) -> tuple[ContainerService, str]:
+    """A model's engine container, with its cache volume and the jobs that prepare it; returns the container and
+    the OpenAI base URL the gateway reaches it at."""
+    settings = config.docker
+    runner_config = model.config
+    name = model.workload_name
+    # The one-model shorthand's resources keep the names they have always had; each of several models adds its own.
+    suffix = name.removeprefix(RUNNER)
+    volume_name = f"{settings.cache_volume}{suffix}"
+    # Downloaded models are expensive: the volume stays when the stack is destroyed (without blocking the destroy,
+    # as `protect` would), and the next `pulumi up` finds the models in it.
+    cache = docker.Volume(f"model-cache{suffix}", name=volume_name, opts=pulumi.ResourceOptions(retain_on_delete=True))
+    engine = render_profile(
+        runner_config.engine,
+        runner_config.model,
+        image=runner_config.image,
+        port=runner_config.port,
+        api_base_path=runner_config.api_base_path,
+        liveness_path=runner_config.liveness_path,
+        ready_path=runner_config.ready_path,
+        model_hub=runner_config.model_hub,
+    )
+    cache_mount: MountArgs = {"type": "volume", "source": volume_name, "target": CACHE_MOUNT_PATH}
+    writable = _scratch(settings.runner, list(engine.writable_paths.values()))
+    # A section stored encrypted keeps its env secret all the way to the container.
+    runner_env_is_secret = config.is_secret(model.top_level_key)
+    service_env_is_secret = config.is_secret("docker")
+    engine_env = {**engine.env, **({} if runner_env_is_secret else dict(runner_config.env))}
+    runner_secret_env: dict[str, pulumi.Input[str]] = dict(runner_config.env) if runner_env_is_secret else {}
+    engine_secret_env = {**runner_secret_env, **({HF_TOKEN_ENV: secrets.hf_token} if secrets.hf_token is not None else {})}
+    after: list[pulumi.Resource] = [network, cache]
+
+    # Docker has no fsGroup: a fresh named volume belongs to root, so one job hands it to the engine's user,
+    # with CHOWN as its only capability.
+    owner = ContainerService(
+        f"cache-owner{suffix}",
+        {
+            "image": engine.image, "pull": True, "container_name": f"{name}-cache-owner", "network": settings.network,
+            "entrypoint": ["chown", RUN_AS, CACHE_MOUNT_PATH], "user": "0:0", "mounts": [cache_mount],
+            "capabilities_add": ["CHOWN"], "run_to_completion": True,
+        },
+        opts=pulumi.ResourceOptions(depends_on=after),
+    )
+    after = [*after, owner]
+    if engine.pull.mode == "init":
+        pull = ContainerService(
+            f"model-pull{suffix}",
+            {
+                "image": engine.image, "pull": True, "container_name": f"{name}-pull", "network": settings.network,
+                "entrypoint": list(engine.pull.command), "user": RUN_AS, "mounts": [cache_mount, *writable],
+                "env": {**engine_env, **engine.pull.env}, "secret_env": engine_secret_env, "run_to_completion": True,
+            },
+            opts=pulumi.ResourceOptions(depends_on=after),
+        )
+        after = [*after, pull]
+
+    runner_args = service_args(settings.runner, name, settings.network, engine.image, engine_env, service_env_is_secret)
+    runner_args["pull"] = True
+    runner_args["mounts"] = [cache_mount, *writable, *runner_args["mounts"]]
+    runner_args["secret_env"] = {**engine_secret_env, **runner_args.get("secret_env", {})}
+    if engine.command and settings.runner.entrypoint is None:
+        runner_args["entrypoint"] = list(engine.command)
+    if settings.runner.command is None and (engine.args or runner_config.args):
+        runner_args["command"] = [*engine.args, *runner_config.args]
+    health = _healthcheck(settings.runner, docker_health_test(engine), f"{runner_config.load_budget_seconds}s")
+    if health is not None:
+        runner_args["healthcheck"] = health
+    if runner_config.gpu.count and settings.runner.gpus is None:
+        runner_args["gpus"] = "all"
+    runner = ContainerService(name, runner_args, opts=pulumi.ResourceOptions(depends_on=after))
+    if engine.pull.mode == "sidecar":
+        ContainerService(
+            f"model-pull{suffix}",
+            {
+                "image": runner_config.pull_sidecar_image or engine.pull.image or engine.image, "pull": True,
+                "container_name": f"{name}-pull", "network": settings.network, "entrypoint": list(engine.pull.command),
+                "user": RUN_AS, "env": engine_env, "secret_env": runner_secret_env, "mounts": writable,
+                # It talks to the engine on 127.0.0.1, as it does inside the Kubernetes pod.
+                "share_network_with": name,
+            },
+            opts=pulumi.ResourceOptions(depends_on=[runner]),
+        )
+    return runner, f"http://{name}:{engine.port}{engine.api_base_path}"
 
 
 def _gateway_url(gateway: ServiceConfig) -> Optional[str]:

@@ -15,14 +15,13 @@ from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_fe
 
 from .admission import guarded_namespace_labels
 from .cluster import ClusterHandle
-from .config import StackConfig
-from .config.runner import RunnerConfig
+from .config import ServedModel, StackConfig
+from .config.runner import ModelConfig
 from .config.secrets import StackSecrets
 from .config.workload import ResourcesConfig, ScalingConfig
 from .images import ImageHandle
 from .knative import KnativeHandle
 
-RUNNER = "model-runner"
 GATEWAY = "gateway"
 # Knative 1.15's default ceiling for a revision's request timeout (config-defaults, max-revision-timeout-seconds).
 KNATIVE_MAX_REVISION_TIMEOUT_SECONDS = 600
@@ -37,8 +36,7 @@ def serve_models(
     admission: list[pulumi.Resource],
 ) -> None:
     """`admission`: the signature policy that guards the model namespace, which workloads wait for."""
-    runner_config = config.runner
-    namespace_name = runner_config.namespace
+    namespace_name = config.serving_namespace
     namespace = k8s.core.v1.Namespace(
         namespace_name,
         metadata={
@@ -53,7 +51,7 @@ def serve_models(
         # Deleting a namespace deletes every claim in it: one that holds a retained model cache stays, and the
         # next `pulumi up` adopts it (server-side apply creates over what exists).
         opts=pulumi.ResourceOptions(provider=cluster.provider, depends_on=cluster.ready,
-                                    retain_on_delete=retains_model_cache(runner_config)),
+                                    retain_on_delete=any(retains_model_cache(model.config) for model in config.served_models)),
     )
     pull_secret = images.pull_secret(
         namespace_name, pulumi.ResourceOptions(provider=cluster.provider, depends_on=[namespace])
@@ -68,20 +66,25 @@ def serve_models(
             depends_on.extend(knative.ready)
         return pulumi.ResourceOptions(providers=[cluster.provider], depends_on=depends_on)
 
-    runner_args = _runner_args(config, cluster, images.rewrite, image_pull_secrets)
-    if secrets.hf_token is not None:
-        runner_args["hf_token"] = secrets.hf_token
-    runner = ModelRunner(RUNNER, runner_args, opts=workload_opts(runner_config.workload))
-    pulumi.export("modelRunnerUrl", runner.url)
+    routes: dict[str, pulumi.Output[str]] = {}
+    for model in config.served_models:
+        runner_args = _runner_args(config, model, cluster, images.rewrite, image_pull_secrets)
+        if secrets.hf_token is not None:
+            runner_args["hf_token"] = secrets.hf_token
+        runner = ModelRunner(model.workload_name, runner_args, opts=workload_opts(model.config.workload))
+        routes[model.config.model] = runner.url
+    pulumi.export("modelRunnerUrls", routes)
+    if len(routes) == 1:
+        pulumi.export("modelRunnerUrl", runner.url)
 
     gateway_config = config.gateway
-    gateway_args = _gateway_args(config, images.gateway_image, runner.url, image_pull_secrets)
+    gateway_args = _gateway_args(config, images.gateway_image, routes, image_pull_secrets)
     if secrets.gateway_api_keys is not None:
         gateway_args["api_keys"] = secrets.gateway_api_keys
     gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
     pulumi.export("gatewayUrl", gateway.url)
     if gateway_config.workload == "knative" and knative is not None and knative.domain is not None:
-        pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{runner_config.namespace}.{knative.domain}{_ingress_port(config)}/v1")
+        pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{namespace_name}.{knative.domain}{_ingress_port(config)}/v1")
 
 
 def _ingress_port(config: StackConfig) -> str:
@@ -96,12 +99,15 @@ def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, d
     timeouts that admits streams as long as the gateway waits. Empty when nothing runs on Knative."""
     # Only the pods' shape matters here, not which registry their images come from or where the runner is.
     features: set[str] = set()
-    if config.runner.workload == "knative":
-        features.update(knative_features(runner_pod_spec(RUNNER, _runner_args(config, cluster, _as_is, []))))
+    for model in config.served_models:
+        if model.config.workload == "knative":
+            features.update(knative_features(
+                runner_pod_spec(model.workload_name, _runner_args(config, model, cluster, _as_is, []))))
     if config.gateway.workload == "knative":
-        gateway_args = _gateway_args(config, config.gateway.image or "model-gateway", "http://model-runner/v1", [])
+        routes = {model.config.model: f"http://{model.workload_name}/v1" for model in config.served_models}
+        gateway_args = _gateway_args(config, config.gateway.image or "model-gateway", routes, [])
         features.update(knative_features(gateway_pod_spec(GATEWAY, gateway_args)))
-    if "knative" not in (config.runner.workload, config.gateway.workload):
+    if not config.knative_workloads:
         return {}
     return {
         "config-features": {feature: "enabled" for feature in sorted(features)},
@@ -119,37 +125,38 @@ def _as_is(reference: str) -> str:
     return reference
 
 
-def runner_images(config: StackConfig) -> tuple[str, str]:
+def runner_images(model: ModelConfig) -> tuple[str, str]:
     """The engine image and the pull sidecar's, before the registry mapping."""
-    runner = config.runner
-    return runner.image or ENGINES[runner.engine].image, runner.pull_sidecar_image or PULL_SIDECAR_IMAGE
+    return model.image or ENGINES[model.engine].image, model.pull_sidecar_image or PULL_SIDECAR_IMAGE
 
 
 def upstream_images(config: StackConfig) -> list[str]:
     """Images the serving layer deploys as configured, before the registry mapping (the gateway's own build
     excluded: it is pushed where it is pulled from)."""
-    return [*runner_images(config), *([config.gateway.image] if config.gateway.image else [])]
+    engines = [image for model in config.served_models for image in runner_images(model.config)]
+    return list(dict.fromkeys([*engines, *([config.gateway.image] if config.gateway.image else [])]))
 
 
-def retains_model_cache(runner_config: RunnerConfig) -> bool:
-    return runner_config.cache.protect and runner_config.cache.existing_claim is None
+def retains_model_cache(model: ModelConfig) -> bool:
+    return model.cache.protect and model.cache.existing_claim is None
 
 
 def _runner_args(
-    config: StackConfig, cluster: ClusterHandle, rewrite: Callable[[str], str], image_pull_secrets: list[str]
+    config: StackConfig, model: ServedModel, cluster: ClusterHandle, rewrite: Callable[[str], str],
+    image_pull_secrets: list[str],
 ) -> dict[str, Any]:
-    runner_config = config.runner
-    engine_image, pull_sidecar_image = runner_images(config)
+    runner_config = model.config
+    engine_image, pull_sidecar_image = runner_images(runner_config)
     gpu = runner_config.gpu
     runner_args: dict[str, Any] = {
-        "namespace": runner_config.namespace,
+        "namespace": config.serving_namespace,
         "engine": runner_config.engine,
         "model": runner_config.model,
         "image": rewrite(engine_image),
         "pull_sidecar_image": rewrite(pull_sidecar_image),
         "args": list(runner_config.args),
-        # A runner section stored encrypted keeps its env secret all the way to the pod.
-        ("secret_env" if config.is_secret("runner") else "env"): dict(runner_config.env),
+        # A section stored encrypted keeps its env secret all the way to the pod.
+        ("secret_env" if config.is_secret(model.top_level_key) else "env"): dict(runner_config.env),
         "resources": _resources(runner_config.resources),
         "gpu": {
             "count": gpu.count,
@@ -182,15 +189,16 @@ def _runner_args(
 
 
 def _gateway_args(
-    config: StackConfig, image: pulumi.Input[str], upstream_base_url: pulumi.Input[str], image_pull_secrets: list[str]
+    config: StackConfig, image: pulumi.Input[str], routes: dict[str, pulumi.Input[str]], image_pull_secrets: list[str]
 ) -> dict[str, Any]:
+    """`routes`: each model's id -> the OpenAI base URL of its engine."""
     gateway_config = config.gateway
+    destinations = [_runner_destination(model) for model in config.served_models]
     return {
-        "namespace": config.runner.namespace,
+        "namespace": config.serving_namespace,
         "image": image,
-        "upstream_base_url": upstream_base_url,
-        "upstream_scales_to_zero": config.runner.scaling.min_replicas == 0,
-        "model": config.runner.model,
+        "models": routes,
+        "upstream_scales_to_zero": any(model.config.scaling.min_replicas == 0 for model in config.served_models),
         "resources": _resources(gateway_config.resources),
         "scaling": _scaling(gateway_config.scaling),
         "request_timeout_seconds": gateway_config.request_timeout_seconds,
@@ -199,7 +207,8 @@ def _gateway_args(
         "image_pull_secrets": image_pull_secrets,
         **({"allowed_clients": _namespaces(gateway_config.allowed_namespaces)}
            if gateway_config.allowed_namespaces else {}),
-        "allowed_destinations": [_runner_destination(config)],
+        # Models served alike share one rule.
+        "allowed_destinations": [rule for index, rule in enumerate(destinations) if rule not in destinations[:index]],
     }
 
 
@@ -207,13 +216,14 @@ def _namespaces(names: list[str]) -> list[dict[str, Any]]:
     return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}} for name in names]
 
 
-def _runner_destination(config: StackConfig) -> dict[str, Any]:
-    """Where the gateway's calls to the runner go: its pods on the engine port, or Knative's data path (the
+def _runner_destination(model: ServedModel) -> dict[str, Any]:
+    """Where the gateway's calls to a model's runner go: its pods on the engine port, or Knative's data path (the
     activator and Kourier), which forwards to them."""
-    if config.runner.workload == "knative":
+    if model.config.workload == "knative":
         return {"to": _namespaces(list(KNATIVE_DATA_PATH_NAMESPACES))}
-    port = config.runner.port or ENGINES[config.runner.engine].port
-    return {"to": [{"podSelector": {"matchLabels": workload_labels(RUNNER)}}], "ports": [{"port": port, "protocol": "TCP"}]}
+    port = model.config.port or ENGINES[model.config.engine].port
+    return {"to": [{"podSelector": {"matchLabels": workload_labels(model.workload_name)}}],
+            "ports": [{"port": port, "protocol": "TCP"}]}
 
 
 def _resources(resources: ResourcesConfig) -> dict[str, dict[str, str]]:

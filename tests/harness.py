@@ -397,8 +397,9 @@ def _installs_knative(config: dict[str, Any]) -> bool:
 
     if config.get("runtime") == "docker":
         return False
+    models = [model for model in section("models").values() if isinstance(model, dict)]
     return section("knative").get("install") is True or any(
-        section(workload).get("workload") == "knative" for workload in ("runner", "gateway"))
+        workload.get("workload") == "knative" for workload in [section("runner"), section("gateway"), *models])
 
 
 def evaluate_program(

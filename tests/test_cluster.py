@@ -420,8 +420,11 @@ def test_device_plugin_is_pinned_and_runs_on_the_tainted_gpu_nodes(prod):
 
 def test_the_protected_model_cache_file_system_outlives_the_stack(prod):
     assert prod.one("aws:efs/fileSystem:FileSystem").retain_on_delete
-    assert not evaluate("prod", set={"runner.cache.protect": False, "environment": "development"}).one(
+    # Retained while any model's cache is protected.
+    assert evaluate("prod", set={"models.chat.cache.protect": False, "environment": "development"}).one(
         "aws:efs/fileSystem:FileSystem").retain_on_delete
+    assert not evaluate("prod", set={"models.chat.cache.protect": False, "models.embed.cache.protect": False,
+                                     "environment": "development"}).one("aws:efs/fileSystem:FileSystem").retain_on_delete
 
 
 def test_model_cache_storage_class_is_efs_access_points(prod):

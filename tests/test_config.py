@@ -12,17 +12,17 @@ BAD_INPUTS = [
     ("dev", {"cluster.kubernetesVersion": "v1.32"}, "cluster.kubernetesVersion", "1.32"),
     ("dev", {"cluster": "kind"}, "cluster", "map of settings"),
     ("dev", {"kubeconfig": "apiVersion: v1"}, "kubeconfig", "--secret"),
-    ("dev", {"runner.engine": "tgi"}, "runner.engine", "'docker-model-runner', 'vllm', 'ollama' or 'llama.cpp'"),
-    ("dev", {"runner.cache.size": "-5Gi"}, "runner.cache.size", "positive Kubernetes quantity"),
-    ("dev", {"runner.resources.requests.cpu": "-1"}, "runner.resources.requests.cpu", "positive Kubernetes quantity"),
-    ("dev", {"runner.resources.requests.memory": "2GB"}, "runner.resources.requests.memory", "Mi"),
-    ("dev", {"runner.resources.limits.memory": "512Mi"}, "runner.resources.limits.memory", "at least requests.memory"),
-    ("dev", {"runner.scaling.minReplicas": -1}, "runner.scaling.minReplicas", "greater than or equal to 0"),
-    ("prod", {"runner.scaling.maxReplicas": 1}, "runner.scaling.maxReplicas", "at least minReplicas"),
-    ("dev", {"runner.port": 70000}, "runner.port", "65535"),
-    ("dev", {"runner.loadBudgetSeconds": "ten minutes"}, "runner.loadBudgetSeconds", "valid integer"),
-    ("dev", {"runner.image": "Docker/Model-Runner"}, "runner.image", "image reference"),
-    ("prod", {"runner.image": "vllm/vllm-openai:latest"}, "runner.image", "digest-pinned"),
+    ("dev", {"models.chat.engine": "tgi"}, "models.chat.engine", "'docker-model-runner', 'vllm', 'ollama' or 'llama.cpp'"),
+    ("dev", {"models.chat.cache.size": "-5Gi"}, "models.chat.cache.size", "positive Kubernetes quantity"),
+    ("dev", {"models.chat.resources.requests.cpu": "-1"}, "models.chat.resources.requests.cpu", "positive Kubernetes quantity"),
+    ("dev", {"models.chat.resources.requests.memory": "2GB"}, "models.chat.resources.requests.memory", "Mi"),
+    ("dev", {"models.chat.resources.limits.memory": "512Mi"}, "models.chat.resources.limits.memory", "at least requests.memory"),
+    ("dev", {"models.chat.scaling.minReplicas": -1}, "models.chat.scaling.minReplicas", "greater than or equal to 0"),
+    ("prod", {"models.chat.scaling.maxReplicas": 1}, "models.chat.scaling.maxReplicas", "at least minReplicas"),
+    ("dev", {"models.chat.port": 70000}, "models.chat.port", "65535"),
+    ("dev", {"models.chat.loadBudgetSeconds": "ten minutes"}, "models.chat.loadBudgetSeconds", "valid integer"),
+    ("dev", {"models.chat.image": "Docker/Model-Runner"}, "models.chat.image", "image reference"),
+    ("prod", {"models.chat.image": "vllm/vllm-openai:latest"}, "models.chat.image", "digest-pinned"),
     ("dev", {"knative.install": False}, "knative.install", "gateway is served through Knative"),
 ]
 
@@ -44,38 +44,38 @@ def test_every_problem_is_reported_at_once():
 
 def test_field_errors_do_not_hide_the_cross_field_checks():
     error, evaluation = evaluate_failure("prod", set={
-        "runner.port": 70000,
+        "models.chat.port": 70000,
         "gateway.scaling.minReplicas": "two",
-        "runner.scaling.minReplicas": 3,
-        "runner.scaling.maxReplicas": 2,
-        "runner.cache.accessMode": "ReadWriteOnce",
+        "models.chat.scaling.minReplicas": 3,
+        "models.chat.scaling.maxReplicas": 2,
+        "models.chat.cache.accessMode": "ReadWriteOnce",
         "gateway.scaling.maxReplicas": 1,
         "gateway.scaling.targetCpuUtilization": 5,
     })
     assert sorted(problem.key for problem in error.problems) == sorted([
-        "runner.port",
+        "models.chat.port",
         "gateway.scaling.minReplicas",
         "gateway.scaling.targetCpuUtilization",
-        "runner.scaling.maxReplicas",  # below minReplicas
-        "runner.scaling.maxReplicas",  # above 1 on a ReadWriteOnce cache
+        "models.chat.scaling.maxReplicas",  # below minReplicas
+        "models.chat.scaling.maxReplicas",  # above 1 on a ReadWriteOnce cache
     ])
     assert evaluation.resources == []
 
 
 def test_production_floors_are_checked_beside_field_errors():
-    error, _ = evaluate_failure("prod", set={"runner.port": 0, "gateway.scaling.minReplicas": 1, "runner.cache.protect": False})
+    error, _ = evaluate_failure("prod", set={"models.chat.port": 0, "gateway.scaling.minReplicas": 1, "models.chat.cache.protect": False})
     assert [problem.key for problem in error.problems] == [
-        "runner.port", "gateway.scaling.minReplicas", "runner.cache.protect"
+        "models.chat.port", "gateway.scaling.minReplicas", "models.chat.cache.protect"
     ]
 
 
 @pytest.mark.parametrize("overrides,reported", [
     # The RWO rule would fire on the default access mode that stands in for the bad one.
-    ({"runner.cache.accessMode": "RWX", "runner.scaling.maxReplicas": 3}, ["runner.cache.accessMode"]),
+    ({"models.chat.cache.accessMode": "RWX", "models.chat.scaling.maxReplicas": 3}, ["models.chat.cache.accessMode"]),
     # A misspelt key leaves its default in force; a rule resting on that default would blame the user wrongly.
-    ({"runner.cache.acessMode": "ReadWriteMany", "runner.scaling.maxReplicas": 3}, ["runner.cache.acessMode"]),
-    ({"runner.scaling.minReplicas": 500, "runner.scaling.maxReplicas": 3, "runner.cache.accessMode": "ReadWriteMany"},
-     ["runner.scaling.minReplicas"]),
+    ({"models.chat.cache.acessMode": "ReadWriteMany", "models.chat.scaling.maxReplicas": 3}, ["models.chat.cache.acessMode"]),
+    ({"models.chat.scaling.minReplicas": 500, "models.chat.scaling.maxReplicas": 3, "models.chat.cache.accessMode": "ReadWriteMany"},
+     ["models.chat.scaling.minReplicas"]),
 ])
 def test_no_problem_is_reported_on_a_default_standing_in_for_a_bad_value(overrides, reported):
     error, _ = evaluate_failure("dev", set=overrides)

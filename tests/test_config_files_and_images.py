@@ -36,7 +36,7 @@ def test_a_kubeconfig_with_the_chosen_context_is_accepted(tmp_path):
 
 
 def test_a_malformed_env_file_is_a_config_error(tmp_path):
-    env_file = tmp_path / "runner.env"
+    env_file = tmp_path / "models.chat.env"
     env_file.write_text("LOG_LEVEL=debug\nthis is not a setting\n")
     assert_rejected("local", {"docker.runner.envFiles": [str(env_file)]}, "docker.runner.envFiles[0]", "line 2")
 
@@ -96,10 +96,10 @@ def test_a_manifests_dir_that_is_no_directory_is_a_config_error(tmp_path):
 
 def test_every_broken_release_file_is_reported_with_the_other_problems(tmp_path):
     directory = release_copy(tmp_path, kourier="a: [", serving_core="- 1\n", serving_crds=None)
-    error, evaluation = evaluate_failure("dev", set={"knative.manifestsDir": str(directory), "runner.namespace": "Models"})
+    error, evaluation = evaluate_failure("dev", set={"knative.manifestsDir": str(directory), "namespace": "Models"})
     assert sorted(str(problem).partition(".yaml")[0] for problem in error.problems) == sorted([
         "knative.manifestsDir: kourier", "knative.manifestsDir: serving-core", "knative.manifestsDir: serving-crds",
-        str(next(p for p in error.problems if p.key == "runner.namespace")).partition(".yaml")[0],
+        str(next(p for p in error.problems if p.key == "namespace")).partition(".yaml")[0],
     ])
     assert evaluation.resources == []
 

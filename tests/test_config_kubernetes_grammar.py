@@ -9,27 +9,27 @@ from harness import assert_rejected, evaluate, evaluate_failure
 LONG_LABEL = "a" * 64
 
 REFUSED = [
-    ({"runner.namespace": "Models"}, "runner.namespace", "DNS label"),
-    ({"runner.namespace": "m" * 64}, "runner.namespace", "at most 63"),
-    ({"runner.namespace": "kube-system"}, "runner.namespace", "reserved"),
-    ({"runner.namespace": "kube-ml"}, "runner.namespace", "reserved"),
-    ({"runner.namespace": "default"}, "runner.namespace", "reserved"),
-    ({"runner.namespace": "knative-serving"}, "runner.namespace", "reserved"),
-    ({"runner.namespace": "ml.models"}, "runner.namespace", "DNS label"),
-    ({"runner.allowedNamespaces": ["batch_jobs"]}, "runner.allowedNamespaces[0]", "DNS label"),
-    ({"runner.cache.existingClaim": "Cache"}, "runner.cache.existingClaim", "DNS subdomain"),
-    ({"runner.cache.existingClaim": "a" * 254}, "runner.cache.existingClaim", "at most 253"),
-    ({"runner.cache.storageClass": "fast_ssd"}, "runner.cache.storageClass", "DNS subdomain"),
-    ({"runner.gpu.runtimeClassName": "NVIDIA"}, "runner.gpu.runtimeClassName", "DNS subdomain"),
-    ({"runner.env": {"1ST": "x"}}, 'runner.env["1ST"]', "environment variable name"),
-    ({"runner.env": {"A B": "x"}}, 'runner.env["A B"]', "environment variable name"),
-    ({"runner.resources.requests.cpu": "1K"}, "runner.resources.requests.cpu", "Kubernetes quantity"),
-    ({"runner.resources.requests.cpu": "0"}, "runner.resources.requests.cpu", "positive"),
-    ({"runner.resources.limits.memory": "512m"}, "runner.resources.limits.memory", "did you mean 512Mi"),
-    ({"runner.resources.requests.memory": "2G", "runner.resources.limits.memory": "512m"},
-     "runner.resources.limits.memory", "0.512 bytes"),
-    ({"runner.cache.size": "10gi"}, "runner.cache.size", "Kubernetes quantity"),
-    ({"runner.cache.size": "100m"}, "runner.cache.size", "did you mean 100Mi"),
+    ({"namespace": "Models"}, "namespace", "DNS label"),
+    ({"namespace": "m" * 64}, "namespace", "at most 63"),
+    ({"namespace": "kube-system"}, "namespace", "reserved"),
+    ({"namespace": "kube-ml"}, "namespace", "reserved"),
+    ({"namespace": "default"}, "namespace", "reserved"),
+    ({"namespace": "knative-serving"}, "namespace", "reserved"),
+    ({"namespace": "ml.models"}, "namespace", "DNS label"),
+    ({"models.chat.allowedNamespaces": ["batch_jobs"]}, "models.chat.allowedNamespaces[0]", "DNS label"),
+    ({"models.chat.cache.existingClaim": "Cache"}, "models.chat.cache.existingClaim", "DNS subdomain"),
+    ({"models.chat.cache.existingClaim": "a" * 254}, "models.chat.cache.existingClaim", "at most 253"),
+    ({"models.chat.cache.storageClass": "fast_ssd"}, "models.chat.cache.storageClass", "DNS subdomain"),
+    ({"models.chat.gpu.runtimeClassName": "NVIDIA"}, "models.chat.gpu.runtimeClassName", "DNS subdomain"),
+    ({"models.chat.env": {"1ST": "x"}}, 'models.chat.env["1ST"]', "environment variable name"),
+    ({"models.chat.env": {"A B": "x"}}, 'models.chat.env["A B"]', "environment variable name"),
+    ({"models.chat.resources.requests.cpu": "1K"}, "models.chat.resources.requests.cpu", "Kubernetes quantity"),
+    ({"models.chat.resources.requests.cpu": "0"}, "models.chat.resources.requests.cpu", "positive"),
+    ({"models.chat.resources.limits.memory": "512m"}, "models.chat.resources.limits.memory", "did you mean 512Mi"),
+    ({"models.chat.resources.requests.memory": "2G", "models.chat.resources.limits.memory": "512m"},
+     "models.chat.resources.limits.memory", "0.512 bytes"),
+    ({"models.chat.cache.size": "10gi"}, "models.chat.cache.size", "Kubernetes quantity"),
+    ({"models.chat.cache.size": "100m"}, "models.chat.cache.size", "did you mean 100Mi"),
 ]
 
 
@@ -39,22 +39,22 @@ def test_what_kubernetes_refuses_is_a_config_error(overrides, key, text):
 
 
 def gpu_stack(**overrides):
-    return {"runner.engine": "vllm", "runner.model": "Qwen/Qwen2.5-0.5B-Instruct", "runner.gpu.count": 1, **overrides}
+    return {"models.chat.engine": "vllm", "models.chat.model": "Qwen/Qwen2.5-0.5B-Instruct", "models.chat.gpu.count": 1, **overrides}
 
 
 ACCEPTED = [
-    ("dev", {"runner.namespace": "m" * 63}),
-    ("dev", {"runner.namespace": "kubeflow-models"}),
-    ("dev", {"runner.allowedNamespaces": ["kube-system", "default"]}),
-    ("dev", {"runner.cache.existingClaim": "models.cache-v2"}),
-    ("dev", {"runner.cache.storageClass": "efs.csi.aws.com"}),
-    ("dev", {"runner.env": {"my.setting-1": "x", "_PRIVATE": "y"}}),
-    ("dev", {"runner.resources.requests.cpu": "1e-1"}),
-    ("dev", {"runner.resources.requests.cpu": 0.5}),
-    ("dev", {"runner.resources.requests.memory": "1e9", "runner.resources.limits.memory": "2e9"}),
-    ("dev", {"runner.resources.requests.memory": "1.5Gi", "runner.resources.limits.memory": "2G"}),
-    ("dev", {"runner.env.THREADS": 8, "runner.env.VERBOSE": True}),
-    ("prod", {"runner.gpu.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G", "zone": ""}}),
+    ("dev", {"namespace": "m" * 63}),
+    ("dev", {"namespace": "kubeflow-models"}),
+    ("dev", {"models.chat.allowedNamespaces": ["kube-system", "default"]}),
+    ("dev", {"models.chat.cache.existingClaim": "models.cache-v2"}),
+    ("dev", {"models.chat.cache.storageClass": "efs.csi.aws.com"}),
+    ("dev", {"models.chat.env": {"my.setting-1": "x", "_PRIVATE": "y"}}),
+    ("dev", {"models.chat.resources.requests.cpu": "1e-1"}),
+    ("dev", {"models.chat.resources.requests.cpu": 0.5}),
+    ("dev", {"models.chat.resources.requests.memory": "1e9", "models.chat.resources.limits.memory": "2e9"}),
+    ("dev", {"models.chat.resources.requests.memory": "1.5Gi", "models.chat.resources.limits.memory": "2G"}),
+    ("dev", {"models.chat.env.THREADS": 8, "models.chat.env.VERBOSE": True}),
+    ("prod", {"models.chat.gpu.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G", "zone": ""}}),
 ]
 
 
@@ -64,31 +64,31 @@ def test_what_kubernetes_accepts_is_accepted(stack, overrides):
 
 
 def test_numbers_and_switches_as_env_values_reach_the_engine_as_text():
-    evaluation = evaluate("dev", set={"runner.env.THREADS": 8, "runner.env.VERBOSE": True})
+    evaluation = evaluate("dev", set={"models.chat.env.THREADS": 8, "models.chat.env.VERBOSE": True})
     data = next(r.plain()["data"] for r in evaluation.of_type("kubernetes:core/v1:ConfigMap") if "THREADS" in r.plain().get("data", {}))
     assert (data["THREADS"], data["VERBOSE"]) == ("8", "true")
 
 
 @pytest.mark.parametrize("selector,key", [
-    ({"nvidia.com/": "x"}, 'runner.gpu.nodeSelector["nvidia.com/"]'),
-    ({"-gpu": "x"}, 'runner.gpu.nodeSelector["-gpu"]'),
-    ({LONG_LABEL: "x"}, f"runner.gpu.nodeSelector.{LONG_LABEL}"),
-    ({"Example.com/gpu": "x"}, 'runner.gpu.nodeSelector["Example.com/gpu"]'),
-    ({"gpu": "A10G!"}, "runner.gpu.nodeSelector.gpu"),
-    ({"gpu": LONG_LABEL}, "runner.gpu.nodeSelector.gpu"),
+    ({"nvidia.com/": "x"}, 'models.chat.gpu.nodeSelector["nvidia.com/"]'),
+    ({"-gpu": "x"}, 'models.chat.gpu.nodeSelector["-gpu"]'),
+    ({LONG_LABEL: "x"}, f"models.chat.gpu.nodeSelector.{LONG_LABEL}"),
+    ({"Example.com/gpu": "x"}, 'models.chat.gpu.nodeSelector["Example.com/gpu"]'),
+    ({"gpu": "A10G!"}, "models.chat.gpu.nodeSelector.gpu"),
+    ({"gpu": LONG_LABEL}, "models.chat.gpu.nodeSelector.gpu"),
 ])
 def test_node_selectors_follow_the_label_grammar(selector, key):
-    assert_rejected("prod", {"runner.gpu.nodeSelector": selector}, key, "label" if len(selector[next(iter(selector))]) < 64 else "at most 63")
+    assert_rejected("prod", {"models.chat.gpu.nodeSelector": selector}, key, "label" if len(selector[next(iter(selector))]) < 64 else "at most 63")
 
 
 def test_every_grammar_problem_is_reported_at_once():
     error, evaluation = evaluate_failure("dev", set={
-        "runner.namespace": "kube-system",
-        "runner.cache.storageClass": "Fast",
-        "runner.resources.limits.memory": "4096m",
-        "runner.env": {"1X": "y"},
+        "namespace": "kube-system",
+        "models.chat.cache.storageClass": "Fast",
+        "models.chat.resources.limits.memory": "4096m",
+        "models.chat.env": {"1X": "y"},
     })
     assert sorted(problem.key for problem in error.problems) == sorted([
-        "runner.namespace", "runner.cache.storageClass", "runner.resources.limits.memory", 'runner.env["1X"]'
+        "namespace", "models.chat.cache.storageClass", "models.chat.resources.limits.memory", 'models.chat.env["1X"]'
     ])
     assert evaluation.resources == []

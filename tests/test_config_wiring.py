@@ -5,36 +5,36 @@ import pytest
 
 from harness import assert_rejected, evaluate, evaluate_failure
 
-VLLM = {"runner.engine": "vllm", "runner.model": "Qwen/Qwen2.5-0.5B-Instruct", "runner.gpu.count": 1}
+VLLM = {"models.chat.engine": "vllm", "models.chat.model": "Qwen/Qwen2.5-0.5B-Instruct", "models.chat.gpu.count": 1}
 CUDA_LLAMA = "ghcr.io/ggml-org/llama.cpp:server-cuda"
 
 REFUSED = [
-    ("prod", {"runner.args": ["--port", "9000"]}, "runner.args[0]", "runner.port"),
-    ("prod", {"runner.args": ["--host=127.0.0.1"]}, "runner.args[0]", "address"),
-    ("dev", {"runner.engine": "llama.cpp", "runner.model": "a/b/c.gguf", "runner.args": ["--api-prefix", "/api"]},
-     "runner.args[0]", "runner.apiBasePath"),
-    ("dev", {"runner.env.MODEL_RUNNER_PORT": "9999"}, "runner.env.MODEL_RUNNER_PORT", "runner.port"),
-    ("dev", {"runner.engine": "ollama", "runner.model": "llama3.2:1b", "runner.env.OLLAMA_HOST": "127.0.0.1"},
-     "runner.env.OLLAMA_HOST", "runner.port"),
+    ("prod", {"models.chat.args": ["--port", "9000"]}, "models.chat.args[0]", "models.chat.port"),
+    ("prod", {"models.chat.args": ["--host=127.0.0.1"]}, "models.chat.args[0]", "address"),
+    ("dev", {"models.chat.engine": "llama.cpp", "models.chat.model": "a/b/c.gguf", "models.chat.args": ["--api-prefix", "/api"]},
+     "models.chat.args[0]", "models.chat.apiBasePath"),
+    ("dev", {"models.chat.env.MODEL_RUNNER_PORT": "9999"}, "models.chat.env.MODEL_RUNNER_PORT", "models.chat.port"),
+    ("dev", {"models.chat.engine": "ollama", "models.chat.model": "llama3.2:1b", "models.chat.env.OLLAMA_HOST": "127.0.0.1"},
+     "models.chat.env.OLLAMA_HOST", "models.chat.port"),
     ("local", {"docker.gateway.env.GATEWAY_UPSTREAM_BASE_URL": "http://elsewhere:80/v1"},
      "docker.gateway.env.GATEWAY_UPSTREAM_BASE_URL", "runner.port or runner.apiBasePath"),
     ("local", {"docker.gateway.env.GATEWAY_PORT": 9000}, "docker.gateway.env.GATEWAY_PORT", "docker.gateway.ports"),
     ("local", {"runner.gpu.count": 1}, "runner.gpu.count", "CPU build"),
     ("local", {"docker.runner.gpus": "all"}, "docker.runner.gpus", "CPU build"),
-    ("dev", {"runner.gpu.count": 1, "cluster.provider": "existing", "cluster.existing.stackReference": "org/platform/prod"},
-     "runner.gpu.count", "CPU build"),
-    ("dev", {"runner.image": CUDA_LLAMA, "runner.engine": "llama.cpp", "runner.model": "a/b/c.gguf", "runner.gpu.count": 1},
-     "runner.gpu.count", "kind"),
-    ("prod", {"runner.engine": "ollama", "runner.model": "llama3.2:1b", "runner.image": "ollama/ollama:0.12.6@sha256:" + "0" * 64,
-              "runner.gpu.count": 0, "runner.gpu.nodeSelector": {"gpu": "a10"}}, "runner.gpu.nodeSelector", "gpu.count is 0"),
-    ("dev", {"runner.gpu.runtimeClassName": "nvidia"}, "runner.gpu.runtimeClassName", "gpu.count is 0"),
+    ("dev", {"models.chat.gpu.count": 1, "cluster.provider": "existing", "cluster.existing.stackReference": "org/platform/prod"},
+     "models.chat.gpu.count", "CPU build"),
+    ("dev", {"models.chat.image": CUDA_LLAMA, "models.chat.engine": "llama.cpp", "models.chat.model": "a/b/c.gguf", "models.chat.gpu.count": 1},
+     "models.chat.gpu.count", "kind"),
+    ("prod", {"models.chat.engine": "ollama", "models.chat.model": "llama3.2:1b", "models.chat.image": "ollama/ollama:0.12.6@sha256:" + "0" * 64,
+              "models.chat.gpu.count": 0, "models.chat.gpu.nodeSelector": {"gpu": "a10"}}, "models.chat.gpu.nodeSelector", "gpu.count is 0"),
+    ("dev", {"models.chat.gpu.runtimeClassName": "nvidia"}, "models.chat.gpu.runtimeClassName", "gpu.count is 0"),
     ("dev", {"gateway.workload": "deployment", "gateway.scaling": {"minReplicas": 1, "maxReplicas": 2},
              "knative.domain": "models.example.com"}, "knative", "does not install"),
     ("local", {"knative.domain": "models.example.com"}, "knative", "Docker runtime"),
     ("local", {"knative.install": True}, "knative", "Docker runtime"),
     ("dev", {"knative.scaleToZero": False}, "knative.scaleToZero", "gateway.scaling.minReplicas"),
     ("dev", {"knative.kourierVersion": "1.14.0"}, "knative.kourierVersion", "1.15.2"),
-    ("dev", {"runner.scaling.targetConcurrency": 8}, "runner.scaling.targetConcurrency", "Knative workloads"),
+    ("dev", {"models.chat.scaling.targetConcurrency": 8}, "models.chat.scaling.targetConcurrency", "Knative workloads"),
     ("dev", {"gateway.scaling.targetCpuUtilization": 60}, "gateway.scaling.targetCpuUtilization", "Deployment workloads"),
 ]
 
@@ -52,17 +52,17 @@ def test_an_env_file_overriding_the_gateways_upstream_is_refused(tmp_path):
 
 
 ACCEPTED = [
-    ("prod", {"runner.args": ["--max-model-len=8192", "--served-model-name-extra=x"]}),
-    ("dev", {"runner.port": 9000}),
-    ("dev", {"runner.env.MODEL_RUNNER_LOG_LEVEL": "debug"}),
+    ("prod", {"models.chat.args": ["--max-model-len=8192", "--served-model-name-extra=x"]}),
+    ("dev", {"models.chat.port": 9000}),
+    ("dev", {"models.chat.env.MODEL_RUNNER_LOG_LEVEL": "debug"}),
     ("local", {"docker.gateway.env.GATEWAY_LOG_LEVEL": "debug"}),
-    ("prod", {"runner.engine": "llama.cpp", "runner.model": "a/b/c.gguf", "runner.image": f"{CUDA_LLAMA}@sha256:{'1' * 64}"}),
+    ("prod", {"models.chat.engine": "llama.cpp", "models.chat.model": "a/b/c.gguf", "models.chat.image": f"{CUDA_LLAMA}@sha256:{'1' * 64}"}),
     ("dev", {"knative.install": True, "gateway.workload": "deployment", "gateway.scaling": {"minReplicas": 1},
              "knative.domain": "models.example.com"}),
     ("dev", {"knative.scaleToZero": False, "gateway.scaling": {"minReplicas": 1, "maxReplicas": 2}}),
     ("dev", {"knative.kourierVersion": "1.15.0"}),
     ("dev", {"gateway.scaling.targetConcurrency": 20}),
-    ("prod", {"runner.scaling.targetCpuUtilization": 60}),
+    ("prod", {"models.chat.scaling.targetCpuUtilization": 60}),
 ]
 
 
@@ -73,11 +73,11 @@ def test_near_misses_that_keep_the_wiring_are_accepted(stack, overrides):
 
 def test_every_wiring_problem_is_reported_at_once():
     error, evaluation = evaluate_failure("dev", set={
-        "runner.env.MODEL_RUNNER_PORT": "1", "runner.gpu.count": 1, "knative.kourierVersion": "1.16.0",
-        "knative.scaleToZero": False, "runner.scaling.targetConcurrency": 2,
+        "models.chat.env.MODEL_RUNNER_PORT": "1", "models.chat.gpu.count": 1, "knative.kourierVersion": "1.16.0",
+        "knative.scaleToZero": False, "models.chat.scaling.targetConcurrency": 2,
     })
     assert sorted(problem.key for problem in error.problems) == sorted([
-        "runner.env.MODEL_RUNNER_PORT", "runner.gpu.count", "runner.gpu.count", "knative.kourierVersion", "knative.scaleToZero",
-        "runner.scaling.targetConcurrency",
+        "models.chat.env.MODEL_RUNNER_PORT", "models.chat.gpu.count", "models.chat.gpu.count", "knative.kourierVersion", "knative.scaleToZero",
+        "models.chat.scaling.targetConcurrency",
     ])
     assert evaluation.resources == []

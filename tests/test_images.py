@@ -172,20 +172,25 @@ ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 
 def test_deployed_images_the_mapping_sends_to_the_registry_are_copied_there_by_digest():
     evaluation = evaluate("prod")
-    (copy,) = evaluation.of_type("docker-build:index:Index")
-    source = stack_config("prod")["runner"]["image"]  # mirrored because the mapping sends it to ECR
-    assert copy.inputs["sources"] == [source] and copy.inputs["push"] is True
-    assert copy.inputs["tag"] == f"{ECR}/mirror/vllm/vllm-openai:v0.11.0"
-    runner_image = container_images(evaluation)["Deployment/model-runner/engine"]
-    assert runner_image == copy.inputs["tag"] + "@" + source.split("@")[1]
+    copies = {copy.inputs["sources"][0]: copy for copy in evaluation.of_type("docker-build:index:Index")}
+    # Each model's engine image is mirrored because the mapping sends it to ECR.
+    models = stack_config("prod")["models"]
+    assert set(copies) == {model["image"] for model in models.values()}
+    for name, mirrored in (("chat", f"{ECR}/mirror/vllm/vllm-openai:v0.11.0"),
+                           ("embed", f"{ECR}/mirror/ghcr.io/ggml-org/llama.cpp:server-b9935")):
+        source = models[name]["image"]
+        copy = copies[source]
+        assert copy.inputs["sources"] == [source] and copy.inputs["push"] is True
+        assert copy.inputs["tag"] == mirrored
+        runner_image = container_images(evaluation)[f"Deployment/model-runner-{name}/engine"]
+        assert runner_image == copy.inputs["tag"] + "@" + source.split("@")[1]
 
 
 def test_ecr_pushes_with_a_token_from_aws_that_changes_nothing_when_it_changes():
     # AWS hands out a new 12-hour token on every run (the mocks do too); no stored secret is involved.
     first, second = evaluate("prod"), evaluate("prod")
     pushes = ("docker-build:index:Index", "docker-build:index:Image")
-    for kind in pushes:
-        (before,), (after,) = first.of_type(kind), second.of_type(kind)
+    for before, after in [pair for kind in pushes for pair in zip(first.of_type(kind), second.of_type(kind))]:
         logins = before.inputs.get("registries") or [before.inputs["registry"]]
         for login in logins:
             assert (login["address"], login["username"]) == (ECR, "AWS")
@@ -202,7 +207,7 @@ def test_ecr_pushes_with_a_token_from_aws_that_changes_nothing_when_it_changes()
 def test_ecr_repositories_exist_before_anything_is_pushed_and_outlive_the_stack():
     evaluation = evaluate("prod")
     repositories = {r.inputs["name"]: r for r in evaluation.of_type("aws:ecr/repository:Repository")}
-    assert set(repositories) == {"model-stack/model-gateway", "mirror/vllm/vllm-openai"}
+    assert set(repositories) == {"model-stack/model-gateway", "mirror/vllm/vllm-openai", "mirror/ghcr.io/ggml-org/llama.cpp"}
     for repository in repositories.values():
         assert repository.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
         assert repository.inputs["region"] == "us-east-1"
@@ -212,8 +217,8 @@ def test_ecr_repositories_exist_before_anything_is_pushed_and_outlive_the_stack(
     gateway = repositories["model-stack/model-gateway"].inputs
     assert gateway["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
     assert gateway["imageTagMutabilityExclusionFilters"] == [{"filter": "buildcache", "filterType": "WILDCARD"}]
-    for push in ("model-stack:index:ImageMirror", "model-stack:index:Image"):
-        assert {r.urn for r in repositories.values()} <= set(evaluation.one(push).dependencies)
+    for push in [*evaluation.of_type("model-stack:index:ImageMirror"), evaluation.one("model-stack:index:Image")]:
+        assert {r.urn for r in repositories.values()} <= set(push.dependencies)
 
 
 def test_without_a_build_cache_every_gateway_tag_is_immutable():

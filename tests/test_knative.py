@@ -159,7 +159,7 @@ def features_used(obj: dict[str, Any]) -> set[str]:
     return flags
 
 
-@pytest.mark.parametrize("overrides", [{}, {"runner.workload": "knative"}], ids=["gateway", "gateway-and-runner"])
+@pytest.mark.parametrize("overrides", [{}, {"models.chat.workload": "knative"}], ids=["gateway", "gateway-and-runner"])
 def test_every_feature_the_knative_services_use_is_enabled(overrides):
     evaluation = evaluate("dev", set=overrides)
     features = config_map(evaluation, "config-features")

@@ -61,12 +61,12 @@ VLLM_CONTAINER = {
 GOOD_DEPLOYMENT = {
     "apiVersion": "apps/v1",
     "kind": "Deployment",
-    "metadata": {"name": "model-runner", "namespace": "models"},
+    "metadata": {"name": "model-runner-chat", "namespace": "models"},
     "spec": {
         "replicas": 2,
-        "selector": {"matchLabels": {"app": "model-runner"}},
+        "selector": {"matchLabels": {"app": "model-runner-chat"}},
         "template": {
-            "metadata": {"labels": {"app": "model-runner"}},
+            "metadata": {"labels": {"app": "model-runner-chat"}},
             "spec": {
                 "securityContext": {"runAsUser": 1000, "fsGroup": 1000},
                 "containers": [VLLM_CONTAINER],
@@ -81,8 +81,8 @@ GOOD_DEPLOYMENT = {
 GOOD_PDB = {
     "apiVersion": "policy/v1",
     "kind": "PodDisruptionBudget",
-    "metadata": {"name": "model-runner", "namespace": "models"},
-    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "model-runner"}}},
+    "metadata": {"name": "model-runner-chat", "namespace": "models"},
+    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "model-runner-chat"}}},
 }
 PROD_CONFIG = json.loads((ROOT / "policy/config/prod.json").read_text())
 NO_OPTIONS = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
@@ -228,8 +228,8 @@ def test_a_model_cache_claim_must_be_protected():
     assert violations("protected-model-cache", pvc, changed(MODEL_CACHE, **{"metadata__name": "postgres-data"})) == []
 
 
-HPA = {"metadata": {"name": "model-runner", "namespace": "models"},
-       "spec": {"minReplicas": 3, "maxReplicas": 6, "scaleTargetRef": {"kind": "Deployment", "name": "model-runner"}}}
+HPA = {"metadata": {"name": "model-runner-chat", "namespace": "models"},
+       "spec": {"minReplicas": 3, "maxReplicas": 6, "scaleTargetRef": {"kind": "Deployment", "name": "model-runner-chat"}}}
 KNATIVE_GATEWAY = {
     "metadata": {"name": "gateway", "namespace": "models"},
     "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "2"}},
@@ -242,7 +242,7 @@ def test_replicas_count_from_the_deployment_an_hpa_or_knative_min_scale():
     config = policy_config(PROD_CONFIG, "min-replicas")
     single = changed(GOOD_DEPLOYMENT, spec__replicas=1)
     found = violations("min-replicas", [(DEPLOYMENT, single)], config=config)
-    assert len(found) == 1 and "Deployment models/model-runner can run 1 replica(s)" in found[0]
+    assert len(found) == 1 and "Deployment models/model-runner-chat can run 1 replica(s)" in found[0]
     assert violations("min-replicas", [(DEPLOYMENT, single), ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", HPA)],
                       config=config) == []
     scale_to_zero = changed(KNATIVE_GATEWAY, **{"spec__template__metadata__annotations": {}})

@@ -14,7 +14,7 @@ from components.model_runner import probe_timing
 from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, stack_config
 from stacks.config import StackConfig
 
-RUNNER = "model-runner"
+RUNNER = "model-runner-chat"
 
 
 def objects_of(evaluation: Evaluation, kind: str) -> list[dict[str, Any]]:
@@ -83,7 +83,7 @@ def test_engine_arguments_select_the_model_and_port():
 
 
 def test_weights_come_from_the_configured_hub_mirror():
-    evaluation = evaluate("prod", set={"runner.modelHub": "https://hf-mirror.example.com"})
+    evaluation = evaluate("prod", set={"models.chat.modelHub": "https://hf-mirror.example.com"})
     pull = pod_spec(evaluation)["initContainers"][0]
     assert {"name": "HF_ENDPOINT", "value": "https://hf-mirror.example.com"} in pull["env"]
     local = evaluate("local", set={"runner.modelHub": "http://127.0.0.1:8765/hub"})
@@ -117,7 +117,7 @@ def test_the_startup_probe_covers_the_load_budget_within_one_period(budget, peri
 
 
 def test_emitted_probes_keep_the_promised_budget_and_readiness_delay(evaluation):
-    runner = stack_config(evaluation.stack)["runner"]
+    runner = stack_config(evaluation.stack)["models"]["chat"]
     container = engine_container(pod_spec(evaluation))
     startup, readiness, liveness = (container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe"))
     assert startup["failureThreshold"] * startup["periodSeconds"] >= runner["loadBudgetSeconds"]
@@ -172,7 +172,7 @@ def test_probes_config_secrets_and_claims_resolve(evaluation):
 def test_autoscaler_budget_and_policy_point_at_the_runner(evaluation):
     deployment = named(evaluation, "Deployment", RUNNER)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    runner = stack_config(evaluation.stack)["runner"]["scaling"]
+    runner = stack_config(evaluation.stack)["models"]["chat"]["scaling"]
     autoscalers = [o for o in objects_of(evaluation, "HorizontalPodAutoscaler") if o["metadata"]["name"] == RUNNER]
     if runner["maxReplicas"] > runner["minReplicas"]:
         (hpa,) = autoscalers
@@ -199,7 +199,8 @@ def test_no_pod_gets_a_kubernetes_api_token(evaluation):
         if resource.type != "kubernetes:yaml/v2:ConfigGroup" and obj["kind"] in ("Deployment", "Service")
         and "template" in obj["spec"]
     }
-    assert served == {RUNNER: False, "gateway": False}
+    runners = {f"model-runner-{name}": False for name in stack_config(evaluation.stack)["models"]}
+    assert served == {**runners, "gateway": False}
 
 
 def test_pods_are_hardened(evaluation):
@@ -217,7 +218,7 @@ def test_pods_are_hardened(evaluation):
 
 
 def test_the_hub_token_is_secret_and_never_plain(evaluation):
-    secret = evaluation.one("kubernetes:core/v1:Secret", "model-runner-credentials")
+    secret = evaluation.one("kubernetes:core/v1:Secret", "model-runner-chat-credentials")
     string_data = secret.inputs["stringData"]
     assert isinstance(string_data, Secret) or isinstance(string_data["hf-token"], Secret)
     token = FAKE_SECRETS["hfToken"]
@@ -233,9 +234,9 @@ def test_the_hub_token_is_a_file_only_the_download_step_sees(evaluation):
     token_file = {e["name"]: e.get("value") for e in pull["env"]}["HF_TOKEN_PATH"]
     mount = next(m for m in pull["volumeMounts"] if token_file.startswith(m["mountPath"] + "/"))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-    assert volume["secret"]["secretName"] == "model-runner-credentials" and mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == "model-runner-chat-credentials" and mount["readOnly"] is True
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
-        assert {"secretRef": {"name": "model-runner-credentials"}} not in container.get("envFrom", [])
+        assert {"secretRef": {"name": "model-runner-chat-credentials"}} not in container.get("envFrom", [])
         assert "HF_TOKEN" not in {e["name"] for e in container.get("env", [])}
         if container["name"] != "model-pull":
             assert mount["name"] not in {m["name"] for m in container["volumeMounts"]}
@@ -253,7 +254,7 @@ def _without_secrets(value: Any) -> Any:
 
 def test_a_settings_change_rolls_the_pods_through_a_new_config_map():
     before = pod_spec(evaluate("dev"))
-    after = pod_spec(evaluate("dev", set={"runner.env.LOG_LEVEL": "debug"}))
+    after = pod_spec(evaluate("dev", set={"models.chat.env.LOG_LEVEL": "debug"}))
     name = lambda spec: engine_container(spec)["envFrom"][0]["configMapRef"]["name"]
     assert name(before) != name(after)
 
@@ -263,14 +264,14 @@ def test_a_settings_change_rolls_the_pods_through_a_new_config_map():
 
 def test_dev_cache_is_single_node_with_recreate_updates():
     evaluation = evaluate("dev")
-    claim = named(evaluation, "PersistentVolumeClaim", "model-runner-cache")
+    claim = named(evaluation, "PersistentVolumeClaim", "model-runner-chat-cache")
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["storageClassName"] == "standard"
     assert named(evaluation, "Deployment", RUNNER)["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_prod_shares_a_protected_cache_and_rolls_one_gpu_replica_at_a_time():
     evaluation = evaluate("prod")
-    claim = evaluation.one("kubernetes:core/v1:PersistentVolumeClaim")
+    claim = evaluation.one("kubernetes:core/v1:PersistentVolumeClaim", "model-runner-chat-cache")
     assert claim.retain_on_delete and not claim.protect
     assert claim.inputs["metadata"]["annotations"]["model-stack.dev/retained"] == "true"
     # The namespace holding the claim outlives the stack too: deleting it would delete the claim.
@@ -289,8 +290,8 @@ def test_prod_shares_a_protected_cache_and_rolls_one_gpu_replica_at_a_time():
 
 def test_cpu_replicas_on_a_shared_cache_roll_with_a_surge_pod():
     evaluation = evaluate("prod", set={
-        "runner.engine": "ollama", "runner.model": "llama3.2:3b", "runner.gpu.count": 0, "runner.args": [],
-        "runner.image": f"ollama/ollama:0.12.6@sha256:{'a' * 64}",
+        "models.chat.engine": "ollama", "models.chat.model": "llama3.2:3b", "models.chat.gpu.count": 0, "models.chat.args": [],
+        "models.chat.image": f"ollama/ollama:0.12.6@sha256:{'a' * 64}",
     })
     strategy = named(evaluation, "Deployment", RUNNER)["spec"]["strategy"]
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
@@ -306,23 +307,23 @@ def test_prod_runs_on_gpu_nodes():
 
 
 BAD_RUNNER_CONFIG = [
-    ("dev", {"runner.scaling.maxReplicas": 3}, "runner.scaling.maxReplicas", "ReadWriteOnce"),
-    ("dev", {"runner.scaling.minReplicas": 0}, "runner.scaling.minReplicas", "workload knative"),
-    ("dev", {"runner.engine": "vllm", "runner.model": "Qwen/Qwen2.5-0.5B"}, "runner.gpu.count", "at least 1"),
-    ("dev", {"runner.engine": "llama.cpp"}, "runner.model", ".gguf"),
-    ("dev", {"runner.cache.existingClaim": "models", "runner.cache.storageClass": "fast"}, "runner.cache.storageClass", "existingClaim"),
-    ("prod", {"runner.scaling.minReplicas": 1}, "runner.scaling.minReplicas", "at least 2"),
-    ("prod", {"runner.cache.protect": False}, "runner.cache.protect", "must be true"),
-    ("dev", {"runner.modelHub": "https://hf-mirror.example.com"}, "runner.modelHub", "not docker-model-runner"),
-    ("prod", {"runner.modelHub": "https://user:pass@hf-mirror.example.com"}, "runner.modelHub", "user and password"),
-    ("prod", {"runner.modelHub": "https://hf-mirror.example.com/"}, "runner.modelHub", "http(s) base URL"),
-    ("prod", {"runner.modelHub": "ftp://hf-mirror.example.com"}, "runner.modelHub", "http(s) base URL"),
+    ("dev", {"models.chat.scaling.maxReplicas": 3}, "models.chat.scaling.maxReplicas", "ReadWriteOnce"),
+    ("dev", {"models.chat.scaling.minReplicas": 0}, "models.chat.scaling.minReplicas", "workload knative"),
+    ("dev", {"models.chat.engine": "vllm", "models.chat.model": "Qwen/Qwen2.5-0.5B"}, "models.chat.gpu.count", "at least 1"),
+    ("dev", {"models.chat.engine": "llama.cpp"}, "models.chat.model", ".gguf"),
+    ("dev", {"models.chat.cache.existingClaim": "models", "models.chat.cache.storageClass": "fast"}, "models.chat.cache.storageClass", "existingClaim"),
+    ("prod", {"models.chat.scaling.minReplicas": 1}, "models.chat.scaling.minReplicas", "at least 2"),
+    ("prod", {"models.chat.cache.protect": False}, "models.chat.cache.protect", "must be true"),
+    ("dev", {"models.chat.modelHub": "https://hf-mirror.example.com"}, "models.chat.modelHub", "not docker-model-runner"),
+    ("prod", {"models.chat.modelHub": "https://user:pass@hf-mirror.example.com"}, "models.chat.modelHub", "user and password"),
+    ("prod", {"models.chat.modelHub": "https://hf-mirror.example.com/"}, "models.chat.modelHub", "http(s) base URL"),
+    ("prod", {"models.chat.modelHub": "ftp://hf-mirror.example.com"}, "models.chat.modelHub", "http(s) base URL"),
     ("prod", {"gateway.scaling.minReplicas": 1}, "gateway.scaling.minReplicas", "at least 2"),
     ("dev", {"gateway.workload": "deployment"}, "gateway.scaling.minReplicas", "workload knative"),
-    ("dev", {"runner.workload": "knative", "runner.scaling.podsMetric": {"name": "q", "averageValue": "4"}},
-     "runner.scaling.podsMetric", "targetConcurrency"),
-    ("dev", {"runner.readyPath": "health"}, "runner.readyPath", "absolute URL path"),
-    ("dev", {"runner.port": 70000}, "runner.port", "65535"),
+    ("dev", {"models.chat.workload": "knative", "models.chat.scaling.podsMetric": {"name": "q", "averageValue": "4"}},
+     "models.chat.scaling.podsMetric", "targetConcurrency"),
+    ("dev", {"models.chat.readyPath": "health"}, "models.chat.readyPath", "absolute URL path"),
+    ("dev", {"models.chat.port": 70000}, "models.chat.port", "65535"),
     ("prod", {"gateway.image": "model-gateway:1.0"}, "gateway.image", "digest-pinned"),
 ]
 

@@ -3,6 +3,8 @@ Knative must allow for the pods the stack serves through it."""
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import pytest
@@ -15,9 +17,19 @@ from stacks.cluster import ClusterHandle
 from stacks.config import StackConfig
 from stacks.serving import knative_settings
 
-# Knative ignores CPU targets (the config refuses them there): prod's go with the move.
-KNATIVE = {"runner.workload": "knative", "gateway.workload": "knative",
-           "runner.scaling.targetCpuUtilization": None, "gateway.scaling.targetCpuUtilization": None}
+
+def runner_names(stack: str) -> list[str]:
+    return [f"model-runner-{name}" for name in stack_config(stack)["models"]]
+
+
+def on_knative(stack: str) -> dict[str, Any]:
+    """Every model and the gateway served through Knative, which ignores CPU targets (the config refuses them
+    there): prod's go with the move."""
+    return {f"{section}.{setting}": value for section in [*(f"models.{name}" for name in stack_config(stack)["models"]), "gateway"]
+            for setting, value in (("workload", "knative"), ("scaling.targetCpuUtilization", None))}
+
+
+KNATIVE = on_knative("prod")
 GATEWAY_IMAGE = "localhost:5001/model-gateway:dev"
 
 
@@ -43,10 +55,10 @@ def invalid(evaluation: Evaluation) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and_security(stack):
-    evaluation = evaluate(stack, set={**KNATIVE, "gateway.image": GATEWAY_IMAGE} if stack == "dev" else KNATIVE)
+    evaluation = evaluate(stack, set={**on_knative(stack), "gateway.image": GATEWAY_IMAGE} if stack == "dev" else KNATIVE)
     assert invalid(evaluation) == {}
     assert [obj for obj in objects(evaluation, "Deployment") if obj["metadata"]["namespace"] == "models"] == []
-    for name in ("model-runner", "gateway"):
+    for name in [*runner_names(stack), "gateway"]:
         service = named(evaluation, "Service", name)
         assert service["apiVersion"] == "serving.knative.dev/v1"
         spec = service["spec"]["template"]["spec"]
@@ -69,8 +81,8 @@ def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and
 
 def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load():
     evaluation = evaluate("prod", set=KNATIVE)
-    runner_config = stack_config("prod")["runner"]
-    runner = named(evaluation, "Service", "model-runner")
+    runner_config = stack_config("prod")["models"]["chat"]
+    runner = named(evaluation, "Service", "model-runner-chat")
     annotations = runner["spec"]["template"]["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
     assert annotations["autoscaling.knative.dev/min-scale"] == str(runner_config["scaling"]["minReplicas"])
@@ -82,16 +94,16 @@ def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load():
     assert runner["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
     # `pulumi up` waits for the revision to be Ready, not merely stored.
     assert runner["metadata"]["annotations"]["pulumi.com/waitFor"] == "condition=Ready"
-    assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local/v1"
+    assert evaluation.outputs["modelRunnerUrls"][runner_config["model"]] == "http://model-runner-chat.models.svc.cluster.local/v1"
 
 
 def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path():
     evaluation = evaluate("prod", set=KNATIVE)
-    for name in ("model-runner", "gateway"):
+    for name in ("model-runner-chat", "gateway"):
         budget = named(evaluation, "PodDisruptionBudget", name)
         assert budget["spec"]["selector"]["matchLabels"]["serving.knative.dev/service"] == name
-    policy = named(evaluation, "NetworkPolicy", "model-runner")
-    assert policy["spec"]["podSelector"]["matchLabels"]["serving.knative.dev/service"] == "model-runner"
+    policy = named(evaluation, "NetworkPolicy", "model-runner-chat")
+    assert policy["spec"]["podSelector"]["matchLabels"]["serving.knative.dev/service"] == "model-runner-chat"
     namespaces = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in policy["spec"]["ingress"][0]["from"]}
     assert namespaces == {"knative-serving", "kourier-system"}
 
@@ -99,10 +111,14 @@ def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path():
 def test_the_features_knative_must_enable_are_the_ones_the_pods_use():
     evaluation = evaluate("prod", set=KNATIVE)
     used = set()
-    for name in ("model-runner", "gateway"):
+    for name in [*runner_names("prod"), "gateway"]:
         used.update(knative_features(named(evaluation, "Service", name)["spec"]["template"]["spec"]))
-    config = StackConfig.model_validate({**stack_config("prod"), "runner": {**stack_config("prod")["runner"], "workload": "knative"},
-                                         "gateway": {**stack_config("prod")["gateway"], "workload": "knative"}})
+    prod_config = stack_config("prod")
+    config = StackConfig.model_validate({
+        **prod_config,
+        "models": {name: {**model, "workload": "knative"} for name, model in prod_config["models"].items()},
+        "gateway": {**prod_config["gateway"], "workload": "knative"},
+    })
     settings = knative_settings(config, _prod_cluster())
     assert set(settings["config-features"]) == used
     assert {
@@ -139,15 +155,15 @@ def test_feature_detection_reads_the_pod_spec():
 
 
 def test_a_single_node_cache_under_knative_keeps_revisions_on_one_node():
-    evaluation = evaluate("dev", set={"runner.workload": "knative", "gateway.image": GATEWAY_IMAGE})
-    spec = named(evaluation, "Service", "model-runner")["spec"]["template"]["spec"]
+    evaluation = evaluate("dev", set={"models.chat.workload": "knative", "gateway.image": GATEWAY_IMAGE})
+    spec = named(evaluation, "Service", "model-runner-chat")["spec"]["template"]["spec"]
     (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"].items() <= named(evaluation, "Service", "model-runner")["spec"]["template"]["metadata"]["labels"].items()
-    assert "affinity" not in pod_spec_of(evaluate("prod", set={"runner.workload": "knative", "runner.scaling.targetCpuUtilization": None}), "Service")
+    assert term["labelSelector"]["matchLabels"].items() <= named(evaluation, "Service", "model-runner-chat")["spec"]["template"]["metadata"]["labels"].items()
+    assert "affinity" not in pod_spec_of(evaluate("prod", set={"models.chat.workload": "knative", "models.chat.scaling.targetCpuUtilization": None}), "Service")
 
 
-def pod_spec_of(evaluation: Evaluation, kind: str, name: str = "model-runner") -> dict[str, Any]:
+def pod_spec_of(evaluation: Evaluation, kind: str, name: str = "model-runner-chat") -> dict[str, Any]:
     return named(evaluation, kind, name)["spec"]["template"]["spec"]
 
 
@@ -163,10 +179,13 @@ def test_the_gateway_calls_the_runners_openai_path_and_reads_keys_from_a_secret(
     spec = pod_spec_of(prod, "Deployment", "gateway")
     container = spec["containers"][0]
     env = {item["name"]: item for item in container["env"]}
-    assert env["GATEWAY_UPSTREAM_BASE_URL"]["value"] == prod.outputs["modelRunnerUrl"] == (
-        "http://model-runner.models.svc.cluster.local:8000/v1"
-    )
-    assert env["GATEWAY_MODEL"]["value"] == stack_config("prod")["runner"]["model"]
+    models = stack_config("prod")["models"]
+    # Every model's id, routed to its own engine's OpenAI path.
+    assert json.loads(env["GATEWAY_MODELS"]["value"]) == prod.outputs["modelRunnerUrls"] == {
+        models["chat"]["model"]: "http://model-runner-chat.models.svc.cluster.local:8000/v1",
+        models["embed"]["model"]: "http://model-runner-embed.models.svc.cluster.local:8080/v1",
+    }
+    assert "GATEWAY_UPSTREAM_BASE_URL" not in env and "GATEWAY_MODEL" not in env
     assert env["GATEWAY_PORT"]["value"] == "8080"
     # The keys are a mounted file the gateway re-reads on rotation, never environment.
     assert "GATEWAY_API_KEYS" not in env
@@ -198,7 +217,7 @@ def test_the_gateway_pod_follows_the_apps_contract(prod):
 
 def test_the_runners_network_policy_admits_the_gateways_pods(prod):
     gateway_labels = named(prod, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"]
-    (rule,) = named(prod, "NetworkPolicy", "model-runner")["spec"]["ingress"]
+    (rule,) = named(prod, "NetworkPolicy", "model-runner-chat")["spec"]["ingress"]
     selectors = [peer["podSelector"]["matchLabels"] for peer in rule["from"] if "podSelector" in peer]
     assert any(selector.items() <= gateway_labels.items() for selector in selectors)
     namespaces = [peer["namespaceSelector"]["matchLabels"] for peer in rule["from"] if "namespaceSelector" in peer]
@@ -217,8 +236,8 @@ def test_prod_gateway_is_redundant_and_budgeted(prod):
 
 
 def test_an_inference_metric_joins_cpu_in_the_autoscaler():
-    evaluation = evaluate("prod", set={"runner.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}})
-    metrics = named(evaluation, "HorizontalPodAutoscaler", "model-runner")["spec"]["metrics"]
+    evaluation = evaluate("prod", set={"models.chat.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}})
+    metrics = named(evaluation, "HorizontalPodAutoscaler", "model-runner-chat")["spec"]["metrics"]
     assert [m["type"] for m in metrics] == ["Resource", "Pods"]
     assert metrics[1]["pods"] == {"metric": {"name": "vllm:num_requests_waiting"},
                                   "target": {"type": "AverageValue", "averageValue": "4"}}
@@ -226,22 +245,23 @@ def test_an_inference_metric_joins_cpu_in_the_autoscaler():
 
 
 def test_profile_paths_and_port_can_be_overridden():
-    evaluation = evaluate("prod", set={"runner.port": 9000, "runner.apiBasePath": "/openai/v1", "runner.readyPath": "/ready",
-                                       "runner.livenessPath": "/ping"})
+    evaluation = evaluate("prod", set={"models.chat.port": 9000, "models.chat.apiBasePath": "/openai/v1", "models.chat.readyPath": "/ready",
+                                       "models.chat.livenessPath": "/ping"})
     container = pod_spec_of(evaluation, "Deployment")["containers"][0]
     assert container["ports"][0]["containerPort"] == 9000 and "9000" in container["args"]
     assert container["startupProbe"]["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/ping"
-    assert evaluation.outputs["modelRunnerUrl"] == "http://model-runner.models.svc.cluster.local:9000/openai/v1"
-    service = named(evaluation, "Service", "model-runner")
+    assert evaluation.outputs["modelRunnerUrls"][stack_config("prod")["models"]["chat"]["model"]] == (
+        "http://model-runner-chat.models.svc.cluster.local:9000/openai/v1")
+    service = named(evaluation, "Service", "model-runner-chat")
     assert service["spec"]["ports"][0]["port"] == 9000
 
 
 def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it():
     gateway_deployment = {"gateway.workload": "deployment", "gateway.scaling.minReplicas": 1, "gateway.image": GATEWAY_IMAGE}
-    evaluation = evaluate("dev", set={"runner.workload": "knative", "runner.scaling.minReplicas": 0, **gateway_deployment})
+    evaluation = evaluate("dev", set={"models.chat.workload": "knative", "models.chat.scaling.minReplicas": 0, **gateway_deployment})
     assert invalid(evaluation) == {}
-    annotations = named(evaluation, "Service", "model-runner")["spec"]["template"]["metadata"]["annotations"]
+    annotations = named(evaluation, "Service", "model-runner-chat")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/min-scale"] == "0"
     gateway = pod_spec_of(evaluation, "Deployment", "gateway")["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
@@ -251,7 +271,7 @@ def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it():
 
 
 def test_a_network_policy_without_clients_admits_nobody():
-    labels = {"app.kubernetes.io/name": "model-runner"}
+    labels = {"app.kubernetes.io/name": "model-runner-chat"}
     assert network_policy_spec(labels, [], [{"port": 8000, "protocol": "TCP"}])["ingress"] == []
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
     (rule,) = network_policy_spec(labels, [peer], None)["ingress"]
@@ -259,42 +279,46 @@ def test_a_network_policy_without_clients_admits_nobody():
 
 
 def test_a_deployment_rollout_outlasts_the_model_load(prod):
-    deadline = named(prod, "Deployment", "model-runner")["spec"]["progressDeadlineSeconds"]
+    deadline = named(prod, "Deployment", "model-runner-chat")["spec"]["progressDeadlineSeconds"]
     # Kubernetes' default (600 s) is shorter than prod's load budget: rollouts would be declared failed.
-    assert deadline > stack_config("prod")["runner"]["loadBudgetSeconds"] > 600
+    assert deadline > stack_config("prod")["models"]["chat"]["loadBudgetSeconds"] > 600
 
 
 
 def test_the_runner_waits_for_its_settings_credentials_and_cache(prod):
-    deployment = prod.one("kubernetes:apps/v1:Deployment", "model-runner")
+    deployment = prod.one("kubernetes:apps/v1:Deployment", "model-runner-chat")
     wanted = [
-        prod.one("kubernetes:core/v1:PersistentVolumeClaim", "model-runner-cache"),
-        prod.one("kubernetes:core/v1:Secret", "model-runner-credentials"),
-        *[r for r in prod.of_type("kubernetes:core/v1:ConfigMap") if r.name.startswith("model-runner-")],
+        prod.one("kubernetes:core/v1:PersistentVolumeClaim", "model-runner-chat-cache"),
+        prod.one("kubernetes:core/v1:Secret", "model-runner-chat-credentials"),
+        *[r for r in prod.of_type("kubernetes:core/v1:ConfigMap") if r.name.startswith("model-runner-chat-")],
     ]
     assert len(wanted) == 3
     assert {r.urn for r in wanted} <= set(deployment.dependencies)
 
 
-def test_the_gateway_is_reached_only_from_the_ingress_layer_and_reaches_only_the_runner(prod):
+def test_the_gateway_is_reached_only_from_the_ingress_layer_and_reaches_only_the_runners(prod):
     """It holds the API keys: in prod only the ingress controller's namespace may call it, and it may open
-    connections to the runner's engine port and DNS, nothing else."""
+    connections to each model's engine port and DNS, nothing else."""
     policy = named(prod, "NetworkPolicy", "gateway")["spec"]
     assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "gateway"
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = policy["ingress"]
     assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
     assert ingress["ports"] == [{"port": 8080, "protocol": "TCP"}]
-    dns, runner = policy["egress"]
+    dns, chat, embed = policy["egress"]
     assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
-    assert runner == {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "model-runner",
-                                                               "app.kubernetes.io/part-of": "model-stack"}}}],
-                      "ports": [{"port": 8000, "protocol": "TCP"}]}
+    for rule, name, port in ((chat, "model-runner-chat", 8000), (embed, "model-runner-embed", 8080)):
+        assert rule == {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": name,
+                                                                 "app.kubernetes.io/part-of": "model-stack"}}}],
+                        "ports": [{"port": port, "protocol": "TCP"}]}
 
 
 def test_a_gateway_in_front_of_a_knative_runner_reaches_it_through_knatives_data_path():
-    evaluation = evaluate("dev", set={"runner.workload": "knative", "runner.scaling.minReplicas": 0})
-    (_, runner) = named(evaluation, "NetworkPolicy", "gateway")["spec"]["egress"]
-    assert {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in runner["to"]} == {
+    evaluation = evaluate("dev", set={"models.chat.workload": "knative", "models.chat.scaling.minReplicas": 0})
+    (_, chat, small) = named(evaluation, "NetworkPolicy", "gateway")["spec"]["egress"]
+    assert {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in chat["to"]} == {
         "knative-serving", "kourier-system"}
-    assert "ports" not in runner
+    assert "ports" not in chat
+    # The model that stays a Deployment is reached on its pods directly.
+    assert small["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "model-runner-small",
+                                                             "app.kubernetes.io/part-of": "model-stack"}}}]

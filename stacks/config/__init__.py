@@ -10,14 +10,16 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from typing import Any, Callable, Iterator, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional
 
 import pulumi
 from pulumi.runtime import config as runtime_config
-from pydantic import PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 
 from .base import (
-    ImageReference, Invalid, Problem, Section, image_fields, join_key, join_keys, section_at, unaffected, unknown_key_problem,
+    ImageReference, Invalid, Namespace, Problem, Section, image_fields, join_key, join_keys, matching, section_at, unaffected,
+    unknown_key_problem,
 )
 from .cluster import ClusterConfig
 from .credentials import credential_problems
@@ -25,8 +27,36 @@ from .docker import DockerConfig
 from .gateway import GatewayConfig
 from .images import ImagesConfig
 from .knative import KnativeConfig
-from .runner import RunnerConfig
+from .runner import ModelConfig, RunnerConfig
 from .secrets import SECRET_KEYS, StackSecrets
+
+
+# The one-model shorthand's runner keeps the names it has always had, so upgrading deploys change nothing.
+RUNNER = "model-runner"
+# Each model's workload is `model-runner-<name>`; Knative adds `-00001-deployment` to a revision's Deployment and
+# the whole must stay a DNS label (63).
+ModelName = Annotated[str, Field(max_length=24), matching(
+    r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+    "a model name: at most 24 lowercase letters, digits and '-', starting with a letter and ending with a letter "
+    "or digit (it names the model's workload, model-runner-<name>)")]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model the stack serves, whichever way the config lists it."""
+
+    key: str
+    """Its config section: `runner`, or `models.<name>`."""
+
+    workload_name: str
+    """Name of its engine workload and every object of it."""
+
+    config: ModelConfig
+
+    @property
+    def top_level_key(self) -> str:
+        """The `pulumi config` key holding it (`runner` or `models`), which may be stored encrypted."""
+        return self.key.partition(".")[0]
 
 
 class ConfigError(pulumi.RunError):
@@ -60,11 +90,22 @@ class StackConfig(Section):
     knative: KnativeConfig = KnativeConfig()
     """Knative Serving and Kourier (installed when a workload is served through Knative, or `install: true`)."""
 
+    namespace: Optional[Namespace] = None
+    """Namespace of the model runners and the gateway; unset: `models` (or runner.namespace, which says the same
+    in the one-model shorthand: set one of the two)."""
+
     runner: RunnerConfig = RunnerConfig()
-    """The model runner."""
+    """The model runner of a stack that serves one model: the shorthand for `models` with one entry, kept so
+    one-model stacks read simply. Set `runner` or `models`, not both."""
+
+    models: dict[ModelName, ModelConfig] = {}
+    """The models the stack serves, by name: each entry takes every `runner.*` setting except `namespace`, and gets
+    its own engine workload, cache, scaling and network policy; the gateway routes each request to the engine of the model it names (the
+    model's `model` id, which `/v1/models` lists). Size each on its own: a GPU chat model beside a CPU embedding
+    model."""
 
     gateway: GatewayConfig = GatewayConfig()
-    """The gateway in front of the model runner."""
+    """The gateway in front of the model runners."""
 
     docker: DockerConfig = DockerConfig()
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
@@ -76,8 +117,25 @@ class StackConfig(Section):
         return key in self._secret_sections
 
     @property
+    def served_models(self) -> list[ServedModel]:
+        """Every model the stack serves, in config order."""
+        if self.models:
+            return [ServedModel(join_key("models", name), f"{RUNNER}-{name}", model) for name, model in self.models.items()]
+        return [ServedModel("runner", RUNNER, self.runner)]
+
+    @property
+    def serving_namespace(self) -> str:
+        """The namespace of the model runners and the gateway."""
+        return self.namespace or self.runner.namespace
+
+    def _workloads(self) -> list[tuple[str, Any]]:
+        """(config key, section) of every served workload: each model's, then the gateway's."""
+        return [*((model.key, model.config) for model in self.served_models), ("gateway", self.gateway)]
+
+    @property
     def knative_workloads(self) -> list[str]:
-        return [section for section in ("runner", "gateway") if getattr(self, section).workload == "knative"]
+        """The config keys of the workloads served through Knative."""
+        return [key for key, section in self._workloads() if section.workload == "knative"]
 
     @property
     def knative_installed(self) -> bool:
@@ -85,6 +143,7 @@ class StackConfig(Section):
             bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
 
     def check(self, path: str) -> Iterator[Problem]:
+        yield from self._model_list_problems(path)
         yield from self._knative_problems(path)
         yield from self._wiring_problems(path)
         if self.knative.install is False and self.knative_workloads:
@@ -129,7 +188,8 @@ class StackConfig(Section):
                     join_keys(path, "images.gatewayBuild.baseImage"),
                     "production builds need a digest-pinned base image, so a rebuild cannot pick up a different one",
                 )
-            deployed = [*image_fields(self, path), *self.runner.profile_images(join_key(path, "runner"))]
+            deployed = [*image_fields(self, path), *(image for model in self.served_models
+                                                     for image in model.config.profile_images(join_keys(path, model.key)))]
             for key, reference in deployed:
                 if not ImageReference.parse(reference).pinned:
                     yield Problem(
@@ -138,20 +198,38 @@ class StackConfig(Section):
                         "(`docker buildx imagetools inspect <image>` prints the digest)",
                         reference,
                     )
-            for section in ("runner", "gateway"):
-                scaling = getattr(self, section).scaling
-                if scaling.min_replicas < 2:
+            for key, section in self._workloads():
+                if section.scaling.min_replicas < 2:
                     yield Problem(
-                        join_keys(path, f"{section}.scaling.minReplicas"),
+                        join_keys(path, f"{key}.scaling.minReplicas"),
                         "must be at least 2 in production: one replica can be drained or lost while the other serves",
-                        scaling.min_replicas,
+                        section.scaling.min_replicas,
                     )
-            if self.runner.cache.existing_claim is None and not self.runner.cache.protect:
-                yield Problem(
-                    join_keys(path, "runner.cache.protect"),
-                    "must be true in production: a destroy or replacement must never delete downloaded models",
-                    False,
-                )
+            for model in self.served_models:
+                if model.config.cache.existing_claim is None and not model.config.cache.protect:
+                    yield Problem(
+                        join_keys(path, f"{model.key}.cache.protect"),
+                        "must be true in production: a destroy or replacement must never delete downloaded models",
+                        False,
+                    )
+
+    def _model_list_problems(self, path: str) -> Iterator[Problem]:
+        if self.models and "runner" in self.model_fields_set:
+            yield Problem(join_key(path, "runner"),
+                          "is the one-model shorthand of `models`, which this stack sets too; move it into `models` "
+                          "as one more entry, or remove one of them", ", ".join(sorted(self.models)))
+        if self.namespace is not None and "namespace" in self.runner.model_fields_set:
+            yield Problem(join_keys(path, "runner.namespace"),
+                          f"says the same as the top-level `namespace` ({self.namespace!r}); set one of them",
+                          self.runner.namespace)
+        # The gateway routes by the model id a request names: two engines cannot share one.
+        first_with: dict[str, str] = {}
+        for model in self.served_models:
+            earlier = first_with.setdefault(model.config.model, model.key)
+            if earlier != model.key:
+                yield Problem(join_keys(path, f"{model.key}.model"),
+                              f"is served by {earlier} already: the gateway routes each request by the model id it "
+                              "names, so every model needs its own id", model.config.model)
 
 
     def _knative_problems(self, path: str) -> Iterator[Problem]:
@@ -164,13 +242,13 @@ class StackConfig(Section):
             yield Problem(
                 join_key(path, "knative"),
                 "configures a Knative that this stack does not install: no workload is served through Knative "
-                "(set runner.workload or gateway.workload to knative, or knative.install: true)",
+                "(set a model's workload or gateway.workload to knative, or knative.install: true)",
                 ", ".join(configured),
             )
         if self.knative_installed:
             if not knative.scale_to_zero:
-                asking = [f"{section}.scaling.minReplicas" for section in self.knative_workloads
-                          if getattr(self, section).scaling.min_replicas == 0]
+                asking = [f"{key}.scaling.minReplicas" for key, section in self._workloads()
+                          if section.workload == "knative" and section.scaling.min_replicas == 0]
                 if asking:
                     yield Problem(join_keys(path, "knative.scaleToZero"),
                                   f"cannot be false while {' and '.join(asking)} {'asks' if len(asking) == 1 else 'ask'} for 0 replicas "
@@ -183,16 +261,21 @@ class StackConfig(Section):
 
     def _wiring_problems(self, path: str) -> Iterator[Problem]:
         # A production stack on kind is refused as such; its GPUs are then no separate problem.
-        if self.runtime == "kubernetes" and self.cluster.provider == "kind" and self.runner.gpu.count \
-                and self.environment != "production":
-            yield Problem(join_keys(path, "runner.gpu.count"),
-                          "must be 0 on kind: its nodes have no GPUs (use provider eks or existing)", self.runner.gpu.count)
-        if self.runtime == "docker":
-            if self.docker.runner.gpus and self.runner.runs_a_cpu_build():
+        for model in self.served_models:
+            key = join_keys(path, model.key)
+            if self.runtime == "kubernetes" and self.cluster.provider == "kind" and model.config.gpu.count \
+                    and self.environment != "production":
+                yield Problem(join_keys(key, "gpu.count"),
+                              "must be 0 on kind: its nodes have no GPUs (use provider eks or existing)",
+                              model.config.gpu.count)
+            if self.runtime == "docker" and self.docker.runner.gpus and model.config.runs_a_cpu_build():
                 yield Problem(join_keys(path, "docker.runner.gpus"),
-                              f"the engine image {self.runner.engine_image()!r} is a CPU build and cannot use a GPU "
-                              "(set runner.image to a GPU build, such as a -cuda tag)", self.docker.runner.gpus)
-            yield from self.docker.env_wiring_problems(join_key(path, "docker"), self.runner.wired_env())
+                              f"the engine image {model.config.engine_image()!r} of {model.key} is a CPU build and "
+                              f"cannot use a GPU (set {join_key(key, 'image')} to a GPU build, such as a -cuda tag)",
+                              self.docker.runner.gpus)
+        if self.runtime == "docker":
+            yield from self.docker.wiring_problems(
+                join_key(path, "docker"), {model.key: model.config.wired_env(model.key) for model in self.served_models})
 
 
 def load(
@@ -293,13 +376,16 @@ def _invalid_fields(config: StackConfig, locations: list[tuple]) -> Invalid:
         section: Any = config
         deepest = None
         for part in location:
+            if isinstance(section, dict) and part in section:  # an entry of a map of sections (`models.<name>`)
+                section = section[part]
+                continue
+            if not isinstance(section, Section):
+                break
             name = next((name for name, field in type(section).model_fields.items() if (field.alias or name) == part), None)
             if name is None:
                 break
             deepest = (id(section), name)
             section = getattr(section, name)
-            if not isinstance(section, Section):
-                break
         if deepest is not None:
             fields.add(deepest)
     return frozenset(fields)
@@ -327,7 +413,7 @@ def _read_raw(project: str) -> tuple[dict[str, Any], list[Problem], list[str]]:
             problems.append(unknown_key_problem("", key, [*fields, *SECRET_KEYS]))
             continue
         text = runtime_config.get_config(f"{project}:{key}")
-        if isinstance(fields[key].default, Section):
+        if isinstance(fields[key].default, (Section, dict)):
             try:
                 raw[key] = json.loads(text)
             except json.JSONDecodeError:

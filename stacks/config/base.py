@@ -12,7 +12,7 @@ import difflib
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator, Optional, get_args
+from typing import Annotated, Any, Iterator, Optional, get_args, get_origin
 
 from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema,
@@ -137,14 +137,20 @@ def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:
 def section_at(model: type[Section], loc: tuple) -> Optional[type[Section]]:
     """The section class a pydantic error location points into (map keys and list indices skipped)."""
     current: Any = model
+    entry_key_next = False
     for part in loc:
-        if isinstance(current, type) and issubclass(current, Section):
-            by_alias = {field.alias or name: field for name, field in current.model_fields.items()}
-            if part not in by_alias:
-                return None
-            current = by_alias[part].annotation
-        current = _section_in(current)
-    return current if isinstance(current, type) and issubclass(current, Section) else None
+        if entry_key_next:  # the key or index of an entry of the list or map just entered
+            entry_key_next = False
+            continue
+        if not (isinstance(current, type) and issubclass(current, Section)):
+            return None
+        by_alias = {field.alias or name: field for name, field in current.model_fields.items()}
+        if part not in by_alias:
+            return None
+        annotation = by_alias[part].annotation
+        current = _section_in(annotation)
+        entry_key_next = any(get_origin(arg) in (list, tuple, dict) for arg in (annotation, *get_args(annotation)))
+    return current if isinstance(current, type) and issubclass(current, Section) and not entry_key_next else None
 
 
 def _section_in(annotation: Any) -> Any:

@@ -36,7 +36,16 @@ SECRET_KEY_FOR_ENV = {
     "GATEWAY_API_KEYS": "gatewayApiKeys",
 }
 # Env maps whose values reach a container's environment; in a section stored as a secret they stay secret.
-SECRET_CAPABLE_ENV = (("runner", "env"), ("docker", "runner", "env"), ("docker", "gateway", "env"))
+# ANY_NAME stands for each entry of a map of named sections (`models.<name>.env`).
+ANY_NAME = object()
+SECRET_CAPABLE_ENV = (("runner", "env"), ("models", ANY_NAME, "env"), ("docker", "runner", "env"),
+                      ("docker", "gateway", "env"))
+
+
+def _secret_capable(location: tuple) -> bool:
+    return any(len(pattern) == len(location) and all(part is ANY_NAME or part == given
+                                                     for part, given in zip(pattern, location))
+               for pattern in SECRET_CAPABLE_ENV)
 
 
 def names_a_secret(name: str) -> bool:
@@ -90,7 +99,7 @@ def _where_instead(container: tuple, name: str) -> str:
     if container[-1:] == ("buildArgs",):
         return ("build arguments are kept in the image's history, encrypted config or not: "
                 "give the build no credential (push credentials are the `registryPushPassword` secret)")
-    if container in SECRET_CAPABLE_ENV:
+    if _secret_capable(container):
         return (f"store it encrypted: `pulumi config set --secret --path {_key((*container, name))} <value>` "
                 "(the stack then keeps the whole section secret and passes its env through a Secret)")
     return ("plain config is stored and deployed in clear text here: put it in an environment variable set with "
@@ -112,7 +121,7 @@ def credential_problems(document: dict[str, Any], secret_sections: frozenset[str
 
 def _walk(value: Any, location: tuple, secret_sections: frozenset[str]) -> Iterator[Problem]:
     if isinstance(value, dict):
-        secret_env = location in SECRET_CAPABLE_ENV and location[0] in secret_sections
+        secret_env = _secret_capable(location) and location[0] in secret_sections
         for name, item in value.items():
             here = (*location, name)
             found = None if isinstance(item, (dict, list)) else credential_under(str(name), item)
@@ -121,11 +130,13 @@ def _walk(value: Any, location: tuple, secret_sections: frozenset[str]) -> Itera
             elif not found:
                 yield from _walk(item, here, secret_sections)
     elif isinstance(value, list):
+        # The env of the section holding the command line, where it has one that can be kept secret.
+        env = (*location[:-1], "env") if _secret_capable((*location[:-1], "env")) else ("runner", "env")
         for index, found in credentials_in_arguments(value):
             yield Problem(
                 _key((*location, index)),
                 f"holds {found} on a command line, where the pod spec and the process list show it; pass it in "
-                "an environment variable set with `pulumi config set --secret --path runner.env.<NAME> <value>`",
+                f"an environment variable set with `pulumi config set --secret --path {_key(env)}.<NAME> <value>`",
             )
         for index, item in enumerate(value):
             if isinstance(item, (dict, list)):

@@ -561,14 +561,20 @@ class ServiceConfig(Section):
                 *((join_key(join_key(path, "tmpfs"), index), tmpfs.target) for index, tmpfs in enumerate(self.tmpfs))]
 
 
-# What the stack sets in the gateway container to wire it to the runner, and the setting that changes each.
-GATEWAY_WIRED_ENV = {
-    "GATEWAY_PORT": "docker.gateway.ports (the container port is fixed; publish another host port)",
-    "GATEWAY_UPSTREAM_BASE_URL": "runner.port or runner.apiBasePath",
-    "GATEWAY_MODEL": "runner.model",
-    "GATEWAY_REQUEST_TIMEOUT_SECONDS": "gateway.requestTimeoutSeconds",
-    "GATEWAY_CORS_ALLOW_ORIGINS": "gateway.corsAllowOrigins",
-}
+def gateway_wired_env(model_keys: list[str]) -> dict[str, str]:
+    """What the stack sets in the gateway container to wire it to the models' runners (`model_keys`: their config
+    sections), and the setting that changes each."""
+    def settings(*names: str) -> str:
+        return " or ".join(join_key(key, name) for key in model_keys for name in names)
+
+    return {
+        "GATEWAY_PORT": "docker.gateway.ports (the container port is fixed; publish another host port)",
+        "GATEWAY_UPSTREAM_BASE_URL": settings("port", "apiBasePath"),
+        "GATEWAY_MODEL": settings("model"),
+        "GATEWAY_MODELS": settings("model", "port", "apiBasePath"),
+        "GATEWAY_REQUEST_TIMEOUT_SECONDS": "gateway.requestTimeoutSeconds",
+        "GATEWAY_CORS_ALLOW_ORIGINS": "gateway.corsAllowOrigins",
+    }
 
 
 class DockerConfig(Section):
@@ -578,7 +584,8 @@ class DockerConfig(Section):
     """Private network of the stack; the gateway reaches the model runner by name on it."""
 
     cache_volume: Annotated[str, matching(_DOCKER_NAME, "a Docker volume name (at least two letters, digits, '_', '.' or '-')")] = "model-stack-models"
-    """Named volume holding the model cache; kept when the stack is destroyed, so models are never lost."""
+    """Named volume holding the model cache (with several `models`, one per model: `<cacheVolume>-<name>`); kept
+    when the stack is destroyed, so models are never lost."""
 
     runner: ServiceConfig = ServiceConfig()
     """The model runner container (no published ports by default: only the gateway reaches it)."""
@@ -614,9 +621,19 @@ class DockerConfig(Section):
             yield Problem(join_keys(path, "gateway.gpus"), "the gateway uses no GPU (set docker.runner.gpus instead)",
                           self.gateway.gpus)
 
-    def env_wiring_problems(self, path: str, runner_wired_env: dict[str, str]) -> Iterator[Problem]:
-        """Env or env files that would override what the stack sets to wire the containers together."""
-        for service, wired in (("runner", runner_wired_env), ("gateway", GATEWAY_WIRED_ENV)):
+    def wiring_problems(self, path: str, models_wired_env: dict[str, dict[str, str]]) -> Iterator[Problem]:
+        """Settings of `runner`, which every model's runner container shares, that only one container can have,
+        and env or env files that would override what the stack sets to wire the containers together.
+        `models_wired_env`: each model's config key -> the engine env the stack sets and the setting for each."""
+        if len(models_wired_env) > 1:
+            for index, port in enumerate(self.runner.ports):
+                if port.host_bindings():
+                    yield Problem(join_key(join_keys(path, "runner.ports"), index),
+                                  f"would publish the same host port for each of the {len(models_wired_env)} models' "
+                                  "runner containers, and only one can have it (only the gateway needs publishing)",
+                                  ", ".join(map(str, port.host_bindings())))
+        runner_wired_env = {name: setting for wired in models_wired_env.values() for name, setting in wired.items()}
+        for service, wired in (("runner", runner_wired_env), ("gateway", gateway_wired_env(list(models_wired_env)))):
             settings: ServiceConfig = getattr(self, service)
             service_path = join_key(path, service)
             for name in settings.env.keys() & wired.keys():

@@ -90,8 +90,10 @@ def _nested_section(schema: dict[str, Any], key: str, defs: dict[str, Any]) -> t
             return found
     if isinstance(resolved.get("items"), dict):
         return _nested_section(resolved["items"], f"{key}[<i>]", defs)
-    if isinstance(resolved.get("additionalProperties"), dict):
-        return _nested_section(resolved["additionalProperties"], f'{key}["<name>"]', defs)
+    # A map's values: under any key, or under keys of a pattern (a map whose keys have a grammar).
+    for values in [resolved.get("additionalProperties"), *resolved.get("patternProperties", {}).values()]:
+        if isinstance(values, dict):
+            return _nested_section(values, f'{key}["<name>"]', defs)
     return None
 
 

@@ -78,12 +78,9 @@ class GpuConfig(Section):
     """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
-class RunnerConfig(ServedWorkload):
-    """The model runner: engine, model, cache, resources, probes, scaling and exposure."""
-
-
-    namespace: Namespace = "models"
-    """Namespace of the model runner and the gateway."""
+class ModelConfig(ServedWorkload):
+    """One served model and the engine workload serving it: engine, model, cache, resources, probes, scaling and
+    exposure."""
 
     engine: EngineName = "docker-model-runner"
     """Serving engine. `docker-model-runner` and `llama.cpp` run GGUF models on CPU; `vllm` needs a GPU;
@@ -169,10 +166,10 @@ class RunnerConfig(ServedWorkload):
         tag = ImageReference.parse(self.engine_image()).tag or ""
         return self.engine in CPU_BUILD_ENGINES and not _GPU_BUILD_TAG.search(tag)
 
-    def wired_env(self) -> dict[str, str]:
+    def wired_env(self, path: str) -> dict[str, str]:
         """Engine env the stack sets to wire the port and bind address, with the setting that changes it."""
         engine = self._rendered()
-        return {name: "runner.port" for name, value in engine.env.items() if str(engine.port) in value}
+        return {name: join_key(path, "port") for name, value in engine.env.items() if str(engine.port) in value}
 
     def _rendered(self) -> EngineContainer:
         return ENGINES[self.engine].render(self.model, self.port)
@@ -189,10 +186,10 @@ class RunnerConfig(ServedWorkload):
                 yield Problem(
                     join_key(join_key(path, "args"), index),
                     f"{flag} would move the engine off the port, address or API path the stack wires its Service, "
-                    "probes and gateway to; set runner.port or runner.apiBasePath instead",
+                    f"probes and gateway to; set {join_key(path, 'port')} or {join_key(path, 'apiBasePath')} instead",
                     argument,
                 )
-        for name, setting in self.wired_env().items():
+        for name, setting in self.wired_env(path).items():
             if name in self.env:
                 yield Problem(join_key(join_key(path, "env"), name),
                               f"is how the stack sets the engine's port and address; set {setting} instead", self.env[name])
@@ -216,8 +213,8 @@ class RunnerConfig(ServedWorkload):
         elif self.runs_a_cpu_build():
             yield Problem(
                 join_keys(path, "gpu.count"),
-                f"must be 0 with the CPU build {self.engine_image()!r}: it cannot use a GPU (set runner.image to "
-                "a GPU build of the engine, such as a -cuda tag)",
+                f"must be 0 with the CPU build {self.engine_image()!r}: it cannot use a GPU (set "
+                f"{join_key(path, 'image')} to a GPU build of the engine, such as a -cuda tag)",
                 self.gpu.count,
             )
         profile = ENGINES[self.engine]
@@ -233,3 +230,11 @@ class RunnerConfig(ServedWorkload):
         if profile.needs_gpu and self.gpu.count == 0:
             yield Problem(join_keys(path, "gpu.count"), f"must be at least 1 for engine {self.engine}", 0)
         yield from self.wiring_problems(path)
+
+
+class RunnerConfig(ModelConfig):
+    """The model runner of a stack that serves one model (the shorthand for `models` with a single entry)."""
+
+    namespace: Namespace = "models"
+    """Namespace of the model runner and the gateway (the top-level `namespace` key says the same for any
+    number of models; set one of them)."""
