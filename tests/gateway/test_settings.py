@@ -17,9 +17,9 @@ def problems_of(environ: dict[str, str]) -> list[str]:
 
 def test_defaults_apply_when_only_the_upstream_is_set():
     assert load_settings(UPSTREAM) == Settings(
-        upstream_base_url="http://vllm:8000/v1",
-        model=None,
-        api_keys=(),
+        routes={},
+        pass_through_base_url="http://vllm:8000/v1",
+        api_keys={},
         upstream_api_key=None,
         request_timeout_seconds=600.0,
         connect_timeout_seconds=5.0,
@@ -49,9 +49,8 @@ def test_every_variable_is_read():
     )
 
     assert settings == Settings(
-        upstream_base_url="http://model-runner.models.svc.cluster.local/engines/v1",
-        model="ai/smollm2",
-        api_keys=("key-one", "key-two"),
+        routes={"ai/smollm2": "http://model-runner.models.svc.cluster.local/engines/v1"},
+        api_keys={"key-one": None, "key-two": None},
         upstream_api_key="upstream-key",
         request_timeout_seconds=90.5,
         connect_timeout_seconds=2.0,
@@ -69,7 +68,7 @@ def test_empty_values_count_as_unset():
 
 def test_missing_upstream_is_reported_with_what_it_expects():
     assert problems_of({}) == [
-        "GATEWAY_UPSTREAM_BASE_URL is required: expected an http(s) URL with the API version path and no "
+        "GATEWAY_UPSTREAM_BASE_URL is required (or GATEWAY_MODELS, for an engine per model): expected an http(s) URL with the API version path and no "
         "credentials, query or fragment, e.g. http://vllm:8000/v1 or "
         "http://model-runner.models.svc.cluster.local/engines/v1"
     ]
