@@ -23,8 +23,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
 # Commas separate the models a key may use, so a model id has none (nor spaces, which separate a key from them).
 _MODEL_ID_PATTERN = re.compile(r"[^\s,]+")
-# Spaces around the commas of a list are layout ("k1, k2"), not a separator between a key and its models.
-_SPACES_AROUND_COMMAS = re.compile(r"\s*,\s*")
 
 # Variables Kubernetes injects for a Service named "gateway" (service links), which are not settings.
 _SERVICE_LINK_PATTERN = re.compile(r"GATEWAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
@@ -169,13 +167,14 @@ def _token(value: str) -> str:
 def parse_api_keys(text: str) -> dict[str, frozenset[str] | None]:
     """The API keys in `text` (GATEWAY_API_KEYS, or a keys file), each with the models it may use (None: all).
 
-    Each line holds either comma-separated keys, which may use every model, or one key, whitespace, and the
-    comma-separated models that key may use. Spaces around commas and blank lines are ignored; keys are visible
-    ASCII. Raises ValueError (an InvalidValue, whose message never quotes a key) for any other line, a key listed
-    twice with different models, or no key at all."""
+    Each line holds either comma-separated keys (no spaces), which may use every model, or one key, whitespace,
+    and the comma-separated models (no spaces) that key may use; blank lines are ignored, keys are visible ASCII.
+    Whitespace only ever separates a key from its models, so a line cannot be read two ways: "k1, k2" is an
+    error, not k1 limited to a model named k2. Raises ValueError (an InvalidValue, whose message never quotes a
+    key) for any other line, a key listed twice with different models, or no key at all."""
     keys: dict[str, frozenset[str] | None] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        fields = _SPACES_AROUND_COMMAS.sub(",", line).split()
+        fields = line.split()
         if not fields:
             continue
         if len(fields) > 2:
@@ -185,7 +184,10 @@ def parse_api_keys(text: str) -> dict[str, frozenset[str] | None]:
             )
         scope = frozenset(_split_list(fields[1])) if len(fields) == 2 else None
         if scope is not None and "," in fields[0]:
-            raise InvalidValue(f"line {number}: a key limited to models stands alone, without commas")
+            raise InvalidValue(
+                f"line {number}: the key before the space has a comma: expected comma-separated keys without "
+                "spaces, or one key and the comma-separated models it may use"
+            )
         if scope == frozenset():
             raise InvalidValue(f"line {number}: a key limited to models names at least one")
         for key in _split_list(fields[0]):
