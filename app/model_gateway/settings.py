@@ -208,7 +208,7 @@ def check_key_scopes(keys: KeyScopes, served_models: Collection[str] | None) -> 
         raise InvalidValue("a key is limited to models, which needs GATEWAY_MODEL or GATEWAY_MODELS to serve them")
     unserved = sorted(scoped_models.difference(served_models or ()))
     if unserved:
-        served = ", ".join(repr(model) for model in served_models)
+        served = ", ".join(repr(model) for model in sorted(served_models))
         raise InvalidValue(f"a key is limited to model {unserved[0]!r}, which the gateway does not serve ({served})")
 
 
