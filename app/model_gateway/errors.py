@@ -6,10 +6,18 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 # Fields of OpenAI's error object; any other field an engine sends along (llama.cpp's n_ctx, ...) is kept.
 _OPENAI_ERROR_FIELDS = ("message", "type", "param", "code")
+
+
+class Rejected(Exception):
+    """Raised by a check of a request with the error response the client gets instead of an answer."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> dict:

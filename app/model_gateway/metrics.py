@@ -51,11 +51,25 @@ class GatewayMetrics:
             "Requests being answered right now, open streams included (scrapes of /metrics are not).",
             registry=self.registry,
         )
+        self.model_requests = Counter(
+            "gateway_model_requests",
+            "Requests naming a served model, by model and status code (unknown models are answered 404 first, so "
+            "the model label only takes served model ids).",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.model_ready = Gauge(
+            "gateway_model_ready",
+            "Whether the engine of each served model could answer for it (1) or not (0), at the last /ready check.",
+            ["model"],
+            registry=self.registry,
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
-            "Upstream failures, by route and reason: timeout, unreachable, connection_error, server_error "
-            "(HTTP 5xx) or interrupted (failed while relaying a response).",
-            ["route", "reason"],
+            "Upstream failures, by route, model (empty when the model server chooses the model) and reason: "
+            "timeout, unreachable, connection_error, server_error (HTTP 5xx) or interrupted (failed while relaying "
+            "a response).",
+            ["route", "model", "reason"],
             registry=self.registry,
         )
         self.tokens = Counter(

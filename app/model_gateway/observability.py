@@ -19,6 +19,9 @@ from .metrics import GatewayMetrics
 log = logging.getLogger("model_gateway.requests")
 
 REQUEST_ID_HEADER = "x-request-id"
+MODEL_STATE = "model"
+"""Key of the request state under which the app records the served model a request names, for its metrics and
+log (never an unknown model's name, which a client chooses freely)."""
 # A caller's request id is kept (so one id follows a call across services) when it is a sane token.
 _ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes arrive every few seconds; logging them at info would drown the API traffic.
@@ -77,6 +80,9 @@ class ObservabilityMiddleware:
             route = _route(scope)
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.request_duration.labels(route, scope["method"]).observe(duration)
+            model = scope["state"].get(MODEL_STATE)
+            if model is not None:
+                self.metrics.model_requests.labels(model, str(status)).inc()
             log.log(
                 logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO,
                 "request",
@@ -87,6 +93,7 @@ class ObservabilityMiddleware:
                     "status": status,
                     "duration_ms": round(duration * 1000, 3),
                     "client": scope["client"][0] if scope.get("client") else None,
+                    **({"model": model} if model is not None else {}),
                     **({"usage": scope["state"]["usage"]} if "usage" in scope["state"] else {}),
                 },
             )

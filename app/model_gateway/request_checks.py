@@ -6,31 +6,49 @@ from __future__ import annotations
 
 import json
 
-from starlette.responses import Response
-
-from .errors import error_response
+from .errors import Rejected, error_response
 
 
-def body_rejection(body: bytes, served_models: frozenset[str] | None) -> Response | None:
-    """The error response for a body that is not a JSON object naming a served model, else None.
-    `served_models` None leaves the choice of model to the model server."""
+def requested_model(body: bytes) -> str:
+    """The model a request body names; raises Rejected when the body is not a JSON object naming one."""
     try:
         payload = json.loads(body)
     except ValueError:
-        return error_response(
-            400, "the request body is not valid JSON: the API expects a JSON object", "invalid_request_error"
-        )
+        raise Rejected(
+            error_response(
+                400, "the request body is not valid JSON: the API expects a JSON object", "invalid_request_error"
+            )
+        ) from None
     if not isinstance(payload, dict):
-        return error_response(400, "the request body must be a JSON object", "invalid_request_error")
+        raise Rejected(error_response(400, "the request body must be a JSON object", "invalid_request_error"))
     model = payload.get("model")
     if not isinstance(model, str) or not model:
-        return error_response(400, "you must provide a model parameter", "invalid_request_error", param="model")
-    if served_models is not None and model not in served_models:
-        return error_response(
+        raise Rejected(
+            error_response(400, "you must provide a model parameter", "invalid_request_error", param="model")
+        )
+    return model
+
+
+def model_not_found(model: str) -> Rejected:
+    return Rejected(
+        error_response(
             404,
             f"The model `{model}` does not exist or you do not have access to it.",
             "invalid_request_error",
             code="model_not_found",
             param="model",
         )
-    return None
+    )
+
+
+def model_not_allowed(model: str) -> Rejected:
+    """For a valid key limited to other models; the message names the model, never the key."""
+    return Rejected(
+        error_response(
+            403,
+            f"This API key may not use the model `{model}`.",
+            "invalid_request_error",
+            code="model_not_allowed",
+            param="model",
+        )
+    )

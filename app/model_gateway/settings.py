@@ -7,11 +7,12 @@ deployment fails with the full list instead of one error per restart.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Collection, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 PREFIX = "GATEWAY_"
@@ -20,17 +21,27 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # Visible ASCII without spaces: what fits in an `Authorization: Bearer` header unchanged.
 _TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
+# Commas separate the models a key may use, so a model id has none (nor spaces, which separate a key from them).
+_MODEL_ID_PATTERN = re.compile(r"[^\s,]+")
 
 # Variables Kubernetes injects for a Service named "gateway" (service links), which are not settings.
 _SERVICE_LINK_PATTERN = re.compile(r"GATEWAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
 
 
+KeyScopes = Mapping[str, "frozenset[str] | None"]
+"""Each API key -> the models it may use, or None for every model."""
+
+
 @dataclass(frozen=True)
 class Settings:
-    upstream_base_url: str
-    """OpenAI base URL of the model server, version path included and no trailing slash."""
-    model: str | None = None
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    routes: Mapping[str, str] = field(default_factory=dict)
+    """Each model id clients may name -> the OpenAI base URL of the engine serving it (version path included, no
+    trailing slash), in the order configured: GATEWAY_MODELS, or GATEWAY_MODEL on GATEWAY_UPSTREAM_BASE_URL.
+    Empty when GATEWAY_UPSTREAM_BASE_URL alone leaves the choice of model to the model server."""
+    pass_through_base_url: str | None = None
+    """GATEWAY_UPSTREAM_BASE_URL without GATEWAY_MODEL: the model server every request goes to, whatever model
+    it names."""
+    api_keys: KeyScopes = field(default_factory=dict, repr=False)
     api_keys_file: str | None = None
     """A file holding the keys instead (a mounted Kubernetes Secret): read again when it changes, so rotated keys
     take effect without a restart, and the keys are in no process environment."""
@@ -46,9 +57,8 @@ class Settings:
 
     @property
     def served_models(self) -> frozenset[str] | None:
-        """The model ids clients may name (and /v1/models lists), or None when GATEWAY_MODEL is unset, which
-        leaves the choice of model to the model server."""
-        return None if self.model is None else frozenset({self.model})
+        """The model ids clients may name (and /v1/models lists), or None when the model server chooses."""
+        return frozenset(self.routes) if self.routes else None
 
 
 class SettingsError(Exception):
@@ -57,6 +67,10 @@ class SettingsError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class InvalidValue(ValueError):
+    """A ValueError whose message says what is wrong in words fit for the operator: it never quotes a key."""
 
 
 class _Variable(NamedTuple):
@@ -80,6 +94,47 @@ def _upstream_url(value: str) -> str:
     if parts.port == 0:
         raise ValueError
     return value.rstrip("/")
+
+
+def _model_id(value: str) -> str:
+    if not _MODEL_ID_PATTERN.fullmatch(value):
+        raise ValueError
+    return value
+
+
+def _model_routes(value: str) -> dict[str, str]:
+    try:
+        document = json.loads(value, object_pairs_hook=_pairs_once_each)
+    except _RepeatedName as repeated:
+        raise InvalidValue(f"model {repeated.name!r} is listed twice") from None
+    except ValueError:
+        raise InvalidValue("it is not JSON") from None
+    if not isinstance(document, dict) or not document:
+        raise InvalidValue("it is not a JSON object naming at least one model")
+    routes = {}
+    for model, url in document.items():
+        if not _MODEL_ID_PATTERN.fullmatch(model):
+            raise InvalidValue(f"model id {model!r} is empty or has a space or comma")
+        try:
+            routes[model] = _upstream_url(url if isinstance(url, str) else "")
+        except ValueError:
+            raise InvalidValue(f"the URL of model {model!r} is not {_UPSTREAM_URL_RULE}") from None
+    return routes
+
+
+class _RepeatedName(ValueError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _pairs_once_each(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's members, refusing a repeated name, which json.loads would resolve by keeping the last."""
+    document: dict[str, object] = {}
+    for name, value in pairs:
+        if name in document:
+            raise _RepeatedName(name)
+        document[name] = value
+    return document
 
 
 def _positive_seconds(value: str) -> float:
@@ -109,20 +164,61 @@ def _token(value: str) -> str:
     return value
 
 
-def _token_list(value: str) -> tuple[str, ...]:
-    return tuple(_token(item) for item in _split_list(value))
+def parse_api_keys(text: str) -> dict[str, frozenset[str] | None]:
+    """The API keys in `text` (GATEWAY_API_KEYS, or a keys file), each with the models it may use (None: all).
+
+    Each line holds either comma-separated keys (no spaces), which may use every model, or one key, whitespace,
+    and the comma-separated models (no spaces) that key may use; blank lines are ignored, keys are visible ASCII.
+    Whitespace only ever separates a key from its models, so a line cannot be read two ways: "k1, k2" is an
+    error, not k1 limited to a model named k2. Raises ValueError (an InvalidValue, whose message never quotes a
+    key) for any other line, a key listed twice with different models, or no key at all."""
+    keys: dict[str, frozenset[str] | None] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise InvalidValue(
+                f"line {number} has {len(fields)} fields: expected comma-separated keys, or one key and the "
+                "comma-separated models it may use"
+            )
+        scope = frozenset(_split_list(fields[1])) if len(fields) == 2 else None
+        if scope is not None and "," in fields[0]:
+            raise InvalidValue(
+                f"line {number}: the key before the space has a comma: expected comma-separated keys without "
+                "spaces, or one key and the comma-separated models it may use"
+            )
+        if scope == frozenset():
+            raise InvalidValue(f"line {number}: a key limited to models names at least one")
+        for key in _split_list(fields[0]):
+            if not _TOKEN_PATTERN.fullmatch(key):
+                raise InvalidValue(f"line {number}: a key has a character other than visible ASCII")
+            if keys.setdefault(key, scope) != scope:
+                raise InvalidValue(f"line {number}: a key listed before is listed again with other models")
+    if not keys:
+        raise InvalidValue("it holds no key")
+    return keys
 
 
-def read_api_keys_file(path: str) -> tuple[str, ...]:
-    """The keys in a keys file: comma- or newline-separated; raises ValueError when unreadable, empty or invalid."""
+def check_key_scopes(keys: KeyScopes, served_models: Collection[str] | None) -> None:
+    """Raises InvalidValue, naming the model but not the key, when a key is limited to a model outside
+    `served_models`, or to any models when `served_models` is None (the model server chooses the model)."""
+    scoped_models = set().union(*(scope for scope in keys.values() if scope is not None))
+    if scoped_models and served_models is None:
+        raise InvalidValue("a key is limited to models, which needs GATEWAY_MODEL or GATEWAY_MODELS to serve them")
+    unserved = sorted(scoped_models.difference(served_models or ()))
+    if unserved:
+        served = ", ".join(repr(model) for model in sorted(served_models))
+        raise InvalidValue(f"a key is limited to model {unserved[0]!r}, which the gateway does not serve ({served})")
+
+
+def read_api_keys_file(path: str) -> dict[str, frozenset[str] | None]:
+    """The keys in a keys file (see parse_api_keys); raises InvalidValue when unreadable, empty or invalid."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError from error
-    keys = _token_list(text.replace("\n", ","))
-    if not keys:
-        raise ValueError
-    return keys
+        raise InvalidValue(f"cannot read it: {error}") from None
+    return parse_api_keys(text)
 
 
 def _api_keys_file(value: str) -> str:
@@ -159,28 +255,33 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-_REQUIRED = "GATEWAY_UPSTREAM_BASE_URL"
+_UPSTREAM = "GATEWAY_UPSTREAM_BASE_URL"
+_MODEL = "GATEWAY_MODEL"
+_MODELS = "GATEWAY_MODELS"
+_UPSTREAM_URL_RULE = "an http(s) URL with the API version path and no credentials, query or fragment"
+_UPSTREAM_URL_ALLOWED = (
+    f"{_UPSTREAM_URL_RULE}, e.g. http://vllm:8000/v1 or http://model-runner.models.svc.cluster.local/engines/v1"
+)
+_KEYS_ALLOWED = (
+    "lines of comma-separated keys (visible ASCII without spaces), or of a key, a space and the comma-separated "
+    "models it may use"
+)
 _VARIABLES = (
+    _Variable(_UPSTREAM, "upstream_base_url", _upstream_url, _UPSTREAM_URL_ALLOWED),
+    _Variable(_MODEL, "model", _model_id, "a model id without spaces or commas"),
     _Variable(
-        _REQUIRED,
-        "upstream_base_url",
-        _upstream_url,
-        "an http(s) URL with the API version path and no credentials, query or fragment, "
-        "e.g. http://vllm:8000/v1 or http://model-runner.models.svc.cluster.local/engines/v1",
+        _MODELS,
+        "models",
+        _model_routes,
+        "a JSON object mapping each model id (no spaces or commas) to the OpenAI base URL of the engine serving "
+        'it, e.g. {"ai/smollm2:360M-Q4_K_M": "http://model-runner-chat.models.svc.cluster.local/engines/v1"}',
     ),
-    _Variable("GATEWAY_MODEL", "model", str, "a model id"),
-    _Variable(
-        "GATEWAY_API_KEYS",
-        "api_keys",
-        _token_list,
-        "comma-separated keys of visible ASCII characters without spaces",
-        secret=True,
-    ),
+    _Variable("GATEWAY_API_KEYS", "api_keys", parse_api_keys, _KEYS_ALLOWED, secret=True),
     _Variable(
         "GATEWAY_API_KEYS_FILE",
         "api_keys_file",
         _api_keys_file,
-        "the path of a readable file holding comma- or newline-separated keys (at least one)",
+        f"the path of a readable file holding {_KEYS_ALLOWED} (at least one key)",
     ),
     _Variable(
         "GATEWAY_UPSTREAM_API_KEY",
@@ -216,18 +317,52 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     for variable in _VARIABLES:
         raw = environ.get(variable.name, "").strip()
         if not raw:
-            if variable.name == _REQUIRED:
-                problems.append(f"{variable.name} is required: expected {variable.allowed}")
+            if variable.name == _UPSTREAM and not environ.get(_MODELS, "").strip():
+                problems.append(
+                    f"{_UPSTREAM} is required (or {_MODELS}, for an engine per model): expected {variable.allowed}"
+                )
             continue
         try:
             values[variable.attribute] = variable.parse(raw)
-        except ValueError:
-            problems.append(_invalid_value_message(variable, raw))
+        except ValueError as error:
+            problems.append(_invalid_value_message(variable, raw, error))
+    for exclusive in (_UPSTREAM, _MODEL):
+        if environ.get(exclusive, "").strip() and environ.get(_MODELS, "").strip():
+            problems.append(f"{_MODELS} and {exclusive} are both set: {_MODELS} names every model and its engine")
     if "api_keys" in values and "api_keys_file" in values:
         problems.append("GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE are both set: set one of them")
     if problems:
         raise SettingsError(problems)
-    return Settings(**values)
+    settings = Settings(**_with_route_table(values))
+    problem = _key_scope_problem(settings)
+    if problem is not None:
+        raise SettingsError([problem])
+    return settings
+
+
+def _with_route_table(values: dict[str, object]) -> dict[str, object]:
+    """`values` with the upstream variables replaced by the one route table they describe (or the pass-through
+    base URL when they name no model)."""
+    values = dict(values)
+    upstream_base_url = values.pop("upstream_base_url", None)
+    model = values.pop("model", None)
+    if "models" in values:
+        values["routes"] = values.pop("models")
+    elif model is not None:
+        values["routes"] = {model: upstream_base_url}
+    else:
+        values["pass_through_base_url"] = upstream_base_url
+    return values
+
+
+def _key_scope_problem(settings: Settings) -> str | None:
+    """Why a key's models do not fit the served models, or None."""
+    keys_file = settings.api_keys_file
+    try:
+        check_key_scopes(read_api_keys_file(keys_file) if keys_file else settings.api_keys, settings.served_models)
+    except InvalidValue as error:
+        return f"{'GATEWAY_API_KEYS_FILE' if keys_file else 'GATEWAY_API_KEYS'}: {error}"
+    return None
 
 
 def unrecognized_variables(environ: Mapping[str, str]) -> list[str]:
@@ -239,9 +374,11 @@ def unrecognized_variables(environ: Mapping[str, str]) -> list[str]:
     )
 
 
-def _invalid_value_message(variable: _Variable, raw: str) -> str:
+def _invalid_value_message(variable: _Variable, raw: str, error: ValueError) -> str:
     given = "(value hidden)" if variable.secret else repr(raw)
     message = f"{variable.name}={given} is invalid: expected {variable.allowed}"
+    if isinstance(error, InvalidValue):
+        message += f" ({error})"
     if variable.name == "GATEWAY_PORT" and raw.startswith("tcp://"):
         message += (
             " (this looks like a Kubernetes service link for a Service named 'gateway': set GATEWAY_PORT "

@@ -1,4 +1,5 @@
-"""The upstream model server: relaying API calls to it, and mapping its failures to clear HTTP errors."""
+"""The upstream model servers (an engine per model): relaying API calls to them, and mapping their failures to
+clear HTTP errors."""
 
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ _KEEPALIVE_SECONDS = 4.0
 
 
 class Upstream:
+    """The client of every engine: one connection pool, each call naming the engine's URL."""
+
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -100,33 +103,33 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
 
-    def _url(self, path: str) -> str:
-        return self._settings.upstream_base_url + path
-
     async def relay(
-        self, scope: Scope, receive: Receive, send: Send, path: str, route: str, body: bytes, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, url: str, route: str, model: str, body: bytes, request_id: str
     ) -> None:
-        """Sends the request upstream and relays the answer to the client as it arrives. When the client leaves
-        first, the upstream request is closed, so a model server that stops on disconnect frees its slot."""
+        """Sends the request to `url` (an engine's base URL and the route's path) and relays the answer to the
+        client as it arrives. When the client leaves first, the upstream request is closed, so a model server that
+        stops on disconnect frees its slot. `model` labels the metrics: a served model id, or empty when the model
+        server chooses the model."""
         client_headers = Headers(scope=scope)
         headers = {name: client_headers[name] for name in _RELAYED_REQUEST_HEADERS if name in client_headers}
         headers["x-request-id"] = request_id
         headers.update(self._auth_headers)
         assert self._session is not None, "start() runs at startup"
-        exchange = _Exchange(self._session, self._settings, self._metrics, scope, send, route)
-        relaying = asyncio.ensure_future(exchange.run(scope["method"], self._url(path), body, headers))
+        exchange = _Exchange(self._session, self._settings, self._metrics, scope, send, route, model)
+        relaying = asyncio.ensure_future(exchange.run(scope["method"], url, body, headers))
         if not await _unless_client_leaves(relaying, receive, exchange):
             log.info("client left before the answer was complete", extra={"route": route})
             if not exchange.started:
                 # Recorded only: the connection is gone.
                 await send({"type": "http.response.start", "status": _CLIENT_CLOSED_REQUEST, "headers": []})
 
-    async def readiness_problem(self, model: str | None) -> str | None:
-        """Why the upstream cannot serve now (unreachable, failing, or not listing `model`), or None."""
+    async def readiness_problem(self, base_url: str, model: str | None) -> str | None:
+        """Why the engine at `base_url` cannot serve now (unreachable, failing, or not listing `model`), or
+        None."""
         assert self._session is not None, "start() runs at startup"
         timeout = aiohttp.ClientTimeout(total=min(_READINESS_TIMEOUT_SECONDS, self._settings.request_timeout_seconds))
         try:
-            async with self._session.get(self._url("/models"), headers=self._auth_headers, timeout=timeout) as response:
+            async with self._session.get(base_url + "/models", headers=self._auth_headers, timeout=timeout) as response:
                 if response.status != 200:
                     return f"model server answered /models with HTTP {response.status}"
                 if model is None:
@@ -210,6 +213,7 @@ class _Exchange:
         scope: Scope,
         send: Send,
         route: str,
+        model: str,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -217,6 +221,7 @@ class _Exchange:
         self._scope = scope
         self._send = send
         self._route = route
+        self._model = model
         self.started = False
         """Whether the response status has been sent to the client."""
         self.complete = False
@@ -227,10 +232,10 @@ class _Exchange:
             response = await self._session.request(method, url, data=body, headers=headers)
         except _TransportError as error:
             failure = _classify(error, self._settings)
-            self._metrics.upstream_errors.labels(self._route, failure.reason).inc()
+            self._metrics.upstream_errors.labels(self._route, self._model, failure.reason).inc()
             log.warning(
                 "upstream request failed",
-                extra={"route": self._route, "reason": failure.reason, "error": repr(error)},
+                extra={"route": self._route, "model": self._model, "reason": failure.reason, "error": repr(error)},
             )
             await self._answer(error_response(failure.status_code, failure.message, failure.error_type))
             return
@@ -272,10 +277,10 @@ class _Exchange:
                 usage.feed(chunk)
         except _TransportError as error:
             failure = _classify(error, self._settings)
-            self._metrics.upstream_errors.labels(self._route, "interrupted").inc()
+            self._metrics.upstream_errors.labels(self._route, self._model, "interrupted").inc()
             log.warning(
                 "upstream failed while relaying a response",
-                extra={"route": self._route, "reason": failure.reason, "error": repr(error)},
+                extra={"route": self._route, "model": self._model, "reason": failure.reason, "error": repr(error)},
             )
             if not is_event_stream:
                 raise  # aborts the connection: a truncated body must not look complete
@@ -310,11 +315,12 @@ class _Exchange:
             excerpt = await _body_start(response, _LOGGED_ERROR_BODY_BYTES)
         except _TransportError:
             excerpt = b""  # the status alone says what the client needs; the excerpt is a courtesy for the log
-        self._metrics.upstream_errors.labels(self._route, "server_error").inc()
+        self._metrics.upstream_errors.labels(self._route, self._model, "server_error").inc()
         log.warning(
             "upstream server error",
             extra={
                 "route": self._route,
+                "model": self._model,
                 "upstream_status": status,
                 "upstream_body": excerpt.decode(errors="replace"),
             },

@@ -1,5 +1,6 @@
 """The gateway's OpenAI conformance against a real llama.cpp server (built by .ci/llama-server) serving a tiny
-random-weight model written here: what SDKs see through `python -m model_gateway`, as its image runs it.
+random-weight model written here: what SDKs see through `python -m model_gateway`, as its image runs it; and a
+gateway in front of two such servers, each serving a model of its own (GATEWAY_MODELS).
 
 The model answers gibberish; what is tested is the protocol around the answers."""
 
@@ -34,7 +35,11 @@ from gateway_helpers import APP_DIR, metric_value  # noqa: E402
 from loopback import eventually, free_port  # noqa: E402
 
 MODEL = "tiny-llama"
+SECOND_MODEL = "tiny-llama-b"
+"""Served by a second engine, with other weights, in the tests of a gateway with an engine per model."""
 API_KEY = "engine-lane-key"
+SCOPED_KEY = "engine-lane-key-for-b"
+"""A key limited to SECOND_MODEL."""
 ORIGIN = "http://chat.example.com"
 # Generous for a tiny model on a busy machine, short enough that a hang fails the test.
 CLIENT_TIMEOUT_SECONDS = 30
@@ -54,26 +59,31 @@ def llama_server_build() -> Path:
     return directory
 
 
+@contextmanager
+def llama_server(build: Path, directory: Path, alias: str, seed: int) -> Iterator[str]:
+    """Yields the base URL of a llama.cpp server on loopback serving a tiny model of random weights from `seed`
+    as `alias`."""
+    model = directory / f"{alias}.gguf"
+    write_tiny_llama(model, build, seed)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(llama_server_command(build, model, alias, port), f"{url}/health", directory / f"{alias}.log"):
+        yield url
+
+
 @pytest.fixture(scope="module")
 def llama_server_url(llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
     """The base URL of a llama.cpp server on loopback serving the tiny model as MODEL."""
-    directory = tmp_path_factory.mktemp("llama-server")
-    model = directory / "tiny-llama.gguf"
-    write_tiny_llama(model, llama_server_build)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with running(llama_server_command(llama_server_build, model, MODEL, port), f"{url}/health",
-                 directory / "llama-server.log"):
+    with llama_server(llama_server_build, tmp_path_factory.mktemp("llama-server"), MODEL, seed=0) as url:
         yield url
 
 
 @contextmanager
-def gateway(upstream_url: str, log: Path, **variables: str) -> Iterator[str]:
-    """`python -m model_gateway` in front of `upstream_url`, serving MODEL to API_KEY; `variables` are further
-    GATEWAY_* settings (without the prefix). Yields its base URL once /ready says the engine serves MODEL."""
+def gateway(log: Path, **variables: str) -> Iterator[str]:
+    """`python -m model_gateway` with API_KEY, and `variables` (GATEWAY_* settings without the prefix) naming the
+    engines. Yields its base URL once /ready says an engine serves its model."""
     port = free_port()
-    settings = {"UPSTREAM_BASE_URL": f"{upstream_url}/v1", "MODEL": MODEL, "API_KEYS": API_KEY, "PORT": str(port),
-                **variables}
+    settings = {"API_KEYS": API_KEY, "PORT": str(port), **variables}
     environment = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
     environment |= {"PYTHONPATH": str(APP_DIR), "GATEWAY_HOST": "127.0.0.1"} | {
         f"GATEWAY_{name}": value for name, value in settings.items()}
@@ -82,33 +92,59 @@ def gateway(upstream_url: str, log: Path, **variables: str) -> Iterator[str]:
         yield url
 
 
+def single_engine(llama_server_url: str) -> dict[str, str]:
+    """The settings of a gateway serving MODEL on the one engine at `llama_server_url`."""
+    return {"UPSTREAM_BASE_URL": f"{llama_server_url}/v1", "MODEL": MODEL}
+
+
 @pytest.fixture(scope="module")
 def gateway_url(llama_server_url: str, tmp_path_factory) -> Iterator[str]:
-    with gateway(llama_server_url, tmp_path_factory.mktemp("gateway") / "gateway.log") as url:
+    with gateway(tmp_path_factory.mktemp("gateway") / "gateway.log", **single_engine(llama_server_url)) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def cors_gateway_url(llama_server_url: str, tmp_path_factory) -> Iterator[str]:
-    with gateway(llama_server_url, tmp_path_factory.mktemp("cors-gateway") / "gateway.log",
+    with gateway(tmp_path_factory.mktemp("cors-gateway") / "gateway.log", **single_engine(llama_server_url),
                  CORS_ALLOW_ORIGINS=ORIGIN) as url:
         yield url
 
 
+@pytest.fixture(scope="module")
+def second_llama_server_url(llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
+    """The base URL of another llama.cpp server, serving a tiny model of other weights as SECOND_MODEL."""
+    with llama_server(llama_server_build, tmp_path_factory.mktemp("llama-server-b"), SECOND_MODEL, seed=1) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def two_model_gateway_url(llama_server_url: str, second_llama_server_url: str, tmp_path_factory) -> Iterator[str]:
+    """A gateway serving MODEL and SECOND_MODEL, each on its own engine, to API_KEY, and to SCOPED_KEY for
+    SECOND_MODEL only."""
+    models = {MODEL: f"{llama_server_url}/v1", SECOND_MODEL: f"{second_llama_server_url}/v1"}
+    with gateway(tmp_path_factory.mktemp("two-model-gateway") / "gateway.log", MODELS=json.dumps(models),
+                 API_KEYS=f"{API_KEY}\n{SCOPED_KEY} {SECOND_MODEL}") as url:
+        yield url
+
+
+def openai_client(gateway_url: str, api_key: str = API_KEY) -> openai.OpenAI:
+    # No retries: the SDK retries 5xx answers, and a 5xx is a defect here that must show, not be papered over.
+    return openai.OpenAI(
+        base_url=f"{gateway_url}/v1", api_key=api_key, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
+    )
+
+
 @pytest.fixture
 def client(gateway_url: str) -> Iterator[openai.OpenAI]:
-    # No retries: the SDK retries 5xx answers, and a 5xx is a defect here that must show, not be papered over.
-    with openai.OpenAI(
-        base_url=f"{gateway_url}/v1", api_key=API_KEY, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
-    ) as client:
+    with openai_client(gateway_url) as client:
         yield client
 
 
-def chat(client: openai.OpenAI, message: str = "Say something.", **fields):
+def chat(client: openai.OpenAI, message: str = "Say something.", model: str = MODEL, **fields):
     # Greedy sampling over the whole prompt each time (llama.cpp would otherwise reuse the last request's cached
     # prompt, a different computation), so the same request gets the same answer.
     return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": message}], max_tokens=MAX_TOKENS, temperature=0,
+        model=model, messages=[{"role": "user", "content": message}], max_tokens=MAX_TOKENS, temperature=0,
         extra_body={"cache_prompt": False}, **fields,
     )
 
@@ -131,7 +167,7 @@ def test_the_gateway_lists_the_model_the_engine_serves(client, gateway_url, llam
     assert [model.id for model in client.models.list()] == [MODEL]
     assert MODEL in [model["id"] for model in engine_models["data"]]
     # /ready checks the engine's own list, which is what let the gateway fixture start.
-    assert httpx.get(f"{gateway_url}/ready").json() == {"status": "ready", "model": MODEL}
+    assert httpx.get(f"{gateway_url}/ready").json() == {"status": "ready", "models": {MODEL: {"ready": True}}}
 
 
 def test_a_chat_completion_has_content_and_usage_the_gateway_counts(client, gateway_url):
@@ -267,3 +303,44 @@ def test_the_engine_serves_neither_its_web_ui_nor_its_slots(llama_server_url):
     assert settings["ui"] is False and settings["endpoint_slots"] is False
     assert page.status_code == 404 and not page.headers.get("content-type", "").startswith("text/html")
     assert slots.status_code == 501
+
+
+def test_a_gateway_of_two_engines_lists_both_models_and_checks_both(two_model_gateway_url):
+    with openai_client(two_model_gateway_url) as client:
+        listed = [model.id for model in client.models.list()]
+
+    assert listed == [MODEL, SECOND_MODEL]
+    assert httpx.get(f"{two_model_gateway_url}/ready").json() == {
+        "status": "ready", "models": {MODEL: {"ready": True}, SECOND_MODEL: {"ready": True}}}
+
+
+@pytest.mark.parametrize("model", [MODEL, SECOND_MODEL])
+def test_each_model_is_answered_by_its_own_engine(two_model_gateway_url, model):
+    with openai_client(two_model_gateway_url) as client:
+        plain = chat(client, model=model)
+        chunks = list(chat(client, model=model, stream=True))
+
+    # llama.cpp names the model it serves (its --alias) in every answer, whatever model the request named.
+    assert plain.model == model
+    assert {chunk.model for chunk in chunks} == {model}
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert streamed == plain.choices[0].message.content
+
+
+def test_a_model_neither_engine_serves_is_not_found(two_model_gateway_url):
+    with openai_client(two_model_gateway_url) as client, pytest.raises(openai.NotFoundError) as raised:
+        chat(client, model="gpt-4o")
+
+    assert raised.value.code == "model_not_found"
+
+
+def test_a_key_limited_to_one_model_may_not_use_the_other(two_model_gateway_url):
+    with openai_client(two_model_gateway_url, api_key=SCOPED_KEY) as client:
+        with pytest.raises(openai.PermissionDeniedError) as raised:
+            chat(client, model=MODEL)
+        allowed = chat(client, model=SECOND_MODEL)
+        listed = [model.id for model in client.models.list()]
+
+    assert (raised.value.status_code, raised.value.code, raised.value.param) == (403, "model_not_allowed", "model")
+    assert allowed.model == SECOND_MODEL
+    assert listed == [SECOND_MODEL]

@@ -9,7 +9,7 @@ from typing import Callable, ContextManager, Iterator
 import httpx
 import pytest
 
-from fake_upstream import FAKE_MODEL, FakeUpstream
+from fake_upstream import FAKE_MODEL, SECOND_MODEL, FakeUpstream
 from gateway_helpers import API_KEY, APP_DIR, CLIENT_TIMEOUT_SECONDS
 from loopback import serve
 
@@ -30,6 +30,19 @@ def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
     """The shared fake model server, reset for every test to default behaviour and no recorded requests."""
     upstream_server.reset()
     return upstream_server
+
+
+@pytest.fixture(scope="session")
+def second_upstream_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream(model=SECOND_MODEL).serving() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def second_upstream(second_upstream_server: FakeUpstream) -> FakeUpstream:
+    """A second fake model server, another engine serving SECOND_MODEL, reset like `upstream`."""
+    second_upstream_server.reset()
+    return second_upstream_server
 
 
 def _serve_gateway(upstream: FakeUpstream, variables: dict[str, str | None]) -> ContextManager[str]:

@@ -33,6 +33,8 @@ from loopback import serve
 
 REPLY_PREFIX = "Echo:"
 FAKE_MODEL = "fake-model"
+SECOND_MODEL = "fake-model-b"
+"""What a second instance serves in the tests of a gateway with an engine per model."""
 CONTEXT_SIZE = 64
 """Tokens (words) a prompt may have, as llama.cpp's n_ctx."""
 # How long a held stream waits for its gate before giving up, so a broken test cannot hang the server.
@@ -77,8 +79,10 @@ class RecordedRequest:
 
 
 class FakeUpstream:
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
-        self.behaviour = behaviour or Behaviour()
+    def __init__(self, behaviour: Behaviour | None = None, model: str = FAKE_MODEL) -> None:
+        self.model = model
+        """The model it serves unless `behaviour` says otherwise (and again after reset())."""
+        self.behaviour = behaviour or Behaviour(models=(model,))
         self.requests: list[RecordedRequest] = []
         self.finished_streams = 0
         self.abandoned = 0
@@ -103,7 +107,7 @@ class FakeUpstream:
             yield self
 
     def reset(self) -> None:
-        self.behaviour = Behaviour()
+        self.behaviour = Behaviour(models=(self.model,))
         self.requests.clear()
         self.finished_streams = 0
         self.abandoned = 0

@@ -144,23 +144,35 @@ def test_rotated_keys_take_effect_without_a_restart(tmp_path, monkeypatch):
     from starlette.requests import Request
 
     from model_gateway import auth
+    from model_gateway.errors import Rejected
 
     def request(key: str) -> Request:
         return Request({"type": "http", "headers": [(b"authorization", f"Bearer {key}".encode())]})
 
+    def status(keys: auth.ApiKeys, key: str) -> int | frozenset[str] | None:
+        """The models `key` may use, or the status of its rejection."""
+        try:
+            return keys.allowed_models(request(key))
+        except Rejected as rejected:
+            return rejected.response.status_code
+
     keys_file = tmp_path / "api-keys"
     keys_file.write_text("old-key")
     monkeypatch.setattr(auth, "KEYS_FILE_CHECK_SECONDS", 0.0)
-    keys = auth.ApiKeys((), str(keys_file))
-    assert keys.rejection(request("old-key")) is None
+    keys = auth.ApiKeys({}, str(keys_file), frozenset({"model-a", "model-b"}))
+    assert status(keys, "old-key") is None
 
     rotated = tmp_path / "api-keys.new"
-    rotated.write_text("new-key-0123")
+    rotated.write_text("new-key-0123\nscoped-key model-b\n")
     rotated.replace(keys_file)
 
-    assert keys.rejection(request("new-key-0123")) is None
-    assert keys.rejection(request("old-key")).status_code == 401
-    # A file emptied by mistake does not turn authentication off: the keys read before stay.
-    keys_file.write_text("")
-    assert keys.rejection(request("new-key-0123")) is None
-    assert keys.rejection(request("anything")).status_code == 401
+    assert status(keys, "new-key-0123") is None
+    assert status(keys, "scoped-key") == frozenset({"model-b"})
+    assert status(keys, "old-key") == 401
+    # A file emptied by mistake does not turn authentication off, nor does one limiting a key to a model the
+    # gateway does not serve let it in: the keys read before stay.
+    for mistake in ("", "new-key-0123\nscoped-key model-c\n"):
+        keys_file.write_text(mistake)
+        assert status(keys, "new-key-0123") is None
+        assert status(keys, "scoped-key") == frozenset({"model-b"})
+        assert status(keys, "anything") == 401

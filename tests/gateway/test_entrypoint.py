@@ -37,8 +37,9 @@ def test_invalid_settings_stop_the_process_with_one_message_per_variable():
 
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "model-gateway: GATEWAY_UPSTREAM_BASE_URL is required: expected an http(s) URL with the API version path "
-        "and no credentials, query or fragment, e.g. http://vllm:8000/v1 or "
+        "model-gateway: GATEWAY_UPSTREAM_BASE_URL is required (or GATEWAY_MODELS, for an engine per model): "
+        "expected an http(s) URL with the API version path and no credentials, query or fragment, e.g. "
+        "http://vllm:8000/v1 or "
         "http://model-runner.models.svc.cluster.local/engines/v1",
         "model-gateway: GATEWAY_LOG_LEVEL='loud' is invalid: expected one of debug, info, warning, error, critical",
         "model-gateway: GATEWAY_PORT='http' is invalid: expected a port number from 1 to 65535",

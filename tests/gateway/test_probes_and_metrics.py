@@ -25,14 +25,14 @@ def test_ready_when_the_upstream_lists_the_model(gateway_url):
     response = httpx.get(f"{gateway_url}/ready")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "model": FAKE_MODEL}
+    assert response.json() == {"status": "ready", "models": {FAKE_MODEL: {"ready": True}}}
 
 
 def test_ready_without_a_configured_model_needs_only_an_answering_upstream(start_gateway, upstream):
     gateway_url = start_gateway(MODEL=None)
     upstream.behaviour.models = ()
 
-    assert httpx.get(f"{gateway_url}/ready").json() == {"status": "ready", "model": None}
+    assert httpx.get(f"{gateway_url}/ready").json() == {"status": "ready", "models": {}}
 
 
 def test_not_ready_when_the_upstream_does_not_list_the_model(gateway_url, upstream):
@@ -41,9 +41,11 @@ def test_not_ready_when_the_upstream_does_not_list_the_model(gateway_url, upstre
     response = httpx.get(f"{gateway_url}/ready")
 
     assert response.status_code == 503
+    reason = "model 'fake-model' is not listed by the model server"
     assert response.json() == {
         "status": "unavailable",
-        "reason": "model 'fake-model' is not listed by the model server",
+        "reason": reason,
+        "models": {FAKE_MODEL: {"ready": False, "reason": reason}},
     }
 
 
@@ -53,7 +55,7 @@ def test_not_ready_when_the_upstream_is_unreachable(start_gateway):
     response = httpx.get(f"{gateway_url}/ready")
 
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "reason": "cannot connect to the model server"}
+    assert response.json()["reason"] == "cannot connect to the model server"
 
 
 def test_ready_follows_an_upstream_outage_and_recovery_immediately(gateway_url, upstream):
@@ -144,11 +146,18 @@ def test_upstream_errors_are_counted_by_reason(metrics, upstream):
 
     scraped = exposition()
     assert (
-        metric_value(scraped, "gateway_upstream_errors_total", route="/v1/chat/completions", reason="server_error")
+        metric_value(
+            scraped, "gateway_upstream_errors_total", route="/v1/chat/completions", model=FAKE_MODEL,
+            reason="server_error",
+        )
         == 1
     )
     assert (
-        metric_value(scraped, "gateway_upstream_errors_total", route="/v1/chat/completions", reason="interrupted") == 1
+        metric_value(
+            scraped, "gateway_upstream_errors_total", route="/v1/chat/completions", model=FAKE_MODEL,
+            reason="interrupted",
+        )
+        == 1
     )
 
 

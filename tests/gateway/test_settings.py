@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from model_gateway.settings import Settings, SettingsError, load_settings, unrecognized_variables
+from model_gateway.settings import (
+    Settings,
+    SettingsError,
+    check_key_scopes,
+    load_settings,
+    parse_api_keys,
+    unrecognized_variables,
+)
 
 UPSTREAM = {"GATEWAY_UPSTREAM_BASE_URL": "http://vllm:8000/v1"}
+CHAT_ENGINE = "http://model-runner-chat.models.svc.cluster.local/engines/v1"
+SMALL_ENGINE = "http://model-runner-small.models.svc.cluster.local/engines/v1"
+MODELS = {"GATEWAY_MODELS": json.dumps({"ai/smollm2:360M-Q4_K_M": CHAT_ENGINE, "ai/smollm2:135M-Q4_K_M": SMALL_ENGINE})}
+SECRET_KEY = "sk-very-secret-0123"
 
 
 def problems_of(environ: dict[str, str]) -> list[str]:
@@ -17,9 +30,9 @@ def problems_of(environ: dict[str, str]) -> list[str]:
 
 def test_defaults_apply_when_only_the_upstream_is_set():
     assert load_settings(UPSTREAM) == Settings(
-        upstream_base_url="http://vllm:8000/v1",
-        model=None,
-        api_keys=(),
+        routes={},
+        pass_through_base_url="http://vllm:8000/v1",
+        api_keys={},
         upstream_api_key=None,
         request_timeout_seconds=600.0,
         connect_timeout_seconds=5.0,
@@ -36,7 +49,7 @@ def test_every_variable_is_read():
         {
             "GATEWAY_UPSTREAM_BASE_URL": "http://model-runner.models.svc.cluster.local/engines/v1/",
             "GATEWAY_MODEL": " ai/smollm2 ",
-            "GATEWAY_API_KEYS": "key-one, key-two,,",
+            "GATEWAY_API_KEYS": "key-one,key-two,,",
             "GATEWAY_UPSTREAM_API_KEY": "upstream-key",
             "GATEWAY_REQUEST_TIMEOUT_SECONDS": "90.5",
             "GATEWAY_CONNECT_TIMEOUT_SECONDS": "2",
@@ -49,9 +62,8 @@ def test_every_variable_is_read():
     )
 
     assert settings == Settings(
-        upstream_base_url="http://model-runner.models.svc.cluster.local/engines/v1",
-        model="ai/smollm2",
-        api_keys=("key-one", "key-two"),
+        routes={"ai/smollm2": "http://model-runner.models.svc.cluster.local/engines/v1"},
+        api_keys={"key-one": None, "key-two": None},
         upstream_api_key="upstream-key",
         request_timeout_seconds=90.5,
         connect_timeout_seconds=2.0,
@@ -69,7 +81,7 @@ def test_empty_values_count_as_unset():
 
 def test_missing_upstream_is_reported_with_what_it_expects():
     assert problems_of({}) == [
-        "GATEWAY_UPSTREAM_BASE_URL is required: expected an http(s) URL with the API version path and no "
+        "GATEWAY_UPSTREAM_BASE_URL is required (or GATEWAY_MODELS, for an engine per model): expected an http(s) URL with the API version path and no "
         "credentials, query or fragment, e.g. http://vllm:8000/v1 or "
         "http://model-runner.models.svc.cluster.local/engines/v1"
     ]
@@ -157,3 +169,145 @@ def test_unknown_gateway_variables_are_found_but_service_links_are_not():
     }
 
     assert unrecognized_variables(environ) == ["GATEWAY_API_KEY"]
+
+
+def test_models_map_each_model_to_its_engine_in_the_order_given():
+    settings = load_settings({"GATEWAY_MODELS": json.dumps({"small": SMALL_ENGINE + "/", "chat": CHAT_ENGINE})})
+
+    assert settings.routes == {"small": SMALL_ENGINE, "chat": CHAT_ENGINE}
+    assert list(settings.routes) == ["small", "chat"]  # the chat page selects the first
+    assert settings.served_models == frozenset({"small", "chat"})
+    assert settings.pass_through_base_url is None
+
+
+def test_one_upstream_and_model_is_the_one_model_route_table():
+    settings = load_settings({**UPSTREAM, "GATEWAY_MODEL": "ai/smollm2"})
+
+    assert (settings.routes, settings.pass_through_base_url) == ({"ai/smollm2": "http://vllm:8000/v1"}, None)
+
+
+def test_one_upstream_without_a_model_leaves_the_choice_to_the_model_server():
+    settings = load_settings(UPSTREAM)
+
+    assert (settings.routes, settings.pass_through_base_url, settings.served_models) == ({}, "http://vllm:8000/v1", None)
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ('{"chat":', "(it is not JSON)"),
+        (f'["{CHAT_ENGINE}"]', "(it is not a JSON object naming at least one model)"),
+        ("{}", "(it is not a JSON object naming at least one model)"),
+        (json.dumps({"chat": CHAT_ENGINE, "small": "small-engine:8000/v1"}), "(the URL of model 'small' is not"),
+        (json.dumps({"chat": CHAT_ENGINE, "small": "http://user:pw@small/v1"}), "(the URL of model 'small' is not"),
+        (json.dumps({"chat": 8000}), "(the URL of model 'chat' is not"),
+        (json.dumps({"ai/chat model": CHAT_ENGINE}), "(model id 'ai/chat model' is empty or has a space or comma)"),
+        (json.dumps({"a,b": CHAT_ENGINE}), "(model id 'a,b' is empty or has a space or comma)"),
+        (json.dumps({"": CHAT_ENGINE}), "(model id '' is empty or has a space or comma)"),
+        (f'{{"chat": "{CHAT_ENGINE}", "chat": "{SMALL_ENGINE}"}}', "(model 'chat' is listed twice)"),
+    ],
+)
+def test_invalid_models_are_one_line_saying_what_is_wrong(value, detail):
+    [problem] = problems_of({"GATEWAY_MODELS": value})
+
+    assert problem.startswith(f"GATEWAY_MODELS={value!r} is invalid: expected a JSON object mapping each model id")
+    assert detail in problem
+
+
+@pytest.mark.parametrize("other", ["GATEWAY_UPSTREAM_BASE_URL", "GATEWAY_MODEL"])
+def test_models_exclude_the_single_upstream_settings(other):
+    assert problems_of({**MODELS, other: "http://vllm:8000/v1"}) == [
+        f"GATEWAY_MODELS and {other} are both set: GATEWAY_MODELS names every model and its engine"
+    ]
+
+
+def test_a_model_id_has_no_spaces_or_commas():
+    [problem] = problems_of({**UPSTREAM, "GATEWAY_MODEL": "model-a,model-b"})
+
+    assert problem == "GATEWAY_MODEL='model-a,model-b' is invalid: expected a model id without spaces or commas"
+
+
+def test_keys_are_comma_separated_or_one_per_line_and_may_be_limited_to_models():
+    text = "key-one,key-two\n\n  key-three  \nchat-key chat,small\nsmall-key\tsmall\n"
+
+    assert parse_api_keys(text) == {
+        "key-one": None,
+        "key-two": None,
+        "key-three": None,
+        "chat-key": frozenset({"chat", "small"}),
+        "small-key": frozenset({"small"}),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        (f"key-one\n{SECRET_KEY} chat small", "line 2 has 3 fields"),
+        (f"{SECRET_KEY} chat, small", "line 1 has 3 fields"),
+        (f"key-one,{SECRET_KEY} chat", "line 1: the key before the space has a comma"),
+        # With a space after the comma, keys would read as a key limited to a model: refused, not guessed.
+        (f"key-one, {SECRET_KEY}", "line 1: the key before the space has a comma"),
+        (f"{SECRET_KEY} ,", "line 1: a key limited to models names at least one"),
+        (f"{SECRET_KEY}\u00e9", "line 1: a key has a character other than visible ASCII"),
+        (f"{SECRET_KEY} chat\n{SECRET_KEY} small", "line 2: a key listed before is listed again with other models"),
+        (f"{SECRET_KEY}\n{SECRET_KEY} small", "line 2: a key listed before is listed again with other models"),
+        (",\n\n", "it holds no key"),
+    ],
+)
+def test_invalid_keys_are_explained_without_key_material(text, detail):
+    with pytest.raises(ValueError) as raised:
+        parse_api_keys(text)
+
+    assert str(raised.value).startswith(detail)
+    assert "very-secret" not in str(raised.value)
+
+
+def test_a_key_listed_twice_alike_is_one_key():
+    assert parse_api_keys(f"{SECRET_KEY}\n{SECRET_KEY},other") == {SECRET_KEY: None, "other": None}
+
+
+def test_a_key_may_only_be_limited_to_served_models():
+    keys = parse_api_keys(f"open-key\n{SECRET_KEY} chat,vision")
+
+    check_key_scopes(keys, ["chat", "vision"])
+    with pytest.raises(ValueError) as unserved:
+        check_key_scopes(keys, ["chat"])
+    with pytest.raises(ValueError) as unnamed:
+        check_key_scopes(keys, None)
+
+    assert str(unserved.value) == "a key is limited to model 'vision', which the gateway does not serve ('chat')"
+    assert "needs GATEWAY_MODEL or GATEWAY_MODELS" in str(unnamed.value)
+    check_key_scopes(parse_api_keys("open-key"), None)  # unlimited keys need no list of models
+
+
+@pytest.mark.parametrize("source", ["GATEWAY_API_KEYS", "GATEWAY_API_KEYS_FILE"])
+def test_a_key_limited_to_a_model_the_gateway_does_not_serve_stops_the_start(source, tmp_path):
+    keys = f"open-key\n{SECRET_KEY} ai/smollm2:360M-Q4_K_M,ai/llama3.2"
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(keys)
+
+    [problem] = problems_of({**MODELS, source: str(keys_file) if source.endswith("FILE") else keys})
+
+    assert problem.startswith(f"{source}: a key is limited to model 'ai/llama3.2', which the gateway does not serve")
+    assert "very-secret" not in problem
+
+
+def test_a_key_limited_to_models_needs_the_served_models_named():
+    [problem] = problems_of({**UPSTREAM, "GATEWAY_API_KEYS": f"{SECRET_KEY} ai/smollm2"})
+
+    assert problem.startswith("GATEWAY_API_KEYS: a key is limited to models, which needs GATEWAY_MODEL")
+
+
+def test_invalid_keys_are_reported_with_the_line_but_not_the_keys(tmp_path):
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(f"open-key\n{SECRET_KEY} chat small\n")
+
+    [inline] = problems_of({**MODELS, "GATEWAY_API_KEYS": f"open-key\n{SECRET_KEY} chat small"})
+    [from_file] = problems_of({**MODELS, "GATEWAY_API_KEYS_FILE": str(keys_file)})
+
+    assert inline.startswith("GATEWAY_API_KEYS=(value hidden) is invalid: expected lines of comma-separated keys")
+    assert inline.endswith("(line 2 has 3 fields: expected comma-separated keys, or one key and the comma-separated "
+                           "models it may use)")
+    assert from_file.startswith(f"GATEWAY_API_KEYS_FILE={str(keys_file)!r} is invalid: expected the path of a")
+    assert "(line 2 has 3 fields" in from_file
+    assert "very-secret" not in inline + from_file
