@@ -14,7 +14,9 @@ modules' go.mod replaces its sibling modules with relative paths, which `go inst
   `k8s.io/*` v0.X.Y twins) at the Kubernetes version the stacks pin, and etcd at the release that version is
   tested with (`build/dependencies.yaml` of that Kubernetes module);
 - cosign (`github.com/sigstore/cosign/v2`), which signs and verifies images and their attestations: the engine
-  lane signs with it, and a stack with `images.signing` runs it after every push.
+  lane signs with it, and a stack with `images.signing` runs it after every push;
+- syft (`github.com/anchore/syft`), which writes the SPDX SBOM that a stack with `images.signing.attestations.sbom`
+  attests for every pushed image, reading the image from its registry.
 
 Everything is cached by version under ~/.cache/model-stack-toolchain (override: MODEL_STACK_TOOLCHAIN); a second
 run builds nothing. A plugin whose module the Go module proxy does not serve is reported, not faked: the lane
@@ -48,6 +50,9 @@ KUBERNETES_VERSION = "1.32.9"
 # The cosign release the stack's signing commands are written against (its v2 flags: --tlog-upload,
 # --insecure-ignore-tlog, --allow-insecure-registry).
 COSIGN_VERSION = "v2.6.1"
+
+# The syft release whose `scan registry:<image>` and SYFT_REGISTRY_* settings the attestation script uses.
+SYFT_VERSION = "v1.57.1"
 
 # Provider modules are tagged at the repository root only, so the proxy knows their provider/ module by
 # pseudo-version (commit time and hash of the release tag), not by release number.
@@ -226,6 +231,10 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
     plan.append(GoBuild(
         "cosign", "github.com/sigstore/cosign/v2", COSIGN_VERSION, {"cosign": "./cmd/cosign"},
         sibling_version=COSIGN_VERSION, ldflags=f"-X sigs.k8s.io/release-utils/version.gitVersion={COSIGN_VERSION}",
+    ))
+    plan.append(GoBuild(
+        "syft", "github.com/anchore/syft", SYFT_VERSION, {"syft": "./cmd/syft"},
+        sibling_version=SYFT_VERSION, ldflags=f"-X main.version={SYFT_VERSION.lstrip('v')}",
     ))
     return plan, plugins, missing
 

@@ -7,6 +7,7 @@ what Pulumi infers the package schema from. EksCluster is left out: it needs the
 from .container_service import ContainerService
 from .gateway import Gateway
 from .image import Image
+from .image_attestation import ImageAttestation
 from .image_mirror import ImageMirror
 from .image_signature import ImageSignature
 from .kind_cluster import KindCluster
@@ -20,5 +21,5 @@ from .signed_images_policy import SignedImagesPolicy
 PACKAGE_NAME = "model-stack"
 COMPONENTS = [
     ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KnativeServing, KindCluster,
-    LocalRegistry, ContainerService, ImageSignature, SignedImagesPolicy,
+    LocalRegistry, ContainerService, ImageSignature, ImageAttestation, SignedImagesPolicy,
 ]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import pulumi
 
 from components.image import Image, RegistryLoginArgs
+from components.image_attestation import ImageAttestation, ImageAttestationArgs
 from components.image_mirror import ImageMirror, ImageMirrorArgs
 from components.image_signature import ImageSignature, ImageSignatureArgs
 from components.image_rewrite import (
@@ -20,6 +24,7 @@ from components.registry_credentials import RegistryCredentials
 from .cluster import ClusterHandle
 from .config import StackConfig
 from .config.base import ImageReference
+from .config.images import PROJECT_ROOT, GatewayBuildConfig
 from .config.secrets import StackSecrets
 
 if TYPE_CHECKING:
@@ -27,6 +32,10 @@ if TYPE_CHECKING:
 
 PULL_SECRET_NAME = "registry-pull"
 BUILD_CACHE_TAG = "buildcache"
+# What the gateway build's provenance names: the build type defines its `externalParameters` (images.gatewayBuild's
+# settings as built), the builder is this project's `pulumi up` with pulumi-docker-build driving BuildKit.
+PROVENANCE_BUILD_TYPE = "urn:model-stack:gateway-build:v1"
+PROVENANCE_BUILDER = "urn:model-stack:pulumi-up"
 
 
 @dataclass(frozen=True)
@@ -109,12 +118,31 @@ def publish_images(
 
     ready: list[pulumi.Resource] = []
 
-    def publish(name: str, pushed: pulumi.Resource, ref: pulumi.Output[str]) -> None:
+    def publish(
+        name: str, pushed: pulumi.Resource, ref: pulumi.Output[str], provenance: Optional[Callable[[], dict]] = None,
+    ) -> None:
         """Workloads wait for the push and, when images are signed, for the signature too: an admission policy
-        that verifies signatures would otherwise reject a pod that raced it."""
+        that verifies signatures would otherwise reject a pod that raced it. Attestations follow the signature;
+        nothing at admission reads them, so nothing waits for them. `provenance` writes the build's provenance
+        predicate (asked only when it is attested: it reads git)."""
         ready.append(pushed)
-        if images.signing.enabled:
-            ready.append(_sign(name, ref, images.signing.tlog_upload, secrets, login, pushed))
+        signing = images.signing
+        if not signing.enabled:
+            return
+        assert secrets.cosign_private_key is not None  # StackSecrets.problems requires it when signing is enabled
+        args: ImageSignatureArgs = {"image": ref, "private_key": secrets.cosign_private_key,
+                                    "tlog_upload": signing.tlog_upload}
+        if secrets.cosign_password is not None:
+            args["password"] = secrets.cosign_password
+        if login is not None:
+            args["registry_login"] = login
+        signature = ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(depends_on=[pushed]))
+        ready.append(signature)
+        attestation: ImageAttestationArgs = {"signature": args, "sbom": signing.attestations.sbom}
+        if signing.attestations.provenance and provenance is not None:
+            attestation["provenance"] = json.dumps(provenance())
+        if attestation["sbom"] or "provenance" in attestation:
+            ImageAttestation(f"{name}-attestation", attestation, opts=pulumi.ResourceOptions(depends_on=[signature]))
 
     for source, (repository, suffix) in mirrors.items():
         name = _resource_name("mirror", canonical_repository(split_reference(source)[0]))
@@ -126,6 +154,7 @@ def publish_images(
             signer = images.publisher_signatures[publisher]
             mirror_args["publisher_signature"] = {"identity": signer.identity, "issuer": signer.issuer}
         mirror = ImageMirror(name, mirror_args, opts=pulumi.ResourceOptions(depends_on=push_after))
+        # An SBOM only: the copy's provenance is its publisher's build, of which this stack knows nothing.
         publish(name, mirror, mirror.ref)
 
     gateway_image: pulumi.Output[str]
@@ -160,7 +189,7 @@ def publish_images(
             },
             opts=pulumi.ResourceOptions(depends_on=push_after),
         )
-        publish("gateway", image, image.ref)
+        publish("gateway", image, image.ref, lambda: _gateway_provenance(build, build_args))
         gateway_image = image.ref
 
     pull_credentials = None
@@ -169,17 +198,52 @@ def publish_images(
     return ImageHandle(rewrite_rules=rules, gateway_image=gateway_image, ready=ready, pull_credentials=pull_credentials)
 
 
-def _sign(
-    name: str, ref: pulumi.Output[str], tlog_upload: bool, secrets: StackSecrets, login: Optional[RegistryLoginArgs],
-    pushed: pulumi.Resource,
-) -> ImageSignature:
-    assert secrets.cosign_private_key is not None  # StackSecrets.problems requires it when signing is enabled
-    args: ImageSignatureArgs = {"image": ref, "private_key": secrets.cosign_private_key, "tlog_upload": tlog_upload}
-    if secrets.cosign_password is not None:
-        args["password"] = secrets.cosign_password
-    if login is not None:
-        args["registry_login"] = login
-    return ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(depends_on=[pushed]))
+def _gateway_provenance(build: GatewayBuildConfig, build_args: dict[str, str]) -> dict:
+    """SLSA provenance v1 predicate of the gateway build: what the stack asked BuildKit for and the source it built
+    from. No timestamps or invocation ids: the predicate is an input, and it must be the same on every run."""
+    dockerfile = str(PurePosixPath(build.context, build.dockerfile or "Dockerfile"))
+    external_parameters = {
+        "context": build.context,
+        "dockerfile": dockerfile,
+        "target": build.target,
+        # Config values, never secrets: the stack passes the build no secrets.
+        "buildArgs": build_args,
+        **({"platforms": list(build.platforms)} if build.platforms else {}),
+    }
+    dependencies = []
+    commit = _project_commit([build.context, dockerfile])
+    if commit is not None:
+        dependencies.append({"name": "model-stack", "digest": {"gitCommit": commit}})
+    if build.base_image is not None and ImageReference.parse(build.base_image).pinned:
+        algorithm, _, value = build.base_image.partition("@")[2].partition(":")
+        dependencies.append({"name": build.base_image, "digest": {algorithm: value}})
+    return {
+        "buildDefinition": {
+            "buildType": PROVENANCE_BUILD_TYPE,
+            "externalParameters": external_parameters,
+            "resolvedDependencies": dependencies,
+        },
+        "runDetails": {
+            "builder": {
+                "id": PROVENANCE_BUILDER,
+                "version": {package: metadata.version(package) for package in ("pulumi", "pulumi-docker-build")},
+            },
+        },
+    }
+
+
+def _project_commit(paths: list[str]) -> Optional[str]:
+    """The git commit the project is checked out at, or None where no commit names what was built: outside a git
+    checkout (an unpacked archive), or with changes under `paths` (the build's files) that are not committed."""
+    def git(*arguments: str) -> Optional[str]:
+        try:
+            result = subprocess.run(["git", *arguments], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+        except OSError:
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "HEAD")
+    return commit if commit and git("status", "--porcelain", "--", *paths) == "" else None
 
 
 def _ecr_registry(

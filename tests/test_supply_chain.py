@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from importlib import metadata
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -9,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from components.signed_images_policy import (
     CHART_REPOSITORY, CHART_VERSION, CONTROLLER_VERSION, NAMESPACE_LABEL, WEBHOOK_IMAGE,
 )
-from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config
+from harness import (
+    FAKE_SECRETS, ROOT, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config,
+)
 from schemas import policy_controller_crd_schemas, validation_errors
 
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -79,6 +85,134 @@ def test_every_mirrored_copy_is_signed_with_the_push_login():
         assert environment["TLOG_UPLOAD"] == "true"
         assert environment["REGISTRY_ADDRESS"] == ECR
         assert isinstance(environment["REGISTRY_PASSWORD"], Secret)
+
+
+# --- attestations ----------------------------------------------------------------------------------------------
+
+def attestations(evaluation: Evaluation) -> dict[str, dict]:
+    """The inputs of every `cosign attest` command, by resource name."""
+    return {
+        command.name: command.inputs
+        for command in evaluation.of_type("command:local:Command")
+        if "cosign attest" in command.inputs["create"]
+    }
+
+
+def committed_source(*paths: str) -> list[dict]:
+    """The project's git commit as the provenance names it: only while `paths` have no uncommitted changes."""
+    def git(*arguments: str) -> str:
+        return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    if git("status", "--porcelain", "--", *paths):
+        return []
+    return [{"name": "model-stack", "digest": {"gitCommit": git("rev-parse", "HEAD")}}]
+
+
+def test_the_gateway_build_gets_an_sbom_and_a_provenance_after_its_signature_by_digest():
+    evaluation = evaluate("dev", set=SIGNING, secrets=SIGNING_SECRETS)
+    attested = attestations(evaluation)
+    assert set(attested) == {"gateway-attestation-sbom", "gateway-attestation-provenance"}
+    signed = signatures(evaluation)["gateway-signature"]
+    for inputs in attested.values():
+        environment = inputs["environment"]
+        # The same digest-pinned reference the signature covers, the same key, only in the environment.
+        assert environment["IMAGE"] == signed["environment"]["IMAGE"]
+        assert environment["IMAGE"].startswith("localhost:5001/model-gateway:dev@sha256:")
+        assert environment["COSIGN_PRIVATE_KEY"] == Secret(SIGNING_SECRETS["cosignPrivateKey"])
+        assert environment["COSIGN_PASSWORD"] == Secret(SIGNING_SECRETS["cosignPassword"])
+        assert environment["TLOG_UPLOAD"] == "false"
+        assert "cosign attest --key env://COSIGN_PRIVATE_KEY" in inputs["create"] and '"$IMAGE"' in inputs["create"]
+        assert SIGNING_SECRETS["cosignPrivateKey"] not in inputs["create"]
+        assert inputs["triggers"] == signed["triggers"]
+    assert "--type spdxjson" in attested["gateway-attestation-sbom"]["create"]
+    assert 'syft scan "registry:$IMAGE"' in attested["gateway-attestation-sbom"]["create"]
+    assert "--type slsaprovenance1" in attested["gateway-attestation-provenance"]["create"]
+
+    sbom = evaluation.one("command:local:Command", "gateway-attestation-sbom")
+    provenance = evaluation.one("command:local:Command", "gateway-attestation-provenance")
+    signature = evaluation.one("command:local:Command", "gateway-signature")
+    assert signature.urn in sbom.dependencies
+    # cosign rewrites the image's one attestation manifest: the second waits for the first.
+    assert sbom.urn in provenance.dependencies
+    assert sbom.ignore_changes == provenance.ignore_changes == ["environment"]
+    # Workloads wait for the signature, not for attestations nothing at admission reads.
+    gateway = evaluation.one("model-stack:index:Gateway")
+    assert signature.urn in gateway.dependencies and provenance.urn not in gateway.dependencies
+
+
+def test_the_provenance_names_the_build_parameters_and_the_source():
+    evaluation = evaluate("prod", set={
+        **SIGNING, "images.gatewayBuild.target": "dev", "images.gatewayBuild.buildArgs": {"PIP_INDEX": "mirror"},
+    }, secrets=SIGNING_SECRETS)
+    predicate = json.loads(attestations(evaluation)["gateway-attestation-provenance"]["environment"]["PREDICATE"])
+    base_image = stack_config("prod")["images"]["gatewayBuild"]["baseImage"]
+    assert predicate == {
+        "buildDefinition": {
+            "buildType": "urn:model-stack:gateway-build:v1",
+            "externalParameters": {
+                "context": "app",
+                "dockerfile": "app/Dockerfile",
+                "target": "dev",
+                "buildArgs": {"PIP_INDEX": "mirror", "BASE_IMAGE": base_image},
+                "platforms": ["linux/amd64"],
+            },
+            "resolvedDependencies": [
+                *committed_source("app", "app/Dockerfile"),
+                {"name": base_image, "digest": {"sha256": base_image.partition("@sha256:")[2]}},
+            ],
+        },
+        "runDetails": {"builder": {
+            "id": "urn:model-stack:pulumi-up",
+            "version": {"pulumi": metadata.version("pulumi"), "pulumi-docker-build": metadata.version("pulumi-docker-build")},
+        }},
+    }
+    assert not any(secret in json.dumps(predicate) for secret in SIGNING_SECRETS.values())
+
+
+def test_mirrored_copies_get_an_sbom_but_no_provenance():
+    evaluation = evaluate("prod", set=SIGNING, secrets=SIGNING_SECRETS)
+    attested = attestations(evaluation)
+    mirrored = {inputs["environment"]["IMAGE"] for name, inputs in attested.items() if name.startswith("mirror-")}
+    signed = {inputs["environment"]["IMAGE"] for name, inputs in signatures(evaluation).items() if name.startswith("mirror-")}
+    assert mirrored == signed and mirrored
+    assert {name.rpartition("-")[2] for name in attested if name.startswith("mirror-")} == {"sbom"}
+    for name, inputs in attested.items():
+        if name.startswith("mirror-"):
+            assert inputs["environment"]["REGISTRY_ADDRESS"] == ECR
+            assert isinstance(inputs["environment"]["REGISTRY_PASSWORD"], Secret)
+            assert "PREDICATE" not in inputs["environment"]
+
+
+@pytest.mark.parametrize("off,left", [
+    ({"images.signing.attestations.sbom": False, "images.signing.attestations.provenance": False}, set()),
+    ({"images.signing.attestations.sbom": False}, {"gateway-attestation-provenance"}),
+    ({"images.signing.attestations.provenance": False}, {"gateway-attestation-sbom"}),
+])
+def test_attestations_turned_off_are_not_made(off, left):
+    evaluation = evaluate("dev", set={**SIGNING, **off}, secrets=SIGNING_SECRETS)
+    assert set(attestations(evaluation)) == left
+    assert set(signatures(evaluation)) == {"gateway-signature"}
+    if not left:
+        assert evaluation.of_type("model-stack:index:ImageAttestation") == []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_nothing_is_attested_unless_signing_is_enabled(stack):
+    assert attestations(evaluate(stack)) == {}
+
+
+@pytest.mark.parametrize("kind", ["sbom", "provenance"])
+def test_an_attestation_asked_for_without_signing_is_refused(kind):
+    assert_rejected("dev", {f"images.signing.attestations.{kind}": True},
+                    f"images.signing.attestations.{kind}", "needs images.signing.enabled: true")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"images.signing.attestations.sbom": False, "images.signing.attestations.provenance": False},
+    {**SIGNING, "images.signing.attestations.sbom": True, "images.signing.attestations.provenance": True},
+])
+def test_attestations_switched_off_without_signing_or_on_with_it_are_accepted(overrides):
+    evaluate("dev", set=overrides, secrets=SIGNING_SECRETS)
 
 
 def test_signing_needs_the_private_key():

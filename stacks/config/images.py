@@ -88,16 +88,40 @@ class PublisherSignature(Section):
     """The OIDC issuer of `identity`."""
 
 
+class AttestationsConfig(Section):
+    sbom: bool = True
+    """Attest an SPDX JSON SBOM of the gateway build and of every mirrored copy, which `syft` writes from the
+    pushed image (`pulumi up` then needs `syft` on its PATH too)."""
+
+    provenance: bool = True
+    """Attest a SLSA provenance v1 of the gateway build: its context, Dockerfile, target, build args, platforms,
+    base image and the project's git commit. Mirrored copies get none: their build is their publisher's."""
+
+
 class SigningConfig(Section):
     enabled: bool = False
     """Sign the gateway build and every mirrored copy with cosign right after the push, by digest, with the key
-    in the `cosignPrivateKey` secret (its password: `cosignPassword`). `pulumi up` then needs `cosign` on its
-    PATH and write access to the registry, where the signature is stored beside the image."""
+    in the `cosignPrivateKey` secret (its password: `cosignPassword`), and attest them (`attestations`).
+    `pulumi up` then needs `cosign` (and `syft` for SBOMs) on its PATH and write access to the registry, where
+    signatures and attestations are stored beside the image."""
 
     tlog_upload: bool = False
-    """Also record each signature in the transparency log (Rekor; cosign's default is the public instance).
-    Off by default: the public log would publish the name and digest of every private image, and the admission
-    policy verifies with the public keys alone."""
+    """Also record each signature and attestation in the transparency log (Rekor; cosign's default is the public
+    instance). Off by default: the public log would publish the name and digest of every private image, and the
+    admission policy verifies with the public keys alone."""
+
+    attestations: AttestationsConfig = AttestationsConfig()
+    """Signed in-toto attestations stored beside each signed image (`cosign verify-attestation` checks them), made
+    only while `enabled` is true (asking for one with signing off is refused)."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        if self.enabled:
+            return
+        for name in self.attestations.model_fields_set:
+            if getattr(self.attestations, name):
+                key = join_keys(path, f"attestations.{AttestationsConfig.model_fields[name].alias}")
+                yield Problem(key, "needs images.signing.enabled: true (attestations are signed with the signing "
+                                   "key); enable signing, or set it to false or remove it", True)
 
 
 class VerificationConfig(Section):
