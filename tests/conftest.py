@@ -7,6 +7,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# Tests that use what this machine has only once (the Docker engine and its registry, the engine lane's control
+# plane, the browser) run one after another on one pytest-xdist worker; the mocks tests spread over the others.
+MACHINE_MARKERS = ("engine", "docker", "browser")
+
+
+@pytest.hookimpl(trylast=True)  # after tests/engine/conftest.py has marked its tests
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.get_closest_marker(marker) for marker in MACHINE_MARKERS):
+            item.add_marker(pytest.mark.xdist_group("this-machine"))
 
 
 @pytest.fixture(scope="session")

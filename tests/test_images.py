@@ -190,7 +190,8 @@ def test_ecr_pushes_with_a_token_from_aws_that_changes_nothing_when_it_changes()
     # AWS hands out a new 12-hour token on every run (the mocks do too); no stored secret is involved.
     first, second = evaluate("prod"), evaluate("prod")
     pushes = ("docker-build:index:Index", "docker-build:index:Image")
-    for before, after in [pair for kind in pushes for pair in zip(first.of_type(kind), second.of_type(kind))]:
+    pairs = [(before, second.one(kind, before.name)) for kind in pushes for before in first.of_type(kind)]
+    for before, after in pairs:
         logins = before.inputs.get("registries") or [before.inputs["registry"]]
         for login in logins:
             assert (login["address"], login["username"]) == (ECR, "AWS")

@@ -159,3 +159,27 @@ def test_every_problem_of_several_models_is_reported_at_once():
     assert [problem.key for problem in error.problems] == [
         "models.embed.model", "models.embed.scaling.minReplicas", "models.chat.cache.protect"]
     assert evaluation.resources == []
+
+
+# --- API keys limited to models -------------------------------------------------------------------------------
+
+SCOPED_KEYS = "team-key-0123\nbatch-key-4567 ai/smollm2:135M-Q4_K_M"
+
+
+def test_a_key_limited_to_a_served_model_reaches_the_gateway_as_written():
+    evaluation = evaluate("dev", set={"gateway.image": GATEWAY_IMAGE}, secrets={"gatewayApiKeys": SCOPED_KEYS})
+    secret = evaluation.one("kubernetes:core/v1:Secret", "gateway-api-keys")
+    assert unwrap(secret.inputs["stringData"]) == {"GATEWAY_API_KEYS": SCOPED_KEYS}
+
+
+@pytest.mark.parametrize("keys,text", [
+    ("team-key-0123\nbatch-key-4567 ai/smollm2:1.7B", "model 'ai/smollm2:1.7B', which the stack does not serve"),
+    ("team-key-0123 ai/smollm2:135M-Q4_K_M extra", "line 1 has 3 fields"),
+    ("team-key-0123, other-key", "line 1 has 2 fields" ),
+    ("", "holds no key"),
+], ids=["unserved-model", "three-fields", "space-after-comma", "empty"])
+def test_a_keys_text_the_gateway_would_refuse_is_a_config_error_that_never_shows_a_key(keys, text):
+    error, evaluation = evaluate_failure("dev", set={"gateway.image": GATEWAY_IMAGE}, secrets={"gatewayApiKeys": keys})
+    (problem,) = error.problems
+    assert problem.key == "gatewayApiKeys" and text in problem.message
+    assert "team-key" not in str(error) and "batch-key" not in str(error) and evaluation.resources == []

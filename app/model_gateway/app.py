@@ -36,6 +36,8 @@ log = logging.getLogger("model_gateway")
 RELAYED_ROUTES = {
     "/v1/chat/completions": "/chat/completions",
     "/v1/completions": "/completions",
+    # Embedding models (llama.cpp with --embeddings, vLLM's pooling models, Ollama) answer here.
+    "/v1/embeddings": "/embeddings",
 }
 MODELS_ROUTE = "/v1/models"
 _MODELS_UPSTREAM_PATH = "/models"

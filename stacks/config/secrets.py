@@ -6,7 +6,12 @@ read with `get_secret`, so it stays an encrypted Pulumi secret wherever it flows
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import pulumi
@@ -25,7 +30,8 @@ class StackSecrets:
     """Hugging Face token for gated or private models (`hfToken`)."""
 
     gateway_api_keys: Optional[pulumi.Output[str]] = None
-    """Comma-separated API keys the gateway accepts (`gatewayApiKeys`); unset disables gateway auth."""
+    """API keys the gateway accepts (`gatewayApiKeys`), comma- or newline-separated; a line `<key> <model>,<model>`
+    limits that key to those models (their `model` ids; others are answered 403). Unset disables gateway auth."""
 
     registry_push_password: Optional[pulumi.Output[str]] = None
     """Password or token for pushing built and mirrored images (`registryPushPassword`)."""
@@ -56,6 +62,8 @@ class StackSecrets:
             yield Problem("registryPullPassword", f"is required: images.registry.pullUsername is {registry.pull_username!r}")
         if config.images.signing.enabled and self.cosign_private_key is None:
             yield Problem("cosignPrivateKey", "is required: images.signing.enabled is true")
+        if self.gateway_api_keys is not None:
+            yield from _api_key_problems(_plaintext("gatewayApiKeys"), [model.config.model for model in config.served_models])
         cluster = config.cluster
         if config.runtime == "kubernetes" and cluster.provider == "existing":
             sources = {
@@ -72,9 +80,42 @@ class StackSecrets:
                     ", ".join(given) or "none",
                 )
             elif self.kubeconfig is not None:
-                # The secret's plaintext, read where the program reads config (get() would warn that it is secret).
-                text = runtime_config.get_config(f"{pulumi.get_project()}:kubeconfig") or ""
-                yield from kubeconfig_problems(text, "kubeconfig", None, cluster.existing.context, "cluster.existing.context")
+                yield from kubeconfig_problems(_plaintext("kubeconfig"), "kubeconfig", None, cluster.existing.context,
+                                               "cluster.existing.context")
+
+
+def _plaintext(key: str) -> str:
+    """A secret's plaintext, read where the program reads config (get() would warn that it is secret)."""
+    return runtime_config.get_config(f"{pulumi.get_project()}:{key}") or ""
+
+
+def _api_key_problems(text: str, served_models: list[str]) -> Iterator[Problem]:
+    """What the gateway would refuse at startup in the keys text: its grammar, and keys limited to models the stack
+    does not serve. The messages never quote a key."""
+    settings = _gateway_settings()
+    try:
+        keys = settings.parse_api_keys(text)
+    except ValueError as error:
+        yield Problem("gatewayApiKeys", f"{error} (expected comma-separated keys, or lines of one key, a space and the "
+                                        "comma-separated model ids it may use)")
+        return
+    try:
+        settings.check_key_scopes(keys, served_models)
+    except ValueError as error:
+        yield Problem("gatewayApiKeys", str(error).replace("the gateway does not serve", "the stack does not serve"))
+
+
+@cache
+def _gateway_settings() -> ModuleType:
+    """The gateway's own settings module (standard library only), so the stack refuses exactly the keys text the
+    gateway would; loaded from app/, which is the gateway image's source, not a package of this project."""
+    path = Path(__file__).resolve().parents[2] / "app" / "model_gateway" / "settings.py"
+    spec = importlib.util.spec_from_file_location("model_gateway_settings", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 def _camel(name: str) -> str:

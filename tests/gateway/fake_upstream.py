@@ -93,6 +93,7 @@ class FakeUpstream:
                     Route("/v1/models", self._models, methods=["GET"]),
                     Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
                     Route("/v1/completions", self._completions, methods=["POST"]),
+                    Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 ]
             )
         )
@@ -132,6 +133,19 @@ class FakeUpstream:
 
     async def _completions(self, request: Request) -> Response:
         return await self._complete(request, chat=False)
+
+    async def _embeddings(self, request: Request) -> Response:
+        """One vector per input, as llama.cpp's embedding mode answers: usage without completion tokens."""
+        payload = json.loads(await self._record(request))
+        inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
+        tokens = sum(len(text.split()) for text in inputs)
+        return JSONResponse({
+            "object": "list",
+            "model": self.behaviour.models[0],
+            "data": [{"object": "embedding", "index": index, "embedding": [float(len(text)), 0.5, -0.5]}
+                     for index, text in enumerate(inputs)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
 
     async def _complete(self, request: Request, chat: bool) -> Response:
         body = await self._record(request)

@@ -89,6 +89,15 @@ def test_the_openai_client_lists_and_uses_both_models(gateway_url, upstream, sec
     assert len(relayed_paths(upstream)) == len(relayed_paths(second_upstream)) == 2
 
 
+def test_embeddings_go_to_the_engine_of_their_model(gateway_url, upstream, second_upstream):
+    embedding = openai_client(gateway_url).embeddings.create(model=SECOND_MODEL, input=["one two", "three"])
+
+    assert embedding.model == SECOND_MODEL
+    assert [item.embedding[0] for item in embedding.data] == [7.0, 5.0]
+    assert embedding.usage.prompt_tokens == 3
+    assert relayed_paths(second_upstream) == ["/v1/embeddings"] and relayed_paths(upstream) == []
+
+
 def test_the_model_list_is_the_gateways_own(gateway_url, upstream, second_upstream):
     response = httpx.get(f"{gateway_url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"})
 
