@@ -221,7 +221,8 @@ def _gateway_provenance(build: GatewayBuildConfig, build_args: dict[str, str]) -
         "buildDefinition": {
             "buildType": PROVENANCE_BUILD_TYPE,
             "externalParameters": external_parameters,
-            "resolvedDependencies": dependencies,
+            # Left out when there is none, as cosign writes it back (and SLSA v1 allows).
+            **({"resolvedDependencies": dependencies} if dependencies else {}),
         },
         "runDetails": {
             "builder": {

@@ -175,7 +175,7 @@ def test_a_key_limited_to_a_served_model_reaches_the_gateway_as_written():
 @pytest.mark.parametrize("keys,text", [
     ("team-key-0123\nbatch-key-4567 ai/smollm2:1.7B", "model 'ai/smollm2:1.7B', which the stack does not serve"),
     ("team-key-0123 ai/smollm2:135M-Q4_K_M extra", "line 1 has 3 fields"),
-    ("team-key-0123, other-key", "line 1 has 2 fields" ),
+    ("team-key-0123, other-key", "the key before the space has a comma"),
     ("", "holds no key"),
 ], ids=["unserved-model", "three-fields", "space-after-comma", "empty"])
 def test_a_keys_text_the_gateway_would_refuse_is_a_config_error_that_never_shows_a_key(keys, text):

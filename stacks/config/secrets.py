@@ -96,8 +96,7 @@ def _api_key_problems(text: str, served_models: list[str]) -> Iterator[Problem]:
     try:
         keys = settings.parse_api_keys(text)
     except ValueError as error:
-        yield Problem("gatewayApiKeys", f"{error} (expected comma-separated keys, or lines of one key, a space and the "
-                                        "comma-separated model ids it may use)")
+        yield Problem("gatewayApiKeys", str(error))
         return
     try:
         settings.check_key_scopes(keys, served_models)

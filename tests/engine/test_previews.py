@@ -27,14 +27,16 @@ def policy_pack(tmp_path_factory) -> Path:
     return launcher
 
 
-def prod_on_existing_cluster(kubeconfig: Path, runner_image: str) -> dict:
+def prod_on_existing_cluster(kubeconfig: Path, chat_image: str) -> dict:
     """prod's own settings on the existing-cluster provider, with the images already in the private registry."""
     config = {key: value for key, value in stack_config("prod").items() if key != "images"}
     config["cluster"] = {"provider": "existing", "kubernetesVersion": "1.32",
                          "existing": {"kubeconfigPath": str(kubeconfig)}}
     # A namespace of its own: the lifecycle test leaves its retained model cache in `models`, on purpose.
-    config["runner"] = {**config["runner"], "namespace": "prod-models", "image": runner_image, "cache": {
-        **config["runner"]["cache"], "storageClass": "standard"}}
+    config["namespace"] = "prod-models"
+    images = {"chat": chat_image, "embed": f"{PRIVATE_REGISTRY}/mirror/ghcr.io/ggml-org/llama.cpp:server-b9935{DIGEST}"}
+    config["models"] = {name: {**model, "image": images[name], "cache": {**model["cache"], "storageClass": "standard"}}
+                        for name, model in config["models"].items()}
     config["gateway"] = {**config["gateway"], "image": f"{PRIVATE_REGISTRY}/model-stack/model-gateway:0.1.0{DIGEST}"}
     return config
 
