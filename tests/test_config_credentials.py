@@ -4,7 +4,7 @@ lands in."""
 
 import pytest
 
-from harness import ROOT, FAKE_SECRETS, Secret, assert_rejected, evaluate, evaluate_failure, unwrap
+from harness import Secret, assert_rejected, evaluate, evaluate_failure, unwrap
 
 HF_TOKEN = "hf_" + "a1B2" * 9
 OPENAI_KEY = "sk-" + "Zy9x" * 8

@@ -192,3 +192,41 @@ def test_kubernetes_stack_lifecycle(cluster, engine_stack):
     stack.up(on_output=print)
     assert kubectl(cluster, "-n", "models", "get", "pvc", "model-runner-cache")["metadata"]["uid"] == claim_uid
     stack.destroy(on_output=print)
+
+
+def test_several_models_behind_one_gateway(cluster, engine_stack):
+    """Two models, each its own engine workload, cache and policy, and the gateway routing to both: what the API
+    server holds after `up`, and a clean destroy (no cache is retained)."""
+    settings = config(cluster.kubeconfig)
+    engine = {key: value for key, value in settings.pop("runner").items() if key != "model"}
+    engine["cache"] = {**engine["cache"], "protect": False}
+    settings["namespace"] = "several-models"
+    settings["models"] = {"chat": {**engine, "model": "engine-lane/tiny-model/tiny.gguf"},
+                          "small": {**engine, "model": "engine-lane/tiny-model/tinier.gguf", "allowedNamespaces": ["batch"]}}
+    stack = engine_stack("several-models", settings, program=program)
+
+    assert stack.up(on_output=print).summary.result == "succeeded"
+
+    def get(kind: str, name: str) -> dict:
+        return kubectl(cluster, "-n", "several-models", "get", kind, name)
+
+    gateway = get("deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    routes = json.loads(next(item["value"] for item in gateway["env"] if item["name"] == "GATEWAY_MODELS"))
+    assert routes == {
+        "engine-lane/tiny-model/tiny.gguf": "http://model-runner-chat.several-models.svc.cluster.local:8080/v1",
+        "engine-lane/tiny-model/tinier.gguf": "http://model-runner-small.several-models.svc.cluster.local:8080/v1",
+    }
+    for name, namespaces in (("chat", []), ("small", ["batch"])):
+        workload = f"model-runner-{name}"
+        assert get("service", workload)["spec"]["ports"][0]["port"] == 8080
+        assert get("pvc", f"{workload}-cache")["spec"]["resources"]["requests"]["storage"] == "1Gi"
+        (rule,) = get("networkpolicy", workload)["spec"]["ingress"]
+        assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for peer in rule["from"] if "namespaceSelector" in peer] == namespaces
+    egress = get("networkpolicy", "gateway")["spec"]["egress"]
+    assert [rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for rule in egress[1:]] == [
+        "model-runner-chat", "model-runner-small"]
+
+    stack.destroy(on_output=print)
+    remaining = kubectl(cluster, "get", "namespaces")["items"]
+    assert "several-models" not in {item["metadata"]["name"] for item in remaining}
