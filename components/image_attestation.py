@@ -6,30 +6,31 @@ from typing import NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_command as command
 
-from .image_signature import REGISTRY_LOGIN, ImageSignatureArgs, cosign_environment, once_per_digest_and_key
+from .image_signature import KEY_OPTION, REGISTRY_LOGIN, ImageSignatureArgs, cosign_environment, signing_triggers
 from .options import child_options
 
 # BuildKit could record both itself, but pulumi-docker-build has no option for its attestations
-# (pulumi/pulumi-docker-build#73), so cosign attaches them after the push, signed with the image's signing key.
+# (pulumi/pulumi-docker-build#73), so cosign attaches them after the push, signed as the image is (its key, or
+# keyless).
 # syft reads the pushed image from the registry with the login REGISTRY_LOGIN wrote to the throwaway Docker config
 # (a loopback registry such as kind's localhost:5001 over plain HTTP by itself, as cosign does, so no
 # SYFT_REGISTRY_INSECURE_USE_HTTP); for a multi-platform index it describes the image of this machine's platform.
 # No update check leaves the machine. Each predicate is written beside that config and removed with it.
 SBOM_SCRIPT = REGISTRY_LOGIN + """export SYFT_CHECK_FOR_APP_UPDATE=false
 syft scan "registry:$IMAGE" --quiet -o "spdx-json=$DOCKER_CONFIG/sbom.spdx.json"
-cosign attest --key env://COSIGN_PRIVATE_KEY --type spdxjson --predicate "$DOCKER_CONFIG/sbom.spdx.json" \\
+cosign attest """ + KEY_OPTION + """ --type spdxjson --predicate "$DOCKER_CONFIG/sbom.spdx.json" \\
   --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
 """
 PROVENANCE_SCRIPT = REGISTRY_LOGIN + """printf '%s' "$PREDICATE" > "$DOCKER_CONFIG/provenance.json"
-cosign attest --key env://COSIGN_PRIVATE_KEY --type slsaprovenance1 --predicate "$DOCKER_CONFIG/provenance.json" \\
+cosign attest """ + KEY_OPTION + """ --type slsaprovenance1 --predicate "$DOCKER_CONFIG/provenance.json" \\
   --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
 """
 
 
 class ImageAttestationArgs(TypedDict):
     signature: ImageSignatureArgs
-    """The image (by digest) and how it is signed: its attestations are signed with the same key and pushed with the
-    same login."""
+    """The image (by digest) and how it is signed: its attestations are signed the same way (the same key, or
+    keyless) and pushed with the same login."""
 
     sbom: NotRequired[bool]
     """Attest an SPDX JSON SBOM of the image that syft writes from the pushed bytes (syft must be on the PATH)."""
@@ -41,7 +42,7 @@ class ImageAttestationArgs(TypedDict):
 
 class ImageAttestation(pulumi.ComponentResource):
     """Attests `image` with cosign where `pulumi up` runs (cosign, and syft for the SBOM, on its PATH), once per digest
-    and key, like its signature."""
+    (and key), like its signature."""
 
     def __init__(self, name: str, args: ImageAttestationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ImageAttestation", name, None, opts)
@@ -60,7 +61,7 @@ class ImageAttestation(pulumi.ComponentResource):
                 environment=script_environment,
                 # A provenance that changes while the digest does not (a commit that leaves the build's files alone)
                 # attests nothing new: the bytes it describes are those already attested.
-                triggers=once_per_digest_and_key(signed),
+                triggers=signing_triggers(signed),
                 # After what the component waits for (the signature), and one after the other: cosign adds an
                 # attestation by rewriting the image's one `.att` manifest, so two at once would lose one.
                 opts=pulumi.ResourceOptions.merge(

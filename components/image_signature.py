@@ -1,4 +1,5 @@
-"""A cosign signature of a pushed image, by digest, stored in the image's registry beside it."""
+"""A cosign signature of a pushed image, by digest, stored in the image's registry beside it: made with a key, or
+keyless with the OIDC identity of where `pulumi up` runs."""
 
 from typing import NotRequired, Optional, TypedDict
 
@@ -17,7 +18,12 @@ if [ -n "${REGISTRY_ADDRESS:-}" ]; then
   printf '%s' "$REGISTRY_PASSWORD" | cosign login "$REGISTRY_ADDRESS" --username "$REGISTRY_USERNAME" --password-stdin
 fi
 """
-SIGN_SCRIPT = REGISTRY_LOGIN + """cosign sign --key env://COSIGN_PRIVATE_KEY --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
+# The key option of every cosign command that signs, present only with a key in the environment. Without one cosign
+# signs keyless: it finds the ambient OIDC token itself (GitHub Actions' id-token, or SIGSTORE_ID_TOKEN; the command
+# inherits the environment of `pulumi up`), gets a short-lived certificate for it from Fulcio and, with `--yes`,
+# records the signature in Rekor without asking.
+KEY_OPTION = "${COSIGN_PRIVATE_KEY:+--key env://COSIGN_PRIVATE_KEY}"
+SIGN_SCRIPT = REGISTRY_LOGIN + """cosign sign """ + KEY_OPTION + """ --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
 """
 
 
@@ -25,29 +31,36 @@ class ImageSignatureArgs(TypedDict):
     image: pulumi.Input[str]
     """The pushed image, pinned by digest (`<repository>[:tag]@sha256:...`): the signature covers those bytes only."""
 
-    private_key: pulumi.Input[str]
-    """Cosign private key (PEM, `cosign generate-key-pair`), a Pulumi secret."""
+    private_key: NotRequired[pulumi.Input[str]]
+    """Cosign private key (PEM, `cosign generate-key-pair`), a Pulumi secret; absent to sign keyless, with the
+    OIDC identity where `pulumi up` runs (GitHub Actions' id-token, or a token in `SIGSTORE_ID_TOKEN`)."""
 
     password: NotRequired[pulumi.Input[str]]
-    """Password of the private key, a Pulumi secret; absent for a key without one."""
+    """Password of the private key, a Pulumi secret; absent for a key without one, and when keyless."""
 
     tlog_upload: NotRequired[bool]
-    """Record the signature in the transparency log (Rekor) as well (default false)."""
+    """Record the signature in the transparency log (Rekor) as well: default true when keyless, which cannot be
+    verified without it (false is refused then), false with a key."""
 
     registry_login: NotRequired[RegistryLoginArgs]
     """Push credentials of the image's registry; absent where the registry takes anonymous pushes."""
 
 
 def cosign_environment(args: ImageSignatureArgs) -> dict[str, pulumi.Input[str]]:
-    """What a script that starts with REGISTRY_LOGIN and then runs cosign with the key reads: the image, the key and
-    its password, the transparency-log setting and the registry login, secrets marked."""
+    """What a script that starts with REGISTRY_LOGIN and then runs cosign with KEY_OPTION reads: the image, the key
+    and its password (none when keyless), the transparency-log setting and the registry login, secrets marked."""
+    keyless = "private_key" not in args
+    tlog_upload = args.get("tlog_upload", keyless)
+    if keyless and not tlog_upload:
+        raise ValueError("keyless signing needs tlog_upload: its certificate expires minutes after signing, and only "
+                         "the transparency log entry shows the signature was made while it was valid")
     login = args.get("registry_login")
-    environment: dict[str, pulumi.Input[str]] = {
-        "IMAGE": args["image"],
-        "COSIGN_PRIVATE_KEY": pulumi.Output.secret(args["private_key"]),
-        "COSIGN_PASSWORD": pulumi.Output.secret(args.get("password", "")),
-        "TLOG_UPLOAD": "true" if args.get("tlog_upload", False) else "false",
-    }
+    environment: dict[str, pulumi.Input[str]] = {"IMAGE": args["image"], "TLOG_UPLOAD": "true" if tlog_upload else "false"}
+    if not keyless:
+        environment |= {
+            "COSIGN_PRIVATE_KEY": pulumi.Output.secret(args["private_key"]),
+            "COSIGN_PASSWORD": pulumi.Output.secret(args.get("password", "")),
+        }
     if login is not None:
         environment |= {
             "REGISTRY_ADDRESS": login["address"],
@@ -57,14 +70,18 @@ def cosign_environment(args: ImageSignatureArgs) -> dict[str, pulumi.Input[str]]
     return environment
 
 
-def once_per_digest_and_key(args: ImageSignatureArgs) -> list[pulumi.Input[str]]:
-    """Triggers of a cosign command: a new digest or a new key runs it again. Nothing else does: a registry token
-    that differs on every run (ECR's) must not add another signature or attestation each time."""
+def signing_triggers(args: ImageSignatureArgs) -> list[pulumi.Input[str]]:
+    """Triggers of a cosign command: a new digest, or a new key, runs it again. Nothing else does: a registry token
+    that differs on every run (ECR's) must not add another signature or attestation each time. Keyless, the digest
+    alone: each keyless signature is made with a fresh short-lived certificate, so anything from the signing itself
+    in the triggers would sign again on every run, piling up signatures and transparency log entries."""
+    if "private_key" not in args:
+        return [args["image"]]
     return [args["image"], pulumi.Output.secret(args["private_key"])]
 
 
 class ImageSignature(pulumi.ComponentResource):
-    """Signs `image` with cosign where `pulumi up` runs (cosign must be on its PATH), once per digest and key."""
+    """Signs `image` with cosign where `pulumi up` runs (cosign must be on its PATH), once per digest (and key)."""
 
     def __init__(self, name: str, args: ImageSignatureArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ImageSignature", name, None, opts)
@@ -72,7 +89,7 @@ class ImageSignature(pulumi.ComponentResource):
             name,
             create=SIGN_SCRIPT,
             environment=cosign_environment(args),
-            triggers=once_per_digest_and_key(args),
+            triggers=signing_triggers(args),
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["environment"]),
         )
         self.register_outputs({})

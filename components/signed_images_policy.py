@@ -1,6 +1,6 @@
 """Admission of only signed images: Sigstore's policy-controller from its pinned Helm chart, and one
 ClusterImagePolicy that admits an image into the selected namespaces only when one of the given cosign public keys
-verifies its signature.
+verifies its signature, or it is signed keyless by one of the given identities.
 
 policy-controller checks only namespaces labelled `policy.sigstore.dev/include: "true"` (`NAMESPACE_LABEL`): the
 namespaces to guard carry that label, and no other namespace is affected. It resolves every tag to a digest at
@@ -24,11 +24,29 @@ WEBHOOK_IMAGE = (
 CONTROLLER_NAMESPACE = "cosign-system"
 NAMESPACE_LABEL = {"policy.sigstore.dev/include": "true"}
 POLICY_NAME = "signed-images"
+# Sigstore's public Fulcio: policy-controller's default for a keyless authority, written out so that the stored
+# policy is the one the stack sent.
+FULCIO_URL = "https://fulcio.sigstore.dev"
+
+
+class KeylessIdentityArgs(TypedDict):
+    issuer: str
+    """The OIDC issuer that vouched for the signer (`https://token.actions.githubusercontent.com`)."""
+
+    subject: NotRequired[str]
+    """The signer's identity exactly (its certificate's subject); this or `subject_reg_exp`."""
+
+    subject_reg_exp: NotRequired[str]
+    """A regular expression (Go RE2, unanchored) the signer's identity matches; this or `subject`."""
 
 
 class SignedImagesPolicyArgs(TypedDict):
-    public_keys: list[str]
+    public_keys: NotRequired[list[str]]
     """Cosign public keys (PEM); an image verified by any one of them is admitted."""
+
+    keyless_identities: NotRequired[list[KeylessIdentityArgs]]
+    """Keyless signers; an image signed by any one of them is admitted. Verified against Sigstore's public Fulcio
+    and Rekor (policy-controller's default trust root, from Sigstore's TUF repository: the webhook needs egress)."""
 
     mode: str
     """`enforce` rejects an unsigned image; `warn` admits it and returns a warning."""
@@ -42,8 +60,14 @@ class SignedImagesPolicy(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: SignedImagesPolicyArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:SignedImagesPolicy", name, None, opts)
-        if not args["public_keys"]:
-            raise ValueError(f"SignedImagesPolicy {name}: at least one public key is needed")
+        public_keys = args.get("public_keys", [])
+        identities = args.get("keyless_identities", [])
+        if not public_keys and not identities:
+            raise ValueError(f"SignedImagesPolicy {name}: at least one public key or keyless identity is needed")
+        for identity in identities:
+            if ("subject" in identity) == ("subject_reg_exp" in identity):
+                raise ValueError(f"SignedImagesPolicy {name}: a keyless identity needs exactly one of subject and "
+                                 f"subject_reg_exp (issuer {identity['issuer']})")
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace", metadata={"name": CONTROLLER_NAMESPACE}, opts=pulumi.ResourceOptions(parent=self))
         repository, _, digest = args.get("webhook_image", WEBHOOK_IMAGE).partition("@")
@@ -73,12 +97,23 @@ class SignedImagesPolicy(pulumi.ComponentResource):
                 # Every image in a selected namespace, whatever its registry: an image no policy matches would
                 # otherwise fall to the controller's no-match policy instead of these keys.
                 "images": [{"glob": "**"}],
-                # No `ctlog`: the signatures are verified with the keys alone, so images signed without a
-                # transparency log entry (images.signing.tlogUpload false) are admitted.
-                "authorities": [{"name": f"key-{index}", "key": {"data": key}}
-                                for index, key in enumerate(args["public_keys"])],
+                # No `ctlog`: key signatures are verified with the keys alone, so images signed without a
+                # transparency log entry (images.signing.tlogUpload false) are admitted; keyless ones against the
+                # public Rekor's keys (policy-controller's default), with the log entry cosign stored beside them.
+                "authorities": [
+                    *({"name": f"key-{index}", "key": {"data": key}} for index, key in enumerate(public_keys)),
+                    *([{"name": "keyless", "keyless": {
+                        "url": FULCIO_URL, "identities": [_policy_identity(identity) for identity in identities],
+                    }}] if identities else []),
+                ],
                 "mode": args["mode"],
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[chart]),
         )
         self.register_outputs({})
+
+
+def _policy_identity(identity: KeylessIdentityArgs) -> dict[str, str]:
+    """`identity` as a ClusterImagePolicy's `keyless.identities` spells it (camelCase)."""
+    spelled = {"issuer": "issuer", "subject": "subject", "subject_reg_exp": "subjectRegExp"}
+    return {spelled[field]: value for field, value in identity.items()}

@@ -33,6 +33,7 @@ def admit_signed_images(config: StackConfig, cluster: ClusterHandle, images: Ima
         "signed-images",
         {
             "public_keys": verification.keys(),
+            "keyless_identities": [identity.model_dump(exclude_none=True) for identity in verification.keyless_identities],
             "mode": POLICY_MODES[verification.mode],
             "webhook_image": images.rewrite(WEBHOOK_IMAGE),
         },

@@ -129,11 +129,14 @@ def publish_images(
         signing = images.signing
         if not signing.enabled:
             return
-        assert secrets.cosign_private_key is not None  # StackSecrets.problems requires it when signing is enabled
-        args: ImageSignatureArgs = {"image": ref, "private_key": secrets.cosign_private_key,
-                                    "tlog_upload": signing.tlog_upload}
-        if secrets.cosign_password is not None:
-            args["password"] = secrets.cosign_password
+        args: ImageSignatureArgs = {"image": ref}
+        if not signing.keyless:
+            assert secrets.cosign_private_key is not None  # StackSecrets.problems requires it when signing with a key
+            args["private_key"] = secrets.cosign_private_key
+            if secrets.cosign_password is not None:
+                args["password"] = secrets.cosign_password
+        if signing.tlog_upload is not None:  # unset: ImageSignature's default, on exactly when keyless
+            args["tlog_upload"] = signing.tlog_upload
         if login is not None:
             args["registry_login"] = login
         signature = ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(depends_on=[pushed]))

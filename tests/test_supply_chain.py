@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from components.image_attestation import PROVENANCE_SCRIPT, SBOM_SCRIPT
+from components.image_signature import SIGN_SCRIPT, cosign_environment
 from components.signed_images_policy import (
-    CHART_REPOSITORY, CHART_VERSION, CONTROLLER_VERSION, NAMESPACE_LABEL, WEBHOOK_IMAGE,
+    CHART_REPOSITORY, CHART_VERSION, CONTROLLER_VERSION, NAMESPACE_LABEL, POLICY_NAME, WEBHOOK_IMAGE,
 )
 from harness import (
     FAKE_SECRETS, ROOT, Evaluation, Secret, assert_rejected, evaluate, evaluate_failure, stack_config,
@@ -25,6 +29,7 @@ SIGNING_SECRETS = {
     "cosignPassword": "cosign-password-0000",
 }
 SIGNING = {"images.signing.enabled": True}
+KEYLESS = {**SIGNING, "images.signing.keyless": True}
 
 
 def public_key_pem() -> str:
@@ -121,7 +126,8 @@ def test_the_gateway_build_gets_an_sbom_and_a_provenance_after_its_signature_by_
         assert environment["COSIGN_PRIVATE_KEY"] == Secret(SIGNING_SECRETS["cosignPrivateKey"])
         assert environment["COSIGN_PASSWORD"] == Secret(SIGNING_SECRETS["cosignPassword"])
         assert environment["TLOG_UPLOAD"] == "false"
-        assert "cosign attest --key env://COSIGN_PRIVATE_KEY" in inputs["create"] and '"$IMAGE"' in inputs["create"]
+        assert "cosign attest ${COSIGN_PRIVATE_KEY:+--key env://COSIGN_PRIVATE_KEY}" in inputs["create"]
+        assert '"$IMAGE"' in inputs["create"]
         assert SIGNING_SECRETS["cosignPrivateKey"] not in inputs["create"]
         assert inputs["triggers"] == signed["triggers"]
     assert "--type spdxjson" in attested["gateway-attestation-sbom"]["create"]
@@ -219,6 +225,114 @@ def test_signing_needs_the_private_key():
     assert_rejected("dev", SIGNING, "cosignPrivateKey", "is required: images.signing.enabled is true")
 
 
+# --- keyless signing -------------------------------------------------------------------------------------------
+
+def test_keyless_signing_and_attesting_carry_no_key_record_in_the_log_and_run_once_per_digest():
+    evaluation = evaluate("prod", set=KEYLESS)
+    signed, attested = signatures(evaluation), attestations(evaluation)
+    assert "gateway-signature" in signed and {"gateway-attestation-sbom", "gateway-attestation-provenance"} <= set(attested)
+    assert {inputs["environment"]["IMAGE"] for inputs in attested.values()} == {
+        inputs["environment"]["IMAGE"] for inputs in signed.values()}
+    for name, inputs in {**signed, **attested}.items():
+        environment = inputs["environment"]
+        assert "COSIGN_PRIVATE_KEY" not in environment and "COSIGN_PASSWORD" not in environment, name
+        assert environment["TLOG_UPLOAD"] == "true", name
+        assert "@sha256:" in environment["IMAGE"], name
+        # The digest alone: a fresh certificate on every run must not sign again.
+        assert inputs["triggers"] == [environment["IMAGE"]], name
+        assert not any(isinstance(trigger, Secret) for trigger in inputs["triggers"]), name
+        assert environment["REGISTRY_ADDRESS"] == ECR
+
+
+def fake_tools(directory: Path) -> Path:
+    """`cosign` and `syft` stand-ins that append their arguments, one per line, to `calls` in `directory`."""
+    for tool in ("cosign", "syft"):
+        script = directory / tool
+        script.write_text(f'#!/bin/sh\nprintf "{tool}" >> "{directory}/calls"\n'
+                          f'for argument in "$@"; do printf " %s" "$argument" >> "{directory}/calls"; done\n'
+                          f'echo >> "{directory}/calls"\n')
+        script.chmod(0o755)
+    return directory / "calls"
+
+
+@pytest.mark.parametrize("keyless", [True, False])
+def test_the_stack_scripts_sign_by_digest_with_the_key_only_when_there_is_one(tmp_path, keyless):
+    """The commands the sign and attest scripts run, with the environment the dev stack passes them (its local
+    registry: no login), cosign and syft replaced by stand-ins that record their arguments."""
+    evaluation = evaluate("dev", set=KEYLESS if keyless else SIGNING, secrets=None if keyless else SIGNING_SECRETS)
+    calls = fake_tools(tmp_path)
+    scripts = {"gateway-signature": SIGN_SCRIPT, "gateway-attestation-sbom": SBOM_SCRIPT,
+               "gateway-attestation-provenance": PROVENANCE_SCRIPT}
+    commands = {**signatures(evaluation), **attestations(evaluation)}
+    assert set(commands) == set(scripts)
+    for name, script in scripts.items():
+        assert commands[name]["create"] == script
+        environment = {key: value.value if isinstance(value, Secret) else value
+                       for key, value in commands[name]["environment"].items()}
+        subprocess.run(["sh", "-c", script], env={"PATH": f"{tmp_path}:{os.environ['PATH']}", **environment},
+                       check=True)
+    image = commands["gateway-signature"]["environment"]["IMAGE"]
+    assert image.startswith("localhost:5001/model-gateway:dev@sha256:")
+    key = [] if keyless else ["--key", "env://COSIGN_PRIVATE_KEY"]
+    tlog = "--tlog-upload=true" if keyless else "--tlog-upload=false"
+    # Each predicate is written to a throwaway directory: only its file name is the same on every run.
+    cosign = [[Path(argument).name if argument.startswith("/") else argument for argument in line.split(" ")]
+              for line in calls.read_text().splitlines() if line.startswith("cosign")]
+    assert cosign == [
+        ["cosign", "sign", *key, tlog, "--yes", image],
+        ["cosign", "attest", *key, "--type", "spdxjson", "--predicate", "sbom.spdx.json", tlog, "--yes", image],
+        ["cosign", "attest", *key, "--type", "slsaprovenance1", "--predicate", "provenance.json", tlog, "--yes", image],
+    ]
+
+
+def test_keyless_signing_without_the_transparency_log_is_refused_by_the_component_too():
+    with pytest.raises(ValueError, match="keyless signing needs tlog_upload"):
+        cosign_environment({"image": "registry.example/gateway@sha256:" + "0" * 64, "tlog_upload": False})
+
+
+KEYLESS_IDENTITY = {"issuer": "https://token.actions.githubusercontent.com",
+                    "subject": "https://github.com/acme/model-stack/.github/workflows/pulumi.yml@refs/heads/main"}
+GITHUB_WORKFLOWS = {"issuer": "https://token.actions.githubusercontent.com",
+                    "subjectRegExp": "^https://github[.]com/acme/model-stack/[.]github/workflows/.*@refs/heads/main$"}
+
+
+@pytest.mark.parametrize("overrides,secrets,key,text", [
+    ({**KEYLESS, "images.signing.tlogUpload": False}, None, "images.signing.tlogUpload",
+     "must be true or unset with images.signing.keyless: true"),
+    (KEYLESS, SIGNING_SECRETS, "cosignPrivateKey", "is not used with images.signing.keyless: true"),
+    (KEYLESS, SIGNING_SECRETS, "cosignPassword", "is not used with images.signing.keyless: true"),
+    ({"images.signing.keyless": True}, None, "images.signing.keyless", "needs images.signing.enabled: true"),
+    ({"images.verification.enabled": True}, None, "images.verification.enabled",
+     "needs at least one of images.verification.publicKeys and images.verification.keylessIdentities"),
+    ({"images.verification.enabled": True, "images.verification.keylessIdentities": [
+        {**KEYLESS_IDENTITY, "issuer": "token.actions.githubusercontent.com"}]},
+     None, "images.verification.keylessIdentities[0].issuer", "https://"),
+    ({"images.verification.enabled": True, "images.verification.keylessIdentities": [
+        KEYLESS_IDENTITY, {**KEYLESS_IDENTITY, "subjectRegExp": GITHUB_WORKFLOWS["subjectRegExp"]}]},
+     None, "images.verification.keylessIdentities[1]", "needs exactly one of subject and subjectRegExp (given: 'both')"),
+    ({"images.verification.enabled": True, "images.verification.keylessIdentities": [
+        {"issuer": KEYLESS_IDENTITY["issuer"]}]},
+     None, "images.verification.keylessIdentities[0]", "needs exactly one of subject and subjectRegExp (given: 'neither')"),
+    ({"images.verification.enabled": True, "images.verification.keylessIdentities": [
+        {**GITHUB_WORKFLOWS, "subjectRegExp": "^https://github.com/acme/(model-stack$"}]},
+     None, "images.verification.keylessIdentities[0].subjectRegExp", "is not a regular expression"),
+])
+def test_bad_keyless_config_is_refused(overrides, secrets, key, text):
+    assert_rejected("prod", overrides, key, text, secrets=secrets)
+
+
+@pytest.mark.parametrize("overrides,secrets", [
+    ({**KEYLESS, "images.signing.tlogUpload": True}, None),                   # keyless with the log set explicitly
+    (KEYLESS, None),                                                          # keyless, no key secret
+    ({**SIGNING, "images.signing.tlogUpload": False}, SIGNING_SECRETS),       # a key may sign without the log
+    ({"images.signing.keyless": False}, None),                                # keyless off without signing
+    ({"images.verification.enabled": True,                                    # identities instead of keys
+      "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]}, None),
+])
+def test_keyless_config_near_those_refused_is_accepted(overrides, secrets):
+    evaluate("prod", set=overrides, secrets=secrets)
+
+
 def test_the_docker_runtime_cannot_sign_or_verify():
     overrides = {**SIGNING, "images.verification.enabled": True, "images.verification.publicKeys": [public_key_pem()]}
     for key in ("images.signing.enabled", "images.verification.enabled"):
@@ -259,6 +373,48 @@ def test_prod_admission_policy_is_schema_valid_and_guards_exactly_the_model_name
         "matchExpressions": [{"key": "policy.sigstore.dev/include", "operator": "In", "values": ["true"]}]}
 
 
+def admission_policy(evaluation: Evaluation) -> dict:
+    [policy] = [obj for _, obj in evaluation.kubernetes_objects() if obj["kind"] == "ClusterImagePolicy"]
+    return policy
+
+
+def test_a_keyless_admission_policy_is_schema_valid_and_guards_exactly_the_model_namespace():
+    key = public_key_pem()
+    evaluation = evaluate("prod", set={**verifying([key]),
+                                       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]})
+    policy = admission_policy(evaluation)
+    assert validation_errors(policy, "1.32", policy_controller_crd_schemas(CONTROLLER_VERSION)) == []
+    assert policy["metadata"]["name"] == POLICY_NAME
+    assert policy["spec"]["authorities"] == [
+        {"name": "key-0", "key": {"data": key}},
+        # One authority of every identity: any one of them admits. Fulcio's public URL is policy-controller's
+        # default, written out.
+        {"name": "keyless", "keyless": {"url": "https://fulcio.sigstore.dev", "identities": [
+            KEYLESS_IDENTITY, GITHUB_WORKFLOWS]}},
+    ]
+    guarded = {obj["metadata"]["name"] for _, obj in evaluation.kubernetes_objects() if obj["kind"] == "Namespace"
+               and NAMESPACE_LABEL.items() <= obj["metadata"].get("labels", {}).items()}
+    assert guarded == {stack_config("prod").get("namespace", "models")}
+
+
+def test_identities_alone_make_an_admission_policy_without_key_authorities():
+    evaluation = evaluate("prod", set={"images.verification.enabled": True,
+                                       "images.verification.keylessIdentities": [GITHUB_WORKFLOWS]})
+    [authority] = admission_policy(evaluation)["spec"]["authorities"]
+    assert authority == {"name": "keyless", "keyless": {"url": "https://fulcio.sigstore.dev",
+                                                        "identities": [GITHUB_WORKFLOWS]}}
+
+
+def test_the_crd_schema_takes_an_identity_with_both_subjects_that_the_config_refuses():
+    """Why the config checks subject and subjectRegExp itself: the CRD's schema takes both (and neither), and only
+    policy-controller's webhook refuses them (Identity.Validate), when `pulumi up` creates the policy."""
+    policy = {"apiVersion": "policy.sigstore.dev/v1beta1", "kind": "ClusterImagePolicy", "metadata": {"name": "p"},
+              "spec": {"images": [{"glob": "**"}], "authorities": [{"name": "keyless", "keyless": {
+                  "url": "https://fulcio.sigstore.dev",
+                  "identities": [{**KEYLESS_IDENTITY, **GITHUB_WORKFLOWS}, {"issuer": KEYLESS_IDENTITY["issuer"]}]}}]}}
+    assert validation_errors(policy, "1.32", policy_controller_crd_schemas(CONTROLLER_VERSION)) == []
+
+
 def test_the_controller_image_counts_as_deployed_for_the_registry_mapping():
     """The rule that mirrors the webhook's image (prod's ghcr.io) maps a deployed image once verification is on."""
     def ghcr_warnings(overrides: dict) -> list[str]:
@@ -297,7 +453,6 @@ def test_audit_mode_warns_and_every_key_is_an_authority(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,key,text", [
-    ({"images.verification.enabled": True}, "images.verification.publicKeys", "needs at least one public key"),
     (verifying(["keys/missing.pub"]), "images.verification.publicKeys[0]", "neither a PEM public key nor a file"),
     (verifying(["README.md"]), "images.verification.publicKeys[0]", "is not a PEM public key"),
     (verifying([public_key_pem(), "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n"]),

@@ -1,5 +1,6 @@
 """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
 
+import re
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, Optional
 
@@ -23,6 +24,10 @@ RegistryPath = Annotated[
 Tag = Annotated[str, matching(r"[\w][\w.-]{0,127}", "an image tag such as 1.4.0 (letters, digits, '_', '.', '-')")]
 Username = Annotated[str, matching(r"\S+", "a user name (not empty, no spaces)")]
 Repository = Annotated[str, matching(r"[a-z0-9]+([._/-][a-z0-9]+)*", "a lowercase repository name such as model-gateway")]
+# A keyless signer, as its Fulcio certificate names it: the OIDC issuer that vouched for it and its identity (the
+# certificate's subject). Publishers' identities and those the admission policy accepts are spelled alike.
+OidcIssuer = Annotated[str, matching(r"https://\S+", "an https:// OIDC issuer URL such as https://accounts.google.com")]
+SigningIdentity = Annotated[str, matching(r"\S+", "a signing identity (an email or a URL, no spaces)")]
 
 
 class RegistryConfig(Section):
@@ -80,11 +85,11 @@ class GatewayBuildConfig(Section):
 
 
 class PublisherSignature(Section):
-    identity: Annotated[str, matching(r"\S+", "a signing identity (an email or a URL, no spaces)")]
+    identity: SigningIdentity
     """The identity the publisher signs with keyless (the certificate subject, such as
     `signer@knative-releases.iam.gserviceaccount.com`)."""
 
-    issuer: Annotated[str, matching(r"https://\S+", "an https:// OIDC issuer URL such as https://accounts.google.com")]
+    issuer: OidcIssuer
     """The OIDC issuer of `identity`."""
 
 
@@ -101,49 +106,101 @@ class AttestationsConfig(Section):
 class SigningConfig(Section):
     enabled: bool = False
     """Sign the gateway build and every mirrored copy with cosign right after the push, by digest, with the key
-    in the `cosignPrivateKey` secret (its password: `cosignPassword`), and attest them (`attestations`).
-    `pulumi up` then needs `cosign` (and `syft` for SBOMs) on its PATH and write access to the registry, where
-    signatures and attestations are stored beside the image."""
+    in the `cosignPrivateKey` secret (its password: `cosignPassword`) or keyless (`keyless`), and attest them
+    (`attestations`). `pulumi up` then needs `cosign` (and `syft` for SBOMs) on its PATH and write access to the
+    registry, where signatures and attestations are stored beside the image."""
 
-    tlog_upload: bool = False
+    keyless: bool = False
+    """Sign keyless instead of with a key: cosign gets a short-lived Fulcio certificate for the OIDC identity of
+    where `pulumi up` runs (in GitHub Actions the workflow's id-token, which needs `permissions: id-token: write`;
+    elsewhere a token in `SIGSTORE_ID_TOKEN`) and records each signature in the public Rekor log, which keyless
+    verification needs (the certificate expires minutes after signing). No `cosignPrivateKey` then (setting one
+    is refused). Verify such images with `images.verification.keylessIdentities`."""
+
+    tlog_upload: Optional[bool] = None
     """Also record each signature and attestation in the transparency log (Rekor; cosign's default is the public
-    instance). Off by default: the public log would publish the name and digest of every private image, and the
-    admission policy verifies with the public keys alone."""
+    instance). Unset: on when `keyless` (which cannot be verified without it; false is refused), off with a key,
+    since the public log would publish the name and digest of every private image and the admission policy
+    verifies key signatures with the public keys alone."""
 
     attestations: AttestationsConfig = AttestationsConfig()
     """Signed in-toto attestations stored beside each signed image (`cosign verify-attestation` checks them), made
     only while `enabled` is true (asking for one with signing off is refused)."""
 
     def check(self, path: str) -> Iterator[Problem]:
+        if self.keyless and self.tlog_upload is False:
+            yield Problem(join_keys(path, "tlogUpload"), "must be true or unset with images.signing.keyless: true "
+                          "(a keyless signature verifies only with its transparency log entry)", False)
         if self.enabled:
             return
+        if self.keyless:
+            yield Problem(join_keys(path, "keyless"), "needs images.signing.enabled: true; enable signing, or set "
+                                                      "it to false or remove it", True)
         for name in self.attestations.model_fields_set:
             if getattr(self.attestations, name):
                 key = join_keys(path, f"attestations.{AttestationsConfig.model_fields[name].alias}")
-                yield Problem(key, "needs images.signing.enabled: true (attestations are signed with the signing "
-                                   "key); enable signing, or set it to false or remove it", True)
+                yield Problem(key, "needs images.signing.enabled: true (attestations are signed like the image); "
+                                   "enable signing, or set it to false or remove it", True)
+
+
+class KeylessIdentity(Section):
+    """A keyless signer the admission policy accepts, as Sigstore's policy-controller spells it in a
+    ClusterImagePolicy's `keyless.identities`: the issuer and exactly one of `subject` and `subjectRegExp`."""
+
+    issuer: OidcIssuer
+    """The OIDC issuer that vouched for the signer (`https://token.actions.githubusercontent.com` for GitHub
+    Actions)."""
+
+    subject: Optional[SigningIdentity] = None
+    """The signer's identity exactly, as its certificate names it; for a GitHub Actions workflow
+    `https://github.com/<owner>/<repo>/.github/workflows/<file>@refs/heads/main`."""
+
+    subject_reg_exp: Optional[str] = None
+    """A regular expression (Go's RE2 syntax) the signer's identity must match instead, such as
+    `^https://github.com/acme/model-stack/.github/workflows/pulumi.yml@refs/heads/.*$`. Unanchored, as Go matches
+    it: anchor it with `^` and `$`, or any identity containing a match is admitted."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        # The CRD's schema takes both or neither; policy-controller's own validation refuses them at `pulumi up`.
+        if (self.subject is None) == (self.subject_reg_exp is None):
+            given = "both" if self.subject is not None else "neither"
+            yield Problem(path, "needs exactly one of subject and subjectRegExp", given)
+        if self.subject_reg_exp is not None:
+            try:
+                re.compile(self.subject_reg_exp)
+            except re.error as error:
+                yield Problem(join_key(path, "subjectRegExp"), f"is not a regular expression: {error}",
+                              self.subject_reg_exp)
 
 
 class VerificationConfig(Section):
     enabled: bool = False
     """Install Sigstore's policy-controller and admit into the model namespace only images signed by one of
-    `publicKeys` (every container, Knative's queue-proxy sidecar included). Other namespaces are not checked."""
+    `publicKeys` or `keylessIdentities` (every container, Knative's queue-proxy sidecar included). Other
+    namespaces are not checked."""
 
     mode: Literal["enforce", "audit"] = "enforce"
-    """`enforce` rejects a pod whose image no key verifies; `audit` admits it with a warning (the step before
-    enforcing, to see what would be rejected)."""
+    """`enforce` rejects a pod whose image no key or keyless identity verifies; `audit` admits it with a warning (the
+    step before enforcing, to see what would be rejected)."""
 
     public_keys: list[str] = []
     """Cosign public keys (PEM), each inline or as a file path relative to the project; an image signed by any
     one of them is admitted. Rotate by adding the new key, signing with it, then removing the old one."""
+
+    keyless_identities: list[KeylessIdentity] = []
+    """Keyless signers (`images.signing.keyless` and publishers that sign keyless); an image signed by any one of
+    them is admitted, beside those `publicKeys` verify. They are verified against Sigstore's public Fulcio and
+    Rekor, policy-controller's default trust root, which the webhook reads from Sigstore's TUF repository
+    (https://tuf-repo-cdn.sigstore.dev): the cluster needs egress to it."""
 
     def keys(self) -> list[str]:
         """The PEM text of every public key, files read."""
         return [text for text in map(_key_text, self.public_keys) if text is not None]
 
     def check(self, path: str) -> Iterator[Problem]:
-        if self.enabled and not self.public_keys:
-            yield Problem(join_keys(path, "publicKeys"), "needs at least one public key while enabled is true", [])
+        if self.enabled and not self.public_keys and not self.keyless_identities:
+            yield Problem(join_keys(path, "enabled"), "needs at least one of images.verification.publicKeys and "
+                                                      "images.verification.keylessIdentities (neither is set)", True)
         for index, key in enumerate(self.public_keys):
             where = join_key(join_key(path, "publicKeys"), index)
             text = _key_text(key)

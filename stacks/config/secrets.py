@@ -44,7 +44,7 @@ class StackSecrets:
 
     cosign_private_key: Optional[pulumi.Output[str]] = None
     """Cosign private key (PEM, as `cosign generate-key-pair` writes cosign.key) that signs the images the stack
-    pushes when images.signing.enabled is true (`cosignPrivateKey`)."""
+    pushes when images.signing.enabled is true, unless images.signing.keyless is (`cosignPrivateKey`)."""
 
     cosign_password: Optional[pulumi.Output[str]] = None
     """Password of `cosignPrivateKey` (`cosignPassword`); unset for a key without one."""
@@ -60,8 +60,16 @@ class StackSecrets:
             yield Problem("registryPushPassword", f"is required: images.registry.pushUsername is {registry.push_username!r}")
         if registry.pull_username and self.registry_pull_password is None:
             yield Problem("registryPullPassword", f"is required: images.registry.pullUsername is {registry.pull_username!r}")
-        if config.images.signing.enabled and self.cosign_private_key is None:
-            yield Problem("cosignPrivateKey", "is required: images.signing.enabled is true")
+        signing = config.images.signing
+        if signing.keyless:
+            # Refused rather than ignored: a key that signs nothing would suggest the images are signed with it.
+            for key, value in (("cosignPrivateKey", self.cosign_private_key), ("cosignPassword", self.cosign_password)):
+                if value is not None:
+                    yield Problem(key, "is not used with images.signing.keyless: true (cosign signs with the OIDC "
+                                       "identity where `pulumi up` runs); unset it, or sign with the key instead")
+        elif signing.enabled and self.cosign_private_key is None:
+            yield Problem("cosignPrivateKey", "is required: images.signing.enabled is true (or sign keyless: "
+                                              "images.signing.keyless: true)")
         if self.gateway_api_keys is not None:
             yield from _api_key_problems(_plaintext("gatewayApiKeys"), [model.config.model for model in config.served_models])
         cluster = config.cluster
