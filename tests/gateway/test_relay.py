@@ -311,7 +311,7 @@ def test_request_over_the_size_limit_is_refused_before_reaching_upstream(start_g
 
 
 def test_unknown_paths_and_methods_get_json_errors(client):
-    not_found = client.get("/v1/embeddings")
+    not_found = client.get("/v1/images/generations")
     wrong_method = client.get("/v1/chat/completions")
 
     assert not_found.status_code == 404

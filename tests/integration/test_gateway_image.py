@@ -249,6 +249,10 @@ def test_image_is_pushed_and_pulled_back_by_digest(prod_image):
         reference for reference in inspect(prod_image, ".RepoDigests") if reference.startswith(f"{REPOSITORY}@")
     ]
 
+    # `docker run --rm` returns when its container exits, before Docker has removed it: an image still in use
+    # cannot be removed.
+    assert eventually(lambda: not docker("ps", "--all", "--quiet", "--filter", f"ancestor={image_id}").stdout.strip(),
+                      timeout=_WAIT_SECONDS)
     docker("image", "rm", "--force", image_id)
     assert not image_exists(image_id)
     docker("pull", digest_reference)
