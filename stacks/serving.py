@@ -74,8 +74,9 @@ def serve_models(
         runner = ModelRunner(model.workload_name, runner_args, opts=workload_opts(model.config.workload))
         routes[model.config.model] = runner.url
     pulumi.export("modelRunnerUrls", routes)
-    if len(routes) == 1:
-        pulumi.export("modelRunnerUrl", runner.url)
+    if len(routes) == 1:  # the output one-model stacks have always had, which scripts may read
+        [url] = routes.values()
+        pulumi.export("modelRunnerUrl", url)
 
     gateway_config = config.gateway
     gateway_args = _gateway_args(config, images.gateway_image, routes, image_pull_secrets)
