@@ -9,7 +9,9 @@ modules' go.mod replaces its sibling modules with relative paths, which `go inst
 - the Pulumi CLI (`github.com/pulumi/pulumi/pkg/v3`, with `sdk/v3` beside it) at the version of the installed
   `pulumi` Python SDK;
 - every resource plugin whose installed Python SDK declares it (`pulumi-plugin.json`), installed with
-  `pulumi plugin install resource NAME VERSION --file BINARY`, so the engine never downloads one;
+  `pulumi plugin install resource NAME VERSION --file BINARY`, so the engine never downloads one; `docker` is not
+  pulumi-docker's own build (the proxy does not serve it) but the upstream Terraform provider bridged by our small
+  module in .ci/docker-provider (see BRIDGED_PROVIDERS);
 - kube-apiserver and kube-controller-manager (`k8s.io/kubernetes`, its staging modules taken from their published
   `k8s.io/*` v0.X.Y twins) at the Kubernetes version the stacks pin, and etcd at the release that version is
   tested with (`build/dependencies.yaml` of that Kubernetes module);
@@ -26,6 +28,8 @@ then covers what the built plugins allow (see KNOWN_UNBUILDABLE).
 from __future__ import annotations
 
 import argparse
+import filecmp
+import hashlib
 import json
 import os
 import re
@@ -66,6 +70,21 @@ PROVIDER_MODULES = {
     ),
 }
 
+# Terraform-bridged providers whose Pulumi provider module the proxy does not serve, built instead from the upstream
+# Terraform provider module that the proxy does serve, through our own small bridge module (name -> its directory,
+# the SDK versions whose schema it was checked against). What differs from the real plugin is said in that module.
+#
+# docker: pulumi-docker (github.com/pulumi/pulumi-docker/provider/v5, 403 at every version) pins upstream
+# kreuzwerker/terraform-provider-docker v4.5.0 (commit 5074970c, 403 too, as are the v4.x tags: the upstream module
+# path has no /v4); the proxy serves only the later commit 96d331c98ff4 (v4.6.0 plus two months), so the plugin is
+# that commit, unpatched, bridged with pulumi-terraform-bridge v3.137.0 (what pulumi-docker pins), its schema
+# generated here by tfgen. Against pulumi-docker 5.2.0's schema it adds upstream's newer inputs (Container
+# deviceCgroupRules, ContainerUpload owner/group; a healthcheck change replaces the container) and lacks the native
+# docker:index/image:Image, which pulumi-docker serves itself (this project builds images with docker-build).
+BRIDGED_PROVIDERS = {
+    "docker": (Path(__file__).parent / "docker-provider", {"5.2.0"}),
+}
+
 # Checked here on 2026-11-29: the Go module proxy these machines reach answers 403 "This module version is not
 # available" for every version and release-tag pseudo-version of these modules, so they cannot be built here.
 KNOWN_UNBUILDABLE = {
@@ -73,7 +92,6 @@ KNOWN_UNBUILDABLE = {
     "aws": "github.com/pulumi/pulumi-aws/provider/v7",
     "eks": "github.com/pulumi/pulumi-eks/provider",
     "command": "github.com/pulumi/pulumi-command/provider",
-    "docker": "github.com/pulumi/pulumi-docker/provider/v4",
     "docker-build": "github.com/pulumi/pulumi-docker-build/provider",
     "pulumi-language-python": "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3",
 }
@@ -95,6 +113,7 @@ class GoBuild:
     ldflags: str = ""
     generate_in: list[str] = field(default_factory=list)  # packages whose go:generate must run first
     env: dict[str, str] = field(default_factory=dict)
+    source: Path | None = None  # a module of this repository to build instead of the downloaded module@version
 
     @property
     def stamp(self) -> Path:
@@ -111,7 +130,7 @@ class GoBuild:
         with tempfile.TemporaryDirectory(prefix=f"toolchain-{self.name}-") as work:
             # Deep enough that replace targets such as ../../../../pkg stay inside the work tree.
             main = Path(work, "a", "b", "c", "d", "main")
-            copy_module(download(self.module, self.version), main)
+            copy_module(self.source or download(self.module, self.version), main)
             for old_path, target in relative_replaces(main):
                 try:
                     copy_module(download(old_path, self.sibling_version), (main / target).resolve())
@@ -171,6 +190,13 @@ def relative_replaces(module_dir: Path) -> list[tuple[str, str]]:
     ]
 
 
+def tree_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in {"schema.json", "Pulumi.yaml"}):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def sdk_plugins() -> dict[str, str]:
     """Resource plugins (name -> version) that the installed Pulumi SDK packages declare."""
     plugins = {}
@@ -201,6 +227,21 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
     plan = [cli]
     plugins, missing = {}, []
     for name, version in sorted(sdk_plugins().items()):
+        if name in BRIDGED_PROVIDERS:
+            source, checked = BRIDGED_PROVIDERS[name]
+            if version not in checked:
+                missing.append(f"{name} {version}: its bridge module {source.name} was checked against "
+                               f"{sorted(checked)}")
+                continue
+            binary = f"pulumi-resource-{name}"
+            plan.append(GoBuild(
+                # Cached by the plugin version and the bridge module's own files, so an edit there rebuilds.
+                binary, f"{source.name} (local)", f"v{version}-{tree_digest(source)}", {binary: f"./cmd/{binary}"},
+                sibling_version="", ldflags=f"-X main.version={version}", generate_in=[f"./cmd/{binary}"],
+                env={"VERSION": version}, source=source,
+            ))
+            plugins[name] = version
+            continue
         if name not in PROVIDER_MODULES:
             missing.append(f"{name} {version}: " + (
                 f"its module {KNOWN_UNBUILDABLE[name]} is not served by the Go module proxy"
@@ -278,9 +319,12 @@ def build_all() -> None:
     env = {**os.environ, **environment()}
     for name, version in plugins.items():
         installed = PULUMI_HOME / "plugins" / f"resource-{name}-v{version}"
-        if not installed.exists():
-            run(["pulumi", "plugin", "install", "resource", name, version, "--file",
-                 str(BIN / f"pulumi-resource-{name}")], env=env)
+        binary = BIN / f"pulumi-resource-{name}"
+        current = installed / binary.name
+        # A rebuilt binary at the same plugin version (a bridge module edited) replaces the installed one.
+        if not current.exists() or not filecmp.cmp(current, binary, shallow=False):
+            run(["pulumi", "plugin", "install", "resource", name, version, "--file", str(binary), "--reinstall"],
+                env=env)
         log(f"plugin {name} {version}: installed in {installed}")
     for line in missing:
         log(f"not built: {line}")
