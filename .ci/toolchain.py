@@ -314,8 +314,13 @@ def build_all() -> None:
         log(f"{build.name} {build.version}: " + (f"built in {seconds:.0f}s" if seconds else "cached"))
         for output in build.outputs():
             link = BIN / output.name
-            link.unlink(missing_ok=True)
-            link.symlink_to(output)
+            if link.is_symlink() and Path(os.readlink(link)) == output:
+                continue
+            # Swapped in atomically: an engine lane running meanwhile never finds the tool missing.
+            staged = BIN / f".{output.name}.new"
+            staged.unlink(missing_ok=True)
+            staged.symlink_to(output)
+            os.replace(staged, link)
     env = {**os.environ, **environment()}
     for name, version in plugins.items():
         installed = PULUMI_HOME / "plugins" / f"resource-{name}-v{version}"
