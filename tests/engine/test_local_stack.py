@@ -233,7 +233,7 @@ def test_the_local_stack_serves_two_llama_cpp_models_behind_one_gateway(
             # The stack pulled the pushed image and runs it by its registry digest.
             assert inspected["Config"]["Image"].startswith(f"{ENGINE_REPOSITORY}@sha256:")
             assert inspected["Image"] == image_id(engine_image)
-            assert any(mount["Name"] == f"engine-models-{suffix}-{name}" for mount in inspected["Mounts"])
+            assert any(mount.get("Name") == f"engine-models-{suffix}-{name}" for mount in inspected["Mounts"])
     finally:
         destroyed = stack.destroy(on_output=print)
         stack.workspace.remove_stack(stack.name)
