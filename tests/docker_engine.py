@@ -3,9 +3,14 @@ on 127.0.0.1:5000. Shared by the tests that build and push real images."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -14,6 +19,9 @@ import pytest
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 BASE_IMAGE = os.environ.get("GATEWAY_TEST_BASE_IMAGE", "model-stack/base:bookworm")
 REGISTRY = "127.0.0.1:5000"
+APP_DIR = Path(__file__).resolve().parents[1] / "app"
+GATEWAY_REPOSITORY = f"{REGISTRY}/model-stack/gateway"
+BUILD_TIMEOUT_SECONDS = 600
 
 
 def docker(*arguments: str, timeout: float = 120, check: bool = True, **options) -> subprocess.CompletedProcess:
@@ -58,3 +66,36 @@ def require_docker_setup() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"Docker image tests cannot run in CI: {message}")
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def build_secrets() -> Iterator[list[str]]:
+    """`--secret` arguments that give pip (or apt) inside the build what it has here: the CA bundle it trusts
+    (needed behind a TLS-intercepting proxy, harmless elsewhere) and PIP_INDEX_URL when one is set."""
+    arguments = []
+    ca_candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt")
+    ca_bundle = next((path for path in ca_candidates if path and os.path.isfile(path)), None)
+    if ca_bundle:
+        arguments += ["--secret", f"id=ca_bundle,src={ca_bundle}"]
+    with tempfile.TemporaryDirectory() as directory:
+        index_url = os.environ.get("PIP_INDEX_URL")
+        if index_url:
+            pip_config = Path(directory) / "pip.conf"
+            pip_config.write_text(f"[global]\nindex-url = {index_url}\n")
+            arguments += ["--secret", f"id=pip_config,src={pip_config}"]
+        yield arguments
+
+
+def build(context: Path, tag: str, *options: str) -> str:
+    """`docker build` of `context` as `tag` on the host network (the engine has no bridge network: pip and apt
+    reach their indexes this way), with build_secrets(); returns the tag."""
+    with build_secrets() as secrets:
+        docker("build", "--network", "host", *options, *secrets, "--tag", tag, str(context),
+               timeout=BUILD_TIMEOUT_SECONDS)
+    return tag
+
+
+def build_image(target: str, base_image: str = BASE_IMAGE) -> str:
+    """Builds app/Dockerfile's `target` (the gateway) from `base_image`, returning a tag unique to this run."""
+    tag = f"{GATEWAY_REPOSITORY}:{target}-{uuid.uuid4().hex[:12]}"
+    return build(APP_DIR, tag, "--target", target, "--build-arg", f"BASE_IMAGE={base_image}")

@@ -21,6 +21,7 @@ from pulumi import automation as auto
 
 from control_plane import ControlPlane, run_control_plane
 from harness import ROOT
+from llama_server import BUILD_SCRIPT, llama_server_directory
 
 TOOLCHAIN = ROOT / ".ci" / "toolchain.py"
 
@@ -47,6 +48,19 @@ def toolchain() -> dict[str, str]:
 def control_plane(toolchain, tmp_path_factory) -> Iterator[ControlPlane]:
     with ExitStack() as stack:
         yield run_control_plane(tmp_path_factory.mktemp("control-plane"), stack)
+
+
+@pytest.fixture(scope="session")
+def llama_server_build() -> Path:
+    """The directory .ci/llama-server built into; built here on a developer's machine when missing (about 10
+    minutes on 2 cores, once), while CI, which builds it beforehand, fails instead."""
+    directory = llama_server_directory()
+    if not (directory / "llama-server").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"llama-server is not built in {directory}: .ci/run builds it with {BUILD_SCRIPT}")
+        if subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.DEVNULL).returncode != 0:
+            pytest.fail(f"{BUILD_SCRIPT} failed (its output is above)")
+    return directory
 
 
 def run_program() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -20,14 +19,7 @@ import openai
 import pytest
 
 from harness import ROOT
-from llama_server import (
-    BUILD_SCRIPT,
-    CONTEXT_TOKENS,
-    llama_server_command,
-    llama_server_directory,
-    running,
-    write_tiny_llama,
-)
+from llama_server import CONTEXT_TOKENS, llama_server_command, running, write_tiny_llama
 
 # The gateway tests' loopback and metrics helpers, shared rather than copied.
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
@@ -44,19 +36,6 @@ ORIGIN = "http://chat.example.com"
 # Generous for a tiny model on a busy machine, short enough that a hang fails the test.
 CLIENT_TIMEOUT_SECONDS = 30
 MAX_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def llama_server_build() -> Path:
-    """The directory .ci/llama-server built into; built here on a developer's machine when missing (about 10
-    minutes on 2 cores, once), while CI, which builds it beforehand, fails instead."""
-    directory = llama_server_directory()
-    if not (directory / "llama-server").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"llama-server is not built in {directory}: .ci/run builds it with {BUILD_SCRIPT}")
-        if subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.DEVNULL).returncode != 0:
-            pytest.fail(f"{BUILD_SCRIPT} failed (its output is above)")
-    return directory
 
 
 @contextmanager

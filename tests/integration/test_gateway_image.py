@@ -10,73 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
-from docker_engine import BASE_IMAGE, REGISTRY, docker, image_exists, require_docker_setup
+from docker_engine import BASE_IMAGE, build_image, docker, image_exists, require_docker_setup
+from docker_engine import GATEWAY_REPOSITORY as REPOSITORY
 from fake_upstream import FAKE_MODEL, FakeUpstream
 from loopback import answers, eventually, free_port
 
 pytestmark = pytest.mark.docker
 
-APP_DIR = Path(__file__).resolve().parents[2] / "app"
 OFFICIAL_BASE_IMAGE = "python:3.12-slim-bookworm"
-REPOSITORY = f"{REGISTRY}/model-stack/gateway"
 API_KEY = "container-test-key"
 RUNTIME_USER = "10001:10001"
 # The image's health check runs every 15s; the test asks for every second to see the status change quickly.
 HEALTH_INTERVAL = "1s"
 _WAIT_SECONDS = 60
-_BUILD_TIMEOUT_SECONDS = 600
 
 
 @pytest.fixture(scope="module", autouse=True)
 def docker_setup() -> None:
     require_docker_setup()
-
-
-@contextlib.contextmanager
-def build_secrets() -> Iterator[list[str]]:
-    """`--secret` arguments that give pip inside the build what it has here: the CA bundle it trusts (needed
-    behind a TLS-intercepting proxy, harmless elsewhere) and PIP_INDEX_URL when one is set."""
-    arguments = []
-    ca_candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt")
-    ca_bundle = next((path for path in ca_candidates if path and os.path.isfile(path)), None)
-    if ca_bundle:
-        arguments += ["--secret", f"id=ca_bundle,src={ca_bundle}"]
-    with tempfile.TemporaryDirectory() as directory:
-        index_url = os.environ.get("PIP_INDEX_URL")
-        if index_url:
-            pip_config = Path(directory) / "pip.conf"
-            pip_config.write_text(f"[global]\nindex-url = {index_url}\n")
-            arguments += ["--secret", f"id=pip_config,src={pip_config}"]
-        yield arguments
-
-
-def build_image(target: str, base_image: str = BASE_IMAGE) -> str:
-    """Builds app/Dockerfile's `target` from `base_image`, returning a tag unique to this run."""
-    tag = f"{REPOSITORY}:{target}-{uuid.uuid4().hex[:12]}"
-    with build_secrets() as secrets:
-        # fmt: off
-        docker(
-            "build",
-            "--network", "host",  # the engine has no bridge network: pip reaches the package index this way
-            "--target", target,
-            "--build-arg", f"BASE_IMAGE={base_image}",
-            *secrets,
-            "--tag", tag,
-            str(APP_DIR),
-            timeout=_BUILD_TIMEOUT_SECONDS,
-        )
-        # fmt: on
-    return tag
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,249 @@
+"""The local stack (`runtime: docker`, Pulumi.local.yaml) on the real engine, the docker plugin and the real Docker
+engine, run by the project's own `__main__.py`: two llama.cpp models, each on an engine container of its own, behind
+one gateway container, talked to with the official `openai` client; then `pulumi destroy`.
+
+What the stack pulls is made here, with no image hub:
+- the engine image: the llama-server .ci/llama-server built, on the debootstrap base image, with curl (the model
+  pull and the health check), pushed to the local registry (tests/engine/llama_cpp_image/Dockerfile);
+- the gateway image: app/Dockerfile's `prod` target, pushed there too (`gateway.image`: the stack builds nothing);
+- the model hub: two tiny random-weight GGUF files (tests/engine/llama_server.py) served over HTTP by this process
+  as `<hub>/<owner>/<repo>/resolve/main/<file>`, which the stack's pull jobs fetch with curl.
+
+The hub listens on the host's address on a bridge network of its own that nothing else joins (made here, removed
+after): the stack's containers reach it through the host, and nothing outside this machine can.
+The stack's container names are fixed (`gateway`, `model-runner-<model>`…): a Docker engine already running
+containers of those names skips the test. Needs what .ci/docker-setup provides.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import openai
+import pytest
+from pulumi import automation as auto
+
+from docker_engine import BASE_IMAGE, REGISTRY, build, build_image, docker, require_docker_setup
+from harness import ROOT, stack_config
+from llama_server import write_tiny_llama
+
+sys.path.insert(0, str(ROOT / "tests" / "gateway"))
+from loopback import free_port  # noqa: E402
+
+pytestmark = pytest.mark.docker
+
+ENGINE_DOCKERFILE = Path(__file__).resolve().parent / "llama_cpp_image" / "Dockerfile"
+ENGINE_REPOSITORY = f"{REGISTRY}/model-stack/llama-cpp-engine"
+REPOSITORY = "engine-lane/tiny-model"
+MODELS = {"chat": f"{REPOSITORY}/tiny.gguf", "small": f"{REPOSITORY}/tinier.gguf"}
+CHAT, SMALL = MODELS["chat"], MODELS["small"]
+API_KEY = "local-stack-key"
+SCOPED_KEY = "local-stack-key-for-small"
+"""A key limited to SMALL."""
+CONTAINERS = ["gateway", *(f"model-runner-{name}{job}" for name in MODELS for job in ("", "-pull", "-cache-owner"))]
+LOAD_BUDGET_SECONDS = 30
+READY_SECONDS = 120
+CLIENT_TIMEOUT_SECONDS = 30
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def docker_setup() -> None:
+    require_docker_setup()
+    taken = [name for name in CONTAINERS if docker("inspect", name, check=False).returncode == 0]
+    if taken:
+        pytest.skip(f"containers named as the local stack's already exist on this Docker engine: {taken}")
+
+
+def image_id(reference: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", reference).stdout.strip()
+
+
+@contextmanager
+def pushed(tag: str) -> Iterator[str]:
+    """`tag` pushed to the local registry. Afterwards its references go from this engine: the tag and the digest
+    reference the stack's pull added (not the image by id, which an identical build elsewhere may share)."""
+    try:
+        docker("push", tag)
+        yield tag
+    finally:
+        repository = tag.rsplit(":", 1)[0]
+        digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", tag).stdout)
+        for reference in [tag, *(digest for digest in digests if digest.startswith(f"{repository}@"))]:
+            docker("image", "rm", reference, check=False)
+
+
+@pytest.fixture(scope="module")
+def engine_image(docker_setup, llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
+    """The llama.cpp engine image, pushed to the local registry; its reference."""
+    context = tmp_path_factory.mktemp("engine-image")
+    shutil.copy(ENGINE_DOCKERFILE, context / "Dockerfile")
+    shutil.copy(llama_server_build / "llama-server", context / "llama-server")
+    tag = build(context, f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
+    with pushed(tag):
+        yield tag
+
+
+@pytest.fixture(scope="module")
+def gateway_image(docker_setup) -> Iterator[str]:
+    """The gateway's prod image, pushed to the local registry; its reference."""
+    with pushed(build_image("prod")) as tag:
+        yield tag
+
+
+@contextmanager
+def serving(directory: Path, address: str) -> Iterator[str]:
+    """Serves `directory` over HTTP on `address` (a free port) until the block ends; yields the base URL."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
+    server = ThreadingHTTPServer((address, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{address}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def model_hub(docker_setup, llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
+    """A Hugging Face-like hub holding MODELS (other weights each), on the host address of a bridge network of its
+    own; its base URL."""
+    root = tmp_path_factory.mktemp("hub")
+    for seed, model in enumerate(MODELS.values()):
+        repository, _, filename = model.rpartition("/")
+        path = root / repository / "resolve" / "main" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tiny_llama(path, llama_server_build, seed=seed)
+    network = f"engine-hub-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", "--driver", "bridge", network)
+    try:
+        [ipam] = json.loads(docker("network", "inspect", "--format", "{{json .IPAM.Config}}", network).stdout)
+        with serving(root, ipam["Gateway"]) as url:
+            yield url
+    finally:
+        docker("network", "rm", network, check=False)
+
+
+def local_config(engine_image: str, gateway_image: str, model_hub: str, suffix: str, port: int) -> dict:
+    """Pulumi.local.yaml with its runner moved into two models served from `model_hub`, the prebuilt gateway, and
+    names and a port of this run."""
+    config = stack_config("local")
+    del config["runner"]
+    config["models"] = {
+        name: {"engine": "llama.cpp", "model": model, "image": engine_image, "modelHub": model_hub,
+               "loadBudgetSeconds": LOAD_BUDGET_SECONDS}
+        for name, model in MODELS.items()
+    }
+    config["gateway"] = {**config.get("gateway", {}), "image": gateway_image}
+    docker_settings = config["docker"]
+    docker_settings["network"] = f"engine-local-{suffix}"
+    docker_settings["cacheVolume"] = f"engine-models-{suffix}"
+    # The runners get a memory limit each; the 2-core machines of CI have 2 CPUs to share between both.
+    docker_settings["runner"] = {**docker_settings["runner"], "memory": "512m", "memorySwap": "512m", "cpus": 1}
+    docker_settings["gateway"] = {**docker_settings["gateway"], "ports": [f"127.0.0.1:{port}:8080"]}
+    return config
+
+
+def wait_ready(url: str, seconds: float = READY_SECONDS) -> dict:
+    """The gateway's /ready once it answers 200 (both engines have loaded their models)."""
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/ready", timeout=5)
+            if response.status_code == 200:
+                return response.json()
+            last = f"{response.status_code} {response.text}"
+        except httpx.HTTPError as error:
+            last = repr(error)
+        time.sleep(0.5)
+    logs = {name: docker("logs", "--tail", "20", name, check=False) for name in CONTAINERS}
+    raise AssertionError(f"the gateway was not ready within {seconds}s ({last}); logs:\n" + "\n".join(
+        f"--- {name}\n{result.stdout}{result.stderr}" for name, result in logs.items()))
+
+
+def client(base_url: str, api_key: str = API_KEY) -> openai.OpenAI:
+    # No retries: a 5xx is a defect here that must show.
+    return openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS)
+
+
+def chat(openai_client: openai.OpenAI, model: str, **fields):
+    return openai_client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say something."}], max_tokens=MAX_TOKENS,
+        temperature=0, extra_body={"cache_prompt": False}, **fields,
+    )
+
+
+def test_the_local_stack_serves_two_llama_cpp_models_behind_one_gateway(
+        engine_stack, engine_image, gateway_image, model_hub):
+    suffix = uuid.uuid4().hex[:8]
+    port = free_port()
+    config = local_config(engine_image, gateway_image, model_hub, suffix, port)
+    stack = engine_stack(f"local-{suffix}", config)
+    stack.set_config("model-stack:gatewayApiKeys",
+                     auto.ConfigValue(f"{API_KEY}\n{SCOPED_KEY} {SMALL}", secret=True))
+    volumes = [f"engine-models-{suffix}-{name}" for name in MODELS]
+    try:
+        up = stack.up(on_output=print)
+        assert up.summary.result == "succeeded"
+        base_url = up.outputs["gatewayUrl"].value
+        assert base_url == f"http://127.0.0.1:{port}/v1"
+        ready = wait_ready(base_url.removesuffix("/v1"))
+        assert ready == {"status": "ready", "models": {CHAT: {"ready": True}, SMALL: {"ready": True}}}
+
+        with client(base_url) as everyone:
+            assert sorted(model.id for model in everyone.models.list()) == sorted([CHAT, SMALL])
+            for model in (CHAT, SMALL):
+                plain = chat(everyone, model)
+                chunks = list(chat(everyone, model, stream=True))
+                # llama.cpp names the model it serves (its --alias) in every answer: this model's own engine.
+                assert plain.model == model
+                assert plain.choices[0].message.content
+                assert {chunk.model for chunk in chunks} == {model}
+                streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+                assert streamed == plain.choices[0].message.content
+            with pytest.raises(openai.NotFoundError) as not_served:
+                chat(everyone, "gpt-4o")
+            assert not_served.value.code == "model_not_found"
+
+        with client(base_url, SCOPED_KEY) as scoped:
+            with pytest.raises(openai.PermissionDeniedError) as refused:
+                chat(scoped, CHAT)
+            assert refused.value.code == "model_not_allowed"
+            assert chat(scoped, SMALL).model == SMALL
+            assert [model.id for model in scoped.models.list()] == [SMALL]
+
+        # Each engine container serves its own model from its own cache volume.
+        for name, model in MODELS.items():
+            inspected = json.loads(docker("inspect", f"model-runner-{name}").stdout)[0]
+            assert inspected["State"]["Running"] and inspected["Config"]["User"] == "10001:10001"
+            # The stack pulled the pushed image and runs it by its registry digest.
+            assert inspected["Config"]["Image"].startswith(f"{ENGINE_REPOSITORY}@sha256:")
+            assert inspected["Image"] == image_id(engine_image)
+            assert any(mount.get("Name") == f"engine-models-{suffix}-{name}" for mount in inspected["Mounts"])
+    finally:
+        destroyed = stack.destroy(on_output=print)
+        stack.workspace.remove_stack(stack.name)
+        # Retained on delete by design (the next `pulumi up` finds the models in them): removed here.
+        retained = [volume for volume in volumes if docker("volume", "inspect", volume, check=False).returncode == 0]
+        for volume in volumes:
+            docker("volume", "rm", "--force", volume, check=False)
+
+    assert destroyed.summary.result == "succeeded"
+    assert retained == volumes
+    for name in CONTAINERS:
+        assert docker("inspect", name, check=False).returncode != 0, f"{name} outlived the stack"
+    assert docker("network", "inspect", f"engine-local-{suffix}", check=False).returncode != 0
