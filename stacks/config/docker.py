@@ -362,7 +362,8 @@ class VolumeMount(Section):
     """Bind propagation (binds only)."""
 
     no_copy: bool = False
-    """Do not fill a new named volume with what the image has at the target (`nocopy`; volumes only)."""
+    """Do not fill a new named volume with what the image has at the target (`nocopy`; volumes only). Needs Docker
+    26 (API 1.45) or later: the docker provider sends volume options to no older daemon and fails instead."""
 
     selinux: Optional[Literal["z", "Z"]] = None
     """SELinux relabelling as Compose writes it (`z` shared, `Z` private). pulumi-docker's mounts cannot

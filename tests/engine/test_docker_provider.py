@@ -101,37 +101,6 @@ def test_container_service_lifecycle_on_the_real_provider(engine_stack):
     assert docker_cli("volume", "inspect", f"engine-cache-{suffix}", check=False).returncode != 0
 
 
-def test_a_no_copy_volume_needs_docker_api_1_45(engine_stack):
-    """The provider sends any `volume_options` (the project's `no_copy`) only to a daemon that speaks Docker API
-    1.45 (Docker 26) or later, and otherwise fails, whether or not a subpath is set (upstream's check, in the release
-    pulumi-docker pins as in the one built here): with an older daemon a `noCopy` volume cannot be deployed."""
-    require_docker_setup()
-    suffix = uuid.uuid4().hex[:8]
-    api = docker_cli("version", "--format", "{{.Server.APIVersion}}").stdout.strip()
-
-    def program() -> None:
-        volume = docker.Volume("cache", name=f"engine-nocopy-{suffix}")
-        ContainerService("sleeper", {
-            "image": BASE_IMAGE, "container_name": f"engine-nocopy-{suffix}", "network": "none",
-            "entrypoint": ["sleep"], "command": ["600"],
-            "mounts": [{"type": "volume", "target": "/cache", "source": f"engine-nocopy-{suffix}", "no_copy": True}],
-        }, opts=pulumi.ResourceOptions(depends_on=[volume]))
-
-    stack = engine_stack(f"nocopy-{suffix}", {}, program=program)
-    try:
-        if tuple(map(int, api.split("."))) >= (1, 45):
-            stack.up()
-            inspected = json.loads(docker_cli("inspect", f"engine-nocopy-{suffix}").stdout)[0]
-            assert inspected["HostConfig"]["Mounts"][0]["VolumeOptions"]["NoCopy"]
-        else:
-            with pytest.raises(auto.CommandError, match="Setting VolumeOptions.Subpath requires docker version 1.45"):
-                stack.up()
-    finally:
-        stack.destroy()
-        stack.workspace.remove_stack(stack.name)
-    assert docker_cli("inspect", f"engine-nocopy-{suffix}", check=False).returncode != 0
-
-
 def test_a_failed_one_shot_job_fails_the_update_with_its_output(engine_stack):
     """`run_to_completion`: the provider attaches, waits for the exit and keeps the logs, and the component fails the
     update with the exit code and the last lines the job printed."""
