@@ -91,6 +91,8 @@ class Section(BaseModel):
         frozen=True,
         validate_default=True,
         use_attribute_docstrings=True,
+        # Fields such as `model_hub` are settings, not pydantic's: older pydantic releases warn about the prefix.
+        protected_namespaces=(),
     )
 
     def __getattribute__(self, name: str) -> Any:
