@@ -28,7 +28,6 @@ then covers what the built plugins allow (see KNOWN_UNBUILDABLE).
 from __future__ import annotations
 
 import argparse
-import filecmp
 import hashlib
 import json
 import os
@@ -325,11 +324,15 @@ def build_all() -> None:
     for name, version in plugins.items():
         installed = PULUMI_HOME / "plugins" / f"resource-{name}-v{version}"
         binary = BIN / f"pulumi-resource-{name}"
-        current = installed / binary.name
-        # A rebuilt binary at the same plugin version (a bridge module edited) replaces the installed one.
-        if not current.exists() or not filecmp.cmp(current, binary, shallow=False):
+        # The build the link points to (its directory names the build's version) is what is installed: a rebuilt
+        # binary at the same plugin version (a bridge module edited) replaces the installed one, and an unchanged
+        # one costs no read of either binary.
+        build = os.readlink(binary)
+        marker = installed / ".model-stack-build"
+        if not marker.is_file() or marker.read_text() != build:
             run(["pulumi", "plugin", "install", "resource", name, version, "--file", str(binary), "--reinstall"],
                 env=env)
+            marker.write_text(build)
         log(f"plugin {name} {version}: installed in {installed}")
     for line in missing:
         log(f"not built: {line}")
