@@ -9,7 +9,7 @@ from typing import Annotated, Iterator, Literal, Optional
 import yaml
 from pydantic import Field
 
-from .base import Problem, Section, join_key, matching
+from .base import ImageRef, Problem, Section, join_key, matching
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,15 @@ class KindSettings(Section):
     registry_port: Port = 5001
     """Host port of the local registry (`localhost:<port>`): images are pushed there and the nodes pull the same
     name. 5001 as in kind's docs, because macOS's AirPlay receiver holds 5000."""
+
+    node_image: Optional[ImageRef] = None
+    """Node image of every node; unset uses the kindest/node image kind built for `kubernetesVersion`, pinned by
+    digest. Set it for a node image of your own (`kind build node-image`) or one copied into a registry you can
+    reach; it must run the Kubernetes minor `kubernetesVersion` names."""
+
+    registry_image: Optional[ImageRef] = None
+    """Image of the local registry container; unset uses `registry:2.8.3`, pinned by digest. Set it where Docker
+    Hub cannot be reached (a copy in your own registry)."""
 
 
 class ExistingSettings(Section):
