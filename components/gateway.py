@@ -14,6 +14,7 @@ from .serving_workload import (
     RESTRICTED_CONTAINER,
     ScalingArgs,
     ServingWorkload,
+    draining,
     isolated_pod,
 )
 
@@ -23,8 +24,9 @@ GATEWAY_USER = 10001
 API_KEYS_KEY = "GATEWAY_API_KEYS"
 API_KEYS_DIR = "/var/run/secrets/model-gateway"
 API_KEYS_FILE_NAME = "api-keys"
-# Longer than the gateway's own drain (uvicorn finishes in-flight responses for up to 20 s after SIGTERM).
-TERMINATION_GRACE_PERIOD_SECONDS = 30
+# The gateway's own drain: uvicorn finishes in-flight responses for up to 20 s after SIGTERM (app `__main__`),
+# and the kubelet gets a few seconds more before it kills.
+DRAIN_SECONDS = 25
 
 
 class GatewayArgs(TypedDict):
@@ -72,6 +74,10 @@ class GatewayArgs(TypedDict):
     """NetworkPolicy egress rules for where the gateway may connect (the runner); DNS is always allowed. The
     gateway holds the API keys: nothing else should be reachable from it."""
 
+    progress_deadline_seconds: NotRequired[int]
+    """How long a new gateway pod may take to become ready, and so what `pulumi up` waits for: readiness asks the
+    models, so as long as the slowest of them may take to (re)load. Absent: Kubernetes' default (10 minutes)."""
+
 
 class Gateway(pulumi.ComponentResource):
     """The gateway workload: settings as environment, API keys from a Secret, hardened, probed."""
@@ -105,7 +111,8 @@ class Gateway(pulumi.ComponentResource):
                 "scaling": args["scaling"],
                 "workload": args.get("workload", "deployment"),
                 "request_timeout_seconds": args["request_timeout_seconds"],
-                **{key: args[key] for key in ("allowed_clients", "allowed_destinations") if key in args},  # type: ignore[misc]
+                **{key: args[key] for key in ("allowed_clients", "allowed_destinations", "progress_deadline_seconds")
+                   if key in args},  # type: ignore[misc]
             },
             opts=pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=depends_on)),
         )
@@ -149,6 +156,7 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         env.append({"name": "GATEWAY_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_FILE_NAME}"})
 
+    lifecycle, grace_period = draining(DRAIN_SECONDS)
     container = {
         "name": "gateway",
         "image": args["image"],
@@ -168,10 +176,11 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
             "httpGet": {"path": "/health", "port": PORT_NAME}, "periodSeconds": 20, "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
+        "lifecycle": lifecycle,
     }
     pod_spec: dict[str, Any] = {
         **isolated_pod(GATEWAY_USER),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "terminationGracePeriodSeconds": grace_period,
         "containers": [container],
         "volumes": volumes,
     }

@@ -17,6 +17,7 @@ from .serving_workload import (
     ScalingArgs,
     ServingWorkload,
     ServingWorkloadArgs,
+    draining,
     isolated_pod,
     workload_labels,
 )
@@ -35,8 +36,8 @@ LIVENESS_PERIOD_SECONDS = 20
 LIVENESS_TIMEOUT_SECONDS = 10
 LIVENESS_FAILURE_THRESHOLD = 6
 PROBE_TIMEOUT_SECONDS = 5
-# In-flight streamed completions get this long to finish when a pod is stopped.
-TERMINATION_GRACE_PERIOD_SECONDS = 60
+# In-flight streamed completions get this long to finish after SIGTERM when a pod is stopped.
+DRAIN_SECONDS = 60
 # Time a new pod gets on top of the load budget to pull its image: engine images run to gigabytes (vLLM ~10 GB)
 # and a node added by the autoscaler has none cached.
 IMAGE_PULL_ALLOWANCE_SECONDS = 300
@@ -361,6 +362,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
         mounts.append({"name": "shm", "mountPath": SHM_PATH})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
     timing = probe_timing(args["load_budget_seconds"], args["probe_period_seconds"])
+    lifecycle, grace_period = draining(DRAIN_SECONDS)
     serving: dict[str, Any] = {
         "name": "engine",
         "image": engine.image,
@@ -384,6 +386,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
                 "failureThreshold": LIVENESS_FAILURE_THRESHOLD,
             },
         ),
+        "lifecycle": lifecycle,
     }
     if engine.command:
         serving["command"] = list(engine.command)
@@ -416,7 +419,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
             fsGroup=RUN_AS_USER,
             fsGroupChangePolicy="OnRootMismatch",
         ),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "terminationGracePeriodSeconds": grace_period,
         "volumes": volumes,
     }
     if engine.pull.mode == "init":

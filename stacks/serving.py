@@ -10,7 +10,7 @@ import pulumi_kubernetes as k8s
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.gateway import Gateway, gateway_pod_spec
 from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
-from components.model_runner import ModelRunner, runner_pod_spec
+from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS, ModelRunner, runner_pod_spec
 from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_features, workload_labels
 
 from .admission import guarded_namespace_labels
@@ -67,12 +67,14 @@ def serve_models(
         return pulumi.ResourceOptions(providers=[cluster.provider], depends_on=depends_on)
 
     routes: dict[str, pulumi.Output[str]] = {}
+    runners: list[pulumi.Resource] = []
     for model in config.served_models:
         runner_args = _runner_args(config, model, cluster, images.rewrite, image_pull_secrets)
         if secrets.hf_token is not None:
             runner_args["hf_token"] = secrets.hf_token
         runner = ModelRunner(model.workload_name, runner_args, opts=workload_opts(model.config.workload))
         routes[model.config.model] = runner.url
+        runners.append(runner)
     pulumi.export("modelRunnerUrls", routes)
     if len(routes) == 1:  # the output one-model stacks have always had, which scripts may read
         [url] = routes.values()
@@ -82,7 +84,10 @@ def serve_models(
     gateway_args = _gateway_args(config, images.gateway_image, routes, image_pull_secrets)
     if secrets.gateway_api_keys is not None:
         gateway_args["api_keys"] = secrets.gateway_api_keys
-    gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
+    # The gateway is ready only once a model answers: it rolls out after the runners' own rollouts, which wait
+    # out their load budgets, so a cold first `up` does not spend the gateway's deadline on model loads.
+    gateway = Gateway(GATEWAY, gateway_args, opts=pulumi.ResourceOptions.merge(
+        workload_opts(gateway_config.workload), pulumi.ResourceOptions(depends_on=runners)))
     pulumi.export("gatewayUrl", gateway.url)
     if gateway_config.workload == "knative" and knative is not None and knative.domain is not None:
         pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{namespace_name}.{knative.domain}{_ingress_port(config)}/v1")
@@ -195,11 +200,16 @@ def _gateway_args(
     """`routes`: each model's id -> the OpenAI base URL of its engine."""
     gateway_config = config.gateway
     destinations = [_runner_destination(model) for model in config.served_models]
+    scales_to_zero = any(model.config.scaling.min_replicas == 0 for model in config.served_models)
     return {
         "namespace": config.serving_namespace,
         "image": image,
         "models": routes,
-        "upstream_scales_to_zero": any(model.config.scaling.min_replicas == 0 for model in config.served_models),
+        "upstream_scales_to_zero": scales_to_zero,
+        # A gateway pod readied by the models' answers may have to wait for a runner that restarts meanwhile (an
+        # evicted or rescheduled replica pulls and loads again): as long as the slowest model may take.
+        **({} if scales_to_zero else {"progress_deadline_seconds": max(
+            model.config.load_budget_seconds for model in config.served_models) + IMAGE_PULL_ALLOWANCE_SECONDS}),
         "resources": _resources(gateway_config.resources),
         "scaling": _scaling(gateway_config.scaling),
         "request_timeout_seconds": gateway_config.request_timeout_seconds,

@@ -370,6 +370,7 @@ def test_a_missing_kubeconfig_file_names_the_key(tmp_path):
 CONFIG_RULES = [
     ("prod", {"cluster.provider": "kind", "cluster.eks": None}, "cluster.provider", "production stacks need a real cluster"),
     ("dev", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "pinned for 1.34, 1.33"),
+    ("prod", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "must be 1.30 or later"),
     ("dev", {"cluster.existing.context": "x"}, "cluster.existing", "applies only when provider is existing"),
     ("prod", {"cluster.kind.workers": 3}, "cluster.kind", "applies only when provider is kind"),
     ("prod", {"cluster.eks": None}, "cluster.eks", "required when provider is eks"),

@@ -74,6 +74,8 @@ def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and
         assert set(spec["securityContext"]) <= {
             "runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "supplementalGroups", "seccompProfile"}
         assert "terminationGracePeriodSeconds" not in spec
+        # Knative's schema has no preStop hook; its queue proxy drains the revision instead.
+        assert "lifecycle" not in container
         assert container["resources"]["limits"]["memory"]
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -322,3 +324,28 @@ def test_a_gateway_in_front_of_a_knative_runner_reaches_it_through_knatives_data
     # The model that stays a Deployment is reached on its pods directly.
     assert small["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "model-runner-small",
                                                              "app.kubernetes.io/part-of": "model-stack"}}}]
+
+
+@pytest.mark.parametrize("name,drain", [("gateway", 20), ("model-runner-chat", 60), ("model-runner-embed", 60)])
+def test_stopping_pods_keep_serving_until_their_endpoints_are_gone_then_drain(prod, name, drain):
+    spec = pod_spec_of(prod, "Deployment", name)
+    sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # Endpoints, kube-proxy and the ingress take seconds to stop sending to a terminating pod.
+    assert sleep >= 5
+    # The grace period counts from the preStop hook: it must cover the sleep and the drain after SIGTERM.
+    assert spec["terminationGracePeriodSeconds"] >= sleep + drain
+    assert invalid(prod) == {}
+
+
+def test_the_gateway_rolls_out_after_the_runners_and_waits_as_long_as_the_slowest_model(prod):
+    gateway = prod.one("kubernetes:apps/v1:Deployment", "gateway")
+    runners = [resource for resource in prod.of_type("kubernetes:apps/v1:Deployment") if resource.name in runner_names("prod")]
+    assert len(runners) == 2
+    # Readiness asks the models: created before the runners answer, a cold first `up` would spend the gateway's
+    # whole deadline on image pulls and model loads.
+    assert {runner.urn for runner in runners} <= set(gateway.dependencies)
+    slowest = max(model["loadBudgetSeconds"] for model in stack_config("prod")["models"].values())
+    deadline = gateway.plain()["spec"]["progressDeadlineSeconds"]
+    assert deadline > slowest
+    # `pulumi up` waits at least that long for the rollout (Pulumi's own default is 10 minutes).
+    assert int(gateway.custom_timeouts["create"].removesuffix("s")) >= deadline

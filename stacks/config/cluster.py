@@ -32,6 +32,9 @@ KIND_NODE_IMAGES = {
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Served pods stop with a preStop sleep action (components/serving_workload.py `draining`), beta and on by default
+# since Kubernetes 1.30 (KEP-3960).
+MIN_KUBERNETES_VERSION = (1, 30)
 
 
 class KindSettings(Section):
@@ -166,7 +169,7 @@ class ClusterConfig(Section):
 
     kubernetes_version: Annotated[str, matching(r"1\.[0-9]{2}", "a Kubernetes minor version such as 1.32")] = "1.32"
     """Minor Kubernetes version the cluster runs (`1.32`): picks the kind node image and the schema every
-    emitted object is validated against."""
+    emitted object is validated against. 1.30 at least: served pods drain with a preStop sleep."""
 
     kind: KindSettings = KindSettings()
     """Settings of the kind cluster (provider `kind`)."""
@@ -187,6 +190,14 @@ class ClusterConfig(Section):
             yield Problem(
                 join_key(path, "kubernetesVersion"),
                 f"kind node images are pinned for {', '.join(KIND_NODE_IMAGES)} only",
+                self.kubernetes_version,
+            )
+        version = tuple(int(part) for part in self.kubernetes_version.split("."))
+        if self.provider != "kind" and version < MIN_KUBERNETES_VERSION:
+            yield Problem(
+                join_key(path, "kubernetesVersion"),
+                f"must be {'.'.join(map(str, MIN_KUBERNETES_VERSION))} or later: served pods drain with a preStop "
+                "sleep, which older clusters refuse",
                 self.kubernetes_version,
             )
         if self.provider == "eks" and self.eks is None:
