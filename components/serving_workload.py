@@ -32,6 +32,9 @@ KNATIVE_SERVICE_PORT = 80
 # Requests to a Knative revision arrive from the activator (knative-serving) or straight from the ingress
 # gateway (Kourier), on the queue proxy's ports; the autoscaler scrapes the queue proxy from knative-serving.
 KNATIVE_DATA_PATH_NAMESPACES = ("knative-serving", "kourier-system")
+# What Knative adds to every revision's pod: its queue proxy, requesting this much CPU (config-deployment's
+# `queue-sidecar-cpu-request` default; it requests memory only with `queueproxy.resource-defaults` enabled).
+KNATIVE_QUEUE_PROXY_CPU_REQUEST = "25m"
 # Pod fields Knative 1.15 accepts only when `config-features` enables them (serving-core.yaml, config-features).
 _KNATIVE_POD_FEATURES = {
     "affinity": "kubernetes.podspec-affinity",
