@@ -76,6 +76,9 @@ def serve_models(
         runner_args = _runner_args(config, model, cluster, images.rewrite, image_pull_secrets)
         if secrets.hf_token is not None:
             runner_args["hf_token"] = secrets.hf_token
+        if secrets.runner_api_key is not None and model.config.workload == "knative":
+            # Knative's ingress admits every pod in the cluster: the key keeps all but the gateway out.
+            runner_args["api_key"] = secrets.runner_api_key
         runner = ModelRunner(model.workload_name, runner_args, opts=workload_opts(model.config.workload))
         routes[model.config.model] = runner.url
         runners.append(runner)
@@ -88,6 +91,8 @@ def serve_models(
     gateway_args = _gateway_args(config, images.gateway_image, routes, image_pull_secrets)
     if secrets.gateway_api_keys is not None:
         gateway_args["api_keys"] = secrets.gateway_api_keys
+    if secrets.runner_api_key is not None:
+        gateway_args["upstream_api_key"] = secrets.runner_api_key
     # The gateway is ready only once a model answers: it rolls out after the runners' own rollouts, which wait
     # out their load budgets, so a cold first `up` does not spend the gateway's deadline on model loads.
     gateway = Gateway(GATEWAY, gateway_args, opts=pulumi.ResourceOptions.merge(

@@ -17,6 +17,8 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 from pydantic import Field, PrivateAttr, ValidationError
 
+from components.engines import ENGINES
+
 from .base import (
     ImageReference, Invalid, Namespace, Problem, Section, image_fields, join_key, join_keys, matching, section_at, unaffected,
     unknown_key_problem,
@@ -227,6 +229,15 @@ class StackConfig(Section):
                         section.scaling.min_replicas,
                     )
             for model in self.served_models:
+                if model.config.workload == "knative" and ENGINES[model.config.engine].api_key_env is None:
+                    yield Problem(
+                        join_keys(path, f"{model.key}.workload"),
+                        f"cannot be knative in production with engine {model.config.engine}: Knative's ingress lets "
+                        "every pod in the cluster call the engine past the gateway's keys and model scopes, and "
+                        f"{model.config.engine} takes no API key to refuse them (use workload deployment, or vllm or "
+                        "llama.cpp, which require runnerApiKey on Knative)",
+                        "knative",
+                    )
                 if model.config.cache.existing_claim is None and not model.config.cache.protect:
                     yield Problem(
                         join_keys(path, f"{model.key}.cache.protect"),
