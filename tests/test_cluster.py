@@ -389,11 +389,6 @@ CONFIG_RULES = [
     # 16 GiB less 255Mi + 11Mi x 58 pods and the 100Mi eviction threshold.
     ("prod", {"models.chat.resources": {"requests": {"cpu": "3", "memory": "15392Mi"}, "limits": {"memory": "16Gi"}}},
      "models.chat.resources.requests.memory", "a g5.xlarge has 15391Mi memory allocatable"),
-    # Knative's queue proxy takes its 25m beside the engine: what fits a node as a Deployment does not as a revision.
-    ("prod", {"models.embed.resources.requests.cpu": "3770m", "models.embed.workload": "knative",
-              "models.embed.scaling.targetCpuUtilization": None},
-     "models.embed.resources.requests.cpu", "requests 3795m CPU in all (the engine's request with the stack's pull step "
-     "and Knative's queue proxy)"),
 ]
 
 
@@ -415,6 +410,20 @@ def test_eks_reserves_cpu_and_memory_per_node_as_its_formula_says():
     # 0.25% of each core above four, and managed node groups cap maxPods at 110 below 30 vCPUs, 250 above.
     assert INSTANCE_TYPES["g5.12xlarge"].allocatable_millicores() + NODE_DAEMONSET_MILLICORES == 48000 - 80 - 44 * 2.5
     assert INSTANCE_TYPES["g5.12xlarge"].max_pods == 250 and INSTANCE_TYPES["m6i.4xlarge"].max_pods == 110
+
+
+def test_knatives_queue_proxy_counts_beside_the_engine():
+    # What fits a node as a Deployment does not as a revision, whose queue proxy requests 25m more.
+    error, evaluation = evaluate_failure("prod", set={
+        "models.embed.resources.requests.cpu": "3770m", "models.embed.workload": "knative",
+        "models.embed.scaling.targetCpuUtilization": None,
+    }, secrets={**FAKE_SECRETS, "runnerApiKey": "runner-key-0123"})
+    assert isinstance(error, ConfigError)
+    (problem,) = error.problems
+    assert problem.key == "models.embed.resources.requests.cpu" and (
+        "requests 3795m CPU in all (the engine's request with the stack's pull step and Knative's queue proxy)"
+        in problem.message)
+    assert evaluation.resources == []
 
 
 def test_a_pod_that_fits_a_node_exactly_is_accepted():
