@@ -341,7 +341,6 @@ def test_stopping_pods_keep_serving_until_their_endpoints_are_gone_then_drain(pr
     assert sleep >= 5
     # The grace period counts from the preStop hook: it must cover the sleep and the drain after SIGTERM.
     assert spec["terminationGracePeriodSeconds"] >= sleep + drain
-    assert invalid(prod) == {}
 
 
 def test_the_gateway_rolls_out_after_the_runners_and_waits_as_long_as_the_slowest_model(prod):
