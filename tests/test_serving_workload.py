@@ -368,7 +368,7 @@ def secret_value(evaluation: Evaluation, reference: dict[str, str]) -> str:
     return unwrap(value)
 
 
-def test_runners_on_knative_answer_only_the_key_the_gateway_holds():
+def test_runners_on_knative_answer_only_the_key_the_gateway_holds(prod):
     evaluation = evaluate("prod", set=KNATIVE, secrets=KEYED)
     for name, variable in (("model-runner-chat", "VLLM_API_KEY"), ("model-runner-embed", "LLAMA_API_KEY")):
         spec = named(evaluation, "Service", name)["spec"]["template"]["spec"]
@@ -385,8 +385,7 @@ def test_runners_on_knative_answer_only_the_key_the_gateway_holds():
     assert RUNNER_API_KEY not in repr([resource.inputs for resource in evaluation.resources
                                        if resource.type != "kubernetes:core/v1:Secret"])
     # A runner served as a Deployment keeps its network policy and needs no key.
-    deployment = evaluate("prod")
-    assert "env" not in pod_spec_of(deployment, "Deployment")["containers"][0]
+    assert "env" not in pod_spec_of(prod, "Deployment")["containers"][0]
 
 
 OLLAMA = {"models.embed.engine": "ollama", "models.embed.model": "nomic-embed-text:v1.5", "models.embed.args": [],
