@@ -108,6 +108,9 @@ class EngineProfile:
     """`curl` or `python3` when the image has one: what a Docker health check can ask the engine over HTTP with."""
     downloads_from_hub: bool = False
     """Weights come from a Hugging Face-compatible hub, so a mirror can stand in for it (`model_hub`)."""
+    metrics_path: Optional[str] = None
+    """Path of the engine's Prometheus metrics on its API port; None: the engine exports none (Ollama, Docker
+    Model Runner), and the gateway's per-model gauges stand in for it."""
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -234,8 +237,11 @@ def _llama_cpp(model: str, port: int, hub: str):
     )
     return (
         (),
-        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts).
-        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model, "--no-webui", "--no-slots"),
+        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts). `--metrics`
+        # turns on /metrics (requests processing and deferred, token counters), which autoscaling and the dashboard
+        # read; it shows counts only, no prompt.
+        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model, "--no-webui", "--no-slots",
+         "--metrics"),
         {MODEL_ENV: model},
         ProbeAction(http_path="/health"),
         PullStep(mode="init", command=fetch),
@@ -281,6 +287,7 @@ ENGINES: dict[str, EngineProfile] = {
             downloads_from_hub=True,
             needs_gpu=True,
             shared_memory=True,
+            metrics_path="/metrics",
         ),
         EngineProfile(
             name="ollama",
@@ -301,6 +308,7 @@ ENGINES: dict[str, EngineProfile] = {
             model_pattern=r"[\w.-]+/[\w.-]+/[\w.-]+\.gguf",
             model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
             downloads_from_hub=True,
+            metrics_path="/metrics",
         ),
     )
 }

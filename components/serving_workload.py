@@ -104,6 +104,10 @@ class ScalingArgs(TypedDict):
     """Deployment: an inference signal the HorizontalPodAutoscaler also scales on (it follows whichever of CPU
     and this metric asks for more replicas)."""
 
+    signal: NotRequired[str]
+    """Deployment: `cpu` (default) makes the HorizontalPodAutoscaler here; `requests` leaves the replica count to
+    a KEDA ScaledObject made beside this workload (components/model_autoscaler.py), which makes its own."""
+
 
 class ServingWorkloadArgs(TypedDict):
     namespace: str
@@ -253,7 +257,7 @@ class ServingWorkload(pulumi.ComponentResource):
             },
             opts=opts,
         )
-        if autoscaled:
+        if autoscaled and scaling.get("signal", "cpu") == "cpu":
             metrics: list[dict[str, Any]] = [
                 {
                     "type": "Resource",

@@ -18,10 +18,11 @@ def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig"
     if configured and field in scaling.model_fields_set:
         yield Problem(join_keys(path, f"scaling.{ScalingConfig.model_fields[field].alias}"),
                       f"applies to {applies_to}; this one is workload {workload}", getattr(scaling, field))
-    if scaling.min_replicas == 0 and workload != "knative":
+    if scaling.min_replicas == 0 and workload != "knative" and getattr(scaling, "signal", None) != "requests":
         yield Problem(
             join_keys(path, "scaling.minReplicas"),
-            "can be 0 only with workload knative (a Deployment cannot wake up on a request)",
+            "can be 0 only with workload knative, or on a model runner with scaling.signal requests (KEDA wakes "
+            "its Deployment on the requests the gateway holds for it); nothing else wakes a Deployment on a request",
             0,
         )
     if scaling.pods_metric is not None and workload == "knative":
