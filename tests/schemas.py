@@ -67,19 +67,28 @@ def knative_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 @functools.cache
-def policy_controller_crd_schemas(version: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """ClusterImagePolicy's CRD as policy-controller `version` ships it, from its Go module (through the Go module
-    proxy: the one place besides package registries tests may download from). Skipped without Go, failed in CI."""
+def go_module_dir(module: str) -> Path:
+    """Where `module` (path@version) is unpacked, downloaded through the Go module proxy (the one place besides
+    package registries tests may download from; nothing is built). Skipped without Go, failed in CI."""
     if not shutil.which("go"):
-        message = "Go is needed to read policy-controller's CRD from its module (https://go.dev/doc/install)"
+        message = f"Go is needed to read {module} (https://go.dev/doc/install)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    module = f"github.com/sigstore/policy-controller@{version}"
     download = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True, timeout=300)
     assert download.returncode == 0, f"go mod download {module}: {download.stdout}{download.stderr}"
-    crd = Path(json.loads(download.stdout)["Dir"]) / "config" / "300-clusterimagepolicy.yaml"
-    return crd_schemas(yaml.safe_load_all(crd.read_text()))
+    return Path(json.loads(download.stdout)["Dir"])
+
+
+def go_module_crd_schemas(module: str, *files: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The CRDs in `files` (paths inside the module) as strict schemas."""
+    directory = go_module_dir(module)
+    return crd_schemas(document for file in files for document in yaml.safe_load_all((directory / file).read_text()))
+
+
+def policy_controller_crd_schemas(version: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """ClusterImagePolicy's CRD as policy-controller `version` ships it, from its Go module."""
+    return go_module_crd_schemas(f"github.com/sigstore/policy-controller@{version}", "config/300-clusterimagepolicy.yaml")
 
 
 def validation_errors(obj: dict[str, Any], kubernetes_version: str, extra_crds: dict | None = None) -> list[str]:
