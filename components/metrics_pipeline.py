@@ -18,8 +18,6 @@ In every mode a NetworkPolicy admits the scraper's namespace to the scraped pods
 policies admit only their callers; policies add up), and the dashboard is a ConfigMap Grafana's sidecar loads.
 """
 
-from __future__ import annotations
-
 import hashlib
 from typing import Any, NotRequired, Optional, TypedDict
 
@@ -126,10 +124,8 @@ def query_url(namespace: str) -> str:
 
 
 class MetricsPipeline(pulumi.ComponentResource):
-    """Prometheus (installed, or an existing one fed with PodMonitors or scrape jobs) and the stack's dashboard."""
-
-    query_url: pulumi.Output[Optional[str]]
-    """Base URL of the installed Prometheus's query API (None when an existing one is used)."""
+    """Prometheus (installed, or an existing one fed with PodMonitors or scrape jobs) and the stack's dashboard.
+    The installed one answers queries at `query_url(namespace)`."""
 
     def __init__(self, name: str, args: MetricsPipelineArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:MetricsPipeline", name, None, opts)
@@ -202,8 +198,7 @@ class MetricsPipeline(pulumi.ComponentResource):
             },
             opts=child,
         )
-        self.query_url = pulumi.Output.from_input(query_url(namespace) if mode == "install" else None)
-        self.register_outputs({"query_url": self.query_url})
+        self.register_outputs({})
 
     def _install(self, name: str, args: MetricsPipelineArgs, opts: pulumi.ResourceOptions) -> None:
         namespace, serving = args["namespace"], args["serving_namespace"]

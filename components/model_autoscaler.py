@@ -13,8 +13,6 @@ itself takes the Deployment from 0 to 1 when the gateway holds a request for the
 back to 0 once the model has had no request for `cooldownPeriod`.
 """
 
-from __future__ import annotations
-
 import copy
 import functools
 from pathlib import Path
@@ -87,6 +85,7 @@ class ModelAutoscalerArgs(TypedDict):
     """0 scales to zero when idle (woken by `activation_query`)."""
 
     max_replicas: int
+    """Most replicas the autoscaler may run."""
 
     server_address: str
     """Prometheus base URL KEDA queries (e.g. http://prometheus.monitoring.svc:9090)."""

@@ -102,5 +102,5 @@ def observe(
         ModelAutoscaler(
             model.workload_name, autoscaler,
             opts=pulumi.ResourceOptions(providers=[cluster.provider],
-                                        depends_on=[*ready, runners[model.workload_name]]),
+                                        depends_on=[*cluster.ready, *ready, runners[model.workload_name]]),
         )

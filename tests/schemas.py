@@ -1,5 +1,6 @@
 """Strict schema validation of Kubernetes objects: built-in kinds with kubernetes-validate, custom resources
-against the openAPIV3Schema of their CRD (Knative's from ../shared/knative/v1.15, or any CRD the stack applies).
+against the openAPIV3Schema of their CRD (Knative's from ../shared/knative/v1.15, KEDA's from the release the stack
+installs, or any CRD the stack applies).
 
 CRD schemas are made strict the way the API server's pruning would make a typo disappear: every object schema
 that lists its properties and does not preserve unknown fields gets `additionalProperties: false`, so a field
@@ -91,10 +92,19 @@ def policy_controller_crd_schemas(version: str) -> dict[tuple[str, str], dict[st
     return go_module_crd_schemas(f"github.com/sigstore/policy-controller@{version}", "config/300-clusterimagepolicy.yaml")
 
 
+@functools.cache
+def keda_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """KEDA's CRDs as the release the stack installs ships them (a stack may also apply ScaledObjects to a KEDA it
+    finds); tests/test_inference_autoscaling.py validates against the Go module's too."""
+    from components.model_autoscaler import keda_release
+
+    return crd_schemas(keda_release())
+
+
 def validation_errors(obj: dict[str, Any], kubernetes_version: str, extra_crds: dict | None = None) -> list[str]:
     """Problems with one object; empty when it is valid. `kubernetes_version` is a minor version ('1.32')."""
     key = (obj.get("apiVersion"), obj.get("kind"))
-    schemas = {**knative_crd_schemas(), **(extra_crds or {})}
+    schemas = {**knative_crd_schemas(), **keda_crd_schemas(), **(extra_crds or {})}
     if key in schemas:
         validator = jsonschema.Draft7Validator(schemas[key])
         return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}" for error in validator.iter_errors(obj)]

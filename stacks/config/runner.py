@@ -51,8 +51,8 @@ class ModelScalingConfig(ScalingConfig):
     inference signals"). Set it from the engine's own setting (`--max-num-seqs`, `--parallel`,
     `OLLAMA_NUM_PARALLEL`) or a load test."""
 
-    def check(self, path: str) -> Iterator[Problem]:
-        yield from super().check(path)
+    def signal_problems(self, path: str) -> Iterator[Problem]:
+        """Settings of the other signal (a Deployment workload's: Knative ignores the signal)."""
         ignored = {"requests": ("target_cpu_utilization", "pods_metric"), "cpu": ("target_requests",)}[self.signal]
         for name in ignored:
             if name in self.model_fields_set:
@@ -229,7 +229,9 @@ class ModelConfig(ServedWorkload):
         # Problems are reported until a check reads a field that failed validation: the rules that read the
         # fewest fields come first.
         yield from self.scaling_problems(path)
-        if self.workload == "knative":
+        if self.workload == "deployment":
+            yield from self.scaling.signal_problems(join_key(path, "scaling"))
+        else:
             for name in ("signal", "target_requests"):
                 if name in self.scaling.model_fields_set:
                     yield Problem(join_keys(path, f"scaling.{ModelScalingConfig.model_fields[name].alias}"),
