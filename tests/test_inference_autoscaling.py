@@ -175,8 +175,13 @@ def test_a_target_per_replica_overrides_the_engines():
     assert _scaled_objects(evaluation)["model-runner-chat"]["spec"]["triggers"][0]["metadata"]["threshold"] == "48"
 
 
-def test_an_existing_prometheus_operator_gets_pod_monitors_with_its_labels():
-    evaluation = evaluate("prod", set={"metrics.scrape": "podMonitor", "metrics.monitorLabels": {"release": "kps"}})
+@pytest.fixture(scope="module")
+def pod_monitors():
+    return evaluate("prod", set={"metrics.scrape": "podMonitor", "metrics.monitorLabels": {"release": "kps"}})
+
+
+def test_an_existing_prometheus_operator_gets_pod_monitors_with_its_labels(pod_monitors):
+    evaluation = pod_monitors
     monitors = {obj["metadata"]["name"]: obj for obj in _objects(evaluation, "PodMonitor")}
     assert set(monitors) == {"gateway", "model-runner-chat", "model-runner-embed"}
     assert monitors["model-runner-chat"]["metadata"]["labels"]["release"] == "kps"
@@ -201,10 +206,9 @@ def test_scaled_objects_and_trigger_authentications_validate_against_kedas_crds(
     assert checked >= 8
 
 
-def test_pod_monitors_validate_against_the_prometheus_operators_crd():
+def test_pod_monitors_validate_against_the_prometheus_operators_crd(pod_monitors):
     crds = go_module_crd_schemas(PROMETHEUS_OPERATOR_MODULE, "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml")
-    evaluation = evaluate("prod", set={"metrics.scrape": "podMonitor"})
-    monitors = _objects(evaluation, "PodMonitor")
+    monitors = _objects(pod_monitors, "PodMonitor")
     assert monitors
     for obj in monitors:
         assert validation_errors(obj, "1.32", crds) == [], obj["metadata"]["name"]
