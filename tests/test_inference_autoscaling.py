@@ -263,6 +263,7 @@ def test_the_gateways_per_model_gauges_exist_with_the_labels_the_queries_select(
     ("dev", {"gateway.workload": "deployment", "gateway.scaling.minReplicas": 0}, "gateway.scaling.minReplicas",
      "can be 0 only"),
     ("local", {"metrics.namespace": "obs"}, "metrics", "Docker runtime"),
+    ("dev", {"metrics.namespace": "models"}, "metrics.namespace", "must differ"),
 ])
 def test_scaling_and_metrics_settings_that_cannot_work_are_refused(stack, overrides, key, text):
     assert_rejected(stack, overrides, key, text)

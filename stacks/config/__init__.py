@@ -170,6 +170,10 @@ class StackConfig(Section):
                 "(workload: knative); set it to true or remove it",
                 False,
             )
+        if self.metrics.installs_prometheus and self.metrics.namespace == self.serving_namespace:
+            yield Problem(join_keys(path, "metrics.namespace"),
+                          "must differ from the models' namespace: the installed Prometheus gets a namespace of its "
+                          "own, with its own pod security and network rules", self.metrics.namespace)
         configured_metrics = sorted(self.metrics.model_dump(by_alias=True, exclude_unset=True))
         if self.runtime == "docker" and configured_metrics:
             yield Problem(join_key(path, "metrics"), "the Docker runtime has no metrics pipeline or autoscaler; "
