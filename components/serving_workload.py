@@ -2,7 +2,8 @@
 
 The model runner and the gateway both describe their pod once (a Kubernetes PodSpec, camelCase); this component
 turns it into either form, so probes, resources and security are the same whichever the stack chooses:
-- `deployment`: Deployment + Service, a HorizontalPodAutoscaler when the replica bounds leave room, a
+- `deployment`: Deployment + Service, a HorizontalPodAutoscaler when the replica bounds leave room (unless a KEDA
+  ScaledObject beside it scales it: `scaling.signal` `requests`), a
   PodDisruptionBudget when there is redundancy to protect, and a NetworkPolicy when only some clients may call.
 - `knative`: a Knative Service whose revisions scale on in-flight requests (scale to zero when the minimum is 0),
   with the pod adapted to Knative's rules (one unnamed-or-`http1` port; probes find the port themselves), plus

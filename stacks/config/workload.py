@@ -73,8 +73,9 @@ class PodsMetricConfig(Section):
 
 class ScalingConfig(Section):
     min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
-    """Warm replicas kept at all times. 0 lets a Knative workload scale to zero when idle (the next request
-    waits for a model load); production stacks keep at least 2 so one can be drained or lost."""
+    """Warm replicas kept at all times. 0 lets a Knative workload, or a Deployment model runner scaled on requests
+    (KEDA), scale to zero when idle (the next request waits for a model load); production stacks keep at least 2
+    so one can be drained or lost."""
 
     max_replicas: Annotated[int, Field(ge=1, le=100)] = 1
     """Upper bound for the autoscaler."""
