@@ -267,3 +267,47 @@ def test_the_gateways_per_model_gauges_exist_with_the_labels_the_queries_select(
 ])
 def test_scaling_and_metrics_settings_that_cannot_work_are_refused(stack, overrides, key, text):
     assert_rejected(stack, overrides, key, text)
+
+
+# --- what the scrape jobs select ----------------------------------------------------------------------------------
+
+def _pod_templates(evaluation):
+    """Workload name -> its pod template, as Deployments and Knative Services render it."""
+    templates = {}
+    for obj in [*_objects(evaluation, "Deployment"), *_objects(evaluation, "Service")]:
+        template = obj.get("spec", {}).get("template")
+        if template and obj["metadata"].get("namespace") == "models":
+            templates[obj["metadata"]["name"]] = template
+    return templates
+
+
+def _kept_targets(job, templates):
+    """(workload, container, port) the job's `keep` rule lets through, from every container port of every pod, with
+    the meta labels Prometheus' Kubernetes discovery (pod role) gives them; Prometheus anchors relabel regexes."""
+    import re
+
+    [keep] = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
+    kept = []
+    for workload, template in templates.items():
+        for container in template["spec"]["containers"]:
+            for port in container.get("ports", []):
+                meta = {"__meta_kubernetes_pod_label_app_kubernetes_io_name": template["metadata"]["labels"]["app.kubernetes.io/name"],
+                        "__meta_kubernetes_pod_container_name": container["name"],
+                        # Numbers come back from the mocks as floats.
+                        "__meta_kubernetes_pod_container_port_number": str(int(port["containerPort"]))}
+                if re.fullmatch(keep["regex"], ";".join(meta[label] for label in keep["source_labels"])):
+                    kept.append((workload, container["name"], int(port["containerPort"])))
+    return kept
+
+
+def test_each_scrape_job_keeps_exactly_the_serving_port_of_its_workloads_pods(dev, every_engine):
+    for evaluation in (dev, every_engine):
+        [config] = [obj for obj in _objects(evaluation, "ConfigMap") if obj["metadata"]["name"] == "prometheus"]
+        templates = _pod_templates(evaluation)
+        for job in yaml.safe_load(config["data"]["prometheus.yml"])["scrape_configs"]:
+            if job["job_name"] == "kube-state-metrics":
+                continue
+            kept = _kept_targets(job, templates)
+            # The gateway is a Knative Service in dev (its pod also runs the queue proxy), a Deployment in the other.
+            assert len(kept) == 1 and kept[0][0] == job["job_name"], (evaluation.stack, job["job_name"], kept)
+            assert kept[0][1] in ("engine", "gateway")
