@@ -116,6 +116,9 @@ class EngineProfile:
     (`Authorization: Bearer <key>`) while its liveness and model-ready paths stay open; None: it takes no key."""
     ready_path_with_key: Optional[str] = None
     """Model-ready path to probe instead while the engine requires a key, where the usual one asks for it."""
+    metrics_path: Optional[str] = None
+    """Path of the engine's Prometheus metrics on its API port; None: the engine exports none (Ollama, Docker
+    Model Runner), and the gateway's per-model gauges stand in for it."""
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -242,8 +245,11 @@ def _llama_cpp(model: str, port: int, hub: str):
     )
     return (
         (),
-        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts).
-        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model, "--no-webui", "--no-slots"),
+        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts). `--metrics`
+        # turns on /metrics (requests processing and deferred, token counters), which autoscaling and the dashboard
+        # read; it shows counts only, no prompt.
+        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model, "--no-webui", "--no-slots",
+         "--metrics"),
         {MODEL_ENV: model},
         ProbeAction(http_path="/health"),
         PullStep(mode="init", command=fetch),
@@ -291,6 +297,7 @@ ENGINES: dict[str, EngineProfile] = {
             shared_memory=True,
             api_key_env="VLLM_API_KEY",
             ready_path_with_key="/health",
+            metrics_path="/metrics",
         ),
         EngineProfile(
             name="ollama",
@@ -312,6 +319,7 @@ ENGINES: dict[str, EngineProfile] = {
             model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
             downloads_from_hub=True,
             api_key_env="LLAMA_API_KEY",
+            metrics_path="/metrics",
         ),
     )
 }

@@ -57,9 +57,9 @@ def test_docker_hubs_aliases_are_docker_io():
 
 
 def test_a_rule_that_maps_no_deployed_image_is_reported():
-    evaluation = evaluate("dev", set={"images.rewrite": {"quay.io": f"{MIRROR}/quay", "docker.io": f"{MIRROR}/hub"}})
+    evaluation = evaluate("dev", set={"images.rewrite": {"nvcr.io": f"{MIRROR}/nvcr", "docker.io": f"{MIRROR}/hub"}})
     warnings = [warning for warning in evaluation.warnings if warning.startswith("images.rewrite")]
-    assert len(warnings) == 1 and warnings[0].startswith('images.rewrite["quay.io"]: applies to no image this stack')
+    assert len(warnings) == 1 and warnings[0].startswith('images.rewrite["nvcr.io"]: applies to no image this stack')
     assert "docker.io/curlimages/curl" in warnings[0]
 
 

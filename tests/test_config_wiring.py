@@ -62,7 +62,7 @@ ACCEPTED = [
     ("dev", {"knative.scaleToZero": False, "gateway.scaling": {"minReplicas": 1, "maxReplicas": 2}}),
     ("dev", {"knative.kourierVersion": "1.15.0"}),
     ("dev", {"gateway.scaling.targetConcurrency": 20}),
-    ("prod", {"models.chat.scaling.targetCpuUtilization": 60}),
+    ("prod", {"models.chat.scaling.signal": "cpu", "models.chat.scaling.targetCpuUtilization": 60}),
 ]
 
 

@@ -29,6 +29,7 @@ from .docker import DockerConfig
 from .gateway import GatewayConfig
 from .images import ImagesConfig
 from .knative import KnativeConfig
+from .metrics import MetricsConfig
 from .runner import ModelConfig, RunnerConfig
 from .secrets import SECRET_KEYS, StackSecrets
 
@@ -112,6 +113,10 @@ class StackConfig(Section):
     docker: DockerConfig = DockerConfig()
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
+    metrics: MetricsConfig = MetricsConfig()
+    """The metrics pipeline autoscaling and the dashboard read: a Prometheus the stack installs or an existing
+    one, and KEDA (Kubernetes runtime only)."""
+
     _secret_sections: frozenset[str] = PrivateAttr(default=frozenset())
 
     def is_secret(self, key: str) -> bool:
@@ -138,6 +143,17 @@ class StackConfig(Section):
     def knative_workloads(self) -> list[str]:
         """The config keys of the workloads served through Knative."""
         return [key for key, section in self._workloads() if section.workload == "knative"]
+
+    @property
+    def request_scaled_models(self) -> list[ServedModel]:
+        """The models a KEDA ScaledObject scales (Kubernetes runtime)."""
+        if self.runtime != "kubernetes":
+            return []
+        return [model for model in self.served_models if model.config.scales_on_requests]
+
+    @property
+    def installs_keda(self) -> bool:
+        return self.metrics.install_keda and bool(self.request_scaled_models)
 
     @property
     def knative_installed(self) -> bool:
@@ -177,6 +193,14 @@ class StackConfig(Section):
                 "(workload: knative); set it to true or remove it",
                 False,
             )
+        if self.metrics.installs_prometheus and self.metrics.namespace == self.serving_namespace:
+            yield Problem(join_keys(path, "metrics.namespace"),
+                          "must differ from the models' namespace: the installed Prometheus gets a namespace of its "
+                          "own, with its own pod security and network rules", self.metrics.namespace)
+        configured_metrics = sorted(self.metrics.model_dump(by_alias=True, exclude_unset=True))
+        if self.runtime == "docker" and configured_metrics:
+            yield Problem(join_key(path, "metrics"), "the Docker runtime has no metrics pipeline or autoscaler; "
+                          "remove these settings", ", ".join(configured_metrics))
         if self.runtime == "docker":
             for section, reason in (
                 ("signing", "loads its build into the local engine: no registry holds a digest to sign"),
@@ -212,7 +236,8 @@ class StackConfig(Section):
                     "production builds need a digest-pinned base image, so a rebuild cannot pick up a different one",
                 )
             deployed = [*image_fields(self, path), *(image for model in self.served_models
-                                                     for image in model.config.profile_images(join_keys(path, model.key)))]
+                                                     for image in model.config.profile_images(join_keys(path, model.key))),
+                        *(self.metrics.installed_images(join_key(path, "metrics")) if self.runtime == "kubernetes" else ())]
             for key, reference in deployed:
                 if not ImageReference.parse(reference).pinned:
                     yield Problem(
@@ -221,6 +246,15 @@ class StackConfig(Section):
                         "(`docker buildx imagetools inspect <image>` prints the digest)",
                         reference,
                     )
+            if self.installs_keda:
+                yield Problem(
+                    join_keys(path, "metrics.installKeda"),
+                    "must be false in production: KEDA's release refers to its images by tag, and production stacks "
+                    "deploy digest-pinned images only; install KEDA 2.17 with pinned images (its Helm chart takes "
+                    "digests) and set this to false, or scale these models on cpu: "
+                    + ", ".join(f"{model.key}.scaling.signal" for model in self.request_scaled_models),
+                    True,
+                )
             for key, section in self._workloads():
                 if section.scaling.min_replicas < 2:
                     yield Problem(

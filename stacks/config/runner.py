@@ -37,6 +37,31 @@ HubUrl = Annotated[
 HttpPath = Annotated[str, matching(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "an absolute URL path such as /v1")]
 
 
+class ModelScalingConfig(ScalingConfig):
+    signal: Literal["requests", "cpu"] = "requests"
+    """Deployment workloads: what the autoscaler follows. `requests` (default): the model's requests waiting +
+    running per replica, from the engine's metrics (vLLM, llama.cpp) or the gateway's (Ollama, Docker Model
+    Runner), through a KEDA ScaledObject on Prometheus (`metrics`); it also allows `minReplicas: 0`. `cpu`: a
+    HorizontalPodAutoscaler on CPU utilisation (`targetCpuUtilization`, and `podsMetric` where a metrics adapter
+    serves one). Knative workloads scale on Knative's concurrency instead."""
+
+    target_requests: Optional[Annotated[int, Field(ge=1, le=10000)]] = None
+    """`requests`: requests waiting + running per replica the autoscaler aims for; unset: the engine's batch
+    capacity per replica (vLLM 32, llama.cpp 4, Ollama 1, Docker Model Runner 4; README, "Autoscaling on
+    inference signals"). Set it from the engine's own setting (`--max-num-seqs`, `--parallel`,
+    `OLLAMA_NUM_PARALLEL`) or a load test."""
+
+    def signal_problems(self, path: str) -> Iterator[Problem]:
+        """Settings of the other signal (a Deployment workload's: Knative ignores the signal)."""
+        ignored = {"requests": ("target_cpu_utilization", "pods_metric"), "cpu": ("target_requests",)}[self.signal]
+        for name in ignored:
+            if name in self.model_fields_set:
+                value = getattr(self, name)
+                yield Problem(join_key(path, type(self).model_fields[name].alias or name),
+                              f"applies to another scaling.signal than {self.signal!r}; remove it or set signal",
+                              value.name if isinstance(value, Section) else value)
+
+
 class CacheConfig(Section):
     size: ByteQuantity = "10Gi"
     """Capacity of the model cache volume; leave room for the model plus one upgrade of it."""
@@ -135,8 +160,8 @@ class ModelConfig(ServedWorkload):
     cache: CacheConfig = CacheConfig()
     """The persistent model cache."""
 
-    scaling: ScalingConfig = ScalingConfig()
-    """Replica bounds and autoscaling targets."""
+    scaling: ModelScalingConfig = ModelScalingConfig()
+    """Replica bounds, the signal the autoscaler follows and its target."""
 
     load_budget_seconds: Annotated[int, Field(ge=30, le=7200)] = 600
     """Longest a replica may take from start to serving the model (weights read from the cache, loaded to the
@@ -197,10 +222,24 @@ class ModelConfig(ServedWorkload):
                 yield Problem(join_key(join_key(path, "env"), name),
                               f"is how the stack sets the engine's port and address; set {setting} instead", self.env[name])
 
+    @property
+    def scales_on_requests(self) -> bool:
+        """Whether a KEDA ScaledObject scales this model's Deployment (room to scale, on the requests signal)."""
+        scaling = self.scaling
+        return self.workload == "deployment" and scaling.signal == "requests" and scaling.max_replicas > scaling.min_replicas
+
     def check(self, path: str) -> Iterator[Problem]:
         # Problems are reported until a check reads a field that failed validation: the rules that read the
         # fewest fields come first.
         yield from self.scaling_problems(path)
+        if self.workload == "deployment":
+            yield from self.scaling.signal_problems(join_key(path, "scaling"))
+        else:
+            for name in ("signal", "target_requests"):
+                if name in self.scaling.model_fields_set:
+                    yield Problem(join_keys(path, f"scaling.{ModelScalingConfig.model_fields[name].alias}"),
+                                  "applies to Deployment workloads; Knative scales on in-flight requests "
+                                  "(scaling.targetConcurrency)", getattr(self.scaling, name))
         if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
             yield Problem(
                 join_keys(path, "scaling.maxReplicas"),

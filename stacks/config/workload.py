@@ -18,10 +18,11 @@ def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig"
     if configured and field in scaling.model_fields_set:
         yield Problem(join_keys(path, f"scaling.{ScalingConfig.model_fields[field].alias}"),
                       f"applies to {applies_to}; this one is workload {workload}", getattr(scaling, field))
-    if scaling.min_replicas == 0 and workload != "knative":
+    if scaling.min_replicas == 0 and workload != "knative" and getattr(scaling, "signal", None) != "requests":
         yield Problem(
             join_keys(path, "scaling.minReplicas"),
-            "can be 0 only with workload knative (a Deployment cannot wake up on a request)",
+            "can be 0 only with workload knative, or on a model runner with scaling.signal requests (KEDA wakes "
+            "its Deployment on the requests the gateway holds for it); nothing else wakes a Deployment on a request",
             0,
         )
     if scaling.pods_metric is not None and workload == "knative":
@@ -72,8 +73,9 @@ class PodsMetricConfig(Section):
 
 class ScalingConfig(Section):
     min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
-    """Warm replicas kept at all times. 0 lets a Knative workload scale to zero when idle (the next request
-    waits for a model load); production stacks keep at least 2 so one can be drained or lost."""
+    """Warm replicas kept at all times. 0 lets a Knative workload, or a Deployment model runner scaled on requests
+    (KEDA), scale to zero when idle (the next request waits for a model load); production stacks keep at least 2
+    so one can be drained or lost."""
 
     max_replicas: Annotated[int, Field(ge=1, le=100)] = 1
     """Upper bound for the autoscaler."""
