@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
 
-from components.image_rewrite import is_registry_host
+from components.image_rewrite import REFERENCE_COMPONENT, REFERENCE_DOMAIN, REFERENCE_TAG, is_registry_host
 
 
 @dataclass(frozen=True)
@@ -194,11 +194,11 @@ class matching:
 # --- image references ----------------------------------------------------------------------------------------
 # Grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept).
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_COMPONENT = REFERENCE_COMPONENT
+_DOMAIN = REFERENCE_DOMAIN
 _IMAGE_REFERENCE = re.compile(
     rf"(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    rf"(?::(?P<tag>{REFERENCE_TAG}))?"
     r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
 )
 

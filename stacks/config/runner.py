@@ -92,7 +92,10 @@ class ModelConfig(ServedWorkload):
     `<hf-owner>/<repo>/<file>.gguf` (llama.cpp)."""
 
     image: Optional[ImageRef] = None
-    """Engine image; unset uses the engine profile's image. Production needs it digest-pinned."""
+    """Engine image; unset uses the engine profile's image. Production needs it digest-pinned. For
+    `docker-model-runner` and `llama.cpp`, whose images are CPU builds unless the tag names a GPU variant
+    (`-cuda`, `-rocm`, `-vulkan`, ...), `gpu.count` is refused with a CPU tag; an image pinned by digest alone
+    (`name@sha256:...`) shows no build, so there the stack takes `gpu.count` as you set it."""
 
     model_hub: Optional[HubUrl] = None
     """Base URL of a Hugging Face-compatible hub the engine downloads weights from, for sites behind a firewall
@@ -162,9 +165,11 @@ class ModelConfig(ServedWorkload):
         return self.image or ENGINES[self.engine].image
 
     def runs_a_cpu_build(self) -> bool:
-        """Whether the engine image can use no GPU at all."""
-        tag = ImageReference.parse(self.engine_image()).tag or ""
-        return self.engine in CPU_BUILD_ENGINES and not _GPU_BUILD_TAG.search(tag)
+        """Whether the engine image is known to use no GPU at all: a CPU engine's tag that names no GPU variant.
+        An image pinned by digest alone says nothing about its build, so the user's GPU settings are taken at
+        their word there."""
+        tag = ImageReference.parse(self.engine_image()).tag
+        return self.engine in CPU_BUILD_ENGINES and tag is not None and not _GPU_BUILD_TAG.search(tag)
 
     def wired_env(self, path: str) -> dict[str, str]:
         """Engine env the stack sets to wire the port and bind address, with the setting that changes it."""
