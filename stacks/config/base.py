@@ -316,6 +316,12 @@ LabelKey = Annotated[str, matching(
 LabelValue = Annotated[str, Field(max_length=63), matching(
     r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?",
     "a label value: empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")]
+# An autoscaler's metric name (autoscaling/v2 MetricIdentifier): the API server takes any path segment name, since
+# the HPA controller asks the metrics API for it by URL path; Prometheus names (`vllm:num_requests_waiting`) and
+# adapter-renamed ones pass.
+MetricName = Annotated[str, matching(
+    r"(?!\.\.?$)[^/%]+", "a metric name: not empty, not '.' or '..', without '/' or '%' (a path segment name, "
+    "as Kubernetes' autoscaling API requires), such as vllm:num_requests_waiting")]
 # Env of Kubernetes containers travels as ConfigMap keys and must be an environment variable name as well.
 KubernetesEnvName = Annotated[str, Field(max_length=253), matching(
     r"[-._a-zA-Z][-._a-zA-Z0-9]*", "an environment variable name usable as a ConfigMap key (letters, digits, '_', "

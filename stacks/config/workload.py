@@ -6,7 +6,7 @@ from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from .base import ByteQuantity, Problem, Quantity, Section, join_key, join_keys, quantity_value
+from .base import ByteQuantity, MetricName, Problem, Quantity, Section, join_key, join_keys, quantity_value
 
 
 def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig", configured: bool) -> Iterator[Problem]:
@@ -62,7 +62,7 @@ class ResourcesConfig(Section):
 
 
 class PodsMetricConfig(Section):
-    name: str
+    name: MetricName
     """Per-pod metric a custom metrics adapter serves (e.g. prometheus-adapter exposing vLLM's
     `vllm:num_requests_waiting`); the cluster must run one, or the autoscaler reports the metric missing."""
 
