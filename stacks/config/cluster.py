@@ -8,6 +8,7 @@ from typing import Annotated, Iterator, Literal, Optional
 
 import yaml
 from pydantic import Field
+from pydantic.alias_generators import to_camel
 
 from .base import Problem, Section, join_key, matching
 
@@ -54,6 +55,18 @@ class KindSettings(Section):
     registry_port: Port = 5001
     """Host port of the local registry (`localhost:<port>`): images are pushed there and the nodes pull the same
     name. 5001 as in kind's docs, because macOS's AirPlay receiver holds 5000."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        # The cluster maps the ingress's ports and the registry container publishes its own, all on 127.0.0.1 over
+        # TCP (stacks/cluster.py): each takes its host port, and the second of two would fail to start.
+        taken: dict[int, str] = {}
+        for name in ("http_host_port", "https_host_port", "registry_port"):
+            key, port = join_key(path, to_camel(name)), getattr(self, name)
+            if port in taken:
+                yield Problem(key, f"publishes 127.0.0.1:{port} on the host, which {taken[port]} takes already (the "
+                                   "ingress's HTTP and HTTPS ports and the local registry each need a port of their "
+                                   "own)", port)
+            taken.setdefault(port, key)
 
 
 class ExistingSettings(Section):
