@@ -117,8 +117,22 @@ class Section(BaseModel):
                 for item_key, item in value.items():
                     if isinstance(item, Section):
                         yield from item.problems(join_key(key, item_key), invalid)
-        for found in self.checks(path):
+        for found in [self._repeated_entries(path), *self.checks(path)]:
             yield from unaffected(found, invalid)
+
+    def _repeated_entries(self, path: str) -> Iterator[Problem]:
+        """Entries of `unique` lists that repeat an earlier one, each at its own index."""
+        for name, field in type(self).model_fields.items():
+            rule = next((meta for meta in field.metadata if isinstance(meta, unique)), None)
+            if rule is None:
+                continue
+            key = join_key(path, field.alias or name)
+            first: dict[Any, int] = {}
+            for index, entry in enumerate(getattr(self, name)):
+                earlier = first.setdefault(entry, index)
+                if earlier != index:
+                    yield Problem(join_key(key, index), f"repeats {join_key(key, earlier)}: {rule.reason}",
+                                  entry if isinstance(entry, (str, int)) else None)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
@@ -191,6 +205,22 @@ class matching:
         return {**handler(schema), "pattern": f"^(?:{self.pattern})$"}
 
 
+@dataclass(frozen=True)
+class unique:
+    """Annotated metadata for a list whose entries must all differ; `reason` says why a repeat is wrong. Editors
+    see `uniqueItems` in the JSON Schema."""
+
+    reason: str
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        return {**handler(schema), "uniqueItems": True}
+
+
+def no_whitespace(description: str) -> matching:
+    """An identifier with no grammar of its own beyond being one word: `description` says what it names."""
+    return matching(r"\S+", f"{description} (not empty, no spaces)")
+
+
 # --- image references ----------------------------------------------------------------------------------------
 # Grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept).
 
@@ -240,22 +270,42 @@ _REGISTRY_PREFIX_HINT = (
     "(no scheme, lowercase path components, no tag, digest or trailing slash)")
 
 
-def _registry_prefix(value: str) -> str:
-    """A registry host, a repository path on it, or (without a host) a path on Docker Hub: the start of a name in
-    the distribution reference grammar. The first component is a host exactly when reference reads it as one."""
+_REGISTRY_LOCATION_HINT = ("a registry host with an optional port and repository path, such as ghcr.io/acme, "
+                           "123456789012.dkr.ecr.us-east-1.amazonaws.com or localhost:5001 (no scheme, lowercase path "
+                           "components, no tag, digest or trailing slash)")
+_REGISTRY_HOST_HINT = "a registry host with an optional port, such as registry.internal:5000 or ghcr.io (no scheme or path)"
+
+
+def _registry_place(value: str, host_first: bool, hint: str) -> str:
+    """A registry host, a repository path on it, or (unless `host_first`) a path on Docker Hub: the start of a
+    name in the distribution reference grammar. The first component is a host when `host_first`, else exactly
+    when reference reads it as one. A URL's scheme is named as the mistake it is."""
     first, slash, rest = value.partition("/")
-    host, path = (first, rest) if is_registry_host(first) else ("", value)
+    host, path = (first, rest) if host_first or is_registry_host(first) else ("", value)
     problem = ("has a scheme; " if "://" in value else "has a tag or digest; " if "@" in path or ":" in path else
                "ends with '/'; " if value.endswith("/") else "")
     if problem or not (
         (not host or re.fullmatch(_DOMAIN, host)) and ((host and not slash) or _REPOSITORY_PATH.fullmatch(path))
     ):
-        raise ValueError(f"{problem}must be {_REGISTRY_PREFIX_HINT}")
+        raise ValueError(f"{problem}must be {hint}")
     return value
 
 
-RegistryPrefix = Annotated[str, AfterValidator(_registry_prefix), WithJsonSchema({
-    "type": "string", "pattern": f"^(?:(?:{_DOMAIN})(?:/{_REPOSITORY_PATH.pattern})?|{_REPOSITORY_PATH.pattern})$"})]
+def _registry_host(value: str) -> str:
+    if "://" not in value and "/" in value:
+        raise ValueError(f"has a path; must be {_REGISTRY_HOST_HINT}")
+    return _registry_place(value, True, _REGISTRY_HOST_HINT)
+
+
+_HOST_PATH_PATTERN = f"(?:{_DOMAIN})(?:/{_REPOSITORY_PATH.pattern})?"
+RegistryPrefix = Annotated[str, AfterValidator(lambda value: _registry_place(value, False, _REGISTRY_PREFIX_HINT)),
+                           WithJsonSchema({"type": "string", "pattern": f"^(?:{_HOST_PATH_PATTERN}|{_REPOSITORY_PATH.pattern})$"})]
+"""Where images come from or go to, as `images.rewrite` matches them: a host, a path on one, or a Docker Hub path."""
+RegistryLocation = Annotated[str, AfterValidator(lambda value: _registry_place(value, True, _REGISTRY_LOCATION_HINT)),
+                             WithJsonSchema({"type": "string", "pattern": f"^{_HOST_PATH_PATTERN}$"})]
+"""A registry host and an optional repository path on it (where the stack pushes)."""
+RegistryHost = Annotated[str, AfterValidator(_registry_host), WithJsonSchema({"type": "string", "pattern": f"^(?:{_DOMAIN})$"})]
+"""A registry host and optional port, as a reference's domain names it."""
 
 
 class _ImageMarker:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from .base import Problem, Section, join_key, matching
+from .base import Problem, Section, join_key, matching, no_whitespace, unique
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,14 @@ KIND_NODE_IMAGES = {
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+SubnetId = Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id such as subnet-0a1b2c3d4e5f60001")]
+_SUBNET_ONCE = "a subnet is listed once (EKS and the EFS mount targets, one per zone, take each once)"
+# EC2's instance type names: a family (`m6i`, `m7i-flex`, `u-6tb1`), a dot, a size (`large`, `12xlarge`, `metal-24xl`).
+InstanceType = Annotated[str, matching(
+    r"[a-z][a-z0-9-]*\.[a-z0-9-]+", "an EC2 instance type such as m6i.large or g5.12xlarge (a family, '.', a size)")]
+# Pulumi's stack references: `[<org>/]<project>/<stack>`, each part letters, digits, '-', '_' or '.'.
+StackReference = Annotated[str, matching(
+    r"(?:[A-Za-z0-9_.-]+/){1,2}[A-Za-z0-9_.-]+", "a stack reference <org>/<project>/<stack> (or <project>/<stack>)")]
 
 
 class KindSettings(Section):
@@ -76,11 +84,11 @@ class ExistingSettings(Section):
     """Path of a kubeconfig file on the machine running Pulumi (`~` expands). Only the path is stored in the
     state, so exec-based credentials (`aws eks get-token`, `gke-gcloud-auth-plugin`) keep refreshing."""
 
-    stack_reference: Optional[str] = None
+    stack_reference: Optional[StackReference] = None
     """`<org>/<project>/<stack>` of a stack that exports the cluster's kubeconfig (e.g. a platform team's
     cluster stack)."""
 
-    stack_output: str = "kubeconfig"
+    stack_output: Annotated[str, no_whitespace("a stack output name")] = "kubeconfig"
     """Name of the kubeconfig output of `stackReference`."""
 
     context: Optional[str] = None
@@ -148,19 +156,19 @@ class EksSettings(Section):
     vpc_id: Annotated[str, matching(r"vpc-[0-9a-f]{8,17}", "a VPC id such as vpc-0a1b2c3d4e5f67890")]
     """VPC the cluster runs in (required: production clusters live in a VPC the network team owns)."""
 
-    private_subnet_ids: Annotated[list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]], Field(min_length=2)]
+    private_subnet_ids: Annotated[list[SubnetId], Field(min_length=2), unique(_SUBNET_ONCE)]
     """Private subnets for nodes and EFS mount targets, one per availability zone (EKS needs two zones at least)."""
 
-    public_subnet_ids: list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]] = []
+    public_subnet_ids: Annotated[list[SubnetId], unique(_SUBNET_ONCE)] = []
     """Public subnets for internet-facing load balancers; empty keeps every load balancer internal."""
 
-    system_instance_type: str = "m6i.large"
+    system_instance_type: InstanceType = "m6i.large"
     """Instance type of the system node group (gateway, Knative, cluster add-ons): 2 vCPU / 8 GiB is ample."""
 
     system_nodes: NodeGroupSize = NodeGroupSize(minSize=2, maxSize=4, desiredSize=2)
     """System node group size: two nodes at least, so add-ons survive a node replacement."""
 
-    gpu_instance_type: str = "g5.xlarge"
+    gpu_instance_type: InstanceType = "g5.xlarge"
     """Instance type of the GPU node group: one NVIDIA A10G (24 GiB), the smallest that serves 7-8B models."""
 
     gpu_nodes: NodeGroupSize = NodeGroupSize(minSize=1, maxSize=4, desiredSize=1)
@@ -169,6 +177,14 @@ class EksSettings(Section):
 
     deletion_protection: bool = True
     """Refuse to delete the EKS cluster (set false before tearing a stack down)."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        private = set(self.private_subnet_ids)
+        for index, subnet in enumerate(self.public_subnet_ids):
+            if subnet in private:
+                yield Problem(join_key(join_key(path, "publicSubnetIds"), index),
+                              "is listed in privateSubnetIds too: a subnet is private (nodes, EFS) or public (internet-"
+                              "facing load balancers), not both", subnet)
 
 
 class ClusterConfig(Section):

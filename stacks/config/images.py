@@ -10,28 +10,21 @@ from components.image_rewrite import (
     canonical_prefix, canonical_repository, ecr_host, longest_matching_prefix, rewrite_image, split_reference,
 )
 
-from .base import ImageRef, ImageReference, Problem, RegistryPrefix, Section, join_key, join_keys, matching
+from .base import ImageRef, ImageReference, Problem, RegistryLocation, RegistryPrefix, Section, join_key, join_keys, matching, no_whitespace, unique
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-RegistryPath = Annotated[
-    str,
-    matching(
-        r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*",
-        "a registry host with an optional port and path, such as ghcr.io/acme or localhost:5001",
-    ),
-]
 Tag = Annotated[str, matching(r"[\w][\w.-]{0,127}", "an image tag such as 1.4.0 (letters, digits, '_', '.', '-')")]
-Username = Annotated[str, matching(r"\S+", "a user name (not empty, no spaces)")]
+Username = Annotated[str, no_whitespace("a user name")]
 Repository = Annotated[str, matching(r"[a-z0-9]+([._/-][a-z0-9]+)*", "a lowercase repository name such as model-gateway")]
 # A keyless signer, as its Fulcio certificate names it: the OIDC issuer that vouched for it and its identity (the
 # certificate's subject). Publishers' identities and those the admission policy accepts are spelled alike.
 OidcIssuer = Annotated[str, matching(r"https://\S+", "an https:// OIDC issuer URL such as https://accounts.google.com")]
-SigningIdentity = Annotated[str, matching(r"\S+", "a signing identity (an email or a URL, no spaces)")]
+SigningIdentity = Annotated[str, no_whitespace("a signing identity (an email or a URL)")]
 
 
 class RegistryConfig(Section):
-    server: Optional[RegistryPath] = None
+    server: Optional[RegistryLocation] = None
     """Where the stack pushes what it builds, as host[/path] (`123456789012.dkr.ecr.us-east-1.amazonaws.com`,
     `ghcr.io/acme`). Unset: the cluster's local registry (kind: `localhost:5001`)."""
 
@@ -64,7 +57,7 @@ class GatewayBuildConfig(Section):
     build_args: dict[str, str] = {}
     """Other `ARG` values."""
 
-    platforms: list[Literal["linux/amd64", "linux/arm64"]] = []
+    platforms: Annotated[list[Literal["linux/amd64", "linux/arm64"]], unique("each platform is built once")] = []
     """Platforms to build; unset builds for the machine running `pulumi up`."""
 
     cache: bool = False
@@ -183,11 +176,11 @@ class VerificationConfig(Section):
     """`enforce` rejects a pod whose image no key or keyless identity verifies; `audit` admits it with a warning (the
     step before enforcing, to see what would be rejected)."""
 
-    public_keys: list[str] = []
+    public_keys: Annotated[list[str], unique("each key is trusted once")] = []
     """Cosign public keys (PEM), each inline or as a file path relative to the project; an image signed by any
     one of them is admitted. Rotate by adding the new key, signing with it, then removing the old one."""
 
-    keyless_identities: list[KeylessIdentity] = []
+    keyless_identities: Annotated[list[KeylessIdentity], unique("each identity is trusted once")] = []
     """Keyless signers (`images.signing.keyless` and publishers that sign keyless); an image signed by any one of
     them is admitted, beside those `publicKeys` verify. They are verified against Sigstore's public Fulcio and
     Rekor, policy-controller's default trust root, which the webhook reads from Sigstore's TUF repository
@@ -238,11 +231,11 @@ class ImagesConfig(Section):
     without a host is on Docker Hub. Tags and digests are kept. Every digest-pinned image the stack deploys that
     a rule maps elsewhere (the engine, Knative, Kourier) is copied there on `pulumi up`."""
 
-    mirror: list[ImageRef] = []
+    mirror: Annotated[list[ImageRef], unique("each image is copied once")] = []
     """More upstream images (digest-pinned) to copy to where `rewrite` maps them, for workloads outside this
     stack; the stack's own images need no entry here."""
 
-    publisher_signatures: dict[str, PublisherSignature] = {}
+    publisher_signatures: dict[RegistryPrefix, PublisherSignature] = {}
     """Upstream prefix (as in `rewrite`) -> the keyless identity its publisher signs with. Every mirrored image
     under the prefix (longest prefix wins) is verified with `cosign verify` against Sigstore's public trust root
     before it is copied; an image that fails is not copied and `pulumi up` fails."""

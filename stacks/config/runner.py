@@ -11,10 +11,10 @@ from components.engines import ENGINES, PULL_SIDECAR_IMAGE, EngineContainer
 
 from .base import (
     ImageReference,
-    ByteQuantity, DnsLabel, DnsSubdomain, EnvValue, ImageRef, KubernetesEnvName, LabelKey, LabelValue, Namespace, Problem,
+    ByteQuantity, DnsSubdomain, EnvValue, ImageRef, KubernetesEnvName, LabelKey, LabelValue, Namespace, Problem,
     Section, join_key, join_keys, matching,
 )
-from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
+from .workload import AllowedNamespaces, ServedWorkload, ResourcesConfig, ScalingConfig
 
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
 # The address every engine profile binds to, so the Service, the probes and the gateway reach it.
@@ -149,7 +149,7 @@ class ModelConfig(ServedWorkload):
     probe_period_seconds: Annotated[int, Field(ge=1, le=60)] = 5
     """How often the startup and readiness probes ask whether the model can answer."""
 
-    allowed_namespaces: list[DnsLabel] = []
+    allowed_namespaces: AllowedNamespaces = []
     """Namespaces whose pods may call the model runner directly; the gateway always may, and nothing else can."""
 
     def profile_images(self, path: str) -> Iterator[tuple[str, str]]:

@@ -6,7 +6,12 @@ from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from .base import ByteQuantity, MetricName, Problem, Quantity, Section, join_key, join_keys, quantity_value
+from .base import (
+    ByteQuantity, DnsLabel, MetricName, Problem, Quantity, Section, join_key, join_keys, quantity_value, unique,
+)
+
+# Namespaces a workload's NetworkPolicy admits: a set, so a namespace twice is a typo for another one.
+AllowedNamespaces = Annotated[list[DnsLabel], unique("each namespace is admitted once")]
 
 
 def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig", configured: bool) -> Iterator[Problem]:
