@@ -36,6 +36,18 @@ class Problem:
         return f"{self.key}: {self.message}{given}"
 
 
+class InapplicableSetting(Problem):
+    """A setting the chosen runtime or provider does not read: other problems at or under its key are moot (the
+    setting has no effect to be wrong about), so only this one is reported there."""
+
+
+def without_moot(problems: list[Problem]) -> list[Problem]:
+    """`problems` less those at or under the key of an `InapplicableSetting`."""
+    inapplicable = [problem.key for problem in problems if isinstance(problem, InapplicableSetting)]
+    return [problem for problem in problems if isinstance(problem, InapplicableSetting) or not any(
+        problem.key == key or problem.key.startswith((f"{key}.", f"{key}[")) for key in inapplicable)]
+
+
 def _show(value: Any) -> str:
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 120 else text[:117] + "..."
@@ -142,6 +154,42 @@ class Section(BaseModel):
         """Independent groups of rules: one that reads an invalid field stops, the others still report. Sections
         whose rules read different fields override it; the default is `check` alone."""
         return [self.check(path)]
+
+
+def set_keys(value: Any, key: str) -> list[str]:
+    """The keys of every value the config sets at or under `key` (not defaults), so a setting that is wrong where
+    it stands is reported where the user wrote it, not as its whole section."""
+    if isinstance(value, Section):  # an empty map sets nothing
+        return [nested for name, field in type(value).model_fields.items() if name in value.model_fields_set
+                for nested in set_keys(getattr(value, name), join_key(key, field.alias or name))]
+    if isinstance(value, dict) and value and all(isinstance(item, Section) for item in value.values()):
+        return [nested for name, item in value.items() for nested in set_keys(item, join_key(key, name))]
+    return [key]
+
+
+@dataclass(frozen=True)
+class only_on:
+    """Annotated metadata for a setting only one runtime reads: on the other it would do nothing, silently."""
+
+    runtime: str
+
+
+def settings_for_other_runtimes(section: Section, path: str, runtime: str) -> Iterator[tuple[str, str]]:
+    """(key, runtime it applies to) of every value set under `section` that only another runtime reads."""
+    for name, field in type(section).model_fields.items():
+        if name not in section.model_fields_set:
+            continue
+        key = join_key(path, field.alias or name)
+        value = getattr(section, name)
+        rule = next((meta for meta in field.metadata if isinstance(meta, only_on)), None)
+        if rule is not None and rule.runtime != runtime:
+            yield from ((setting, rule.runtime) for setting in set_keys(value, key))
+        elif isinstance(value, Section):
+            yield from settings_for_other_runtimes(value, key, runtime)
+        elif isinstance(value, dict):
+            for item_key, item in value.items():
+                if isinstance(item, Section):
+                    yield from settings_for_other_runtimes(item, join_key(key, item_key), runtime)
 
 
 def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from .base import Problem, Section, join_key, matching, no_whitespace, unique
+from .base import InapplicableSetting, Problem, Section, join_key, matching, no_whitespace, set_keys, unique
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,9 @@ class ClusterConfig(Section):
         yield from self.existing.kubeconfig_problems(join_key(path, "existing"))
         for section in ("kind", "existing", "eks"):
             if section in self.model_fields_set and section != self.provider:
-                yield Problem(join_key(path, section), f"applies only when provider is {section}", self.provider)
+                for key in set_keys(getattr(self, section), join_key(path, section)):
+                    yield InapplicableSetting(key, f"applies only when provider is {section}, and does nothing with provider "
+                                       f"{self.provider}; remove it")
         if self.provider == "kind" and self.kubernetes_version not in KIND_NODE_IMAGES:
             yield Problem(
                 join_key(path, "kubernetesVersion"),

@@ -6,7 +6,7 @@ from typing import Annotated, Iterator, Optional
 
 from pydantic import Field
 
-from .base import ImageRef, Problem, matching, unique
+from .base import ImageRef, Problem, matching, only_on, unique
 from .workload import AllowedNamespaces, ServedWorkload, ResourcesConfig, ScalingConfig
 
 
@@ -18,15 +18,15 @@ class GatewayConfig(ServedWorkload):
     """A prebuilt gateway image to deploy (e.g. the digest CI pushed for a release); unset deploys the image the
     stack builds from `app/`. Production needs it digest-pinned."""
 
-    resources: ResourcesConfig = ResourcesConfig()
+    resources: Annotated[ResourcesConfig, only_on("kubernetes")] = ResourcesConfig()
     """CPU and memory per gateway replica (it proxies and streams; it holds no model)."""
 
-    allowed_namespaces: AllowedNamespaces = []
+    allowed_namespaces: Annotated[AllowedNamespaces, only_on("kubernetes")] = []
     """Namespaces whose pods may call the gateway: your ingress controller's (`ingress-nginx`) and in-cluster
     clients'. Empty admits every pod. On Knative only Knative's own data path reaches it, whatever this says.
     Either way the gateway itself may connect only to the model runner and DNS: it holds the API keys."""
 
-    scaling: ScalingConfig = ScalingConfig(targetConcurrency=50)
+    scaling: Annotated[ScalingConfig, only_on("kubernetes")] = ScalingConfig(targetConcurrency=50)
     """Replica bounds and autoscaling targets of the gateway."""
 
     request_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600

@@ -12,7 +12,7 @@ from components.engines import ENGINES, PULL_SIDECAR_IMAGE, EngineContainer
 from .base import (
     ImageReference,
     ByteQuantity, DnsSubdomain, EnvValue, ImageRef, KubernetesEnvName, LabelKey, LabelValue, Namespace, Problem,
-    Section, join_key, join_keys, matching,
+    Section, join_key, join_keys, matching, only_on,
 )
 from .workload import AllowedNamespaces, ServedWorkload, ResourcesConfig, ScalingConfig
 
@@ -71,10 +71,10 @@ class GpuConfig(Section):
     count: Annotated[int, Field(ge=0, le=16)] = 0
     """NVIDIA GPUs per replica (`nvidia.com/gpu`); 0 runs on CPU."""
 
-    node_selector: dict[LabelKey, LabelValue] = {}
+    node_selector: Annotated[dict[LabelKey, LabelValue], only_on("kubernetes")] = {}
     """Extra labels GPU nodes must carry (added to what the cluster layer knows about its GPU nodes)."""
 
-    runtime_class_name: Optional[DnsSubdomain] = None
+    runtime_class_name: Annotated[Optional[DnsSubdomain], only_on("kubernetes")] = None
     """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
@@ -127,7 +127,7 @@ class ModelConfig(ServedWorkload):
     env: dict[KubernetesEnvName, EnvValue] = {}
     """Extra non-secret environment for the engine (credentials belong in secrets such as `hfToken`)."""
 
-    resources: ResourcesConfig = ResourcesConfig(
+    resources: Annotated[ResourcesConfig, only_on("kubernetes")] = ResourcesConfig(
         requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "4Gi"}
     )
     """CPU and memory per replica; size memory for the weights plus the KV cache."""
@@ -135,10 +135,10 @@ class ModelConfig(ServedWorkload):
     gpu: GpuConfig = GpuConfig()
     """GPUs per replica and how GPU nodes are selected."""
 
-    cache: CacheConfig = CacheConfig()
-    """The persistent model cache."""
+    cache: Annotated[CacheConfig, only_on("kubernetes")] = CacheConfig()
+    """The persistent model cache (on the Docker runtime, the `docker.cacheVolume` volume, always kept)."""
 
-    scaling: ScalingConfig = ScalingConfig()
+    scaling: Annotated[ScalingConfig, only_on("kubernetes")] = ScalingConfig()
     """Replica bounds and autoscaling targets."""
 
     load_budget_seconds: Annotated[int, Field(ge=30, le=7200)] = 600
@@ -146,10 +146,10 @@ class ModelConfig(ServedWorkload):
     device). The startup probe allows exactly this long before restarting the pod; readiness follows within one
     probe period of the model being ready."""
 
-    probe_period_seconds: Annotated[int, Field(ge=1, le=60)] = 5
+    probe_period_seconds: Annotated[int, Field(ge=1, le=60), only_on("kubernetes")] = 5
     """How often the startup and readiness probes ask whether the model can answer."""
 
-    allowed_namespaces: AllowedNamespaces = []
+    allowed_namespaces: Annotated[AllowedNamespaces, only_on("kubernetes")] = []
     """Namespaces whose pods may call the model runner directly; the gateway always may, and nothing else can."""
 
     def profile_images(self, path: str) -> Iterator[tuple[str, str]]:
@@ -240,6 +240,6 @@ class ModelConfig(ServedWorkload):
 class RunnerConfig(ModelConfig):
     """The model runner of a stack that serves one model (the shorthand for `models` with a single entry)."""
 
-    namespace: Namespace = "models"
+    namespace: Annotated[Namespace, only_on("kubernetes")] = "models"
     """Namespace of the model runner and the gateway (the top-level `namespace` key says the same for any
     number of models; set one of them)."""

@@ -1,0 +1,71 @@
+"""Promise: a setting that only the other runtime reads is refused at its own key, never as its whole section, and
+so is a setting of a section that does not apply; models whose generated object names would collide (containers
+on Docker, the names Knative derives on Kubernetes) are refused naming both models and the name."""
+
+import pytest
+
+from harness import assert_rejected, evaluate, evaluate_failure
+
+LLAMA = "bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf"
+LLAMA_MODEL = {"engine": "llama.cpp", "model": LLAMA}
+
+
+def docker_models(*names):
+    return {"runner": None, "models": {name: {**LLAMA_MODEL, "model": f"{LLAMA[:-5]}-{name}.gguf"} for name in names}}
+
+
+def kubernetes_models(**workloads):
+    """dev's models, plus one DMR model per name with the given workload."""
+    return {f"models.{name}": {"engine": "docker-model-runner", "model": f"ai/smollm2:{name}", "workload": workload,
+                               "scaling": {"minReplicas": 1, "maxReplicas": 1}} for name, workload in workloads.items()}
+
+
+REFUSED = [
+    # (stack, overrides, key, text)
+    ("local", {"runner.workload": "knative"}, "runner.workload", "Kubernetes runtime only"),
+    ("local", {"runner.scaling.maxReplicas": 2}, "runner.scaling.maxReplicas", "does nothing on this stack's runtime docker"),
+    ("local", {"runner.gpu.nodeSelector": {"gpu": "a10"}}, "runner.gpu.nodeSelector", "Kubernetes runtime only"),
+    ("local", {"gateway.allowedNamespaces": ["ingress-nginx"]}, "gateway.allowedNamespaces", "Kubernetes runtime only"),
+    ("local", {"namespace": "ml"}, "namespace", "Kubernetes runtime only"),
+    ("local", {"cluster.kind.workers": 1}, "cluster.kind.workers", "set runtime: kubernetes"),
+    ("dev", {"docker.runner.memory": "2g"}, "docker.runner.memory", "Docker runtime only"),
+    ("dev", {"cluster.existing.context": "ops"}, "cluster.existing.context", "applies only when provider is existing"),
+    # Generated names
+    ("local", docker_models("x", "x-pull"), "models.x-pull",
+     "its runner container would be named model-runner-x-pull, like the model pull container of models.x"),
+    ("local", docker_models("x-cache-owner", "x"), "models.x", "like the runner container of models.x-cache-owner"),
+    ("dev", kubernetes_models(chat="knative", **{"chat-00001": "deployment"}), "models.chat-00001",
+     "Service name Knative gives a revision of models.chat"),
+    ("dev", kubernetes_models(chat="knative", **{"chat-00002-private": "knative"}), "models.chat-00002-private",
+     "model-runner-chat-00002-private is a Service name"),
+    ("dev", kubernetes_models(chat="knative", **{"chat-00001-deployment": "deployment"}), "models.chat-00001-deployment",
+     "Deployment name Knative gives a revision of models.chat"),
+]
+
+
+@pytest.mark.parametrize("stack,overrides,key,text", REFUSED, ids=[f"{c[0]}-{c[2]}" for c in REFUSED])
+def test_settings_without_effect_and_colliding_names_are_refused_by_key(stack, overrides, key, text):
+    assert_rejected(stack, overrides, key, text)
+
+
+ACCEPTED = [
+    ("local", {"runner.loadBudgetSeconds": 200, "runner.gpu.count": 0, "docker.runner.memory": "1g"}),
+    ("dev", {"cluster.kind.workers": 1, "models.chat.scaling.targetCpuUtilization": 60}),
+    ("local", docker_models("x", "x-pulled", "pull-x")),
+    ("dev", kubernetes_models(chat="knative", **{"chat-0001": "deployment", "chat-00001-deployment": "knative"})),
+    ("dev", kubernetes_models(**{"chat-00001": "deployment"})),  # chat on a Deployment: Knative names nothing
+]
+
+
+@pytest.mark.parametrize("stack,overrides", ACCEPTED, ids=[f"{c[0]}-{i}" for i, c in enumerate(ACCEPTED)])
+def test_settings_the_runtime_reads_and_distinct_names_are_accepted(stack, overrides):
+    evaluate(stack, set=overrides)
+
+
+def test_each_setting_without_effect_is_its_own_problem():
+    error, evaluation = evaluate_failure("local", set={
+        "knative.domain": "models.example.com", "knative.install": True, "runner.workload": "knative",
+        "runner.cache.size": "20Gi"})
+    assert sorted(problem.key for problem in error.problems if "runtime only" in problem.message) == sorted([
+        "knative.domain", "knative.install", "runner.workload", "runner.cache.size"])
+    assert evaluation.resources == []
