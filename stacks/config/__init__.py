@@ -98,14 +98,13 @@ class StackConfig(Section):
     """Where the model runner and gateway run: a Kubernetes cluster, or Docker containers on one host."""
 
     cluster: Annotated[ClusterConfig, only_on("kubernetes")] = ClusterConfig()
-    """The Kubernetes cluster (Kubernetes runtime only)."""
+    """The Kubernetes cluster."""
 
     images: ImagesConfig = ImagesConfig()
     """Image builds, registries and mirrors."""
 
     knative: Annotated[KnativeConfig, only_on("kubernetes")] = KnativeConfig()
-    """Knative Serving and Kourier (installed when a workload is served through Knative, or `install: true`;
-    Kubernetes runtime only)."""
+    """Knative Serving and Kourier (installed when a workload is served through Knative, or `install: true`)."""
 
     namespace: Annotated[Optional[Namespace], only_on("kubernetes")] = None
     """Namespace of the model runners and the gateway; unset: `models` (or runner.namespace, which says the same
@@ -125,7 +124,7 @@ class StackConfig(Section):
     """The gateway in front of the model runners."""
 
     docker: Annotated[DockerConfig, only_on("docker")] = DockerConfig()
-    """The single-host Docker runtime (Docker runtime only)."""
+    """The single-host Docker runtime: Compose-style settings of its containers."""
 
     _secret_sections: frozenset[str] = PrivateAttr(default=frozenset())
 

@@ -173,6 +173,13 @@ class only_on:
 
     runtime: str
 
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        return {**handler(schema), RUNTIME_SCHEMA_KEY: self.runtime}
+
+
+# The JSON Schema keyword (an extension: validators ignore it) naming the one runtime a setting applies to.
+RUNTIME_SCHEMA_KEY = "x-runtime"
+
 
 def settings_for_other_runtimes(section: Section, path: str, runtime: str) -> Iterator[tuple[str, str]]:
     """(key, runtime it applies to) of every value set under `section` that only another runtime reads."""

@@ -87,9 +87,13 @@ class ModelConfig(ServedWorkload):
     `ollama` runs on either."""
 
     model: str = "ai/smollm2:360M-Q4_K_M"
-    """Model to serve, in the engine's own naming: `ai/smollm2:360M-Q4_K_M` (Docker Model Runner),
-    `Qwen/Qwen2.5-7B-Instruct` (vLLM, a Hugging Face repo), `llama3.2:3b` (Ollama),
-    `<hf-owner>/<repo>/<file>.gguf` (llama.cpp)."""
+    """Model to serve, in the engine's own naming: an OCI reference such as `ai/smollm2:360M-Q4_K_M` (Docker
+    Model Runner); a Hugging Face repository such as `Qwen/Qwen2.5-7B-Instruct` (vLLM); an Ollama name,
+    `[host/][namespace/]model[:tag]` such as `llama3.2:3b`, or a GGUF repository on Hugging Face as
+    `hf.co/<user>/<repo>:<quantization>` (also `huggingface.co/...`) (Ollama); a GGUF file in a Hugging Face
+    repository, `<owner>/<repo>/[<folder>/...]<file>.gguf` (llama.cpp), where a model split into parts is named by
+    its first (`<name>-00001-of-00003.gguf`) and every part is downloaded. No path segment may be empty, `.` or
+    `..`."""
 
     image: Optional[ImageRef] = None
     """Engine image; unset uses the engine profile's image. Production needs it digest-pinned. For
