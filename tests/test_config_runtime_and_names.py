@@ -28,6 +28,8 @@ REFUSED = [
     ("local", {"gateway.allowedNamespaces": ["ingress-nginx"]}, "gateway.allowedNamespaces", "Kubernetes runtime only"),
     ("local", {"namespace": "ml"}, "namespace", "Kubernetes runtime only"),
     ("local", {"cluster.kind.workers": 1}, "cluster.kind.workers", "set runtime: kubernetes"),
+    ("local", {"images.registry.server": "ghcr.io/acme"}, "images.registry.server", "Kubernetes runtime only"),
+    ("local", {"images.gatewayBuild.platforms": ["linux/arm64"]}, "images.gatewayBuild.platforms", "Kubernetes runtime only"),
     ("dev", {"docker.runner.memory": "2g"}, "docker.runner.memory", "Docker runtime only"),
     ("dev", {"cluster.existing.context": "ops"}, "cluster.existing.context", "applies only when provider is existing"),
     # Generated names

@@ -164,7 +164,7 @@ def set_keys(value: Any, key: str) -> list[str]:
                 for nested in set_keys(getattr(value, name), join_key(key, field.alias or name))]
     if isinstance(value, dict) and value and all(isinstance(item, Section) for item in value.values()):
         return [nested for name, item in value.items() for nested in set_keys(item, join_key(key, name))]
-    return [key]
+    return [key]  # a value, or a list or map of values: one setting
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ from components.image_rewrite import (
     canonical_prefix, canonical_repository, ecr_host, longest_matching_prefix, rewrite_image, split_reference,
 )
 
-from .base import ImageRef, ImageReference, Problem, RegistryLocation, RegistryPrefix, Section, join_key, join_keys, matching, no_whitespace, unique
+from .base import (
+    ImageRef, ImageReference, Problem, RegistryLocation, RegistryPrefix, Section, join_key, join_keys, matching,
+    no_whitespace, only_on, unique,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,10 +60,11 @@ class GatewayBuildConfig(Section):
     build_args: dict[str, str] = {}
     """Other `ARG` values."""
 
-    platforms: Annotated[list[Literal["linux/amd64", "linux/arm64"]], unique("each platform is built once")] = []
+    platforms: Annotated[list[Literal["linux/amd64", "linux/arm64"]], unique("each platform is built once"),
+                         only_on("kubernetes")] = []
     """Platforms to build; unset builds for the machine running `pulumi up`."""
 
-    cache: bool = False
+    cache: Annotated[bool, only_on("kubernetes")] = False
     """Import and export BuildKit cache at `<repository>:buildcache`, so CI runners without local cache reuse
     layers."""
 
@@ -219,23 +223,23 @@ def _key_text(key: str) -> Optional[str]:
 class ImagesConfig(Section):
     """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
 
-    registry: RegistryConfig = RegistryConfig()
+    registry: Annotated[RegistryConfig, only_on("kubernetes")] = RegistryConfig()
     """The registry for the stack's builds and mirrors."""
 
     gateway_build: GatewayBuildConfig = GatewayBuildConfig()
     """How the gateway image is built (when `gateway.image` does not name a prebuilt one)."""
 
-    rewrite: dict[RegistryPrefix, RegistryPrefix] = {}
+    rewrite: Annotated[dict[RegistryPrefix, RegistryPrefix], only_on("kubernetes")] = {}
     """Registry mapping applied to every image the stack deploys, third-party manifests included: upstream
     prefix -> mirror prefix (`docker.io: <registry>/mirror/docker.io`). The longest matching prefix wins; a prefix
     without a host is on Docker Hub. Tags and digests are kept. Every digest-pinned image the stack deploys that
     a rule maps elsewhere (the engine, Knative, Kourier) is copied there on `pulumi up`."""
 
-    mirror: Annotated[list[ImageRef], unique("each image is copied once")] = []
+    mirror: Annotated[list[ImageRef], unique("each image is copied once"), only_on("kubernetes")] = []
     """More upstream images (digest-pinned) to copy to where `rewrite` maps them, for workloads outside this
     stack; the stack's own images need no entry here."""
 
-    publisher_signatures: dict[RegistryPrefix, PublisherSignature] = {}
+    publisher_signatures: Annotated[dict[RegistryPrefix, PublisherSignature], only_on("kubernetes")] = {}
     """Upstream prefix (as in `rewrite`) -> the keyless identity its publisher signs with. Every mirrored image
     under the prefix (longest prefix wins) is verified with `cosign verify` against Sigstore's public trust root
     before it is copied; an image that fails is not copied and `pulumi up` fails."""
@@ -283,14 +287,8 @@ class ImagesConfig(Section):
             elif rewrite_image(source, self.rewrite) == source:
                 yield Problem(key, "no images.rewrite rule maps it into the private registry", source)
 
-    def unused_rule_problems(self, path: str, deployed: Optional[list[str]]) -> Iterator[Problem]:
-        """`rewrite` rules that map none of the `deployed` images nor `mirror`; `deployed` None: the runtime
-        applies no mapping at all (Docker)."""
-        if deployed is None:
-            for prefix in self.rewrite:
-                yield Problem(join_key(join_key(path, "rewrite"), prefix), "is not applied: the Docker runtime pulls "
-                              "every image as configured (the mapping is for the Kubernetes runtime); remove it")
-            return
+    def unused_rule_problems(self, path: str, deployed: list[str]) -> Iterator[Problem]:
+        """`rewrite` rules that map none of the `deployed` images nor `mirror`."""
         images = [*deployed, *self.mirror]
         applied = {longest_matching_prefix(image, self.rewrite) for image in images}
         repositories = ", ".join(sorted({canonical_repository(split_reference(image)[0]) for image in images}))
