@@ -370,8 +370,8 @@ def test_a_missing_kubeconfig_file_names_the_key(tmp_path):
 CONFIG_RULES = [
     ("prod", {"cluster.provider": "kind", "cluster.eks": None}, "cluster.provider", "production stacks need a real cluster"),
     ("dev", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "pinned for 1.34, 1.33"),
-    ("dev", {"cluster.existing.context": "x"}, "cluster.existing", "applies only when provider is existing"),
-    ("prod", {"cluster.kind.workers": 3}, "cluster.kind", "applies only when provider is kind"),
+    ("dev", {"cluster.existing.context": "x"}, "cluster.existing.context", "applies only when provider is existing"),
+    ("prod", {"cluster.kind.workers": 3}, "cluster.kind.workers", "applies only when provider is kind"),
     ("prod", {"cluster.eks": None}, "cluster.eks", "required when provider is eks"),
     ("prod", {"cluster.eks.gpuNodes.desiredSize": 9}, "cluster.eks.gpuNodes.desiredSize", "between minSize and maxSize"),
     ("prod", {"cluster.eks.privateSubnetIds": ["subnet-0a1b2c3d4e5f60001"]}, "cluster.eks.privateSubnetIds", "at least 2"),

@@ -31,7 +31,6 @@ REFUSED = [
     ("local", {"images.registry.server": "ghcr.io/acme"}, "images.registry.server", "Kubernetes runtime only"),
     ("local", {"images.gatewayBuild.platforms": ["linux/arm64"]}, "images.gatewayBuild.platforms", "Kubernetes runtime only"),
     ("dev", {"docker.runner.memory": "2g"}, "docker.runner.memory", "Docker runtime only"),
-    ("dev", {"cluster.existing.context": "ops"}, "cluster.existing.context", "applies only when provider is existing"),
     # Generated names
     ("local", docker_models("x", "x-pull"), "models.x-pull",
      "its runner container would be named model-runner-x-pull, like the model pull container of models.x"),
