@@ -334,21 +334,21 @@ def test_existing_cluster_from_another_stacks_output():
 
 
 @pytest.mark.parametrize(
-    "overrides,secrets,given",
+    "overrides,secrets,key",
     [
-        ({}, NO_KUBECONFIG, "none"),
+        ({}, NO_KUBECONFIG, "cluster.existing"),
         # Any file will do as the second source: the kubeconfig secret is the one too many (the file is read and
-        # must be a kubeconfig, so the rule is seen alone).
+        # must be a kubeconfig, so the rule is seen alone), and the second source is named by its key.
         ({"cluster.existing.kubeconfigPath": str(ROOT / "tests/fixtures/kubeconfig.yaml")}, FAKE_SECRETS,
-         "kubeconfig, cluster.existing.kubeconfigPath"),
+         "cluster.existing.kubeconfigPath"),
     ],
     ids=["none", "two"],
 )
-def test_existing_cluster_needs_exactly_one_kubeconfig_source(overrides, secrets, given):
+def test_existing_cluster_needs_exactly_one_kubeconfig_source(overrides, secrets, key):
     error, evaluation = evaluate_failure("prod", set={**EXISTING, **overrides}, secrets=secrets)
     assert isinstance(error, ConfigError)
     (problem,) = error.problems
-    assert problem.key == "cluster.existing" and problem.given == given
+    assert problem.key == key
     assert "kubeconfigPath" in problem.message and "stackReference" in problem.message
     assert evaluation.resources == []
 
