@@ -104,8 +104,8 @@ class ModelConfig(ServedWorkload):
     model_hub: Optional[HubUrl] = None
     """Base URL of a Hugging Face-compatible hub the engine downloads weights from, for sites behind a firewall
     or air-gapped ones with a mirror (`https://hf-mirror.internal`); unset: https://huggingface.co. vLLM gets it as
-    `HF_ENDPOINT`; llama.cpp downloads `<modelHub>/<owner>/<repo>/resolve/main/<file>`. Ollama pulls from its own
-    registry and Docker Model Runner from an OCI registry, so neither takes it."""
+    `HF_ENDPOINT`; llama.cpp downloads `<modelHub>/<owner>/<repo>/resolve/main/<path in the repository>`. Ollama
+    pulls from its own registry and Docker Model Runner from an OCI registry, so neither takes it."""
 
     pull_sidecar_image: Optional[ImageRef] = None
     """Image of the pull sidecar for engines that pull through their own API (Docker Model Runner); unset uses
