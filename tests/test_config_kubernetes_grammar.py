@@ -30,12 +30,6 @@ REFUSED = [
      "models.chat.resources.limits.memory", "0.512 bytes"),
     ({"models.chat.cache.size": "10gi"}, "models.chat.cache.size", "Kubernetes quantity"),
     ({"models.chat.cache.size": "100m"}, "models.chat.cache.size", "did you mean 100Mi"),
-    ({"models.chat.scaling.podsMetric": {"name": "", "averageValue": "4"}}, "models.chat.scaling.podsMetric.name",
-     "not empty"),
-    ({"models.chat.scaling.podsMetric": {"name": "..", "averageValue": "4"}}, "models.chat.scaling.podsMetric.name",
-     "path segment name"),
-    ({"models.chat.scaling.podsMetric": {"name": "vllm/waiting", "averageValue": "4"}},
-     "models.chat.scaling.podsMetric.name", "without '/' or '%'"),
 ]
 
 
@@ -61,8 +55,6 @@ ACCEPTED = [
     ("dev", {"models.chat.resources.requests.memory": "1.5Gi", "models.chat.resources.limits.memory": "2G"}),
     ("dev", {"models.chat.env.THREADS": 8, "models.chat.env.VERBOSE": True}),
     ("prod", {"models.chat.gpu.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G", "zone": ""}}),
-    ("prod", {"models.chat.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}}),
-    ("dev", {"models.chat.scaling.podsMetric": {"name": "requests.waiting-per_pod", "averageValue": "4"}}),
 ]
 
 

@@ -18,7 +18,7 @@ def engine(name, model, **more):
 
 
 REFUSED = [
-    # (stack, overrides, key, text): escaping the cache through `..`, `.`, empty segments or an absolute path
+    # (stack, overrides, key, text; the value given is the model): escaping the cache through `..`, `.`, empty segments or an absolute path
     ("dev", engine("llama.cpp", "bartowski/../SmolLM2.gguf"), "models.chat.model", "llama.cpp model"),
     ("dev", engine("llama.cpp", "../SmolLM2-360M-Instruct-GGUF/SmolLM2.gguf"), "models.chat.model", "<owner>/<repository>"),
     ("dev", engine("llama.cpp", "./SmolLM2-360M-Instruct-GGUF/SmolLM2.gguf"), "models.chat.model", "llama.cpp model"),
@@ -38,7 +38,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("stack,overrides,key,text", REFUSED, ids=[c[1]["models.chat.model"] for c in REFUSED])
 def test_model_references_outside_their_grammar_are_refused(stack, overrides, key, text):
-    assert_rejected(stack, overrides, key, text)
+    assert_rejected(stack, overrides, key, text, given=overrides[key])
 
 
 ACCEPTED = [

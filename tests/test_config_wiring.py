@@ -36,8 +36,6 @@ REFUSED = [
     ("dev", {"knative.kourierVersion": "1.14.0"}, "knative.kourierVersion", "1.15.2"),
     ("dev", {"models.chat.scaling.targetConcurrency": 8}, "models.chat.scaling.targetConcurrency", "Knative workloads"),
     ("dev", {"gateway.scaling.targetCpuUtilization": 60}, "gateway.scaling.targetCpuUtilization", "Deployment workloads"),
-    ("dev", {"cluster.kind.httpsHostPort": 80}, "cluster.kind.httpsHostPort", "127.0.0.1:80 on the host, which cluster.kind.httpHostPort"),
-    ("dev", {"cluster.kind.registryPort": 443}, "cluster.kind.registryPort", "which cluster.kind.httpsHostPort takes"),
 ]
 
 
@@ -65,7 +63,6 @@ ACCEPTED = [
     ("dev", {"knative.kourierVersion": "1.15.0"}),
     ("dev", {"gateway.scaling.targetConcurrency": 20}),
     ("prod", {"models.chat.scaling.targetCpuUtilization": 60}),
-    ("dev", {"cluster.kind.httpHostPort": 8080, "cluster.kind.httpsHostPort": 8443, "cluster.kind.registryPort": 8081}),
 ]
 
 

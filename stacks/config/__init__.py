@@ -159,9 +159,10 @@ class StackConfig(Section):
             bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
 
     def check(self, path: str) -> Iterator[Problem]:
-        for key, runtime in settings_for_other_runtimes(self, path, self.runtime):
-            yield InapplicableSetting(key, f"applies to the {runtime.capitalize()} runtime only, and does nothing on this stack's "
-                               f"runtime {self.runtime}; remove it (or set runtime: {runtime})")
+        for key, given, runtime in settings_for_other_runtimes(self, path, self.runtime):
+            yield InapplicableSetting(key, f"applies to the {runtime.capitalize()} runtime only, and does nothing on "
+                                           f"this stack's runtime {self.runtime}; remove it (or set runtime: {runtime})",
+                                      given)
         yield from self._model_list_problems(path)
         yield from self._generated_name_problems(path)
         yield from self._knative_problems(path)
@@ -277,11 +278,11 @@ class StackConfig(Section):
     def _knative_problems(self, path: str) -> Iterator[Problem]:
         knative = self.knative
         if self.runtime == "kubernetes" and not self.knative_installed:
-            for key in set_keys(knative, join_key(path, "knative")):
+            for key, given in set_keys(knative, join_key(path, "knative")):
                 if key != join_keys(path, "knative.install"):
-                    yield InapplicableSetting(key, "configures a Knative that this stack does not install: no workload is served "
-                                       "through Knative (set a model's workload or gateway.workload to knative, or "
-                                       "knative.install: true)")
+                    yield InapplicableSetting(key, "configures a Knative that this stack does not install: no workload "
+                                                   "is served through Knative (set a model's workload or "
+                                                   "gateway.workload to knative, or knative.install: true)", given)
         if self.knative_installed:
             if not knative.scale_to_zero:
                 asking = [f"{key}.scaling.minReplicas" for key, section in self._workloads()

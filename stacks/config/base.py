@@ -144,7 +144,7 @@ class Section(BaseModel):
                 earlier = first.setdefault(entry, index)
                 if earlier != index:
                     yield Problem(join_key(key, index), f"repeats {join_key(key, earlier)}: {rule.reason}",
-                                  entry if isinstance(entry, (str, int)) else None)
+                                  entry if rule.shown and isinstance(entry, (str, int)) else None)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
@@ -156,15 +156,15 @@ class Section(BaseModel):
         return [self.check(path)]
 
 
-def set_keys(value: Any, key: str) -> list[str]:
-    """The keys of every value the config sets at or under `key` (not defaults), so a setting that is wrong where
-    it stands is reported where the user wrote it, not as its whole section."""
+def set_keys(value: Any, key: str) -> list[tuple[str, Any]]:
+    """(key, value) of every value the config sets at or under `key` (not defaults), so a setting that is wrong
+    where it stands is reported where the user wrote it, not as its whole section."""
     if isinstance(value, Section):  # an empty map sets nothing
         return [nested for name, field in type(value).model_fields.items() if name in value.model_fields_set
                 for nested in set_keys(getattr(value, name), join_key(key, field.alias or name))]
     if isinstance(value, dict) and value and all(isinstance(item, Section) for item in value.values()):
         return [nested for name, item in value.items() for nested in set_keys(item, join_key(key, name))]
-    return [key]  # a value, or a list or map of values: one setting
+    return [(key, value)]  # a value, or a list or map of values: one setting
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,8 @@ class only_on:
 RUNTIME_SCHEMA_KEY = "x-runtime"
 
 
-def settings_for_other_runtimes(section: Section, path: str, runtime: str) -> Iterator[tuple[str, str]]:
-    """(key, runtime it applies to) of every value set under `section` that only another runtime reads."""
+def settings_for_other_runtimes(section: Section, path: str, runtime: str) -> Iterator[tuple[str, Any, str]]:
+    """(key, value, runtime it applies to) of every value set under `section` that only another runtime reads."""
     for name, field in type(section).model_fields.items():
         if name not in section.model_fields_set:
             continue
@@ -190,7 +190,7 @@ def settings_for_other_runtimes(section: Section, path: str, runtime: str) -> It
         value = getattr(section, name)
         rule = next((meta for meta in field.metadata if isinstance(meta, only_on)), None)
         if rule is not None and rule.runtime != runtime:
-            yield from ((setting, rule.runtime) for setting in set_keys(value, key))
+            yield from ((setting, given, rule.runtime) for setting, given in set_keys(value, key))
         elif isinstance(value, Section):
             yield from settings_for_other_runtimes(value, key, runtime)
         elif isinstance(value, dict):
@@ -266,6 +266,8 @@ class unique:
     see `uniqueItems` in the JSON Schema."""
 
     reason: str
+    shown: bool = True
+    """Whether a repeat's value may be shown in the error (not for text that could be a credential)."""
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
         return {**handler(schema), "uniqueItems": True}

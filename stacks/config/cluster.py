@@ -211,9 +211,9 @@ class ClusterConfig(Section):
         yield from self.existing.kubeconfig_problems(join_key(path, "existing"))
         for section in ("kind", "existing", "eks"):
             if section in self.model_fields_set and section != self.provider:
-                for key in set_keys(getattr(self, section), join_key(path, section)):
-                    yield InapplicableSetting(key, f"applies only when provider is {section}, and does nothing with provider "
-                                       f"{self.provider}; remove it")
+                for key, given in set_keys(getattr(self, section), join_key(path, section)):
+                    yield InapplicableSetting(key, f"applies only when provider is {section}, and does nothing with "
+                                                   f"provider {self.provider}; remove it", given)
         if self.provider == "kind" and self.kubernetes_version not in KIND_NODE_IMAGES:
             yield Problem(
                 join_key(path, "kubernetesVersion"),

@@ -180,7 +180,7 @@ class VerificationConfig(Section):
     """`enforce` rejects a pod whose image no key or keyless identity verifies; `audit` admits it with a warning (the
     step before enforcing, to see what would be rejected)."""
 
-    public_keys: Annotated[list[str], unique("each key is trusted once")] = []
+    public_keys: Annotated[list[str], unique("each key is trusted once", shown=False)] = []
     """Cosign public keys (PEM), each inline or as a file path relative to the project; an image signed by any
     one of them is admitted. Rotate by adding the new key, signing with it, then removing the old one."""
 
