@@ -6,7 +6,12 @@ from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from .base import ByteQuantity, Problem, Quantity, Section, join_key, join_keys, quantity_value
+from .base import (
+    ByteQuantity, DnsLabel, MetricName, Problem, Quantity, Section, join_key, join_keys, only_on, quantity_value, unique,
+)
+
+# Namespaces a workload's NetworkPolicy admits: a set, so a namespace twice is a typo for another one.
+AllowedNamespaces = Annotated[list[DnsLabel], unique("each namespace is admitted once")]
 
 
 def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig", configured: bool) -> Iterator[Problem]:
@@ -63,7 +68,7 @@ class ResourcesConfig(Section):
 
 
 class PodsMetricConfig(Section):
-    name: str
+    name: MetricName
     """Per-pod metric a custom metrics adapter serves (e.g. prometheus-adapter exposing vLLM's
     `vllm:num_requests_waiting`); the cluster must run one, or the autoscaler reports the metric missing."""
 
@@ -101,7 +106,7 @@ class ScalingConfig(Section):
 class ServedWorkload(Section):
     """What every served workload (the model runner, the gateway) chooses the same way."""
 
-    workload: Literal["deployment", "knative"] = "deployment"
+    workload: Annotated[Literal["deployment", "knative"], only_on("kubernetes")] = "deployment"
     """How it runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a Knative
     Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload uses it).
     Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route needs the name of
