@@ -25,10 +25,11 @@ REFUSED = [
      "cluster.eks.publicSubnetIds[1]", "a subnet is listed once", "subnet-0a1b2c3d4e5f60101"),
     ("prod", {"cluster.eks.publicSubnetIds": [SUBNETS[1]]}, "cluster.eks.publicSubnetIds[0]", "privateSubnetIds too",
      SUBNETS[1]),
-    ("prod", {"cluster.eks.gpuInstanceType": "g5.xlarge "}, "cluster.eks.gpuInstanceType", "EC2 instance type",
+    # Instance types come from the table the scheduling check sizes nodes with: a stray space is no entry of it.
+    ("prod", {"cluster.eks.gpuInstanceType": "g5.xlarge "}, "cluster.eks.gpuInstanceType", "must be 'g5.xlarge'",
      "g5.xlarge "),
-    ("prod", {"cluster.eks.systemInstanceType": "m6i large"}, "cluster.eks.systemInstanceType", "EC2 instance type",
-     "m6i large"),
+    ("prod", {"cluster.eks.systemInstanceType": "m6i large"}, "cluster.eks.systemInstanceType",
+     "must be 'm6i.large'", "m6i large"),
     ("dev", {**EXISTING, "cluster.existing.stackReference": "acme/platform/ prod"}, "cluster.existing.stackReference",
      "<org>/<project>/<stack>", "acme/platform/ prod"),
     ("dev", {"models.chat.allowedNamespaces": ["batch", "jobs", "batch"]}, "models.chat.allowedNamespaces[2]",
@@ -73,15 +74,18 @@ def test_repeats_stray_spaces_and_urls_are_refused_by_key(stack, overrides, key,
 
 ACCEPTED = [
     ("prod", {"cluster.eks.publicSubnetIds": ["subnet-0a1b2c3d4e5f60101"], "cluster.eks.gpuInstanceType": "g5.12xlarge",
-              "cluster.eks.systemInstanceType": "m7i-flex.large"}),
+              "cluster.eks.systemInstanceType": "m7i.xlarge"}),
     ("dev", {"models.chat.allowedNamespaces": ["batch", "jobs"], "gateway.allowedNamespaces": ["ingress-nginx"],
              "gateway.corsAllowOrigins": ["https://chat.example.com", "http://chat.example.com"]}),
     ("dev", {"knative.registriesSkippingTagResolving": ["registry.internal:5000", "kind.local"],
              "images.registry.server": "ghcr.io/acme"}),
     ("local", {"docker.runner.logging.driver": "local", "docker.gateway.hostname": "gateway.local",
                "docker.runner.user": "model-runner:1000"}),
-    ("prod", {"models.chat.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}}),
-    ("dev", {"models.chat.scaling.podsMetric": {"name": "requests.waiting-per_pod", "averageValue": "4"}}),
+    ("prod", {"models.chat.scaling.signal": "cpu",
+              "models.chat.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}}),
+    # dev's chat model scales from zero, on requests only: its small one can scale on CPU.
+    ("dev", {"models.small.scaling.signal": "cpu",
+             "models.small.scaling.podsMetric": {"name": "requests.waiting-per_pod", "averageValue": "4"}}),
 ]
 
 

@@ -60,7 +60,8 @@ def test_settings_without_effect_and_colliding_names_are_refused_by_key(stack, o
 
 ACCEPTED = [
     ("local", {"runner.loadBudgetSeconds": 200, "runner.gpu.count": 0, "docker.runner.memory": "1g"}),
-    ("dev", {"cluster.kind.workers": 1, "models.chat.scaling.targetCpuUtilization": 60}),
+    ("dev", {"cluster.kind.workers": 1, "models.small.scaling.signal": "cpu",
+             "models.small.scaling.targetCpuUtilization": 60}),
     ("dev", {"cluster.kind.httpHostPort": 8080, "cluster.kind.httpsHostPort": 8443, "cluster.kind.registryPort": 8081}),
     ("local", docker_models("x", "x-pulled", "pull-x")),
     ("dev", kubernetes_models(chat="knative", **{"chat-0001": "deployment", "chat-00001-deployment": "knative"})),

@@ -4,7 +4,6 @@ zero on a Deployment, the dashboard, and every query's metric names against the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
