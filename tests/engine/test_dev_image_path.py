@@ -124,7 +124,7 @@ def test_the_dev_stack_builds_and_pushes_the_gateway_to_its_local_registry(
         assert manifest_digest(f"127.0.0.1:{port}", "model-gateway", "dev") == digest
         # The builder the stack made is a BuildKit container on the host network.
         inspected = docker("buildx", "inspect", builder).stdout
-        assert "docker-container" in inspected and "network=host" in inspected
+        assert "Driver:        docker-container" in inspected and 'network="host"' in inspected
 
         # Pulled back by digest (what kind's nodes do), the image runs the gateway.
         docker("pull", reference)

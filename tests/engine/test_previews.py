@@ -103,6 +103,6 @@ def test_the_pull_request_preview_shows_the_diff_of_a_change(cluster, project):
         assert "kubernetes:apps/v1:Deployment: (update)" in comment
         assert "[urn=urn:pulumi:dev::model-stack::" in comment
         assert "failureThreshold" in comment, comment
-        assert "Policies:" in comment or "model-stack-policy" in comment
+        assert "Policy Packs run:" in comment
     finally:
         deployed.destroy()
