@@ -4,9 +4,8 @@ registry beside it."""
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
-import pulumi_command as command
 
-from .image_signature import KEY_OPTION, REGISTRY_LOGIN, ImageSignatureArgs, cosign_environment, signing_triggers
+from .image_signature import KEY_OPTION, REGISTRY_LOGIN, ImageSignatureArgs, cosign_command, cosign_environment
 from .options import child_options
 
 # BuildKit could record both itself, but pulumi-docker-build has no option for its attestations
@@ -41,8 +40,8 @@ class ImageAttestationArgs(TypedDict):
 
 
 class ImageAttestation(pulumi.ComponentResource):
-    """Attests `image` with cosign where `pulumi up` runs (cosign, and syft for the SBOM, on its PATH), once per digest
-    (and key), like its signature."""
+    """Attests `image` with cosign where `pulumi up` runs (cosign 2.x, and syft for the SBOM, on its PATH), once per
+    digest (and key), like its signature."""
 
     def __init__(self, name: str, args: ImageAttestationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ImageAttestation", name, None, opts)
@@ -55,17 +54,13 @@ class ImageAttestation(pulumi.ComponentResource):
             scripts["provenance"] = (PROVENANCE_SCRIPT, {**environment, "PREDICATE": args["provenance"]})
         previous: list[pulumi.Resource] = []
         for kind, (script, script_environment) in scripts.items():
-            attest = command.local.Command(
-                f"{name}-{kind}",
-                create=script,
-                environment=script_environment,
-                # A provenance that changes while the digest does not (a commit that leaves the build's files alone)
-                # attests nothing new: the bytes it describes are those already attested.
-                triggers=signing_triggers(signed),
+            # A provenance that changes while the digest does not (a commit that leaves the build's files alone)
+            # attests nothing new: the bytes it describes are those already attested.
+            attest = cosign_command(
+                f"{name}-{kind}", script, script_environment, signed,
                 # After what the component waits for (the signature), and one after the other: cosign adds an
                 # attestation by rewriting the image's one `.att` manifest, so two at once would lose one.
-                opts=pulumi.ResourceOptions.merge(
-                    child_options(self, opts), pulumi.ResourceOptions(ignore_changes=["environment"], depends_on=previous)),
+                pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=previous)),
             )
             previous = [attest]
         self.register_outputs({})
