@@ -12,7 +12,7 @@ from .config.base import Problem
 
 def deploy() -> None:
     """Validates the stack config (nothing is registered if it is wrong), then deploys the chosen runtime."""
-    config, secrets = load(deployment_checks=_release_problems)
+    config, secrets = load(deployment_checks=_deployment_problems)
     # A rule for images the stack does not deploy yet (another engine's registry) is no error, but worth a look.
     for problem in config.images.unused_rule_problems("images", _mapped_images(config)):
         pulumi.log.warn(str(problem))
@@ -25,6 +25,17 @@ def deploy() -> None:
 
         deploy_docker(config, secrets)
     pulumi.export("environment", config.environment)
+
+
+def _deployment_problems(config: StackConfig) -> Iterator[Problem]:
+    """Rules that read what the stack deploys: the Knative release, then (once it reads) the images an enforcing
+    admission policy would deny."""
+    release = list(_release_problems(config))
+    yield from release
+    if not release and config.runtime == "kubernetes":
+        from .admission import queue_proxy_image, unverifiable_image_problems
+
+        yield from unverifiable_image_problems(config, queue_proxy_image(config))
 
 
 def _release_problems(config: StackConfig) -> Iterator[Problem]:

@@ -342,10 +342,9 @@ def test_an_ecr_login_is_fetched_by_the_script_when_it_signs(tmp_path):
     assert environment == {"IMAGE": image, "TLOG_UPLOAD": "true", "REGISTRY_ADDRESS": ECR, "ECR_REGION": "us-east-1"}
     run = run_script(SIGN_SCRIPT, tmp_path, environment)
     assert run.returncode == 0, run.stderr
-    assert calls.read_text().splitlines()[:2] == [
-        "aws ecr get-login-password --region us-east-1",
-        f"cosign login {ECR} --username AWS --password-stdin",
-    ]
+    # Both ends of the pipe run at once: their lines come in either order.
+    assert {"aws ecr get-login-password --region us-east-1",
+            f"cosign login {ECR} --username AWS --password-stdin"} <= set(calls.read_text().splitlines())
 
 
 def test_keyless_signing_without_the_transparency_log_is_refused_by_the_component_too():
@@ -389,7 +388,7 @@ def test_bad_keyless_config_is_refused(overrides, secrets, key, text):
     (KEYLESS, None),                                                          # keyless, no key secret
     ({**SIGNING, "images.signing.tlogUpload": False}, SIGNING_SECRETS),       # a key may sign without the log
     ({"images.signing.keyless": False}, None),                                # keyless off without signing
-    ({"images.verification.enabled": True,                                    # identities instead of keys
+    ({**KEYLESS, "images.verification.enabled": True,                         # identities instead of keys
       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]}, None),
 ])
 def test_keyless_config_near_those_refused_is_accepted(overrides, secrets):
@@ -405,7 +404,8 @@ def test_the_docker_runtime_cannot_sign_or_verify():
 # --- verification at admission ---------------------------------------------------------------------------------
 
 def verifying(public_keys: list[str], mode: str = "enforce") -> dict:
-    return {"images.verification.enabled": True, "images.verification.publicKeys": public_keys,
+    """Verification with `public_keys`, of images the stack signs with a key (SIGNING_SECRETS')."""
+    return {**SIGNING, "images.verification.enabled": True, "images.verification.publicKeys": public_keys,
             "images.verification.mode": mode}
 
 
@@ -417,7 +417,7 @@ def test_dev_installs_no_admission_policy_by_default():
 
 def test_prod_admission_policy_is_schema_valid_and_guards_exactly_the_model_namespace():
     key = public_key_pem()
-    evaluation = evaluate("prod", set=verifying([key]))
+    evaluation = evaluate("prod", set=verifying([key]), secrets=SIGNING_SECRETS)
     objects = [obj for _, obj in evaluation.kubernetes_objects()]
 
     [policy] = [obj for obj in objects if obj["kind"] == "ClusterImagePolicy"]
@@ -444,7 +444,8 @@ def admission_policy(evaluation: Evaluation) -> dict:
 def test_a_keyless_admission_policy_is_schema_valid_and_guards_exactly_the_model_namespace():
     key = public_key_pem()
     evaluation = evaluate("prod", set={**verifying([key]),
-                                       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]})
+                                       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]},
+                          secrets=SIGNING_SECRETS)
     policy = admission_policy(evaluation)
     assert validation_errors(policy, "1.32", policy_controller_crd_schemas(CONTROLLER_VERSION)) == []
     assert policy["metadata"]["name"] == POLICY_NAME
@@ -461,7 +462,7 @@ def test_a_keyless_admission_policy_is_schema_valid_and_guards_exactly_the_model
 
 
 def test_identities_alone_make_an_admission_policy_without_key_authorities():
-    evaluation = evaluate("prod", set={"images.verification.enabled": True,
+    evaluation = evaluate("prod", set={**KEYLESS, "images.verification.enabled": True,
                                        "images.verification.keylessIdentities": [GITHUB_WORKFLOWS]})
     [authority] = admission_policy(evaluation)["spec"]["authorities"]
     assert authority == {"name": "keyless", "keyless": {"url": "https://fulcio.sigstore.dev",
@@ -483,14 +484,16 @@ def test_the_controller_image_counts_as_deployed_for_the_registry_mapping():
     def ghcr_warnings(overrides: dict) -> list[str]:
         # Without the embedding model, whose llama.cpp image comes from ghcr.io too.
         only_chat = {"models.embed": None, **overrides}
-        return [w for w in evaluate("prod", set=only_chat).warnings if w.startswith('images.rewrite["ghcr.io"]')]
+        secrets = SIGNING_SECRETS if overrides else None
+        return [w for w in evaluate("prod", set=only_chat, secrets=secrets).warnings
+                if w.startswith('images.rewrite["ghcr.io"]')]
 
     assert ghcr_warnings({}) != []
     assert ghcr_warnings(verifying([public_key_pem()])) == []
 
 
 def test_the_controller_image_is_mirrored_and_pulled_from_the_mirror():
-    evaluation = evaluate("prod", set=verifying([public_key_pem()]))
+    evaluation = evaluate("prod", set=verifying([public_key_pem()]), secrets=SIGNING_SECRETS)
     repository, _, digest = WEBHOOK_IMAGE.partition("@")
     mirrored = f"{ECR}/mirror/{repository}"
     assert any(index.plain()["sources"] == [WEBHOOK_IMAGE] for index in evaluation.of_type("docker-build:index:Index"))
@@ -499,7 +502,7 @@ def test_the_controller_image_is_mirrored_and_pulled_from_the_mirror():
 
 
 def test_workloads_wait_for_the_policy():
-    evaluation = evaluate("prod", set=verifying([public_key_pem()]))
+    evaluation = evaluate("prod", set=verifying([public_key_pem()]), secrets=SIGNING_SECRETS)
     policy = evaluation.one("kubernetes:policy.sigstore.dev/v1beta1:ClusterImagePolicy")
     for runner in evaluation.of_type("model-stack:index:ModelRunner"):
         assert policy.urn in runner.dependencies
@@ -509,7 +512,7 @@ def test_audit_mode_warns_and_every_key_is_an_authority(tmp_path):
     keys = [public_key_pem(), public_key_pem()]
     key_file = tmp_path / "cosign.pub"
     key_file.write_text(keys[1])
-    evaluation = evaluate("prod", set=verifying([keys[0], str(key_file)], mode="audit"))
+    evaluation = evaluate("prod", set=verifying([keys[0], str(key_file)], mode="audit"), secrets=SIGNING_SECRETS)
     [policy] = [obj for _, obj in evaluation.kubernetes_objects() if obj["kind"] == "ClusterImagePolicy"]
     assert policy["spec"]["mode"] == "warn"
     assert [authority["key"]["data"] for authority in policy["spec"]["authorities"]] == keys
@@ -523,7 +526,7 @@ def test_audit_mode_warns_and_every_key_is_an_authority(tmp_path):
     (verifying([public_key_pem()], mode="permissive"), "images.verification.mode", "enforce"),
 ])
 def test_bad_verification_config_is_rejected(overrides, key, text):
-    assert_rejected("prod", overrides, key, text)
+    assert_rejected("prod", overrides, key, text, secrets=SIGNING_SECRETS)
 
 
 def test_a_private_key_in_the_public_keys_is_rejected_without_echoing_it():
@@ -532,6 +535,116 @@ def test_a_private_key_in_the_public_keys_is_rejected_without_echoing_it():
     assert "images.verification.publicKeys[0]: is not a PEM public key" in str(error)
     assert "given: '-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----'" in str(error)
     assert "c2VjcmV0LWtleS1ib2R5" not in str(error)
+
+
+# --- the admission webhook's availability ------------------------------------------------------------------------
+
+def webhook_values(evaluation: Evaluation) -> dict:
+    return evaluation.one("kubernetes:helm.sh/v4:Chart", "signed-images-controller").plain()["values"]["webhook"]
+
+
+def test_production_runs_the_webhook_on_several_nodes_with_a_budget_that_lets_nodes_drain():
+    """The chart's defaults (one replica, a PDB of minAvailable 1) make the webhook a single point of failure whose
+    budget blocks every drain; the chart writes minAvailable only when truthy, and a PDB takes one of the two."""
+    webhook = webhook_values(evaluate("prod", set=verifying([public_key_pem()]), secrets=SIGNING_SECRETS))
+    assert webhook["replicaCount"] >= 2
+    budget = webhook["podDisruptionBudget"]
+    assert budget["enabled"] and budget["maxUnavailable"] == 1 and not budget["minAvailable"]
+    terms = webhook["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert {term["podAffinityTerm"]["topologyKey"] for term in terms} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    # The chart labels the webhook's pods with its name; its other labels carry the release name.
+    assert all(term["podAffinityTerm"]["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": "policy-controller"}}
+               for term in terms)
+    # Enforcing fails closed (only the labelled namespace's pods wait for the webhook).
+    assert webhook["failurePolicy"] == "Fail"
+
+
+def test_an_auditing_webhook_never_blocks_admission():
+    webhook = webhook_values(evaluate("prod", set=verifying([public_key_pem()], mode="audit"), secrets=SIGNING_SECRETS))
+    assert webhook["failurePolicy"] == "Ignore"
+
+
+# --- verification that could never admit ---------------------------------------------------------------------------
+
+QUAY_VLLM = "quay.io/acme/vllm-openai:v0.11.0@sha256:" + "c" * 64
+ACME_SIGNER = {"identity": "https://github.com/acme/vllm/.github/workflows/release.yml@refs/heads/main",
+               "issuer": "https://token.actions.githubusercontent.com"}
+
+
+def refused_keys(overrides: dict, secrets: dict | None = SIGNING_SECRETS, stack: str = "prod") -> dict[str, str]:
+    """Each refused config key and its line, for a config that must be refused before anything is registered."""
+    error, evaluation = evaluate_failure(stack, set=overrides, secrets=secrets)
+    assert evaluation.resources == [], error
+    return {line[4:].partition(":")[0]: line for line in str(error).splitlines() if line.startswith("  - ")}
+
+
+def test_enforcing_with_signing_off_names_every_image_it_would_deny():
+    refused = refused_keys({**verifying([public_key_pem()]), "images.signing.enabled": False}, secrets=None)
+    assert set(refused) == {"models.chat.image", "models.embed.image", "images.verification.mode"}
+    assert "images.signing.enabled is false" in refused["models.chat.image"]
+    assert stack_config("prod")["models"]["chat"]["image"] in refused["models.chat.image"]
+    assert "the gateway build" in refused["images.verification.mode"]
+
+
+@pytest.mark.parametrize("overrides,secrets,reason", [
+    ({**KEYLESS, "images.verification.enabled": True, "images.verification.publicKeys": [public_key_pem()]}, None,
+     "keylessIdentities names no identity"),
+    ({**SIGNING, "images.verification.enabled": True, "images.verification.keylessIdentities": [KEYLESS_IDENTITY]},
+     SIGNING_SECRETS, "publicKeys holds no key"),
+])
+def test_enforcing_without_what_verifies_the_stacks_own_signatures_is_refused(overrides, secrets, reason):
+    refused = refused_keys(overrides, secrets)
+    assert {"models.chat.image", "models.embed.image", "images.verification.mode"} <= set(refused)
+    assert all(reason in line for line in refused.values())
+
+
+def test_an_image_nothing_copies_into_the_registry_is_named():
+    refused = refused_keys({**verifying([public_key_pem()]), "models.chat.image": QUAY_VLLM})
+    assert set(refused) == {"models.chat.image"}
+    assert "no images.rewrite rule copies it" in refused["models.chat.image"] and QUAY_VLLM in refused["models.chat.image"]
+
+
+def test_the_pull_sidecar_counts_as_a_deployed_image():
+    sidecar = "quay.io/curl/curl:8.10.1@sha256:" + "d" * 64
+    model = {"engine": "docker-model-runner", "model": "ai/smollm2:360M-Q4_K_M",
+             "image": "docker/model-runner:v0.1.0@sha256:" + "e" * 64, "pullSidecarImage": sidecar}
+    refused = refused_keys({**verifying([public_key_pem()]), "models.embed": None, "models.chat": {
+        **stack_config("prod")["models"]["embed"], **model, "gpu": {"count": 0}}})
+    assert set(refused) == {"models.chat.pullSidecarImage"}, refused
+
+
+def test_knatives_queue_proxy_counts_as_a_deployed_image(pinned_knative_release):
+    knative = {"gateway.workload": "knative", "gateway.scaling.targetCpuUtilization": None,
+               "knative.domain": "models.example.com", "knative.manifestsDir": str(pinned_knative_release)}
+    refused = refused_keys({**verifying([public_key_pem()]), **knative})
+    assert set(refused) == {"knative.servingVersion"}, refused
+    assert "queue" in refused["knative.servingVersion"]
+    # Copied into the registry (and so signed), it is admitted.
+    evaluate("prod", set={**verifying([public_key_pem()]), **knative,
+                          'images.rewrite["opencsg-registry.cn-beijing.cr.aliyuncs.com"]': f"{ECR}/mirror/knative"},
+             secrets=SIGNING_SECRETS)
+
+
+@pytest.mark.parametrize("identity,admitted", [
+    ({"issuer": ACME_SIGNER["issuer"], "subjectRegExp": "^https://github[.]com/acme/vllm/.*$"}, True),
+    ({"issuer": ACME_SIGNER["issuer"], "subject": ACME_SIGNER["identity"]}, True),
+    ({"issuer": "https://accounts.google.com", "subject": ACME_SIGNER["identity"]}, False),
+    ({"issuer": ACME_SIGNER["issuer"], "subjectRegExp": "^https://github[.]com/other/.*$"}, False),
+])
+def test_an_image_pulled_from_a_publisher_whose_signer_the_policy_accepts_is_admitted(identity, admitted):
+    overrides = {**verifying([public_key_pem()]), "models.chat.image": QUAY_VLLM,
+                 'images.publisherSignatures["quay.io/acme"]': ACME_SIGNER,
+                 "images.verification.keylessIdentities": [identity]}
+    if admitted:
+        evaluate("prod", set=overrides, secrets=SIGNING_SECRETS)
+    else:
+        assert set(refused_keys(overrides)) == {"models.chat.image"}
+
+
+def test_auditing_admits_what_enforcing_would_deny():
+    evaluate("prod", set={**verifying([public_key_pem()], mode="audit"), "images.signing.enabled": False,
+                          "models.chat.image": QUAY_VLLM})
 
 
 # --- publishers' signatures, verified before a copy ------------------------------------------------------------
