@@ -254,11 +254,6 @@ def test_signed_images_keep_cosigns_signature_and_attestation_tags_rewritable_in
     assert not any(p.fullmatch(tag) for p in patterns for tag in ("0.1.0", "v0.11.0", "buildcache"))
 
 
-def test_unsigned_stacks_keep_every_release_tag_immutable():
-    repositories = evaluate("prod").of_type("aws:ecr/repository:Repository")
-    assert all("sha256-" not in json.dumps(r.inputs) for r in repositories)
-
-
 # Two builds of one repository: the CPU llama.cpp server prod's embedding model runs, and another one.
 LLAMA_CPP = "ghcr.io/ggml-org/llama.cpp"
 OTHER_LLAMA_CPP = f"{LLAMA_CPP}:server-b9936@sha256:" + "b" * 64
