@@ -17,8 +17,9 @@ except ImportError as error:  # the AWS SDK is an optional dependency (~270 MB)
 
 from .image_rewrite import ecr_host
 
-# The tags cosign 2 stores an image's signatures and attestations under, beside the image: it rewrites them to add
-# one (a new key's signature, a second attestation), which an immutable tag refuses (sigstore/cosign#3024).
+# The tags cosign stores an image's signatures and attestations under, beside the image, in the format the stack's
+# cosign commands pin: it rewrites them to add one (a new key's signature, a second attestation), which an immutable
+# tag refuses (sigstore/cosign#3024).
 COSIGN_TAGS = ["sha256-*.sig", "sha256-*.att"]
 
 

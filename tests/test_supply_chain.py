@@ -285,22 +285,39 @@ def test_the_stack_scripts_sign_by_digest_with_the_key_only_when_there_is_one(tm
     cosign = [[Path(argument).name if argument.startswith("/") else argument for argument in line.split(" ")]
               for line in calls.read_text().splitlines() if line.startswith("cosign")]
     assert cosign == [
-        ["cosign", "sign", *key, tlog, "--yes", image],
-        ["cosign", "attest", *key, "--type", "spdxjson", "--predicate", "sbom.spdx.json", tlog, "--yes", image],
-        ["cosign", "attest", *key, "--type", "slsaprovenance1", "--predicate", "provenance.json", tlog, "--yes", image],
+        ["cosign", "sign", *key, *LEGACY_FORMAT, tlog, "--yes", image],
+        ["cosign", "attest", *key, *LEGACY_FORMAT, "--type", "spdxjson", "--predicate", "sbom.spdx.json", tlog, "--yes",
+         image],
+        ["cosign", "attest", *key, *LEGACY_FORMAT, "--type", "slsaprovenance1", "--predicate", "provenance.json", tlog,
+         "--yes", image],
     ]
 
 
-@pytest.mark.parametrize("version", ["v3.0.2", "v1.13.6", ""])
-def test_every_cosign_script_refuses_a_cosign_other_than_2_before_it_signs(tmp_path, version):
-    """cosign 3 signs into bundles that policy-controller 0.13 does not verify for a key; 1.x lacks the 2.x flags."""
+# cosign 3 defaults both to true: new-format bundles (policy-controller 0.13 verifies those for keyless authorities
+# only) and a signing config from TUF, which picks the transparency log whatever --tlog-upload says.
+LEGACY_FORMAT = ["--new-bundle-format=false", "--use-signing-config=false"]
+UNSIGNED = {"IMAGE": "localhost:5001/model-gateway@sha256:" + "0" * 64, "TLOG_UPLOAD": "false", "PREDICATE": "{}"}
+
+
+@pytest.mark.parametrize("version", ["v2.6.1", "v2.10.0", "v3.0.2"])
+def test_every_cosign_script_pins_the_signature_format_of_cosign_2_on_cosign_3_too(tmp_path, version):
     calls = fake_tools(tmp_path, cosign_version=version)
-    environment = {"IMAGE": "localhost:5001/model-gateway@sha256:" + "0" * 64, "TLOG_UPLOAD": "false", "PREDICATE": "{}"}
     for script in (SIGN_SCRIPT, SBOM_SCRIPT, PROVENANCE_SCRIPT):
-        run = run_script(script, tmp_path, environment)
+        run = run_script(script, tmp_path, UNSIGNED)
+        assert run.returncode == 0, run.stderr
+    signing = [line.split(" ") for line in calls.read_text().splitlines() if line.startswith("cosign")]
+    assert len(signing) == 3 and all(line[2:4] == LEGACY_FORMAT for line in signing), signing
+
+
+@pytest.mark.parametrize("version", ["v2.5.3", "v1.13.6", "v4.0.0", ""])
+def test_every_cosign_script_refuses_a_cosign_without_those_options_before_it_signs(tmp_path, version):
+    """cosign has the options from 2.6; what a 4.x would do with them is unknown."""
+    calls = fake_tools(tmp_path, cosign_version=version)
+    for script in (SIGN_SCRIPT, SBOM_SCRIPT, PROVENANCE_SCRIPT):
+        run = run_script(script, tmp_path, UNSIGNED)
         assert run.returncode != 0
         shown = version.removeprefix("v") or "(version unknown)"
-        assert f"cosign {shown} is on the PATH; the stack signs with cosign 2.x" in run.stderr
+        assert f"cosign {shown} is on the PATH; the stack signs with cosign 2.6 or a later 2.x, or 3.x" in run.stderr
     assert not calls.exists()
 
 
