@@ -58,7 +58,7 @@ def guarded_images(config: StackConfig, queue_proxy: Optional[str]) -> list[tupl
         if sidecar is not None:
             images.append((join_keys(model.key, "pullSidecarImage"), model.config.pull_sidecar_image or sidecar))
     images.append(("gateway.image", config.gateway.image))
-    if queue_proxy is not None and config.knative_workloads:
+    if queue_proxy is not None:
         images.append(("knative.servingVersion", queue_proxy))
     return images
 
