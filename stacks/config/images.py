@@ -107,9 +107,9 @@ class SigningConfig(Section):
     enabled: bool = False
     """Sign the gateway build and every mirrored copy with cosign right after the push, by digest, with the key
     in the `cosignPrivateKey` secret (its password: `cosignPassword`) or keyless (`keyless`), and attest them
-    (`attestations`); again for a new digest or key, never for anything else. `pulumi up` then needs cosign 2.x
-    (other versions are refused before signing; cosign 3's bundles are not what the admission policy reads), `syft`
-    for SBOMs, and for Amazon ECR the `aws` CLI on its PATH, and write access to the registry, where signatures and
+    (`attestations`); again for a new digest or key, never for anything else. `pulumi up` then needs cosign 2.6+
+    or 3.x (older ones are refused before signing; cosign 3 is held to cosign 2's signature format, the one the
+    admission policy reads for a key), `syft` for SBOMs, and for Amazon ECR the `aws` CLI on its PATH, and write access to the registry, where signatures and
     attestations are stored beside the image (ECR repositories keep their tags for them mutable)."""
 
     keyless: bool = False
