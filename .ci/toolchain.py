@@ -18,7 +18,20 @@ modules' go.mod replaces its sibling modules with relative paths, which `go inst
 - cosign (`github.com/sigstore/cosign/v2`), which signs and verifies images and their attestations: the engine
   lane signs with it, and a stack with `images.signing` runs it after every push;
 - syft (`github.com/anchore/syft`), which writes the SPDX SBOM that a stack with `images.signing.attestations.sbom`
-  attests for every pushed image, reading the image from its registry.
+  attests for every pushed image, reading the image from its registry;
+- the kind CLI (`sigs.k8s.io/kind`) at the release stacks/cluster.py derives from the pinned node images;
+- the docker CLI's buildx plugin (`github.com/docker/buildx`), with which the stack creates its host-network
+  BuildKit builder, and BuildKit itself (`github.com/moby/buildkit`: buildkitd, buildctl), which that builder runs
+  in a container (tests/engine/buildkit_image makes the image, since none can be pulled here); both at the
+  versions the docker-build plugin is built with;
+- from the public source in ../shared/upstream-src (the proxy refuses these three modules; see its README): the
+  command and docker-build plugins at the versions their pinned SDKs declare, and the CLI's Python language host
+  (`pulumi-language-python`, its `pulumi-language-python-exec` script and `pulumi-resource-pulumi-python`), so the
+  lane runs `pulumi` in the project directory exactly as a user does. Each source plugin's schema is checked against
+  its installed SDK: a resource, function or property the SDK uses that the built plugin lacks fails the build.
+
+Economies (these builds dominate a cold CI run): one Go build cache for all of them, every binary of a module in one
+`go build`, no debug information (`-s -w`), and nothing built that no test runs.
 
 Everything is cached by version under ~/.cache/model-stack-toolchain (override: MODEL_STACK_TOOLCHAIN); a second
 run builds nothing. A plugin whose module the Go module proxy does not serve is reported, not faked: the lane
@@ -35,15 +48,18 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 CACHE = Path(os.environ.get("MODEL_STACK_TOOLCHAIN", Path.home() / ".cache" / "model-stack-toolchain"))
 BIN = CACHE / "bin"
 PULUMI_HOME = CACHE / "pulumi-home"
+DOCKER_CONFIG = CACHE / "docker-config"
 
 # The stacks' default `cluster.kubernetesVersion` is 1.32 (kind's node image v1.32.8). The proxy does not serve
 # the 1.32.8 release of the staging module k8s.io/kube-controller-manager, so the control plane is the next patch
@@ -90,10 +106,26 @@ KNOWN_UNBUILDABLE = {
     # EKS and AWS need an AWS account anyway: prod's EKS layer stays under the mocks.
     "aws": "github.com/pulumi/pulumi-aws/provider/v7",
     "eks": "github.com/pulumi/pulumi-eks/provider",
-    "command": "github.com/pulumi/pulumi-command/provider",
-    "docker-build": "github.com/pulumi/pulumi-docker-build/provider",
-    "pulumi-language-python": "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3",
 }
+
+# The proxy refuses these modules at every version, so they build from the exact upstream source kept in
+# ../shared/upstream-src (name -> archive, module directory inside it, and how its version is stamped).
+UPSTREAM_SRC = Path(__file__).resolve().parents[2] / "shared" / "upstream-src"
+SOURCE_PLUGINS = {
+    "command": ("pulumi-command-{version}.tar.gz", "provider", "./cmd/pulumi-resource-command",
+                "-X github.com/pulumi/pulumi-command/provider/pkg/version.Version={version}"),
+    "docker-build": ("pulumi-docker-build-{version}.tar.gz", ".", "./provider/cmd/pulumi-resource-docker-build",
+                     "-X github.com/pulumi/pulumi-docker-build/provider.Version={version}"),
+}
+# docker-build copies one struct from each of these modules (every version refused by the proxy) into its schema's
+# language sections; .ci/stand-ins declares each struct with the same JSON names.
+STAND_INS = Path(__file__).resolve().parent / "stand-ins"
+DOCKER_BUILD_STAND_INS = {
+    "github.com/pulumi/pulumi-java": STAND_INS / "pulumi-java",
+    "github.com/pulumi/pulumi-dotnet/pulumi-language-dotnet/v3": STAND_INS / "pulumi-language-dotnet",
+}
+# The language host of CLI 3.260.0 is on the CLI's main branch between the v3.259.0 and v3.260.0 tags.
+LANGUAGE_HOST_ARCHIVE = "pulumi-language-python-1b59498.tar.gz"
 
 
 def log(message: str) -> None:
@@ -102,7 +134,8 @@ def log(message: str) -> None:
 
 @dataclass
 class GoBuild:
-    """One `go build` of a package from a downloaded module, its relative `replace` targets laid beside it."""
+    """One `go build` of a module's packages (from the module proxy, from this repository, or from an archive of
+    upstream source), its relative `replace` targets laid beside it."""
 
     name: str
     module: str
@@ -113,23 +146,41 @@ class GoBuild:
     generate_in: list[str] = field(default_factory=list)  # packages whose go:generate must run first
     env: dict[str, str] = field(default_factory=dict)
     source: Path | None = None  # a module of this repository to build instead of the downloaded module@version
+    archive: tuple[Path, str] | None = None  # (an archive of upstream source, the module's directory inside it)
+    go_mod_edits: list[list[str]] = field(default_factory=list)  # go commands run in the module before building
+    extras: dict[str, str] = field(default_factory=dict)  # file installed beside the binaries -> path in the archive
+    # Called with the output directory and the module's source directory; raises SystemExit on a mismatch.
+    check: Callable[[Path, Path], None] | None = None
 
     @property
     def stamp(self) -> Path:
         return CACHE / "built" / f"{self.name}-{self.version}"
 
     def outputs(self) -> list[Path]:
-        return [CACHE / "versions" / self.name / self.version / binary for binary in self.packages]
+        return [CACHE / "versions" / self.name / self.version / binary for binary in [*self.packages, *self.extras]]
 
     def build(self) -> float:
         if self.stamp.exists() and all(path.exists() for path in self.outputs()):
             return 0.0
         started = time.monotonic()
-        log(f"building {self.name} {self.version} from {self.module}@{self.version}")
+        log(f"building {self.name} {self.version} from {self.module}")
         with tempfile.TemporaryDirectory(prefix=f"toolchain-{self.name}-") as work:
             # Deep enough that replace targets such as ../../../../pkg stay inside the work tree.
             main = Path(work, "a", "b", "c", "d", "main")
-            copy_module(self.source or download(self.module, self.version), main)
+            if self.archive:
+                tarball, module_dir = self.archive
+                unpacked = Path(work, "archive")
+                unpacked.mkdir()
+                shutil.unpack_archive(tarball, unpacked)
+                (root,) = unpacked.iterdir()  # an archive holds one top directory
+                copy_module(root / module_dir, main)
+            else:
+                copy_module(self.source or download(self.module, self.version), main)
+            # GOWORK=off: k8s.io/kubernetes ships a go.work naming its staging tree; the copies laid beside it by the
+            # replace directives are what the build uses.
+            env = {**os.environ, "GOFLAGS": "-mod=mod", "GOWORK": "off", "CGO_ENABLED": "0", **self.env}
+            for command in self.go_mod_edits:
+                run(command, cwd=main, env=env)
             for old_path, target in relative_replaces(main):
                 try:
                     copy_module(download(old_path, self.sibling_version), (main / target).resolve())
@@ -138,16 +189,25 @@ class GoBuild:
                     # staging modules): `go build` below fails loudly if a package needs it after all.
                     log(f"{error}; dropping it from the build")
                     run(["go", "mod", "edit", f"-dropreplace={old_path}", f"-droprequire={old_path}"], cwd=main)
-            # GOWORK=off: k8s.io/kubernetes ships a go.work naming its staging tree; the copies laid beside it by the
-            # replace directives are what the build uses.
-            env = {**os.environ, "GOFLAGS": "-mod=mod", "GOWORK": "off", "CGO_ENABLED": "0", **self.env}
             for package in self.generate_in:
                 run(["go", "generate", package], cwd=main, env=env)
             out_dir = CACHE / "versions" / self.name / self.version
             out_dir.mkdir(parents=True, exist_ok=True)
-            for binary, package in self.packages.items():
-                run(["go", "build", "-trimpath", "-ldflags", self.ldflags, "-o", str(out_dir / binary), package],
-                    cwd=main, env=env)
+            # One `go build` for all of a module's binaries: their shared packages compile once and link in parallel.
+            # `-s -w` leaves out the symbol table and DWARF, which no test reads (a third of each binary's size).
+            flags = ["-trimpath", "-ldflags", f"-s -w {self.ldflags}".strip()]
+            if len(self.packages) == 1:
+                ((binary, package),) = self.packages.items()
+                run(["go", "build", *flags, "-o", str(out_dir / binary), package], cwd=main, env=env)
+            else:
+                run(["go", "build", *flags, "-o", f"{out_dir}/", *self.packages.values()], cwd=main, env=env)
+                unnamed = [binary for binary in self.packages if not (out_dir / binary).is_file()]
+                if unnamed:  # `go build -o DIR/` names each binary after its package's directory
+                    raise SystemExit(f"toolchain: {self.name}: no binary named {unnamed} in {out_dir}")
+            for extra, path in self.extras.items():
+                shutil.copy(root / path, out_dir / extra)
+            if self.check:
+                self.check(out_dir, main)
         self.stamp.parent.mkdir(parents=True, exist_ok=True)
         self.stamp.touch()
         return time.monotonic() - started
@@ -208,6 +268,57 @@ def sdk_plugins() -> dict[str, str]:
     return plugins
 
 
+def sdk_package_dir(plugin: str) -> Path:
+    """The directory of the installed Python SDK whose pulumi-plugin.json declares this resource plugin."""
+    for distribution in metadata.distributions():
+        for file in distribution.files or []:
+            if file.name == "pulumi-plugin.json" and json.loads(file.read_text()).get("name") == plugin:
+                return Path(str(file.locate())).parent
+    raise SystemExit(f"toolchain: no installed Python SDK declares the {plugin} plugin")
+
+
+def check_schema(plugin: str, binary: Path, committed: Path) -> None:
+    """Fails when the built plugin's schema differs from the one its source commits (but for `version`, which the
+    source leaves out), lacks a resource or function the installed SDK calls, or has other properties for a
+    resource than the SDK's getters for it (the SDK was generated from the real schema)."""
+    schema = json.loads(run(["pulumi", "package", "get-schema", str(binary)], env={**os.environ, **environment()}))
+    problems = []
+    if {**schema, "version": None} != {**json.loads(committed.read_text()), "version": None}:
+        problems.append(f"its schema differs from the committed {committed.name}")
+    for module in sdk_package_dir(plugin).rglob("*.py"):
+        text = module.read_text()
+        for token in re.findall(r"pulumi\.runtime\.invoke\('([^']+)'", text):
+            if token not in schema.get("functions", {}):
+                problems.append(f"function {token} ({module.name})")
+        for token in re.findall(r"super\(\w+, __self__\)\.__init__\(\s*'([^']+)'", text):
+            if ":" not in token:  # the provider resource, whose token is the package's name
+                continue
+            resource = schema.get("resources", {}).get(token)
+            if resource is None:
+                problems.append(f"resource {token} ({module.name})")
+                continue
+            # Every getter in the resource's module, of its args and of the resource itself, by schema name.
+            getters = {named or plain for named, plain in re.findall(
+                r'@pulumi\.getter(?:\(name="([^"]+)"\))?\s+def (\w+)', text)}
+            declared = {*resource.get("inputProperties", {}), *resource.get("properties", {})}
+            if getters != declared:
+                problems.append(f"resource {token}: the SDK has {sorted(getters - declared)} the plugin lacks, "
+                                f"the plugin has {sorted(declared - getters)} the SDK lacks")
+    if problems:
+        raise SystemExit(f"toolchain: the built {plugin} plugin does not match its installed SDK:\n  "
+                         + "\n  ".join(problems))
+    log(f"{plugin}: schema matches the installed SDK")
+
+
+def upstream_archive(name: str) -> Path:
+    archive = UPSTREAM_SRC / name
+    if not archive.is_file():
+        raise SystemExit(f"toolchain: {archive} is missing: the command and docker-build plugins and the Python "
+                         "language host build from the upstream source kept in ../shared/upstream-src beside the "
+                         "project (its README says what each archive is); check out the project with shared/ beside it")
+    return archive
+
+
 def etcd_version(kubernetes_dir: Path) -> str:
     text = (kubernetes_dir / "build" / "dependencies.yaml").read_text()
     match = re.search(r'- name: "etcd"\s+version: ([0-9.]+)', text)
@@ -238,6 +349,23 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
                 binary, f"{source.name} (local)", f"v{version}-{tree_digest(source)}", {binary: f"./cmd/{binary}"},
                 sibling_version="", ldflags=f"-X main.version={version}", generate_in=[f"./cmd/{binary}"],
                 env={"VERSION": version}, source=source,
+            ))
+            plugins[name] = version
+            continue
+        if name in SOURCE_PLUGINS:
+            archive, module_dir, package, ldflags = SOURCE_PLUGINS[name]
+            binary = f"pulumi-resource-{name}"
+            stand_ins = DOCKER_BUILD_STAND_INS if name == "docker-build" else {}
+            plan.append(GoBuild(
+                # A stand-in's edit rebuilds the plugin, as a bridge module's edit does.
+                binary, f"{archive.format(version=version)} (../shared/upstream-src)",
+                f"v{version}" + (f"-{tree_digest(STAND_INS)}" if stand_ins else ""),
+                {binary: package}, sibling_version="", ldflags=ldflags.format(version=version),
+                archive=(upstream_archive(archive.format(version=version)), module_dir),
+                go_mod_edits=[["go", "mod", "edit", *(f"-replace={module}={path}" for module, path in stand_ins.items())]]
+                if stand_ins else [],
+                check=lambda out_dir, source, name=name, binary=binary, package=package: check_schema(
+                    name, out_dir / binary, source / package / "schema.json"),
             ))
             plugins[name] = version
             continue
@@ -276,12 +404,60 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
         "syft", "github.com/anchore/syft", SYFT_VERSION, {"syft": "./cmd/syft"},
         sibling_version=SYFT_VERSION, ldflags=f"-X main.version={SYFT_VERSION.lstrip('v')}",
     ))
+    # The CLI's Python language host, built against exactly the pkg and sdk modules of the CLI above.
+    sdk_modules = [f"github.com/pulumi/pulumi/{module}@v{pulumi_version}" for module in ("pkg/v3", "sdk/v3")]
+    plan.append(GoBuild(
+        "pulumi-language-python", f"{LANGUAGE_HOST_ARCHIVE} (../shared/upstream-src)", f"v{pulumi_version}",
+        {"pulumi-language-python": "."}, sibling_version="",
+        ldflags=f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v{pulumi_version}",
+        archive=(upstream_archive(LANGUAGE_HOST_ARCHIVE), "sdk/python/cmd/pulumi-language-python"),
+        go_mod_edits=[
+            ["go", "mod", "edit", "-dropreplace=github.com/pulumi/pulumi/pkg/v3",
+             "-dropreplace=github.com/pulumi/pulumi/sdk/v3"],
+            ["go", "get", *sdk_modules],
+        ],
+        # The host runs programs through this script, which it expects beside itself.
+        extras={
+            "pulumi-language-python-exec": "sdk/python/cmd/pulumi-language-python-exec",
+            "pulumi-resource-pulumi-python": "sdk/python/dist/pulumi-resource-pulumi-python",
+        },
+    ))
+    # buildx and BuildKit at the releases the docker-build plugin is built against (its go.mod).
+    docker_build_requires = go_requirements(upstream_archive(SOURCE_PLUGINS["docker-build"][0].format(
+        version=plugins["docker-build"])))
+    buildx, buildkit = (docker_build_requires[module] for module in ("github.com/docker/buildx", "github.com/moby/buildkit"))
+    plan.append(GoBuild("buildx", "github.com/docker/buildx", buildx, {"docker-buildx": "./cmd/buildx"},
+                        sibling_version=buildx, ldflags=f"-X github.com/docker/buildx/version.Version={buildx}"))
+    plan.append(GoBuild("buildkit", "github.com/moby/buildkit", buildkit,
+                        {"buildkitd": "./cmd/buildkitd", "buildctl": "./cmd/buildctl"}, sibling_version=buildkit,
+                        ldflags=f"-X github.com/moby/buildkit/version.Version={buildkit}"))
+    kind = f"v{kind_release()}"
+    plan.append(GoBuild("kind", "sigs.k8s.io/kind", kind, {"kind": "."}, sibling_version=kind))
     return plan, plugins, missing
+
+
+def go_requirements(archive: Path) -> dict[str, str]:
+    """module -> version required by the go.mod at the top of an upstream source archive."""
+    with tarfile.open(archive) as tar:
+        go_mod = next(member for member in tar.getmembers() if member.name.count("/") == 1
+                      and member.name.endswith("/go.mod"))
+        text = tar.extractfile(go_mod).read().decode()
+    return dict(re.findall(r"^\s*(\S+) (v\S+)(?: // indirect)?$", text, re.MULTILINE))
+
+
+def kind_release() -> str:
+    """The kind release the stacks pin (scripts/kind-version reads the same function)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stacks.cluster import kind_release_for_every_node_image
+
+    return kind_release_for_every_node_image()
 
 
 def environment() -> dict[str, str]:
     return {
         "MODEL_STACK_TOOLCHAIN": str(CACHE),
+        # The docker CLI finds the buildx plugin here (and no credentials: the lane's registries need none).
+        "DOCKER_CONFIG": str(DOCKER_CONFIG),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PULUMI_HOME": str(PULUMI_HOME),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
@@ -320,6 +496,12 @@ def build_all() -> None:
             staged.unlink(missing_ok=True)
             staged.symlink_to(output)
             os.replace(staged, link)
+    plugins_dir = DOCKER_CONFIG / "cli-plugins"
+    plugins_dir.mkdir(parents=True, exist_ok=True)
+    buildx_link = plugins_dir / "docker-buildx"
+    if not buildx_link.is_symlink() or os.readlink(buildx_link) != os.readlink(BIN / "docker-buildx"):
+        buildx_link.unlink(missing_ok=True)
+        buildx_link.symlink_to(os.readlink(BIN / "docker-buildx"))
     env = {**os.environ, **environment()}
     for name, version in plugins.items():
         installed = PULUMI_HOME / "plugins" / f"resource-{name}-v{version}"

@@ -16,13 +16,16 @@ Endpoints and flags, per engine (checked against each project's docs and code):
   weights, so `/v1/models` answering means the model can serve; `/health` is the cheap liveness check. Weights
   come from the Hugging Face cache (`HF_HOME`); the pre-pull runs `snapshot_download` (idempotent: files already
   in the cache are not fetched again) and the server runs with `HF_HUB_OFFLINE=1`, so a restart never touches the
-  hub. Tensor parallelism needs a memory-backed `/dev/shm`.
+  hub. Tensor parallelism needs a memory-backed `/dev/shm`. `VLLM_API_KEY` makes every path under `/v1` ask for
+  `Authorization: Bearer <key>` (`/health` stays open): `/health` is then the model-ready check, and it says the
+  same, since the server listens only once the engine has loaded (api_server `run_server_worker`).
 - Ollama (ollama/ollama): `/` answers "Ollama is running"; models live in `OLLAMA_MODELS`; the pre-pull starts a
   private `ollama serve` in the init container and runs `ollama pull` unless `ollama show` finds the model;
   readiness runs `ollama show <model>`, which fails until the model is in the store. It writes its identity key
   under `$HOME/.ollama`, so HOME is a writable emptyDir.
 - llama.cpp server (ghcr.io/ggml-org/llama.cpp, `server-b<build>` tags): `/health` answers 503 while the model loads and 200 once
   it can serve; the model is one GGUF file, fetched with the image's curl into the cache unless already there.
+  `LLAMA_API_KEY` (common/arg.cpp, `--api-key`) makes the API ask for a bearer key; `/health` stays open.
 
 All four run as an arbitrary non-root UID when HOME and the cache are writable, so every profile complies with
 the "restricted" Pod Security Standard with a read-only root filesystem.
@@ -108,6 +111,11 @@ class EngineProfile:
     """`curl` or `python3` when the image has one: what a Docker health check can ask the engine over HTTP with."""
     downloads_from_hub: bool = False
     """Weights come from a Hugging Face-compatible hub, so a mirror can stand in for it (`model_hub`)."""
+    api_key_env: Optional[str] = None
+    """Variable the engine reads an API key from, after which its OpenAI API answers only requests that carry it
+    (`Authorization: Bearer <key>`) while its liveness and model-ready paths stay open; None: it takes no key."""
+    ready_path_with_key: Optional[str] = None
+    """Model-ready path to probe instead while the engine requires a key, where the usual one asks for it."""
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -281,6 +289,8 @@ ENGINES: dict[str, EngineProfile] = {
             downloads_from_hub=True,
             needs_gpu=True,
             shared_memory=True,
+            api_key_env="VLLM_API_KEY",
+            ready_path_with_key="/health",
         ),
         EngineProfile(
             name="ollama",
@@ -301,6 +311,7 @@ ENGINES: dict[str, EngineProfile] = {
             model_pattern=r"[\w.-]+/[\w.-]+/[\w.-]+\.gguf",
             model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
             downloads_from_hub=True,
+            api_key_env="LLAMA_API_KEY",
         ),
     )
 }

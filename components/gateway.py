@@ -14,6 +14,7 @@ from .serving_workload import (
     RESTRICTED_CONTAINER,
     ScalingArgs,
     ServingWorkload,
+    draining,
     isolated_pod,
 )
 
@@ -21,10 +22,12 @@ GATEWAY_PORT = 8080
 # The image's user (app/Dockerfile `USER 10001:10001`).
 GATEWAY_USER = 10001
 API_KEYS_KEY = "GATEWAY_API_KEYS"
+UPSTREAM_API_KEY_KEY = "GATEWAY_UPSTREAM_API_KEY"
 API_KEYS_DIR = "/var/run/secrets/model-gateway"
 API_KEYS_FILE_NAME = "api-keys"
-# Longer than the gateway's own drain (uvicorn finishes in-flight responses for up to 20 s after SIGTERM).
-TERMINATION_GRACE_PERIOD_SECONDS = 30
+# The gateway's own drain: uvicorn finishes in-flight responses for up to 20 s after SIGTERM (app `__main__`),
+# and the kubelet gets a few seconds more before it kills.
+DRAIN_SECONDS = 25
 
 
 class GatewayArgs(TypedDict):
@@ -61,6 +64,10 @@ class GatewayArgs(TypedDict):
     """API keys clients must present (a Pulumi secret), comma- or newline-separated; a line `<key> <model>,...`
     limits that key to those models. Absent disables authentication."""
 
+    upstream_api_key: NotRequired[pulumi.Input[str]]
+    """Key (a Pulumi secret) the gateway sends every engine as `Authorization: Bearer`, for engines that require
+    one (a runner's `api_key`); clients' own keys never reach an engine."""
+
     image_pull_secrets: NotRequired[list[str]]
     """Names of dockerconfigjson Secrets in the namespace to pull the image with."""
 
@@ -71,6 +78,10 @@ class GatewayArgs(TypedDict):
     allowed_destinations: NotRequired[list[dict[str, Any]]]
     """NetworkPolicy egress rules for where the gateway may connect (the runner); DNS is always allowed. The
     gateway holds the API keys: nothing else should be reachable from it."""
+
+    progress_deadline_seconds: NotRequired[int]
+    """How long a new gateway pod may take to become ready, and so what `pulumi up` waits for: readiness asks the
+    models, so as long as the slowest of them may take to (re)load. Absent: Kubernetes' default (10 minutes)."""
 
 
 class Gateway(pulumi.ComponentResource):
@@ -86,13 +97,15 @@ class Gateway(pulumi.ComponentResource):
         super().__init__("model-stack:index:Gateway", name, None, opts)
         namespace = args["namespace"]
         depends_on: list[pulumi.Resource] = []
-        if "api_keys" in args:
+        keys = {key: pulumi.Output.secret(args[field]) for key, field in (  # type: ignore[literal-required]
+            (API_KEYS_KEY, "api_keys"), (UPSTREAM_API_KEY_KEY, "upstream_api_key")) if field in args}
+        if keys:
             depends_on.append(
                 k8s.core.v1.Secret(
                     _api_keys_secret_name(name),
                     metadata={"name": _api_keys_secret_name(name), "namespace": namespace},
                     type="Opaque",
-                    string_data={API_KEYS_KEY: pulumi.Output.secret(args["api_keys"])},
+                    string_data=keys,
                     opts=child_options(self, opts),
                 )
             )
@@ -105,7 +118,8 @@ class Gateway(pulumi.ComponentResource):
                 "scaling": args["scaling"],
                 "workload": args.get("workload", "deployment"),
                 "request_timeout_seconds": args["request_timeout_seconds"],
-                **{key: args[key] for key in ("allowed_clients", "allowed_destinations") if key in args},  # type: ignore[misc]
+                **{key: args[key] for key in ("allowed_clients", "allowed_destinations", "progress_deadline_seconds")
+                   if key in args},  # type: ignore[misc]
             },
             opts=pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=depends_on)),
         )
@@ -148,7 +162,12 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
             "secretName": _api_keys_secret_name(name), "items": [{"key": API_KEYS_KEY, "path": API_KEYS_FILE_NAME}]}})
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
         env.append({"name": "GATEWAY_API_KEYS_FILE", "value": f"{API_KEYS_DIR}/{API_KEYS_FILE_NAME}"})
+    if "upstream_api_key" in args:
+        # The gateway reads this one from its environment only.
+        env.append({"name": UPSTREAM_API_KEY_KEY, "valueFrom": {
+            "secretKeyRef": {"name": _api_keys_secret_name(name), "key": UPSTREAM_API_KEY_KEY}}})
 
+    lifecycle, grace_period = draining(DRAIN_SECONDS)
     container = {
         "name": "gateway",
         "image": args["image"],
@@ -168,10 +187,11 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
             "httpGet": {"path": "/health", "port": PORT_NAME}, "periodSeconds": 20, "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
+        "lifecycle": lifecycle,
     }
     pod_spec: dict[str, Any] = {
         **isolated_pod(GATEWAY_USER),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "terminationGracePeriodSeconds": grace_period,
         "containers": [container],
         "volumes": volumes,
     }

@@ -18,6 +18,15 @@ class LocalRegistryArgs(TypedDict):
     container_name: NotRequired[str]
     """Container name, which is also its host name on the Docker networks it joins (default `kind-registry`)."""
 
+    network: NotRequired[str]
+    """A Docker network the container joins when it is created, for an engine without a default bridge network
+    (`dockerd --bridge=none`), where a container on no network publishes no port; unset uses the default."""
+
+    image: NotRequired[str]
+    """The registry image (default `registry:2.8.3`, pinned by digest): a copy where Docker Hub is out of reach.
+    It must serve the distribution API on port 5000 with its storage under /var/lib/registry, as `registry:2`
+    does."""
+
 
 class LocalRegistry(pulumi.ComponentResource):
     """`registry:2` on 127.0.0.1 with its data on a named volume, so pushed images survive container replacement."""
@@ -35,7 +44,8 @@ class LocalRegistry(pulumi.ComponentResource):
         super().__init__("model-stack:index:LocalRegistry", name, None, opts)
         container_name = args.get("container_name", "kind-registry")
         image = docker.RemoteImage(
-            f"{name}-image", name=REGISTRY_IMAGE, keep_locally=True, opts=pulumi.ResourceOptions(parent=self)
+            f"{name}-image", name=args.get("image", REGISTRY_IMAGE), keep_locally=True,
+            opts=pulumi.ResourceOptions(parent=self)
         )
         volume = docker.Volume(
             f"{name}-data",
@@ -50,6 +60,7 @@ class LocalRegistry(pulumi.ComponentResource):
             restart="unless-stopped",
             ports=[docker.ContainerPortArgs(internal=REGISTRY_CONTAINER_PORT, external=args["host_port"], ip="127.0.0.1")],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/var/lib/registry")],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network"])] if "network" in args else None,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.push_host = pulumi.Output.from_input(f"localhost:{args['host_port']}")

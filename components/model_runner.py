@@ -9,7 +9,9 @@ from typing import Any, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .engines import CACHE_MOUNT_PATH, HF_TOKEN_PATH_ENV, SHM_PATH, EngineContainer, ProbeAction, render_profile
+from .engines import (
+    CACHE_MOUNT_PATH, ENGINES, HF_TOKEN_PATH_ENV, SHM_PATH, EngineContainer, ProbeAction, render_profile,
+)
 from .options import child_options
 from .serving_workload import (
     PORT_NAME,
@@ -17,12 +19,15 @@ from .serving_workload import (
     ScalingArgs,
     ServingWorkload,
     ServingWorkloadArgs,
+    draining,
     isolated_pod,
     workload_labels,
 )
 
 # The hub token's key in the runner's Secret, and where the download step finds it.
 HF_TOKEN_KEY = "hf-token"
+# The engine's API key's key in the same Secret.
+API_KEY_KEY = "api-key"
 HUB_TOKEN_DIR = "/var/run/secrets/model-stack"
 # Marks a model cache claim that `pulumi destroy` leaves in the cluster (retain_on_delete).
 RETAINED_ANNOTATION = "model-stack.dev/retained"
@@ -35,8 +40,8 @@ LIVENESS_PERIOD_SECONDS = 20
 LIVENESS_TIMEOUT_SECONDS = 10
 LIVENESS_FAILURE_THRESHOLD = 6
 PROBE_TIMEOUT_SECONDS = 5
-# In-flight streamed completions get this long to finish when a pod is stopped.
-TERMINATION_GRACE_PERIOD_SECONDS = 60
+# In-flight streamed completions get this long to finish after SIGTERM when a pod is stopped.
+DRAIN_SECONDS = 60
 # Time a new pod gets on top of the load budget to pull its image: engine images run to gigabytes (vLLM ~10 GB)
 # and a node added by the autoscaler has none cached.
 IMAGE_PULL_ALLOWANCE_SECONDS = 300
@@ -154,6 +159,11 @@ class ModelRunnerArgs(TypedDict):
     gpu: NotRequired[GpuArgs]
     """GPUs per replica and where they are."""
 
+    api_key: NotRequired[pulumi.Input[str]]
+    """A key (a Pulumi secret) the engine then requires on its OpenAI API, for engines that take one (vLLM,
+    llama.cpp): whoever reaches the engine without it, past the network policy (Knative's ingress admits every
+    pod), is refused. The gateway must send it (its `upstream_api_key`)."""
+
     hf_token: NotRequired[pulumi.Input[str]]
     """Hugging Face token (a Pulumi secret) for gated models; kept in a Secret, never in the ConfigMap."""
 
@@ -195,6 +205,13 @@ def render_engine(args: ModelRunnerArgs) -> EngineContainer:
         for field in ("image", "port", "api_base_path", "liveness_path", "ready_path", "model_hub")
         if field in args
     }
+    profile = ENGINES[args["engine"]]
+    if "api_key" in args:
+        if profile.api_key_env is None:
+            raise ValueError(f"engine {args['engine']} takes no API key")
+        # A probe that asks a path the key guards would never see the model ready.
+        if profile.ready_path_with_key is not None:
+            overrides.setdefault("ready_path", profile.ready_path_with_key)
     return render_profile(args["engine"], args["model"], **overrides)
 
 
@@ -214,7 +231,8 @@ def _credentials_name(name: str) -> str:
 
 
 def _credentials(args: ModelRunnerArgs) -> dict[str, pulumi.Input[str]]:
-    return {**args.get("secret_env", {}), **({HF_TOKEN_KEY: args["hf_token"]} if "hf_token" in args else {})}
+    return {**args.get("secret_env", {}), **({HF_TOKEN_KEY: args["hf_token"]} if "hf_token" in args else {}),
+            **({API_KEY_KEY: args["api_key"]} if "api_key" in args else {})}
 
 
 def _claim_name(name: str, cache: CacheArgs) -> str:
@@ -361,12 +379,17 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
         mounts.append({"name": "shm", "mountPath": SHM_PATH})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
     timing = probe_timing(args["load_budget_seconds"], args["probe_period_seconds"])
+    lifecycle, grace_period = draining(DRAIN_SECONDS)
+    # Only the engine sees its API key; the pull step needs none.
+    api_key_env = [{"name": ENGINES[args["engine"]].api_key_env,
+                    "valueFrom": {"secretKeyRef": {"name": _credentials_name(name), "key": API_KEY_KEY}}}
+                   ] if "api_key" in args else []
     serving: dict[str, Any] = {
         "name": "engine",
         "image": engine.image,
         "ports": [{"name": PORT_NAME, "containerPort": engine.port, "protocol": "TCP"}],
         "envFrom": env_from,
-        **({"env": secret_env} if secret_env else {}),
+        **({"env": [*secret_env, *api_key_env]} if secret_env or api_key_env else {}),
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,
@@ -384,6 +407,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
                 "failureThreshold": LIVENESS_FAILURE_THRESHOLD,
             },
         ),
+        "lifecycle": lifecycle,
     }
     if engine.command:
         serving["command"] = list(engine.command)
@@ -416,7 +440,7 @@ def runner_pod_spec(name: str, args: ModelRunnerArgs) -> dict[str, Any]:
             fsGroup=RUN_AS_USER,
             fsGroupChangePolicy="OnRootMismatch",
         ),
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_PERIOD_SECONDS,
+        "terminationGracePeriodSeconds": grace_period,
         "volumes": volumes,
     }
     if engine.pull.mode == "init":

@@ -32,6 +32,9 @@ KNATIVE_SERVICE_PORT = 80
 # Requests to a Knative revision arrive from the activator (knative-serving) or straight from the ingress
 # gateway (Kourier), on the queue proxy's ports; the autoscaler scrapes the queue proxy from knative-serving.
 KNATIVE_DATA_PATH_NAMESPACES = ("knative-serving", "kourier-system")
+# What Knative adds to every revision's pod: its queue proxy, requesting this much CPU (config-deployment's
+# `queue-sidecar-cpu-request` default; it requests memory only with `queueproxy.resource-defaults` enabled).
+KNATIVE_QUEUE_PROXY_CPU_REQUEST = "25m"
 # Pod fields Knative 1.15 accepts only when `config-features` enables them (serving-core.yaml, config-features).
 _KNATIVE_POD_FEATURES = {
     "affinity": "kubernetes.podspec-affinity",
@@ -71,6 +74,19 @@ def isolated_pod(user: int, **security_context: Any) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
     }
+
+
+# How long a stopping pod keeps serving before its container gets SIGTERM: the endpoints controller, kube-proxy
+# and the ingress take a few seconds to stop sending it new requests, and a listener closed before then answers
+# them with resets (clients see 502s on every rollout and scale-down).
+PRE_STOP_SLEEP_SECONDS = 10
+
+
+def draining(drain_seconds: int) -> tuple[dict[str, Any], int]:
+    """The serving container's `lifecycle` that keeps it serving while it is taken out of its endpoints, and the
+    pod's terminationGracePeriodSeconds covering that sleep plus `drain_seconds` for in-flight requests after
+    SIGTERM. The sleep action needs Kubernetes 1.30 (beta, on by default), which the cluster config requires."""
+    return {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}}, PRE_STOP_SLEEP_SECONDS + drain_seconds
 
 
 def workload_labels(name: str) -> dict[str, str]:
@@ -393,7 +409,7 @@ def knative_pod_spec(pod_spec: dict[str, Any], port: int) -> dict[str, Any]:
     """The pod under Knative's rules: the serving port is unnamed (Knative names it); readiness and liveness
     probes carry no port (the queue proxy probes the serving port itself, and Knative points liveness at it),
     while a startup probe, which Knative passes to the kubelet untouched, names the port by number; fields Knative
-    sets itself or refuses are dropped."""
+    sets itself or refuses (the grace period, preStop hooks) are dropped."""
     # Copies of only what changes: the spec may hold Outputs (an image, an upstream URL), which cannot be deep-copied.
     spec = {key: value for key, value in pod_spec.items() if key != "terminationGracePeriodSeconds"}
     if "securityContext" in spec:
@@ -405,7 +421,9 @@ def knative_pod_spec(pod_spec: dict[str, Any], port: int) -> dict[str, Any]:
 
 
 def _knative_container(container: dict[str, Any], port: int) -> dict[str, Any]:
-    adapted = dict(container)
+    # Knative's container schema has no `lifecycle` (the API server would prune it): its queue proxy keeps the
+    # revision's pod serving while the ingress drops it, and Knative sets the grace period from the timeout.
+    adapted = {key: value for key, value in container.items() if key != "lifecycle"}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         if probe in container and "httpGet" in container[probe]:
             http_get = {key: value for key, value in container[probe]["httpGet"].items() if key != "port"}

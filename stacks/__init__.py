@@ -28,13 +28,15 @@ def deploy() -> None:
 
 
 def _deployment_problems(config: StackConfig) -> Iterator[Problem]:
-    """Rules that read what the stack deploys: the Knative release, then (once it reads) the images an enforcing
-    admission policy would deny."""
+    """Rules that read what the stack deploys: the Knative release, whether each model's pod fits a node it can land
+    on, and (once the release reads) the images an enforcing admission policy would deny."""
+    from .admission import queue_proxy_image, unverifiable_image_problems
+    from .serving import scheduling_problems
+
     release = list(_release_problems(config))
     yield from release
+    yield from scheduling_problems(config)
     if not release and config.runtime == "kubernetes":
-        from .admission import queue_proxy_image, unverifiable_image_problems
-
         yield from unverifiable_image_problems(config, queue_proxy_image(config))
 
 

@@ -18,7 +18,7 @@ from components.kind_cluster import KindCluster
 from components.local_registry import LocalRegistry
 
 from .config import StackConfig
-from .config.cluster import KIND_NODE_IMAGES, ClusterConfig, NodeGroupSize
+from .config.cluster import KIND_NODE_IMAGES, ClusterConfig, KindSettings, NodeGroupSize
 from .config.secrets import StackSecrets
 
 # Kourier's Service node ports on kind, fixed so the cluster can map host ports to them at creation.
@@ -80,19 +80,13 @@ def _kind_cluster(cluster: ClusterConfig) -> ClusterHandle:
     if not pulumi.runtime.is_dry_run():
         check_kind_host(node_image.kind_version)
     settings = cluster.kind
-    # The Docker provider pings the daemon when it starts unless told not to; a preview needs no daemon, and an
-    # update without one fails on the registry container with Docker's own message.
-    docker_host = docker.Provider("docker", disable_docker_daemon_check=True)
-    registry = LocalRegistry(
-        "registry", {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER},
-        opts=pulumi.ResourceOptions(providers=[docker_host]),
-    )
+    registry = local_registry(settings)
     http_port, https_port = KIND_INGRESS_NODE_PORTS
     kind = KindCluster(
         "kind",
         {
             "name": settings.name,
-            "node_image": node_image.image,
+            "node_image": settings.node_image or node_image.image,
             "workers": settings.workers,
             "port_mappings": [
                 {"node_port": http_port, "host_port": settings.http_host_port},
@@ -113,6 +107,19 @@ def _kind_cluster(cluster: ClusterConfig) -> ClusterHandle:
         model_cache_storage_class=KIND_STORAGE_CLASS,
         ingress_node_ports=KIND_INGRESS_NODE_PORTS,
         local_registry=f"localhost:{settings.registry_port}",
+    )
+
+
+def local_registry(settings: KindSettings) -> LocalRegistry:
+    """The registry container on this machine that kind's nodes pull from."""
+    # The Docker provider pings the daemon when it starts unless told not to; a preview needs no daemon, and an
+    # update without one fails on the registry container with Docker's own message.
+    docker_host = docker.Provider("docker", disable_docker_daemon_check=True)
+    return LocalRegistry(
+        "registry",
+        {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER,
+         **({"image": settings.registry_image} if settings.registry_image else {})},
+        opts=pulumi.ResourceOptions(providers=[docker_host]),
     )
 
 

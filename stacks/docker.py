@@ -138,8 +138,8 @@ def _serve_model(
     health = _healthcheck(settings.runner, docker_health_test(engine), f"{runner_config.load_budget_seconds}s")
     if health is not None:
         runner_args["healthcheck"] = health
-    if runner_config.gpu.count and settings.runner.gpus is None:
-        runner_args["gpus"] = "all"
+    if runner_config.gpu.count:
+        runner_args["gpus"] = config.docker_gpus()[model.key]
     runner = ContainerService(name, runner_args, opts=pulumi.ResourceOptions(depends_on=after))
     if engine.pull.mode == "sidecar":
         ContainerService(

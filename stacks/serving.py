@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -10,12 +10,16 @@ import pulumi_kubernetes as k8s
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.gateway import Gateway, gateway_pod_spec
 from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
-from components.model_runner import ModelRunner, runner_pod_spec
-from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_features, workload_labels
+from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS, ModelRunner, runner_pod_spec
+from components.serving_workload import (
+    KNATIVE_DATA_PATH_NAMESPACES, KNATIVE_QUEUE_PROXY_CPU_REQUEST, knative_features, workload_labels,
+)
 
 from .admission import guarded_namespace_labels
 from .cluster import ClusterHandle
 from .config import ServedModel, StackConfig
+from .config.base import Problem, join_keys, quantity_value
+from .config.cluster import INSTANCE_TYPES
 from .config.runner import ModelConfig
 from .config.secrets import StackSecrets
 from .config.workload import ResourcesConfig, ScalingConfig
@@ -67,12 +71,17 @@ def serve_models(
         return pulumi.ResourceOptions(providers=[cluster.provider], depends_on=depends_on)
 
     routes: dict[str, pulumi.Output[str]] = {}
+    runners: list[pulumi.Resource] = []
     for model in config.served_models:
         runner_args = _runner_args(config, model, cluster, images.rewrite, image_pull_secrets)
         if secrets.hf_token is not None:
             runner_args["hf_token"] = secrets.hf_token
+        if secrets.runner_api_key is not None and model.config.workload == "knative":
+            # Knative's ingress admits every pod in the cluster: the key keeps all but the gateway out.
+            runner_args["api_key"] = secrets.runner_api_key
         runner = ModelRunner(model.workload_name, runner_args, opts=workload_opts(model.config.workload))
         routes[model.config.model] = runner.url
+        runners.append(runner)
     pulumi.export("modelRunnerUrls", routes)
     if len(routes) == 1:  # the output one-model stacks have always had, which scripts may read
         [url] = routes.values()
@@ -82,7 +91,12 @@ def serve_models(
     gateway_args = _gateway_args(config, images.gateway_image, routes, image_pull_secrets)
     if secrets.gateway_api_keys is not None:
         gateway_args["api_keys"] = secrets.gateway_api_keys
-    gateway = Gateway(GATEWAY, gateway_args, opts=workload_opts(gateway_config.workload))
+    if secrets.runner_api_key is not None:
+        gateway_args["upstream_api_key"] = secrets.runner_api_key
+    # The gateway is ready only once a model answers: it rolls out after the runners' own rollouts, which wait
+    # out their load budgets, so a cold first `up` does not spend the gateway's deadline on model loads.
+    gateway = Gateway(GATEWAY, gateway_args, opts=pulumi.ResourceOptions.merge(
+        workload_opts(gateway_config.workload), pulumi.ResourceOptions(depends_on=runners)))
     pulumi.export("gatewayUrl", gateway.url)
     if gateway_config.workload == "knative" and knative is not None and knative.domain is not None:
         pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{namespace_name}.{knative.domain}{_ingress_port(config)}/v1")
@@ -124,6 +138,65 @@ def knative_settings(config: StackConfig, cluster: ClusterHandle) -> dict[str, d
 
 def _as_is(reference: str) -> str:
     return reference
+
+
+# Where a pod's shape is all that is asked for: no cluster exists yet, and none is needed.
+_NO_CLUSTER = ClusterHandle(provider=None, kubeconfig=None)  # type: ignore[arg-type]
+# (request key, config key under the model, how a quantity of it reads)
+_SCHEDULED_RESOURCES = (
+    ("cpu", "resources.requests.cpu", lambda cores: f"{cores:g} CPU" if cores == int(cores) else f"{cores * 1000:g}m CPU"),
+    ("memory", "resources.requests.memory", lambda size: f"{size / 2**20:g}Mi memory"),
+    ("nvidia.com/gpu", "gpu.count", lambda count: f"{count:g} GPU"),
+)
+
+
+def pod_requests(pod_spec: dict[str, Any], knative: bool) -> dict[str, float]:
+    """What the scheduler reserves for a pod: each resource's sum over its containers or its largest init
+    container's, whichever is more, plus Knative's queue proxy for a revision's pod."""
+    def requests(container: dict[str, Any]) -> dict[str, float]:
+        return {name: quantity_value(str(value))
+                for name, value in container.get("resources", {}).get("requests", {}).items()}
+
+    running: dict[str, float] = {}
+    for container in pod_spec["containers"]:
+        for name, value in requests(container).items():
+            running[name] = running.get(name, 0) + value
+    if knative:
+        running["cpu"] = running.get("cpu", 0) + quantity_value(KNATIVE_QUEUE_PROXY_CPU_REQUEST)
+    for container in pod_spec.get("initContainers", []):
+        for name, value in requests(container).items():
+            running[name] = max(running.get(name, 0), value)
+    return running
+
+
+def scheduling_problems(config: StackConfig) -> Iterator[Problem]:
+    """Models whose pods no node of the EKS node group they can land on could ever hold: a model with GPUs goes to
+    the GPU group (its selector and toleration), one without to the system group (it does not tolerate the GPU
+    nodes' taint). Each pod must fit one node's allocatable resources, the per-node DaemonSets deducted."""
+    eks = config.cluster.eks
+    if config.runtime != "kubernetes" or config.cluster.provider != "eks" or eks is None:
+        return
+    for model in config.served_models:
+        gpu = model.config.gpu.count > 0
+        setting, instance_type = ("gpuInstanceType", eks.gpu_instance_type) if gpu else ("systemInstanceType", eks.system_instance_type)
+        node = INSTANCE_TYPES[instance_type]
+        offered = {"cpu": node.allocatable_millicores() / 1000, "memory": node.allocatable_mebibytes() * 2**20,
+                   "nvidia.com/gpu": node.gpus}
+        pod = runner_pod_spec(model.workload_name, _runner_args(config, model, _NO_CLUSTER, _as_is, []))
+        requested = pod_requests(pod, model.config.workload == "knative")
+        for resource, key, show in _SCHEDULED_RESOURCES:
+            if requested.get(resource, 0) > offered[resource]:
+                group = "GPU node group" if gpu else "system node group (a pod without GPUs does not tolerate the GPU nodes' taint)"
+                knative = " and Knative's queue proxy" if model.config.workload == "knative" else ""
+                yield Problem(
+                    join_keys(model.key, key),
+                    f"its pod requests {show(requested[resource])} in all (the engine's request with the stack's "
+                    f"pull step{knative}), more than a node of the {group} can ever give it: "
+                    f"a {instance_type} has {show(offered[resource])} allocatable after EKS's reservations and the "
+                    f"per-node DaemonSets; lower it, or choose a larger cluster.eks.{setting}",
+                    model.config.gpu.count if resource == "nvidia.com/gpu" else getattr(
+                        model.config.resources.requests, resource),
+                )
 
 
 def runner_images(model: ModelConfig) -> tuple[str, str]:
@@ -195,11 +268,16 @@ def _gateway_args(
     """`routes`: each model's id -> the OpenAI base URL of its engine."""
     gateway_config = config.gateway
     destinations = [_runner_destination(model) for model in config.served_models]
+    scales_to_zero = any(model.config.scaling.min_replicas == 0 for model in config.served_models)
     return {
         "namespace": config.serving_namespace,
         "image": image,
         "models": routes,
-        "upstream_scales_to_zero": any(model.config.scaling.min_replicas == 0 for model in config.served_models),
+        "upstream_scales_to_zero": scales_to_zero,
+        # A gateway pod readied by the models' answers may have to wait for a runner that restarts meanwhile (an
+        # evicted or rescheduled replica pulls and loads again): as long as the slowest model may take.
+        **({} if scales_to_zero else {"progress_deadline_seconds": max(
+            model.config.load_budget_seconds for model in config.served_models) + IMAGE_PULL_ALLOWANCE_SECONDS}),
         "resources": _resources(gateway_config.resources),
         "scaling": _scaling(gateway_config.scaling),
         "request_timeout_seconds": gateway_config.request_timeout_seconds,

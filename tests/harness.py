@@ -82,6 +82,8 @@ class Resource:
     additional_secret_outputs: list[str]
     replace_on_changes: list[str]
     aliases: list[Any]
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """`create`, `update`, `delete` as Pulumi durations (`900s`), those set only."""
 
     def plain(self) -> dict[str, Any]:
         """Inputs with secret markers removed (what the API server would receive)."""
@@ -233,6 +235,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     replace_on_changes=list(request.replaceOnChanges),
                     aliases=list(request.aliases),
+                    custom_timeouts={key: value for key in ("create", "update", "delete")
+                                     if (value := getattr(request.customTimeouts, key))},
                 )
             )
         return response

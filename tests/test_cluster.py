@@ -13,7 +13,7 @@ import yaml
 from harness import FAKE_SECRETS, ROOT, Secret, evaluate, evaluate_failure
 from stacks.cluster import ClusterPrerequisiteError, kind_release_for_every_node_image
 from stacks.config import ConfigError
-from stacks.config.cluster import KIND_NODE_IMAGES
+from stacks.config.cluster import INSTANCE_TYPES, KIND_NODE_IMAGES, NODE_DAEMONSET_MILLICORES
 
 COMMAND = "command:local:Command"
 PROVIDER = "pulumi:providers:kubernetes"
@@ -370,11 +370,25 @@ def test_a_missing_kubeconfig_file_names_the_key(tmp_path):
 CONFIG_RULES = [
     ("prod", {"cluster.provider": "kind", "cluster.eks": None}, "cluster.provider", "production stacks need a real cluster"),
     ("dev", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "pinned for 1.34, 1.33"),
+    ("prod", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "must be 1.30 or later"),
     ("dev", {"cluster.existing.context": "x"}, "cluster.existing", "applies only when provider is existing"),
     ("prod", {"cluster.kind.workers": 3}, "cluster.kind", "applies only when provider is kind"),
     ("prod", {"cluster.eks": None}, "cluster.eks", "required when provider is eks"),
     ("prod", {"cluster.eks.gpuNodes.desiredSize": 9}, "cluster.eks.gpuNodes.desiredSize", "between minSize and maxSize"),
     ("prod", {"cluster.eks.privateSubnetIds": ["subnet-0a1b2c3d4e5f60001"]}, "cluster.eks.privateSubnetIds", "at least 2"),
+    ("prod", {"cluster.eks.systemInstanceType": "m6i.huge"}, "cluster.eks.systemInstanceType", "'m6i.large'"),
+    # The GPU group's AMI and device plugin need NVIDIA GPUs; the system group's is no GPU AMI.
+    ("prod", {"cluster.eks.gpuInstanceType": "m6i.4xlarge"}, "cluster.eks.gpuInstanceType", "'g5.xlarge'"),
+    ("prod", {"cluster.eks.systemInstanceType": "g5.xlarge"}, "cluster.eks.systemInstanceType", "'m6i.large'"),
+    # Each model's pod against one node of the group it can land on: the shipped embedding model on the system
+    # group's m6i.large, whose 1930m allocatable (EKS's reservation) less the DaemonSets' 150m is below 2 CPUs.
+    ("prod", {"cluster.eks.systemInstanceType": "m6i.large"}, "models.embed.resources.requests.cpu",
+     "requests 2 CPU in all (the engine's request with the stack's pull step), more than a node of the system node "
+     "group (a pod without GPUs does not tolerate the GPU nodes' taint) can ever give it: a m6i.large has 1780m CPU"),
+    ("prod", {"models.chat.gpu.count": 2}, "models.chat.gpu.count", "a g5.xlarge has 1 GPU allocatable"),
+    # 16 GiB less 255Mi + 11Mi x 58 pods and the 100Mi eviction threshold.
+    ("prod", {"models.chat.resources": {"requests": {"cpu": "3", "memory": "15392Mi"}, "limits": {"memory": "16Gi"}}},
+     "models.chat.resources.requests.memory", "a g5.xlarge has 15391Mi memory allocatable"),
 ]
 
 
@@ -389,6 +403,34 @@ def test_cluster_config_rules(stack, overrides, key, text):
 # --- EKS -----------------------------------------------------------------------------------------------------
 
 
+def test_eks_reserves_cpu_and_memory_per_node_as_its_formula_says():
+    large = INSTANCE_TYPES["m6i.large"]
+    assert large.allocatable_millicores() + NODE_DAEMONSET_MILLICORES == 1930
+    assert large.allocatable_mebibytes() == 8192 - (255 + 11 * 29) - 100
+    # 0.25% of each core above four, and managed node groups cap maxPods at 110 below 30 vCPUs, 250 above.
+    assert INSTANCE_TYPES["g5.12xlarge"].allocatable_millicores() + NODE_DAEMONSET_MILLICORES == 48000 - 80 - 44 * 2.5
+    assert INSTANCE_TYPES["g5.12xlarge"].max_pods == 250 and INSTANCE_TYPES["m6i.4xlarge"].max_pods == 110
+
+
+def test_knatives_queue_proxy_counts_beside_the_engine():
+    # What fits a node as a Deployment does not as a revision, whose queue proxy requests 25m more.
+    error, evaluation = evaluate_failure("prod", set={
+        "models.embed.resources.requests.cpu": "3770m", "models.embed.workload": "knative",
+        "models.embed.scaling.targetCpuUtilization": None,
+    }, secrets={**FAKE_SECRETS, "runnerApiKey": "runner-key-0123"})
+    assert isinstance(error, ConfigError)
+    (problem,) = error.problems
+    assert problem.key == "models.embed.resources.requests.cpu" and (
+        "requests 3795m CPU in all (the engine's request with the stack's pull step and Knative's queue proxy)"
+        in problem.message)
+    assert evaluation.resources == []
+
+
+def test_a_pod_that_fits_a_node_exactly_is_accepted():
+    # An init container's request counts once, beside the running ones (Kubernetes' effective request).
+    evaluate("prod", set={"models.embed.resources.requests.cpu": "3770m"})
+
+
 def test_eks_cluster_uses_managed_node_groups_only(prod):
     cluster = prod.one("eks:index:Cluster", "eks").inputs
     assert cluster["name"] == "model-stack-prod" and cluster["version"] == "1.32"
@@ -399,7 +441,7 @@ def test_eks_cluster_uses_managed_node_groups_only(prod):
 def test_system_and_gpu_node_groups(prod):
     system = prod.one("eks:index:ManagedNodeGroup", "eks-system").inputs
     gpu = prod.one("eks:index:ManagedNodeGroup", "eks-gpu").inputs
-    assert system["instanceTypes"] == ["m6i.large"] and "taints" not in system
+    assert system["instanceTypes"] == ["m6i.xlarge"] and "taints" not in system
     assert system["scalingConfig"] == {"minSize": 2, "maxSize": 4, "desiredSize": 3}
     assert gpu["instanceTypes"] == ["g5.xlarge"] and gpu["amiType"] == "AL2023_x86_64_NVIDIA"
     assert gpu["scalingConfig"] == {"minSize": 2, "maxSize": 6, "desiredSize": 2}

@@ -11,7 +11,7 @@ import pytest
 
 from components.eks_cluster import GPU_NODE_LABELS, GPU_TOLERATION
 from components.serving_workload import knative_features, network_policy_spec
-from harness import FAKE_SECRETS, Evaluation, Secret, evaluate, stack_config
+from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, stack_config, unwrap
 from schemas import crd_schemas, validation_errors
 from stacks.cluster import ClusterHandle
 from stacks.config import StackConfig
@@ -23,13 +23,17 @@ def runner_names(stack: str) -> list[str]:
 
 
 def on_knative(stack: str) -> dict[str, Any]:
-    """Every model and the gateway served through Knative, which ignores CPU targets (the config refuses them
-    there): prod's go with the move."""
+    """Every model and the gateway served through Knative, which ignores CPU targets and cannot admit single
+    namespaces (the config refuses both there): prod's go with the move."""
     return {f"{section}.{setting}": value for section in [*(f"models.{name}" for name in stack_config(stack)["models"]), "gateway"]
-            for setting, value in (("workload", "knative"), ("scaling.targetCpuUtilization", None))}
+            for setting, value in (("workload", "knative"), ("scaling.targetCpuUtilization", None),
+                                   *((("allowedNamespaces", None),) if section != "gateway" else ()))}
 
 
 KNATIVE = on_knative("prod")
+RUNNER_API_KEY = "runner-key-0123456789abcdef"
+# What a stack with vLLM or llama.cpp runners on Knative needs besides the usual secrets.
+KEYED = {**FAKE_SECRETS, "runnerApiKey": RUNNER_API_KEY}
 GATEWAY_IMAGE = "localhost:5001/model-gateway:dev"
 
 
@@ -55,7 +59,8 @@ def invalid(evaluation: Evaluation) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and_security(stack):
-    evaluation = evaluate(stack, set={**on_knative(stack), "gateway.image": GATEWAY_IMAGE} if stack == "dev" else KNATIVE)
+    evaluation = (evaluate(stack, set={**on_knative(stack), "gateway.image": GATEWAY_IMAGE}) if stack == "dev"
+                  else evaluate(stack, set=KNATIVE, secrets=KEYED))
     assert invalid(evaluation) == {}
     assert [obj for obj in objects(evaluation, "Deployment") if obj["metadata"]["namespace"] == "models"] == []
     for name in [*runner_names(stack), "gateway"]:
@@ -74,13 +79,15 @@ def test_knative_services_validate_against_the_crd_and_keep_probes_resources_and
         assert set(spec["securityContext"]) <= {
             "runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "supplementalGroups", "seccompProfile"}
         assert "terminationGracePeriodSeconds" not in spec
+        # Knative's schema has no preStop hook; its queue proxy drains the revision instead.
+        assert "lifecycle" not in container
         assert container["resources"]["limits"]["memory"]
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert spec["securityContext"]["runAsNonRoot"] is True
 
 
 def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load():
-    evaluation = evaluate("prod", set=KNATIVE)
+    evaluation = evaluate("prod", set=KNATIVE, secrets=KEYED)
     runner_config = stack_config("prod")["models"]["chat"]
     runner = named(evaluation, "Service", "model-runner-chat")
     annotations = runner["spec"]["template"]["metadata"]["annotations"]
@@ -98,7 +105,7 @@ def test_knative_revisions_scale_on_concurrency_and_wait_out_the_model_load():
 
 
 def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path():
-    evaluation = evaluate("prod", set=KNATIVE)
+    evaluation = evaluate("prod", set=KNATIVE, secrets=KEYED)
     for name in ("model-runner-chat", "gateway"):
         budget = named(evaluation, "PodDisruptionBudget", name)
         assert budget["spec"]["selector"]["matchLabels"]["serving.knative.dev/service"] == name
@@ -109,7 +116,7 @@ def test_knative_workloads_get_a_budget_and_admit_only_knatives_data_path():
 
 
 def test_the_features_knative_must_enable_are_the_ones_the_pods_use():
-    evaluation = evaluate("prod", set=KNATIVE)
+    evaluation = evaluate("prod", set=KNATIVE, secrets=KEYED)
     used = set()
     for name in [*runner_names("prod"), "gateway"]:
         used.update(knative_features(named(evaluation, "Service", name)["spec"]["template"]["spec"]))
@@ -160,7 +167,9 @@ def test_a_single_node_cache_under_knative_keeps_revisions_on_one_node():
     (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"].items() <= named(evaluation, "Service", "model-runner-chat")["spec"]["template"]["metadata"]["labels"].items()
-    assert "affinity" not in pod_spec_of(evaluate("prod", set={"models.chat.workload": "knative", "models.chat.scaling.targetCpuUtilization": None}), "Service")
+    assert "affinity" not in pod_spec_of(evaluate("prod", set={
+        "models.chat.workload": "knative", "models.chat.scaling.targetCpuUtilization": None,
+        "models.chat.allowedNamespaces": None}, secrets=KEYED), "Service")
 
 
 def pod_spec_of(evaluation: Evaluation, kind: str, name: str = "model-runner-chat") -> dict[str, Any]:
@@ -322,3 +331,75 @@ def test_a_gateway_in_front_of_a_knative_runner_reaches_it_through_knatives_data
     # The model that stays a Deployment is reached on its pods directly.
     assert small["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "model-runner-small",
                                                              "app.kubernetes.io/part-of": "model-stack"}}}]
+
+
+@pytest.mark.parametrize("name,drain", [("gateway", 20), ("model-runner-chat", 60), ("model-runner-embed", 60)])
+def test_stopping_pods_keep_serving_until_their_endpoints_are_gone_then_drain(prod, name, drain):
+    spec = pod_spec_of(prod, "Deployment", name)
+    sleep = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # Endpoints, kube-proxy and the ingress take seconds to stop sending to a terminating pod.
+    assert sleep >= 5
+    # The grace period counts from the preStop hook: it must cover the sleep and the drain after SIGTERM.
+    assert spec["terminationGracePeriodSeconds"] >= sleep + drain
+
+
+def test_the_gateway_rolls_out_after_the_runners_and_waits_as_long_as_the_slowest_model(prod):
+    gateway = prod.one("kubernetes:apps/v1:Deployment", "gateway")
+    runners = [resource for resource in prod.of_type("kubernetes:apps/v1:Deployment") if resource.name in runner_names("prod")]
+    assert len(runners) == 2
+    # Readiness asks the models: created before the runners answer, a cold first `up` would spend the gateway's
+    # whole deadline on image pulls and model loads.
+    assert {runner.urn for runner in runners} <= set(gateway.dependencies)
+    slowest = max(model["loadBudgetSeconds"] for model in stack_config("prod")["models"].values())
+    deadline = gateway.plain()["spec"]["progressDeadlineSeconds"]
+    assert deadline > slowest
+    # `pulumi up` waits at least that long for the rollout (Pulumi's own default is 10 minutes).
+    assert int(gateway.custom_timeouts["create"].removesuffix("s")) >= deadline
+
+
+# --- runners behind Knative's ingress ---------------------------------------------------------------------------
+
+
+def secret_value(evaluation: Evaluation, reference: dict[str, str]) -> str:
+    """The value a secretKeyRef names, which must have reached the engine marked secret."""
+    data = evaluation.one("kubernetes:core/v1:Secret", reference["name"]).inputs["stringData"]
+    value = data.value[reference["key"]] if isinstance(data, Secret) else data[reference["key"]]
+    assert isinstance(data, Secret) or isinstance(value, Secret)
+    return unwrap(value)
+
+
+def test_runners_on_knative_answer_only_the_key_the_gateway_holds(prod):
+    evaluation = evaluate("prod", set=KNATIVE, secrets=KEYED)
+    for name, variable in (("model-runner-chat", "VLLM_API_KEY"), ("model-runner-embed", "LLAMA_API_KEY")):
+        spec = named(evaluation, "Service", name)["spec"]["template"]["spec"]
+        engine = spec["containers"][0]
+        (key,) = [item for item in engine["env"] if item["name"] == variable]
+        assert secret_value(evaluation, key["valueFrom"]["secretKeyRef"]) == RUNNER_API_KEY
+        # Only the engine gets it, and the probes ask paths the key leaves open (vLLM guards all of /v1).
+        assert all(variable not in repr(container) for container in [*spec.get("initContainers", []), *spec["containers"][1:]])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert engine[probe]["httpGet"]["path"] == "/health"
+    gateway = named(evaluation, "Service", "gateway")["spec"]["template"]["spec"]["containers"][0]
+    (upstream,) = [item for item in gateway["env"] if item["name"] == "GATEWAY_UPSTREAM_API_KEY"]
+    assert secret_value(evaluation, upstream["valueFrom"]["secretKeyRef"]) == RUNNER_API_KEY
+    assert RUNNER_API_KEY not in repr([resource.inputs for resource in evaluation.resources
+                                       if resource.type != "kubernetes:core/v1:Secret"])
+    # A runner served as a Deployment keeps its network policy and needs no key.
+    assert "env" not in pod_spec_of(prod, "Deployment")["containers"][0]
+
+
+OLLAMA = {"models.embed.engine": "ollama", "models.embed.model": "nomic-embed-text:v1.5", "models.embed.args": [],
+          "models.embed.image": "ollama/ollama:0.12.6@sha256:" + "0" * 64}
+
+
+@pytest.mark.parametrize("overrides,secrets,key,text", [
+    (KNATIVE, FAKE_SECRETS, "runnerApiKey", "is required: models.chat and models.embed are served through Knative"),
+    ({}, KEYED, "runnerApiKey", "this stack has none; unset it"),
+    (KNATIVE, {**FAKE_SECRETS, "runnerApiKey": "two words"}, "runnerApiKey", "visible ASCII characters without spaces"),
+    ({**KNATIVE, "models.chat.allowedNamespaces": ["batch-jobs"]}, KEYED, "models.chat.allowedNamespaces",
+     "applies to Deployment workloads"),
+    ({**OLLAMA, "models.embed.workload": "knative", "models.embed.scaling.targetCpuUtilization": None}, FAKE_SECRETS,
+     "models.embed.workload", "ollama takes no API key"),
+], ids=["key-required", "key-unused", "key-grammar", "allowed-namespaces", "keyless-engine"])
+def test_knative_exposure_is_refused_unless_the_engine_requires_the_gateways_key(overrides, secrets, key, text):
+    assert_rejected("prod", overrides, key, text, secrets=secrets)

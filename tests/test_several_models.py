@@ -18,6 +18,13 @@ LOCAL_TWO_MODELS = {"runner": None, "models": {"chat": {"engine": "llama.cpp", "
                                               "small": {"engine": "llama.cpp", "model": TINY_LLAMA}}}
 
 
+CUDA_LLAMA = "ghcr.io/ggml-org/llama.cpp:server-cuda-b7010"
+# Both of them on GPUs: one and two of the host's.
+LOCAL_GPU_MODELS = {"runner": None, "models": {
+    "chat": {"engine": "llama.cpp", "model": LLAMA, "image": CUDA_LLAMA, "gpu": {"count": 1}},
+    "small": {"engine": "llama.cpp", "model": TINY_LLAMA, "image": CUDA_LLAMA, "gpu": {"count": 2}}}}
+
+
 def objects(evaluation: Evaluation, kind: str) -> dict[str, dict[str, Any]]:
     return {obj["metadata"]["name"]: obj for _, obj in evaluation.kubernetes_objects()
             if obj["kind"] == kind and obj["metadata"].get("namespace") == "models"}
@@ -108,6 +115,19 @@ def test_the_docker_runtime_runs_one_engine_and_cache_per_model_behind_one_gatew
                                                 TINY_LLAMA: "http://model-runner-small:8080/v1"}
 
 
+def test_gpu_models_on_the_docker_runtime_each_get_devices_of_their_own():
+    containers = {container.inputs["name"]: container.inputs
+                  for container in evaluate("local", set=LOCAL_GPU_MODELS).of_type("docker:index/container:Container")}
+    # Two engines on one GPU each size their memory for all of it: the second would fail out of memory.
+    assert containers["model-runner-chat"]["gpus"] == "device=0"
+    assert containers["model-runner-small"]["gpus"] == "device=1,2"
+    # A model alone on GPUs keeps the host's GPUs, or docker.runner.gpus.
+    one = {"runner": None, "models": {**LOCAL_TWO_MODELS["models"], "chat": LOCAL_GPU_MODELS["models"]["chat"]}}
+    alone = {container.inputs["name"]: container.inputs
+             for container in evaluate("local", set=one).of_type("docker:index/container:Container")}
+    assert alone["model-runner-chat"]["gpus"] == "all" and "gpus" not in alone["model-runner-small"]
+
+
 # --- config rules: a refused case and an accepted near-miss each ---------------------------------------------------
 
 REFUSED = [
@@ -129,6 +149,8 @@ REFUSED = [
      "each of the 2 models"),
     ("local", {**LOCAL_TWO_MODELS, "docker.gateway.env.GATEWAY_MODELS": "{}"}, "docker.gateway.env.GATEWAY_MODELS",
      "models.chat.model"),
+    ("local", {**LOCAL_GPU_MODELS, "docker.runner.gpus": "all"}, "docker.runner.gpus",
+     "models.chat and models.small each ask for their own"),
 ]
 
 

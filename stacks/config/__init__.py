@@ -17,6 +17,8 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 from pydantic import Field, PrivateAttr, ValidationError
 
+from components.engines import ENGINES
+
 from .base import (
     ImageReference, Invalid, Namespace, Problem, Section, image_fields, join_key, join_keys, matching, section_at, unaffected,
     unknown_key_problem,
@@ -142,6 +144,27 @@ class StackConfig(Section):
         return self.runtime == "kubernetes" and (
             bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
 
+    @property
+    def gpu_models(self) -> list[ServedModel]:
+        """The models that ask for GPUs, in config order."""
+        return [model for model in self.served_models if model.config.gpu.count]
+
+    def docker_gpus(self) -> dict[str, str]:
+        """Docker's `--gpus` for each model that uses GPUs on the Docker runtime, by config key. One such model gets
+        docker.runner.gpus, or every GPU; several get distinct devices, gpu.count each in config order
+        (`device=0`, `device=1,2`, ...), because two engines on one GPU each size their memory for all of it
+        and the second one fails out of memory."""
+        gpu_models = self.gpu_models
+        if len(gpu_models) == 1:
+            return {gpu_models[0].key: self.docker.runner.gpus or "all"}
+        devices: dict[str, str] = {}
+        first = 0
+        for model in gpu_models:
+            count = model.config.gpu.count
+            devices[model.key] = "device=" + ",".join(str(index) for index in range(first, first + count))
+            first += count
+        return devices
+
     def check(self, path: str) -> Iterator[Problem]:
         yield from self._model_list_problems(path)
         yield from self._knative_problems(path)
@@ -206,6 +229,15 @@ class StackConfig(Section):
                         section.scaling.min_replicas,
                     )
             for model in self.served_models:
+                if model.config.workload == "knative" and ENGINES[model.config.engine].api_key_env is None:
+                    yield Problem(
+                        join_keys(path, f"{model.key}.workload"),
+                        f"cannot be knative in production with engine {model.config.engine}: Knative's ingress lets "
+                        "every pod in the cluster call the engine past the gateway's keys and model scopes, and "
+                        f"{model.config.engine} takes no API key to refuse them (use workload deployment, or vllm or "
+                        "llama.cpp, which require runnerApiKey on Knative)",
+                        "knative",
+                    )
                 if model.config.cache.existing_claim is None and not model.config.cache.protect:
                     yield Problem(
                         join_keys(path, f"{model.key}.cache.protect"),
@@ -273,6 +305,12 @@ class StackConfig(Section):
                               f"the engine image {model.config.engine_image()!r} of {model.key} is a CPU build and "
                               f"cannot use a GPU (set {join_key(key, 'image')} to a GPU build, such as a -cuda tag)",
                               self.docker.runner.gpus)
+        gpu_models = [model.key for model in self.gpu_models]
+        if self.runtime == "docker" and self.docker.runner.gpus is not None and len(gpu_models) > 1:
+            yield Problem(join_keys(path, "docker.runner.gpus"),
+                          f"would give every model's runner container the same GPUs, and {' and '.join(gpu_models)} "
+                          "each ask for their own (gpu.count): remove it, and each gets gpu.count devices of its own",
+                          self.docker.runner.gpus)
         if self.runtime == "docker":
             yield from self.docker.wiring_problems(
                 join_key(path, "docker"), {model.key: model.config.wired_env(model.key) for model in self.served_models})

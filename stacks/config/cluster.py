@@ -9,7 +9,7 @@ from typing import Annotated, Iterator, Literal, Optional
 import yaml
 from pydantic import Field
 
-from .base import Problem, Section, join_key, matching
+from .base import ImageRef, Problem, Section, join_key, matching
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ KIND_NODE_IMAGES = {
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Served pods stop with a preStop sleep action (components/serving_workload.py `draining`), beta and on by default
+# since Kubernetes 1.30 (KEP-3960).
+MIN_KUBERNETES_VERSION = (1, 30)
 
 
 class KindSettings(Section):
@@ -54,6 +57,15 @@ class KindSettings(Section):
     registry_port: Port = 5001
     """Host port of the local registry (`localhost:<port>`): images are pushed there and the nodes pull the same
     name. 5001 as in kind's docs, because macOS's AirPlay receiver holds 5000."""
+
+    node_image: Optional[ImageRef] = None
+    """Node image of every node; unset uses the kindest/node image kind built for `kubernetesVersion`, pinned by
+    digest. Set it for a node image of your own (`kind build node-image`) or one copied into a registry you can
+    reach; it must run the Kubernetes minor `kubernetesVersion` names."""
+
+    registry_image: Optional[ImageRef] = None
+    """Image of the local registry container; unset uses `registry:2.8.3`, pinned by digest. Set it where Docker
+    Hub cannot be reached (a copy in your own registry)."""
 
 
 class ExistingSettings(Section):
@@ -108,6 +120,74 @@ def kubeconfig_problems(
                       f"(it has: {', '.join(map(str, contexts)) or 'none'})", context)
 
 
+@dataclass(frozen=True)
+class InstanceType:
+    """What an EC2 instance type offers the pods of one node."""
+
+    vcpus: int
+    memory_gib: int
+    gpus: int
+    """NVIDIA GPUs (`nvidia.com/gpu`)."""
+
+    eni_max_pods: int
+    """Pods the VPC CNI can address on it (amazon-eks-ami `eni-max-pods.txt`)."""
+
+    @property
+    def max_pods(self) -> int:
+        """The kubelet's maxPods on a managed node group, which caps the ENI figure at 110 below 30 vCPUs and at
+        250 above (EKS user guide, "Amazon EKS recommended maximum Pods for each Amazon EC2 instance type")."""
+        return min(self.eni_max_pods, 110 if self.vcpus < 30 else 250)
+
+    def allocatable_millicores(self) -> int:
+        """CPU left for pods after EKS's kube-reserved (6% of the first core, 1% of the second, 0.5% of the next
+        two, 0.25% of the rest; an m6i.large keeps 1930m) and the per-node DaemonSets' requests."""
+        cores = [60, 10, 5, 5] + [2.5] * max(self.vcpus - 4, 0)
+        return int(self.vcpus * 1000 - sum(cores[:self.vcpus])) - NODE_DAEMONSET_MILLICORES
+
+    def allocatable_mebibytes(self) -> int:
+        """Memory left for pods after EKS's kube-reserved (255Mi plus 11Mi per pod the node may run) and the
+        kubelet's hard eviction threshold (100Mi). Counted from the nominal size: the kernel keeps a little more,
+        so a pod this refuses can never fit, and one it accepts may still not."""
+        return self.memory_gib * 1024 - (255 + 11 * self.max_pods) - 100
+
+
+# Requests of the DaemonSets on every node of the EKS cluster: aws-node and its network policy agent (25m each, the
+# VPC CNI chart's `resources`, which both containers use) and kube-proxy (100m, the EKS add-on's). The pod identity
+# agent, EFS CSI node and NVIDIA device plugin DaemonSets set no requests in their defaults. None requests memory.
+NODE_DAEMONSET_MILLICORES = 25 + 25 + 100
+
+# x86 instance types the node groups may use (the AMIs are AL2023 x86_64, standard and NVIDIA), with the figures
+# the scheduling check needs: vCPUs, GiB, NVIDIA GPUs (AWS instance type pages) and ENI max pods (eni-max-pods.txt).
+INSTANCE_TYPES = {
+    name: InstanceType(*figures)
+    for name, figures in {
+        "m6i.large": (2, 8, 0, 29), "m6i.xlarge": (4, 16, 0, 58), "m6i.2xlarge": (8, 32, 0, 58),
+        "m6i.4xlarge": (16, 64, 0, 234), "m6i.8xlarge": (32, 128, 0, 234),
+        "m7i.large": (2, 8, 0, 29), "m7i.xlarge": (4, 16, 0, 58), "m7i.2xlarge": (8, 32, 0, 58),
+        "m7i.4xlarge": (16, 64, 0, 234), "m7i.8xlarge": (32, 128, 0, 234),
+        "c6i.large": (2, 4, 0, 29), "c6i.xlarge": (4, 8, 0, 58), "c6i.2xlarge": (8, 16, 0, 58),
+        "c6i.4xlarge": (16, 32, 0, 234), "c6i.8xlarge": (32, 64, 0, 234),
+        "r6i.large": (2, 16, 0, 29), "r6i.xlarge": (4, 32, 0, 58), "r6i.2xlarge": (8, 64, 0, 58),
+        "r6i.4xlarge": (16, 128, 0, 234),
+        # NVIDIA A10G (24 GiB) each.
+        "g5.xlarge": (4, 16, 1, 58), "g5.2xlarge": (8, 32, 1, 58), "g5.4xlarge": (16, 64, 1, 234),
+        "g5.8xlarge": (32, 128, 1, 234), "g5.12xlarge": (48, 192, 4, 737), "g5.16xlarge": (64, 256, 1, 234),
+        "g5.24xlarge": (96, 384, 4, 737), "g5.48xlarge": (192, 768, 8, 345),
+        # NVIDIA L4 (24 GiB) each.
+        "g6.xlarge": (4, 16, 1, 58), "g6.2xlarge": (8, 32, 1, 58), "g6.4xlarge": (16, 64, 1, 234),
+        "g6.8xlarge": (32, 128, 1, 234), "g6.12xlarge": (48, 192, 4, 234), "g6.16xlarge": (64, 256, 1, 737),
+        "g6.24xlarge": (96, 384, 4, 737), "g6.48xlarge": (192, 768, 8, 737),
+        # NVIDIA L40S (48 GiB) each.
+        "g6e.xlarge": (4, 32, 1, 58), "g6e.2xlarge": (8, 64, 1, 58), "g6e.12xlarge": (48, 384, 4, 292),
+        "g6e.48xlarge": (192, 1536, 8, 492),
+        # NVIDIA A100 (40 GiB) and H100 (80 GiB), eight each.
+        "p4d.24xlarge": (96, 1152, 8, 737), "p5.48xlarge": (192, 2048, 8, 100),
+    }.items()
+}
+CpuInstanceType = Literal[tuple(name for name, spec in INSTANCE_TYPES.items() if not spec.gpus)]  # type: ignore[valid-type]
+GpuInstanceType = Literal[tuple(name for name, spec in INSTANCE_TYPES.items() if spec.gpus)]  # type: ignore[valid-type]
+
+
 class NodeGroupSize(Section):
     """Size bounds of a managed node group."""
 
@@ -141,13 +221,15 @@ class EksSettings(Section):
     public_subnet_ids: list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]] = []
     """Public subnets for internet-facing load balancers; empty keeps every load balancer internal."""
 
-    system_instance_type: str = "m6i.large"
-    """Instance type of the system node group (gateway, Knative, cluster add-ons): 2 vCPU / 8 GiB is ample."""
+    system_instance_type: CpuInstanceType = "m6i.large"
+    """Instance type of the system node group (gateway, Knative, cluster add-ons, and every model with gpu.count
+    0): 2 vCPU / 8 GiB is ample for the add-ons; size it up for CPU models (each model's pod must fit one node's
+    allocatable CPU and memory, which the config checks)."""
 
     system_nodes: NodeGroupSize = NodeGroupSize(minSize=2, maxSize=4, desiredSize=2)
     """System node group size: two nodes at least, so add-ons survive a node replacement."""
 
-    gpu_instance_type: str = "g5.xlarge"
+    gpu_instance_type: GpuInstanceType = "g5.xlarge"
     """Instance type of the GPU node group: one NVIDIA A10G (24 GiB), the smallest that serves 7-8B models."""
 
     gpu_nodes: NodeGroupSize = NodeGroupSize(minSize=1, maxSize=4, desiredSize=1)
@@ -166,7 +248,7 @@ class ClusterConfig(Section):
 
     kubernetes_version: Annotated[str, matching(r"1\.[0-9]{2}", "a Kubernetes minor version such as 1.32")] = "1.32"
     """Minor Kubernetes version the cluster runs (`1.32`): picks the kind node image and the schema every
-    emitted object is validated against."""
+    emitted object is validated against. 1.30 at least: served pods drain with a preStop sleep."""
 
     kind: KindSettings = KindSettings()
     """Settings of the kind cluster (provider `kind`)."""
@@ -187,6 +269,14 @@ class ClusterConfig(Section):
             yield Problem(
                 join_key(path, "kubernetesVersion"),
                 f"kind node images are pinned for {', '.join(KIND_NODE_IMAGES)} only",
+                self.kubernetes_version,
+            )
+        version = tuple(int(part) for part in self.kubernetes_version.split("."))
+        if self.provider != "kind" and version < MIN_KUBERNETES_VERSION:
+            yield Problem(
+                join_key(path, "kubernetesVersion"),
+                f"must be {'.'.join(map(str, MIN_KUBERNETES_VERSION))} or later: served pods drain with a preStop "
+                "sleep, which older clusters refuse",
                 self.kubernetes_version,
             )
         if self.provider == "eks" and self.eks is None:

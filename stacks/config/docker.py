@@ -505,7 +505,10 @@ class ServiceConfig(Section):
     """Security options; the default forbids privilege escalation."""
 
     gpus: Optional[Gpus] = None
-    """GPUs to expose (`all`, or `device=0,1`); needs the NVIDIA container toolkit."""
+    """GPUs to expose (`all`, or `device=0,1`); needs the NVIDIA container toolkit. For the runner: unset, a model
+    with gpu.count gets every GPU, and several such models get distinct devices instead, gpu.count each in config
+    order (the first `device=0`, the next `device=1`, ...), since engines sharing a GPU each size their memory for
+    all of it; set, only one model may use GPUs."""
 
     def env_file_variables(self) -> Iterator[tuple[int, str, Optional[str]]]:
         """(index of the file, name, value) of every variable the readable env files set."""

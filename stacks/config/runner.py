@@ -147,7 +147,10 @@ class ModelConfig(ServedWorkload):
     """How often the startup and readiness probes ask whether the model can answer."""
 
     allowed_namespaces: list[DnsLabel] = []
-    """Namespaces whose pods may call the model runner directly; the gateway always may, and nothing else can."""
+    """Deployment workloads: namespaces whose pods may call the model runner directly; the gateway always may, and
+    nothing else can. A Knative runner is reached through Knative's ingress, which every pod can reach, so no
+    namespace can be singled out there: vLLM and llama.cpp runners on Knative answer only the key the gateway holds
+    (`runnerApiKey`)."""
 
     def profile_images(self, path: str) -> Iterator[tuple[str, str]]:
         """Images the runner deploys that this config leaves to the engine profile, keyed by the setting that
@@ -204,6 +207,14 @@ class ModelConfig(ServedWorkload):
                 "must be 1 while cache.accessMode is ReadWriteOnce: a single-node volume cannot be mounted by "
                 "replicas on other nodes (set cache.accessMode to ReadWriteMany to scale out)",
                 self.scaling.max_replicas,
+            )
+        if self.workload == "knative" and self.allowed_namespaces:
+            yield Problem(
+                join_key(path, "allowedNamespaces"),
+                "applies to Deployment workloads: Knative's ingress forwards to this runner for every pod in the "
+                "cluster, so its network policy cannot admit some namespaces and not others (remove it, or serve the "
+                "model with workload: deployment)",
+                self.allowed_namespaces,
             )
         if self.gpu.count == 0:
             for name, value in (("nodeSelector", self.gpu.node_selector), ("runtimeClassName", self.gpu.runtime_class_name)):

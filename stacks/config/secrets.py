@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from components.engines import ENGINES
+
 from .base import Problem
 from .cluster import kubeconfig_problems
 
@@ -32,6 +34,13 @@ class StackSecrets:
     gateway_api_keys: Optional[pulumi.Output[str]] = None
     """API keys the gateway accepts (`gatewayApiKeys`), comma- or newline-separated; a line `<key> <model>,<model>`
     limits that key to those models (their `model` ids; others are answered 403). Unset disables gateway auth."""
+
+    runner_api_key: Optional[pulumi.Output[str]] = None
+    """Key the model runners served through Knative require on their OpenAI API (`runnerApiKey`); the gateway
+    sends it, and nothing else has it. Knative's ingress (`kourier-internal`) admits every pod in the cluster, so
+    without a key any pod could call those engines past the gateway's keys and model scopes. Required when a
+    vllm or llama.cpp model runs with workload knative; one key of visible ASCII without spaces:
+    `pulumi config set --secret runnerApiKey "$(openssl rand -hex 32)"`."""
 
     registry_push_password: Optional[pulumi.Output[str]] = None
     """Password or token for pushing built and mirrored images (`registryPushPassword`)."""
@@ -70,6 +79,22 @@ class StackSecrets:
         elif signing.enabled and self.cosign_private_key is None:
             yield Problem("cosignPrivateKey", "is required: images.signing.enabled is true (or sign keyless: "
                                               "images.signing.keyless: true)")
+        keyed = [model.key for model in config.served_models if model.config.workload == "knative"
+                 and ENGINES[model.config.engine].api_key_env is not None] if config.runtime == "kubernetes" else []
+        if keyed and self.runner_api_key is None:
+            yield Problem("runnerApiKey", f"is required: {' and '.join(keyed)} {'is' if len(keyed) == 1 else 'are'} "
+                                          "served through Knative, whose ingress every pod in the cluster reaches; the "
+                                          "engine must require a key only the gateway holds (`pulumi config set "
+                                          "--secret runnerApiKey \"$(openssl rand -hex 32)\"`)")
+        elif self.runner_api_key is not None and not keyed:
+            yield Problem("runnerApiKey", "is used only by vllm and llama.cpp models served through Knative "
+                                          "(workload: knative), and this stack has none; unset it")
+        elif self.runner_api_key is not None:
+            try:
+                _gateway_settings()._token(_plaintext("runnerApiKey"))
+            except ValueError:
+                yield Problem("runnerApiKey", "must be one key of visible ASCII characters without spaces (what the "
+                                              "gateway sends in `Authorization: Bearer`)")
         if self.gateway_api_keys is not None:
             yield from _api_key_problems(_plaintext("gatewayApiKeys"), [model.config.model for model in config.served_models])
         cluster = config.cluster

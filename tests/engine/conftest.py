@@ -1,15 +1,15 @@
-"""The engine lane: the real Pulumi engine and providers, built from Go modules by .ci/toolchain.py, on a file
-backend in a temporary directory, against a real Kubernetes API server.
+"""The engine lane: the real Pulumi CLI, engine, language host and providers, built by .ci/toolchain.py, on a file
+backend in a temporary directory, against a real Kubernetes API server, Docker engine and registry.
 
-The program runs through the Automation API as an inline program: the Python SDK serves the language runtime
-itself, so the engine needs no `pulumi-language-python` binary (the Go module proxy does not serve that module;
-see .ci/toolchain.py). Everything else is what `pulumi up` does: the same engine, plugins, state and diffs.
+The project's own stacks run as users run them: the `pulumi` CLI in a copy of the project directory, which starts the
+program through the CLI's Python language host in the project's virtualenv (`project_stack`, and tests/engine/cli.py
+for the commands exactly as typed). The Automation API's inline programs remain only for the tests of one component
+on its plugin (`engine_stack`, tests/engine/test_docker_provider.py), where a whole project would only be in the way.
 """
 
 from __future__ import annotations
 
 import os
-import runpy
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 import pytest
 from pulumi import automation as auto
 
+from apiserver import cluster  # noqa: F401  (a fixture for every lane test)
+from cli import PASSPHRASE, Project
 from control_plane import ControlPlane, run_control_plane
 from harness import ROOT
 from llama_server import BUILD_SCRIPT, llama_server_directory
@@ -63,16 +65,51 @@ def llama_server_build() -> Path:
     return directory
 
 
-def run_program() -> None:
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+@pytest.fixture
+def project(toolchain, tmp_path) -> Callable[..., Project]:
+    """Returns `make(main=None)`: a copy of this project, run by the `pulumi` CLI on a file backend of this test."""
+
+    def make(main: str | None = None) -> Project:
+        directory = tmp_path / f"project-{len(list(tmp_path.glob('project-*')))}"
+        directory.mkdir()
+        (tmp_path / "state").mkdir(exist_ok=True)
+        return Project.copy(directory, toolchain, tmp_path / "state", main=main)
+
+    return make
+
+
+@pytest.fixture
+def project_stack(project, toolchain) -> Callable[..., auto.Stack]:
+    """Returns `make(name, config, main=None)`: a stack of a copy of this project whose `Pulumi.<name>.yaml` holds
+    `config` (keys without the `model-stack:` prefix), as a user writes one. The Automation API drives it as a local
+    program: every operation is the `pulumi` CLI run in the project directory, the program started by the Python
+    language host in the project's virtualenv. `main` replaces Pulumi.yaml's program, where this machine forces a
+    difference (tests/engine/programs)."""
+
+    def make(name: str, config: dict[str, Any], main: str | None = None) -> auto.Stack:
+        copy = project(main)
+        return auto.create_stack(
+            name, work_dir=str(copy.directory),
+            opts=auto.LocalWorkspaceOptions(
+                pulumi_home=toolchain["PULUMI_HOME"],
+                env_vars={key: value for key, value in copy.env.items() if key not in os.environ or
+                          os.environ[key] != value},
+                secrets_provider="passphrase",
+                pulumi_command=auto.PulumiCommand(root=toolchain["MODEL_STACK_TOOLCHAIN"]),
+                stack_settings={name: auto.StackSettings(
+                    config={f"model-stack:{key}": value for key, value in config.items()})},
+            ),
+        )
+
+    return make
 
 
 @pytest.fixture
 def engine_stack(toolchain, tmp_path) -> Callable[..., auto.Stack]:
-    """Returns `make(name, config)`: a stack of this project on a fresh file backend in a temporary directory,
-    its `Pulumi.<name>.yaml` holding `config` (keys without the `model-stack:` prefix), as a user writes one."""
+    """Returns `make(name, config, program)`: a stack whose program is a Python function run in this process by the
+    Automation API (inline), for a test of one component on its plugin; its `Pulumi.<name>.yaml` holds `config`."""
 
-    def make(name: str, config: dict[str, Any], program: Callable[[], None] = run_program) -> auto.Stack:
+    def make(name: str, config: dict[str, Any], program: Callable[[], None]) -> auto.Stack:
         workspace_dir = tmp_path / f"workspace-{name}"
         workspace_dir.mkdir()
         (tmp_path / "state").mkdir(exist_ok=True)
@@ -84,7 +121,7 @@ def engine_stack(toolchain, tmp_path) -> Callable[..., auto.Stack]:
                 env_vars={
                     **toolchain,
                     "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
-                    "PULUMI_CONFIG_PASSPHRASE": "engine-lane",
+                    "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
                 },
                 secrets_provider="passphrase",
                 pulumi_command=auto.PulumiCommand(root=toolchain["MODEL_STACK_TOOLCHAIN"]),

@@ -1,11 +1,10 @@
 """The Kubernetes composition on the `existing` cluster provider, against a real API server: up, read back, up
 again with no changes, change one setting, destroy.
 
-No node exists, so no pod ever runs. A stack transform this test adds changes two things, and nothing else:
-- the awaits that need a running pod (a Deployment's rollout, a Service's endpoints) are skipped with
-  `pulumi.com/skipAwait`; every other await stays;
-- Knative's webhooks, which cannot run without a node, fail open (`failurePolicy: Ignore`) so the API server
-  stores what they would admit (Knative's ConfigMaps, the release's Certificate and Image).
+Run as users run it: the `pulumi` CLI in the project directory and the Python language host (`project_stack`).
+No node exists, so no pod ever runs: the program is the project's, wrapped by tests/engine/programs/without_nodes,
+whose stack transform skips the awaits that need a running pod and lets Knative's webhooks fail open, and nothing
+else.
 Knative Services need the webhook's defaulting to be valid at all, so both workloads are Deployments here and
 Knative Services stay under the mocks (tests/test_knative.py).
 """
@@ -13,88 +12,11 @@ Knative Services stay under the mocks (tests/test_knative.py).
 from __future__ import annotations
 
 import json
-import runpy
 import subprocess
-from pathlib import Path
 
-import pulumi
-import pytest
 from pulumi import automation as auto
 
-from harness import ROOT
-from schemas import KNATIVE_MANIFESTS
-
-# Stands in for the digest CI pushed; nothing pulls it, since no pod runs.
-GATEWAY_IMAGE = "registry.example.com/model-gateway@sha256:" + "1" * 64
-# Kinds whose await needs a running pod: rollouts need ready replicas, Services need endpoints.
-POD_AWAITS = {
-    "kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet", "kubernetes:apps/v1:StatefulSet",
-    "kubernetes:core/v1:Service", "kubernetes:batch/v1:Job",
-}
-
-
-WEBHOOK_CONFIGURATIONS = {
-    "kubernetes:admissionregistration.k8s.io/v1:MutatingWebhookConfiguration",
-    "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
-}
-
-
-def without_nodes(args: pulumi.ResourceTransformArgs):
-    if args.type_ in POD_AWAITS:
-        def annotated(metadata: dict) -> dict:
-            return {**metadata, "annotations": {**(metadata.get("annotations") or {}), "pulumi.com/skipAwait": "true"}}
-
-        metadata = pulumi.Output.from_input(args.props.get("metadata") or {}).apply(annotated)
-        return pulumi.ResourceTransformResult({**args.props, "metadata": metadata}, args.opts)
-    if args.type_ in WEBHOOK_CONFIGURATIONS:
-        webhooks = pulumi.Output.from_input(args.props["webhooks"]).apply(
-            lambda hooks: [{**hook, "failurePolicy": "Ignore"} for hook in hooks])
-        return pulumi.ResourceTransformResult({**args.props, "webhooks": webhooks}, args.opts)
-    return None
-
-
-def program() -> None:
-    pulumi.runtime.register_resource_transform(without_nodes)
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-
-
-def config(kubeconfig: Path, load_budget_seconds: int = 300, stable_window_seconds: int = 120) -> dict:
-    return {
-        "environment": "development",
-        "cluster": {"provider": "existing", "kubernetesVersion": "1.32",
-                    "existing": {"kubeconfigPath": str(kubeconfig)}},
-        "knative": {"install": True, "manifestsDir": str(KNATIVE_MANIFESTS),
-                    "stableWindowSeconds": stable_window_seconds},
-        "runner": {
-            "engine": "llama.cpp",
-            "model": "engine-lane/tiny-model/tiny.gguf",
-            "workload": "deployment",
-            "cache": {"size": "1Gi", "storageClass": "standard", "protect": True},
-            "loadBudgetSeconds": load_budget_seconds,
-        },
-        "gateway": {"workload": "deployment", "image": GATEWAY_IMAGE},
-    }
-
-
-def kubectl(control_plane, *args: str) -> dict:
-    result = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args, "-o", "json"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def cluster(control_plane):
-    """The storage class kind clusters have: claims wait for their first pod, as on kind."""
-    manifest = {
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "standard"},
-        "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer",
-        "reclaimPolicy": "Delete",
-    }
-    subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", "apply", "-f", "-"],
-                   input=json.dumps(manifest), text=True, check=True, capture_output=True)
-    return control_plane
-
+from apiserver import WITHOUT_NODES, config, kubectl
 
 def registered_objects(stack: auto.Stack) -> list[dict]:
     """The Kubernetes objects in the stack's state, as the provider sent them."""
@@ -138,8 +60,8 @@ def operations(result: auto.UpResult | auto.PreviewResult) -> dict:
     return {op: count for op, count in (summary or {}).items() if op != "same"}
 
 
-def test_kubernetes_stack_lifecycle(cluster, engine_stack):
-    stack = engine_stack("apiserver", config(cluster.kubeconfig), program=program)
+def test_kubernetes_stack_lifecycle(cluster, project_stack):
+    stack = project_stack("apiserver", config(cluster.kubeconfig), main=WITHOUT_NODES)
 
     up = stack.up(on_output=print)
     assert up.summary.result == "succeeded"
@@ -194,7 +116,7 @@ def test_kubernetes_stack_lifecycle(cluster, engine_stack):
     stack.destroy(on_output=print)
 
 
-def test_several_models_behind_one_gateway(cluster, engine_stack):
+def test_several_models_behind_one_gateway(cluster, project_stack):
     """Two models, each its own engine workload, cache and policy, and the gateway routing to both: what the API
     server holds after `up`, and a clean destroy (no cache is retained)."""
     settings = config(cluster.kubeconfig)
@@ -203,7 +125,7 @@ def test_several_models_behind_one_gateway(cluster, engine_stack):
     settings["namespace"] = "several-models"
     settings["models"] = {"chat": {**engine, "model": "engine-lane/tiny-model/tiny.gguf"},
                           "small": {**engine, "model": "engine-lane/tiny-model/tinier.gguf", "allowedNamespaces": ["batch"]}}
-    stack = engine_stack("several-models", settings, program=program)
+    stack = project_stack("several-models", settings, main=WITHOUT_NODES)
 
     assert stack.up(on_output=print).summary.result == "succeeded"
 

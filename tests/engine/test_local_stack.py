@@ -1,6 +1,8 @@
-"""The local stack (`runtime: docker`, Pulumi.local.yaml) on the real engine, the docker plugin and the real Docker
-engine, run by the project's own `__main__.py`: two llama.cpp models, each on an engine container of its own, behind
-one gateway container, talked to with the official `openai` client; then `pulumi destroy`.
+"""The local stack (`runtime: docker`, Pulumi.local.yaml) on the real Docker engine, through the commands a user
+types in the project directory (tests/engine/cli.py: the `pulumi` CLI, the Python language host, the docker plugin):
+two llama.cpp models, each on an engine container of its own, behind one gateway container, talked to with the
+official `openai` client; then its lifecycle: `pulumi preview --expect-no-changes`, a one-setting change, `pulumi
+destroy`, and `pulumi up` again, which finds the models in the retained volumes.
 
 What the stack pulls is made here, with no image hub:
 - the engine image: the llama-server .ci/llama-server built, on the debootstrap base image, with curl (the model
@@ -32,7 +34,6 @@ from typing import Iterator
 import httpx
 import openai
 import pytest
-from pulumi import automation as auto
 
 from docker_engine import BASE_IMAGE, REGISTRY, build, build_image, docker, require_docker_setup
 from harness import ROOT, stack_config
@@ -187,19 +188,22 @@ def chat(openai_client: openai.OpenAI, model: str, **fields):
     )
 
 
+def container_ids() -> dict[str, str]:
+    return {name: docker("inspect", "--format", "{{.Id}}", name).stdout.strip()
+            for name in ["gateway", *(f"model-runner-{model}" for model in MODELS)]}
+
+
 def test_the_local_stack_serves_two_llama_cpp_models_behind_one_gateway(
-        engine_stack, engine_image, gateway_image, model_hub):
+        project, engine_image, gateway_image, model_hub):
     suffix = uuid.uuid4().hex[:8]
     port = free_port()
     config = local_config(engine_image, gateway_image, model_hub, suffix, port)
-    stack = engine_stack(f"local-{suffix}", config)
-    stack.set_config("model-stack:gatewayApiKeys",
-                     auto.ConfigValue(f"{API_KEY}\n{SCOPED_KEY} {SMALL}", secret=True))
+    stack = project().stack(f"local-{suffix}", config, secrets={"gatewayApiKeys": f"{API_KEY}\n{SCOPED_KEY} {SMALL}"})
     volumes = [f"engine-models-{suffix}-{name}" for name in MODELS]
+    destroyed = None
     try:
-        up = stack.up(on_output=print)
-        assert up.summary.result == "succeeded"
-        base_url = up.outputs["gatewayUrl"].value
+        assert "create" in stack.up()
+        base_url = stack.outputs()["gatewayUrl"]
         assert base_url == f"http://127.0.0.1:{port}/v1"
         ready = wait_ready(base_url.removesuffix("/v1"))
         assert ready == {"status": "ready", "models": {CHAT: {"ready": True}, SMALL: {"ready": True}}}
@@ -234,16 +238,39 @@ def test_the_local_stack_serves_two_llama_cpp_models_behind_one_gateway(
             assert inspected["Config"]["Image"].startswith(f"{ENGINE_REPOSITORY}@sha256:")
             assert inspected["Image"] == image_id(engine_image)
             assert any(mount.get("Name") == f"engine-models-{suffix}-{name}" for mount in inspected["Mounts"])
-    finally:
-        destroyed = stack.destroy(on_output=print)
-        stack.workspace.remove_stack(stack.name)
-        # Retained on delete by design (the next `pulumi up` finds the models in them): removed here.
+
+        # What Docker reads back must not show as a diff.
+        assert stack.preview("--expect-no-changes") == {}
+
+        # One setting: the small model's load budget. Its engine container (and the pull job the budget bounds) are
+        # replaced, and nothing else is touched.
+        before = container_ids()
+        config["models"]["small"]["loadBudgetSeconds"] = LOAD_BUDGET_SECONDS + 30
+        stack.write_config(config)
+        changed = stack.up()
+        assert set(changed) == {"replace"} and changed["replace"] >= 1, changed
+        after = container_ids()
+        assert after["model-runner-small"] != before["model-runner-small"]
+        assert {name: after[name] for name in ("gateway", "model-runner-chat")} == {
+            name: before[name] for name in ("gateway", "model-runner-chat")}
+        wait_ready(base_url.removesuffix("/v1"))
+
+        # Destroy, then up again: the models come from the retained volumes, and every model answers again.
+        assert set(stack.destroy()) == {"delete"}
         retained = [volume for volume in volumes if docker("volume", "inspect", volume, check=False).returncode == 0]
+        assert retained == volumes
+        assert "create" in stack.up()
+        wait_ready(base_url.removesuffix("/v1"))
+        with client(base_url) as everyone:
+            assert {chat(everyone, model).model for model in (CHAT, SMALL)} == {CHAT, SMALL}
+    finally:
+        destroyed = stack.destroy()
+        stack.run("stack", "rm", "--yes")
+        # Retained on delete by design (the next `pulumi up` finds the models in them): removed here.
         for volume in volumes:
             docker("volume", "rm", "--force", volume, check=False)
 
-    assert destroyed.summary.result == "succeeded"
-    assert retained == volumes
+    assert set(destroyed) == {"delete"}
     for name in CONTAINERS:
         assert docker("inspect", name, check=False).returncode != 0, f"{name} outlived the stack"
     assert docker("network", "inspect", f"engine-local-{suffix}", check=False).returncode != 0
