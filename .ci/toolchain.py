@@ -20,6 +20,9 @@ modules' go.mod replaces its sibling modules with relative paths, which `go inst
 - syft (`github.com/anchore/syft`), which writes the SPDX SBOM that a stack with `images.signing.attestations.sbom`
   attests for every pushed image, reading the image from its registry;
 - the kind CLI (`sigs.k8s.io/kind`) at the release stacks/cluster.py derives from the pinned node images;
+- Prometheus (`github.com/prometheus/prometheus`, without its web UI's assets) at the release the stack installs
+  (stacks/config/metrics.py), which the lane points at real engines and the gateway to run the autoscaling and
+  dashboard queries;
 - the docker CLI's buildx plugin (`github.com/docker/buildx`), with which the stack creates its host-network
   BuildKit builder, and BuildKit itself (`github.com/moby/buildkit`: buildkitd, buildctl), which that builder runs
   in a container (tests/engine/buildkit_image makes the image, since none can be pulled here); both at the
@@ -431,6 +434,12 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
     plan.append(GoBuild("buildkit", "github.com/moby/buildkit", buildkit,
                         {"buildkitd": "./cmd/buildkitd", "buildctl": "./cmd/buildctl"}, sibling_version=buildkit,
                         ldflags=f"-X github.com/moby/buildkit/version.Version={buildkit}"))
+    # Prometheus's Go module is versioned v0.<major><minor>.<patch>: release 3.5.0 is v0.305.0.
+    major, minor, patch = prometheus_release().split(".")
+    prometheus = f"v0.{int(major) * 100 + int(minor)}.{patch}"
+    plan.append(GoBuild("prometheus", "github.com/prometheus/prometheus", prometheus, {"prometheus": "./cmd/prometheus"},
+                        sibling_version=prometheus,
+                        ldflags=f"-X github.com/prometheus/common/version.Version={prometheus_release()}"))
     kind = f"v{kind_release()}"
     plan.append(GoBuild("kind", "sigs.k8s.io/kind", kind, {"kind": "."}, sibling_version=kind))
     return plan, plugins, missing
@@ -443,6 +452,14 @@ def go_requirements(archive: Path) -> dict[str, str]:
                       and member.name.endswith("/go.mod"))
         text = tar.extractfile(go_mod).read().decode()
     return dict(re.findall(r"^\s*(\S+) (v\S+)(?: // indirect)?$", text, re.MULTILINE))
+
+
+def prometheus_release() -> str:
+    """The Prometheus release the stack installs (`3.5.0`), from its default image."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stacks.config.metrics import PROMETHEUS_IMAGE
+
+    return PROMETHEUS_IMAGE.rpartition(":v")[2]
 
 
 def kind_release() -> str:

@@ -37,7 +37,9 @@ import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
+
+from .image_rewrite import REFERENCE_COMPONENT, REFERENCE_DOMAIN, REFERENCE_TAG
 
 CACHE_MOUNT_PATH = "/models"
 HOME_PATH = "/home/engine"
@@ -116,12 +118,21 @@ class EngineProfile:
     (`Authorization: Bearer <key>`) while its liveness and model-ready paths stay open; None: it takes no key."""
     ready_path_with_key: Optional[str] = None
     """Model-ready path to probe instead while the engine requires a key, where the usual one asks for it."""
+    metrics_path: Optional[str] = None
+    """Path of the engine's Prometheus metrics on its API port; None: the engine exports none (Ollama, Docker
+    Model Runner), and the gateway's per-model gauges stand in for it."""
+    model_rule: Optional[Callable[[str], Optional[str]]] = None
+    """What the engine refuses beyond `model_pattern`, for a model the pattern admits: the reason, or None."""
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
-        if re.fullmatch(self.model_pattern, model):
-            return None
-        return f"must name a {self.name} model such as {self.model_example!r}"
+        if not re.fullmatch(self.model_pattern, model):
+            return f"must name a {self.name} model such as {self.model_example!r} ({self.model_grammar})"
+        return self.model_rule(model) if self.model_rule else None
+
+    @property
+    def model_grammar(self) -> str:
+        return MODEL_GRAMMARS[self.name]
 
     def render(
         self, model: str, port: Optional[int] = None, image: Optional[str] = None, model_hub: Optional[str] = None
@@ -143,6 +154,68 @@ class EngineProfile:
             needs_gpu=self.needs_gpu,
             http_client=self.http_client,
         )
+
+
+# --- model references -----------------------------------------------------------------------------------------
+# Each engine's own grammar. A reference becomes directories in the cache (llama.cpp's files, Ollama's manifests)
+# and URL paths (the hub download, Docker Model Runner's model-ready check), so none admits a path segment that
+# is empty, `.` or `..`: it would name a place outside the one the reference stands for.
+
+# A Hugging Face repository id (huggingface_hub's validate_repo_id): owner and name of letters, digits, '_', '.'
+# and '-', starting and ending with a letter, digit or '_', without '--' or '..'; the name at most 96 characters.
+_HF_PART = r"(?![A-Za-z0-9_.-]*(?:--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+HF_REPOSITORY = rf"{_HF_PART}/(?=[^/]{{1,96}}(?:/|$)){_HF_PART}"
+# A file path in a repository: segments of letters, digits, '_', '.' and '-', none of them `.` or `..`.
+_FILE_SEGMENT = r"(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+"
+# llama.cpp's gguf-split names every part `<prefix>-<index>-of-<count>.gguf`, counting from 1 (llama.cpp's
+# llama_split_path); a split model loads from its first part, and refuses any other.
+_GGUF_SPLIT = re.compile(r"(?P<prefix>.+)-(?P<index>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf")
+# Ollama's model names (ollama types/model/name.go): [host/][namespace/]model[:tag], parts of letters, digits,
+# '_', '.' and '-' (no '.' in a namespace, no '..' anywhere), at most 128 characters in all. Its Hugging Face
+# references are names on the host hf.co or huggingface.co: hf.co/<user>/<repository>[:<quantization>].
+_OLLAMA_PART = r"(?!\.(?:[/:]|$))[A-Za-z0-9_.-]+"
+_OLLAMA_NAME = rf"(?!.*\.\.)(?=.{{1,128}}$)(?:(?:{_OLLAMA_PART}/)?[A-Za-z0-9_-]+/)?{_OLLAMA_PART}(?::{_OLLAMA_PART})?"
+
+MODEL_GRAMMARS = {
+    "docker-model-runner": "an OCI reference: [registry/]lowercase/path[:tag]",
+    "vllm": "a Hugging Face repository <owner>/<name>",
+    "ollama": "[host/][namespace/]model[:tag], e.g. hf.co/<user>/<repository>:<quantization> for Hugging Face",
+    "llama.cpp": "<owner>/<repository>/[<folder>/...]<file>.gguf, the first part of a split model "
+                 "(<name>-00001-of-<count>.gguf) for all its parts",
+}
+
+
+@dataclass(frozen=True)
+class GgufReference:
+    """A llama.cpp model: a GGUF file (or the parts of a split one) in a Hugging Face repository."""
+
+    repository: str
+    files: tuple[str, ...]
+    """Paths in the repository, the file the server loads first."""
+
+    @classmethod
+    def parse(cls, model: str) -> "GgufReference":
+        owner, _, rest = model.partition("/")
+        name, _, path = rest.partition("/")
+        split = _GGUF_SPLIT.fullmatch(path)
+        if split is None:
+            return cls(f"{owner}/{name}", (path,))
+        count = int(split["count"])
+        return cls(f"{owner}/{name}", tuple(f"{split['prefix']}-{index:05d}-of-{count:05d}.gguf"
+                                            for index in range(1, count + 1)))
+
+
+def _gguf_split_problem(model: str) -> Optional[str]:
+    split = _GGUF_SPLIT.fullmatch(model)
+    if split is None:
+        return None
+    index, count = int(split["index"]), int(split["count"])
+    if count < 1 or not 1 <= index <= count:
+        return f"names part {index} of {count}: gguf-split numbers parts from 1 to their count"
+    if index != 1:
+        return (f"names part {index} of {count} of a split model: llama.cpp loads a split model from its first part "
+                f"(use {split['prefix']}-00001-of-{split['count']}.gguf; the stack downloads every part)")
+    return None
 
 
 # Where vLLM and llama.cpp download weights unless a mirror is configured (`model_hub`).
@@ -226,11 +299,29 @@ def _ollama(model: str, port: int, hub: str):
 
 
 def _llama_cpp(model: str, port: int, hub: str):
-    repository, _, filename = model.rpartition("/")
+    reference = GgufReference.parse(model)
     # Keyed by repository too: the same file name in another repository is other weights.
-    path = f"{CACHE_MOUNT_PATH}/llama.cpp/{repository}/{filename}"
-    url = f"{hub}/{repository}/resolve/main/{filename}"
-    fetch = _sh(
+    paths = [(f"{CACHE_MOUNT_PATH}/llama.cpp/{reference.repository}/{file}",
+              f"{hub}/{reference.repository}/resolve/main/{file}") for file in reference.files]
+    blocks = [_fetch(path, url) for path, url in paths]
+    # `exit 0` ends a block whose file is there already: with several files, each block runs in a subshell.
+    fetch = _sh(blocks[0] if len(blocks) == 1 else "\n".join(f"(\n{block}\n)" for block in blocks))
+    return (
+        (),
+        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts). `--metrics`
+        # turns on /metrics (requests processing and deferred, token counters), which autoscaling and the dashboard
+        # read; it shows counts only, no prompt. A split model loads from its first file, which names the rest.
+        ("--host", "0.0.0.0", "--port", str(port), "--model", paths[0][0], "--alias", model, "--no-webui", "--no-slots",
+         "--metrics"),
+        {MODEL_ENV: model},
+        ProbeAction(http_path="/health"),
+        PullStep(mode="init", command=fetch),
+    )
+
+
+def _fetch(path: str, url: str) -> str:
+    """A shell step that downloads `url` to `path` unless the file is there already."""
+    return (
         f"target={shlex.quote(path)}\n"
         'if [ -s "$target" ]; then exit 0; fi\n'
         'mkdir -p "$(dirname "$target")"\n'
@@ -239,14 +330,6 @@ def _llama_cpp(model: str, port: int, hub: str):
         'if [ -n "$token" ]; then printf \'header = "Authorization: Bearer %s"\\n\' "$token"; fi |\n'
         f'  curl -fL --retry 5 -K - -o "$target.partial" {shlex.quote(url)}\n'
         'mv "$target.partial" "$target"'
-    )
-    return (
-        (),
-        # The API port serves the API only: no web UI, and no /slots (it shows other users' prompts).
-        ("--host", "0.0.0.0", "--port", str(port), "--model", path, "--alias", model, "--no-webui", "--no-slots"),
-        {MODEL_ENV: model},
-        ProbeAction(http_path="/health"),
-        PullStep(mode="init", command=fetch),
     )
 
 
@@ -274,7 +357,7 @@ ENGINES: dict[str, EngineProfile] = {
             port=12434,
             api_base_path="/engines/v1",
             liveness_path="/models",
-            model_pattern=r"[a-z0-9][a-z0-9._/-]*(:[\w][\w.-]*)?",
+            model_pattern=rf"(?:{REFERENCE_DOMAIN}/)?{REFERENCE_COMPONENT}(?:/{REFERENCE_COMPONENT})*(?::{REFERENCE_TAG})?",
             model_example="ai/smollm2:360M-Q4_K_M",
         ),
         EngineProfile(
@@ -284,13 +367,14 @@ ENGINES: dict[str, EngineProfile] = {
             port=8000,
             api_base_path="/v1",
             liveness_path="/health",
-            model_pattern=r"[\w.-]+/[\w.-]+",
+            model_pattern=HF_REPOSITORY,
             model_example="Qwen/Qwen2.5-7B-Instruct",
             downloads_from_hub=True,
             needs_gpu=True,
             shared_memory=True,
             api_key_env="VLLM_API_KEY",
             ready_path_with_key="/health",
+            metrics_path="/metrics",
         ),
         EngineProfile(
             name="ollama",
@@ -298,7 +382,7 @@ ENGINES: dict[str, EngineProfile] = {
             port=11434,
             api_base_path="/v1",
             liveness_path="/",
-            model_pattern=r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?",
+            model_pattern=_OLLAMA_NAME,
             model_example="llama3.2:3b",
         ),
         EngineProfile(
@@ -308,10 +392,12 @@ ENGINES: dict[str, EngineProfile] = {
             port=8080,
             api_base_path="/v1",
             liveness_path="/health",
-            model_pattern=r"[\w.-]+/[\w.-]+/[\w.-]+\.gguf",
+            model_pattern=rf"{HF_REPOSITORY}/(?:{_FILE_SEGMENT}/)*{_FILE_SEGMENT}\.gguf",
+            model_rule=_gguf_split_problem,
             model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
             downloads_from_hub=True,
             api_key_env="LLAMA_API_KEY",
+            metrics_path="/metrics",
         ),
     )
 }

@@ -7,6 +7,13 @@ matching prefix wins, and tag and digest are kept, so a mirrored copy is pinned 
 import re
 from typing import Iterable, Mapping, NamedTuple, Optional
 
+# The grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept): path
+# components, registry domains (host and optional port) and tags.
+REFERENCE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+REFERENCE_DOMAIN = (r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?")
+REFERENCE_TAG = r"[\w][\w.-]{0,127}"
+
 DEFAULT_REGISTRY = "docker.io"
 OFFICIAL_NAMESPACE = "library"
 _ECR_HOST = re.compile(r"(?P<account>[0-9]{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(\.cn)?")

@@ -13,6 +13,8 @@ from .image_signature import ImageSignature
 from .kind_cluster import KindCluster
 from .knative_serving import KnativeServing
 from .local_registry import LocalRegistry
+from .metrics_pipeline import MetricsPipeline
+from .model_autoscaler import Keda, ModelAutoscaler
 from .model_runner import ModelRunner
 from .registry_credentials import RegistryCredentials
 from .serving_workload import ServingWorkload
@@ -21,5 +23,6 @@ from .signed_images_policy import SignedImagesPolicy
 PACKAGE_NAME = "model-stack"
 COMPONENTS = [
     ModelRunner, Gateway, ServingWorkload, Image, ImageMirror, RegistryCredentials, KnativeServing, KindCluster,
-    LocalRegistry, ContainerService, ImageSignature, ImageAttestation, SignedImagesPolicy,
+    LocalRegistry, ContainerService, ImageSignature, ImageAttestation, SignedImagesPolicy, MetricsPipeline, Keda,
+    ModelAutoscaler,
 ]

@@ -2,7 +2,8 @@
 
 The model runner and the gateway both describe their pod once (a Kubernetes PodSpec, camelCase); this component
 turns it into either form, so probes, resources and security are the same whichever the stack chooses:
-- `deployment`: Deployment + Service, a HorizontalPodAutoscaler when the replica bounds leave room, a
+- `deployment`: Deployment + Service, a HorizontalPodAutoscaler when the replica bounds leave room (unless a KEDA
+  ScaledObject beside it scales it: `scaling.signal` `requests`), a
   PodDisruptionBudget when there is redundancy to protect, and a NetworkPolicy when only some clients may call.
 - `knative`: a Knative Service whose revisions scale on in-flight requests (scale to zero when the minimum is 0),
   with the pod adapted to Knative's rules (one unnamed-or-`http1` port; probes find the port themselves), plus
@@ -119,6 +120,10 @@ class ScalingArgs(TypedDict):
     pods_metric: NotRequired[PodsMetricArgs]
     """Deployment: an inference signal the HorizontalPodAutoscaler also scales on (it follows whichever of CPU
     and this metric asks for more replicas)."""
+
+    signal: NotRequired[str]
+    """Deployment: `cpu` (default) makes the HorizontalPodAutoscaler here; `requests` leaves the replica count to
+    a KEDA ScaledObject made beside this workload (components/model_autoscaler.py), which makes its own."""
 
 
 class ServingWorkloadArgs(TypedDict):
@@ -269,7 +274,7 @@ class ServingWorkload(pulumi.ComponentResource):
             },
             opts=opts,
         )
-        if autoscaled:
+        if autoscaled and scaling.get("signal", "cpu") == "cpu":
             metrics: list[dict[str, Any]] = [
                 {
                     "type": "Resource",

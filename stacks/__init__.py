@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pulumi
 
@@ -13,11 +13,12 @@ from .config.base import Problem
 def deploy() -> None:
     """Validates the stack config (nothing is registered if it is wrong), then deploys the chosen runtime."""
     config, secrets = load(deployment_checks=_deployment_problems)
-    # A rule for images the stack does not deploy yet (another engine's registry) is no error, but worth a look.
-    for problem in config.images.unused_rule_problems("images", _mapped_images(config)):
-        pulumi.log.warn(str(problem))
     if config.runtime == "kubernetes":
-        from .kubernetes import deploy_kubernetes
+        from .kubernetes import deploy_kubernetes, deployed_images
+
+        # A rule for images the stack does not deploy yet (another engine's registry) is no error, but worth a look.
+        for problem in config.images.unused_rule_problems("images", deployed_images(config)):
+            pulumi.log.warn(str(problem))
 
         deploy_kubernetes(config, secrets)
     else:
@@ -55,12 +56,3 @@ def _release_problems(config: StackConfig) -> Iterator[Problem]:
             raise  # a failed download is no config problem; its message says what to do
         for reason in error.reasons:
             yield Problem("knative.manifestsDir", reason, config.knative.manifests_dir)
-
-
-def _mapped_images(config: StackConfig) -> Optional[list[str]]:
-    """The images the stack deploys through the registry mapping; None on Docker, which applies no mapping."""
-    if config.runtime == "docker":
-        return None
-    from .kubernetes import deployed_images
-
-    return deployed_images(config)

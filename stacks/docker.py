@@ -108,7 +108,8 @@ def _serve_model(
     owner = ContainerService(
         f"cache-owner{suffix}",
         {
-            "image": engine.image, "pull": True, "container_name": f"{name}-cache-owner", "network": settings.network,
+            "image": engine.image, "pull": True, "container_name": model.docker_containers["cache owner"],
+            "network": settings.network,
             "entrypoint": ["chown", RUN_AS, CACHE_MOUNT_PATH], "user": "0:0", "mounts": [cache_mount],
             "capabilities_add": ["CHOWN"], "run_to_completion": True,
         },
@@ -119,7 +120,8 @@ def _serve_model(
         pull = ContainerService(
             f"model-pull{suffix}",
             {
-                "image": engine.image, "pull": True, "container_name": f"{name}-pull", "network": settings.network,
+                "image": engine.image, "pull": True, "container_name": model.docker_containers["model pull"],
+                "network": settings.network,
                 "entrypoint": list(engine.pull.command), "user": RUN_AS, "mounts": [cache_mount, *writable],
                 "env": {**engine_env, **engine.pull.env}, "secret_env": engine_secret_env, "run_to_completion": True,
             },
@@ -146,7 +148,8 @@ def _serve_model(
             f"model-pull{suffix}",
             {
                 "image": runner_config.pull_sidecar_image or engine.pull.image or engine.image, "pull": True,
-                "container_name": f"{name}-pull", "network": settings.network, "entrypoint": list(engine.pull.command),
+                "container_name": model.docker_containers["model pull"], "network": settings.network,
+                "entrypoint": list(engine.pull.command),
                 "user": RUN_AS, "env": engine_env, "secret_env": runner_secret_env, "mounts": writable,
                 # It talks to the engine on 127.0.0.1, as it does inside the Kubernetes pod.
                 "share_network_with": name,

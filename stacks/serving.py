@@ -25,6 +25,7 @@ from .config.secrets import StackSecrets
 from .config.workload import ResourcesConfig, ScalingConfig
 from .images import ImageHandle
 from .knative import KnativeHandle
+from .metrics import observe
 
 GATEWAY = "gateway"
 # Knative 1.15's default ceiling for a revision's request timeout (config-defaults, max-revision-timeout-seconds).
@@ -71,7 +72,7 @@ def serve_models(
         return pulumi.ResourceOptions(providers=[cluster.provider], depends_on=depends_on)
 
     routes: dict[str, pulumi.Output[str]] = {}
-    runners: list[pulumi.Resource] = []
+    runners: dict[str, pulumi.Resource] = {}
     for model in config.served_models:
         runner_args = _runner_args(config, model, cluster, images.rewrite, image_pull_secrets)
         if secrets.hf_token is not None:
@@ -81,7 +82,7 @@ def serve_models(
             runner_args["api_key"] = secrets.runner_api_key
         runner = ModelRunner(model.workload_name, runner_args, opts=workload_opts(model.config.workload))
         routes[model.config.model] = runner.url
-        runners.append(runner)
+        runners[model.workload_name] = runner
     pulumi.export("modelRunnerUrls", routes)
     if len(routes) == 1:  # the output one-model stacks have always had, which scripts may read
         [url] = routes.values()
@@ -96,10 +97,11 @@ def serve_models(
     # The gateway is ready only once a model answers: it rolls out after the runners' own rollouts, which wait
     # out their load budgets, so a cold first `up` does not spend the gateway's deadline on model loads.
     gateway = Gateway(GATEWAY, gateway_args, opts=pulumi.ResourceOptions.merge(
-        workload_opts(gateway_config.workload), pulumi.ResourceOptions(depends_on=runners)))
+        workload_opts(gateway_config.workload), pulumi.ResourceOptions(depends_on=list(runners.values()))))
     pulumi.export("gatewayUrl", gateway.url)
     if gateway_config.workload == "knative" and knative is not None and knative.domain is not None:
         pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{namespace_name}.{knative.domain}{_ingress_port(config)}/v1")
+    observe(config, cluster, images, [namespace], runners)
 
 
 def _ingress_port(config: StackConfig) -> str:

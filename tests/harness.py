@@ -352,16 +352,18 @@ def evaluate_failure(
 
 
 def assert_rejected(
-    stack: str, overrides: dict[str, Any], key: str, text: str, secrets: Optional[dict[str, str]] = None
+    stack: str, overrides: dict[str, Any], key: str, text: str, secrets: Optional[dict[str, str]] = None,
+    given: Any = None,
 ) -> None:
-    """`overrides` stop the stack with a ConfigError whose one line for `key` says `text`, and nothing was
-    registered."""
+    """`overrides` stop the stack with a ConfigError whose one line for `key` says `text` (and shows `given` as
+    the value given, unless None), and nothing was registered."""
     from stacks.config import ConfigError
 
     error, evaluation = evaluate_failure(stack, set=overrides, secrets=secrets)
     assert isinstance(error, ConfigError), error
     lines = [line for line in str(error).splitlines() if line.startswith(f"  - {key}:")]
     assert len(lines) == 1 and text in lines[0], str(error)
+    assert given is None or lines[0].endswith(f"(given: {given!r})"), lines[0]
     assert evaluation.resources == []
 
 

@@ -1,5 +1,6 @@
 """Strict schema validation of Kubernetes objects: built-in kinds with kubernetes-validate, custom resources
-against the openAPIV3Schema of their CRD (Knative's from ../shared/knative/v1.15, or any CRD the stack applies).
+against the openAPIV3Schema of their CRD (Knative's from ../shared/knative/v1.15, KEDA's from the release the stack
+installs, or any CRD the stack applies).
 
 CRD schemas are made strict the way the API server's pruning would make a typo disappear: every object schema
 that lists its properties and does not preserve unknown fields gets `additionalProperties: false`, so a field
@@ -67,25 +68,43 @@ def knative_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 @functools.cache
-def policy_controller_crd_schemas(version: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """ClusterImagePolicy's CRD as policy-controller `version` ships it, from its Go module (through the Go module
-    proxy: the one place besides package registries tests may download from). Skipped without Go, failed in CI."""
+def go_module_dir(module: str) -> Path:
+    """Where `module` (path@version) is unpacked, downloaded through the Go module proxy (the one place besides
+    package registries tests may download from; nothing is built). Skipped without Go, failed in CI."""
     if not shutil.which("go"):
-        message = "Go is needed to read policy-controller's CRD from its module (https://go.dev/doc/install)"
+        message = f"Go is needed to read {module} (https://go.dev/doc/install)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    module = f"github.com/sigstore/policy-controller@{version}"
     download = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True, timeout=300)
     assert download.returncode == 0, f"go mod download {module}: {download.stdout}{download.stderr}"
-    crd = Path(json.loads(download.stdout)["Dir"]) / "config" / "300-clusterimagepolicy.yaml"
-    return crd_schemas(yaml.safe_load_all(crd.read_text()))
+    return Path(json.loads(download.stdout)["Dir"])
+
+
+def go_module_crd_schemas(module: str, *files: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The CRDs in `files` (paths inside the module) as strict schemas."""
+    directory = go_module_dir(module)
+    return crd_schemas(document for file in files for document in yaml.safe_load_all((directory / file).read_text()))
+
+
+def policy_controller_crd_schemas(version: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """ClusterImagePolicy's CRD as policy-controller `version` ships it, from its Go module."""
+    return go_module_crd_schemas(f"github.com/sigstore/policy-controller@{version}", "config/300-clusterimagepolicy.yaml")
+
+
+@functools.cache
+def keda_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """KEDA's CRDs as the release the stack installs ships them (a stack may also apply ScaledObjects to a KEDA it
+    finds); tests/test_inference_autoscaling.py validates against the Go module's too."""
+    from components.model_autoscaler import keda_release
+
+    return crd_schemas(keda_release())
 
 
 def validation_errors(obj: dict[str, Any], kubernetes_version: str, extra_crds: dict | None = None) -> list[str]:
     """Problems with one object; empty when it is valid. `kubernetes_version` is a minor version ('1.32')."""
     key = (obj.get("apiVersion"), obj.get("kind"))
-    schemas = {**knative_crd_schemas(), **(extra_crds or {})}
+    schemas = {**knative_crd_schemas(), **keda_crd_schemas(), **(extra_crds or {})}
     if key in schemas:
         validator = jsonschema.Draft7Validator(schemas[key])
         return [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}" for error in validator.iter_errors(obj)]

@@ -334,21 +334,21 @@ def test_existing_cluster_from_another_stacks_output():
 
 
 @pytest.mark.parametrize(
-    "overrides,secrets,given",
+    "overrides,secrets,key",
     [
-        ({}, NO_KUBECONFIG, "none"),
+        ({}, NO_KUBECONFIG, "cluster.existing"),
         # Any file will do as the second source: the kubeconfig secret is the one too many (the file is read and
-        # must be a kubeconfig, so the rule is seen alone).
+        # must be a kubeconfig, so the rule is seen alone), and the second source is named by its key.
         ({"cluster.existing.kubeconfigPath": str(ROOT / "tests/fixtures/kubeconfig.yaml")}, FAKE_SECRETS,
-         "kubeconfig, cluster.existing.kubeconfigPath"),
+         "cluster.existing.kubeconfigPath"),
     ],
     ids=["none", "two"],
 )
-def test_existing_cluster_needs_exactly_one_kubeconfig_source(overrides, secrets, given):
+def test_existing_cluster_needs_exactly_one_kubeconfig_source(overrides, secrets, key):
     error, evaluation = evaluate_failure("prod", set={**EXISTING, **overrides}, secrets=secrets)
     assert isinstance(error, ConfigError)
     (problem,) = error.problems
-    assert problem.key == "cluster.existing" and problem.given == given
+    assert problem.key == key
     assert "kubeconfigPath" in problem.message and "stackReference" in problem.message
     assert evaluation.resources == []
 
@@ -371,8 +371,8 @@ CONFIG_RULES = [
     ("prod", {"cluster.provider": "kind", "cluster.eks": None}, "cluster.provider", "production stacks need a real cluster"),
     ("dev", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "pinned for 1.34, 1.33"),
     ("prod", {"cluster.kubernetesVersion": "1.29"}, "cluster.kubernetesVersion", "must be 1.30 or later"),
-    ("dev", {"cluster.existing.context": "x"}, "cluster.existing", "applies only when provider is existing"),
-    ("prod", {"cluster.kind.workers": 3}, "cluster.kind", "applies only when provider is kind"),
+    ("dev", {"cluster.existing.context": "x"}, "cluster.existing.context", "applies only when provider is existing"),
+    ("prod", {"cluster.kind.workers": 3}, "cluster.kind.workers", "applies only when provider is kind"),
     ("prod", {"cluster.eks": None}, "cluster.eks", "required when provider is eks"),
     ("prod", {"cluster.eks.gpuNodes.desiredSize": 9}, "cluster.eks.gpuNodes.desiredSize", "between minSize and maxSize"),
     ("prod", {"cluster.eks.privateSubnetIds": ["subnet-0a1b2c3d4e5f60001"]}, "cluster.eks.privateSubnetIds", "at least 2"),

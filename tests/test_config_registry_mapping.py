@@ -57,21 +57,21 @@ def test_docker_hubs_aliases_are_docker_io():
 
 
 def test_a_rule_that_maps_no_deployed_image_is_reported():
-    evaluation = evaluate("dev", set={"images.rewrite": {"quay.io": f"{MIRROR}/quay", "docker.io": f"{MIRROR}/hub"}})
+    evaluation = evaluate("dev", set={"images.rewrite": {"nvcr.io": f"{MIRROR}/nvcr", "docker.io": f"{MIRROR}/hub"}})
     warnings = [warning for warning in evaluation.warnings if warning.startswith("images.rewrite")]
-    assert len(warnings) == 1 and warnings[0].startswith('images.rewrite["quay.io"]: applies to no image this stack')
+    assert len(warnings) == 1 and warnings[0].startswith('images.rewrite["nvcr.io"]: applies to no image this stack')
     assert "docker.io/curlimages/curl" in warnings[0]
 
 
 def test_a_rule_shadowed_by_a_longer_one_for_every_deployed_image_is_reported():
-    evaluation = evaluate("local", set={"runtime": "kubernetes", "images.rewrite": {
+    evaluation = evaluate("local", set={"runtime": "kubernetes", "docker": None, "images.rewrite": {
         "docker.io": f"{MIRROR}/hub", "ghcr.io": f"{MIRROR}/ghcr", "ghcr.io/ggml-org": f"{MIRROR}/ggml"}})
     assert [w.partition(":")[0] for w in evaluation.warnings if w.startswith("images.rewrite")] == ['images.rewrite["ghcr.io"]']
 
 
-def test_the_docker_runtime_reports_every_rule_as_unapplied():
-    evaluation = evaluate("local", set={"images.rewrite": {"docker.io": f"{MIRROR}/hub"}})
-    assert any(w.startswith('images.rewrite["docker.io"]: is not applied: the Docker runtime') for w in evaluation.warnings)
+def test_the_docker_runtime_refuses_the_mapping_it_does_not_apply():
+    assert_rejected("local", {"images.rewrite": {"docker.io": f"{MIRROR}/hub"}}, "images.rewrite",
+                    "applies to the Kubernetes runtime only")
 
 
 @pytest.mark.parametrize("rules,keys", [

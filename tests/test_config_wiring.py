@@ -29,9 +29,9 @@ REFUSED = [
               "models.chat.gpu.count": 0, "models.chat.gpu.nodeSelector": {"gpu": "a10"}}, "models.chat.gpu.nodeSelector", "gpu.count is 0"),
     ("dev", {"models.chat.gpu.runtimeClassName": "nvidia"}, "models.chat.gpu.runtimeClassName", "gpu.count is 0"),
     ("dev", {"gateway.workload": "deployment", "gateway.scaling": {"minReplicas": 1, "maxReplicas": 2},
-             "knative.domain": "models.example.com"}, "knative", "does not install"),
-    ("local", {"knative.domain": "models.example.com"}, "knative", "Docker runtime"),
-    ("local", {"knative.install": True}, "knative", "Docker runtime"),
+             "knative.domain": "models.example.com"}, "knative.domain", "does not install"),
+    ("local", {"knative.domain": "models.example.com"}, "knative.domain", "Kubernetes runtime only"),
+    ("local", {"knative.install": True}, "knative.install", "Kubernetes runtime only"),
     ("dev", {"knative.scaleToZero": False}, "knative.scaleToZero", "gateway.scaling.minReplicas"),
     ("dev", {"knative.kourierVersion": "1.14.0"}, "knative.kourierVersion", "1.15.2"),
     ("dev", {"models.chat.scaling.targetConcurrency": 8}, "models.chat.scaling.targetConcurrency", "Knative workloads"),
@@ -62,7 +62,7 @@ ACCEPTED = [
     ("dev", {"knative.scaleToZero": False, "gateway.scaling": {"minReplicas": 1, "maxReplicas": 2}}),
     ("dev", {"knative.kourierVersion": "1.15.0"}),
     ("dev", {"gateway.scaling.targetConcurrency": 20}),
-    ("prod", {"models.chat.scaling.targetCpuUtilization": 60}),
+    ("prod", {"models.chat.scaling.signal": "cpu", "models.chat.scaling.targetCpuUtilization": 60}),
 ]
 
 

@@ -152,7 +152,8 @@ def test_pull_credentials_become_a_secret_every_workload_pulls_with():
 
 
 def test_no_deployed_image_escapes_the_registry_mapping():
-    rules = {"docker.io": f"{MIRROR}/dockerhub", KNATIVE_RELEASES: f"{MIRROR}/knative"}
+    rules = {"docker.io": f"{MIRROR}/dockerhub", KNATIVE_RELEASES: f"{MIRROR}/knative", "quay.io": f"{MIRROR}/quay",
+             "registry.k8s.io": f"{MIRROR}/k8s", "ghcr.io": f"{MIRROR}/ghcr"}
     images = deployed_images(evaluate("dev", set={"images.rewrite": rules}))
     assert len(images) > 10 and all(
         image.startswith((f"{MIRROR}/", "localhost:5001/")) for image in images.values()

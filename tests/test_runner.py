@@ -173,13 +173,11 @@ def test_autoscaler_budget_and_policy_point_at_the_runner(evaluation):
     deployment = named(evaluation, "Deployment", RUNNER)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     runner = stack_config(evaluation.stack)["models"]["chat"]["scaling"]
-    autoscalers = [o for o in objects_of(evaluation, "HorizontalPodAutoscaler") if o["metadata"]["name"] == RUNNER]
-    if runner["maxReplicas"] > runner["minReplicas"]:
-        (hpa,) = autoscalers
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": RUNNER}
-        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (runner["minReplicas"], runner["maxReplicas"])
-    else:
-        assert autoscalers == []
+    # Both stacks scale their chat model on requests: KEDA's ScaledObject, not a HorizontalPodAutoscaler of ours.
+    assert [o for o in objects_of(evaluation, "HorizontalPodAutoscaler") if o["metadata"]["name"] == RUNNER] == []
+    (scaled,) = [o for o in objects_of(evaluation, "ScaledObject") if o["metadata"]["name"] == RUNNER]
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": RUNNER}
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (runner["minReplicas"], runner["maxReplicas"])
     policy = named(evaluation, "NetworkPolicy", RUNNER)
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     (rule,) = policy["spec"]["ingress"]
@@ -197,7 +195,7 @@ def test_no_pod_gets_a_kubernetes_api_token(evaluation):
         obj["metadata"]["name"]: obj["spec"]["template"]["spec"]["automountServiceAccountToken"]
         for resource, obj in evaluation.kubernetes_objects()
         if resource.type != "kubernetes:yaml/v2:ConfigGroup" and obj["kind"] in ("Deployment", "Service")
-        and "template" in obj["spec"]
+        and "template" in obj["spec"] and obj["metadata"]["namespace"] == "models"
     }
     runners = {f"model-runner-{name}": False for name in stack_config(evaluation.stack)["models"]}
     assert served == {**runners, "gateway": False}
@@ -283,9 +281,9 @@ def test_prod_shares_a_protected_cache_and_rolls_one_gpu_replica_at_a_time():
     # keep serving, within what the disruption budget allows.
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     assert named(evaluation, "PodDisruptionBudget", RUNNER)["spec"]["maxUnavailable"] == 1
-    hpa = evaluation.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", RUNNER)
+    scaled = evaluation.one("kubernetes:keda.sh/v1alpha1:ScaledObject", RUNNER)
     assert "spec.replicas" in evaluation.one("kubernetes:apps/v1:Deployment", RUNNER).ignore_changes
-    assert hpa.inputs["spec"]["minReplicas"] >= 2
+    assert scaled.inputs["spec"]["minReplicaCount"] >= 2
 
 
 def test_cpu_replicas_on_a_shared_cache_roll_with_a_surge_pod():
@@ -308,7 +306,7 @@ def test_prod_runs_on_gpu_nodes():
 
 BAD_RUNNER_CONFIG = [
     ("dev", {"models.chat.scaling.maxReplicas": 3}, "models.chat.scaling.maxReplicas", "ReadWriteOnce"),
-    ("dev", {"models.chat.scaling.minReplicas": 0}, "models.chat.scaling.minReplicas", "workload knative"),
+    ("dev", {"models.chat.scaling.signal": "cpu"}, "models.chat.scaling.minReplicas", "workload knative"),
     ("dev", {"models.chat.engine": "vllm", "models.chat.model": "Qwen/Qwen2.5-0.5B"}, "models.chat.gpu.count", "at least 1"),
     ("dev", {"models.chat.engine": "llama.cpp"}, "models.chat.model", ".gguf"),
     ("dev", {"models.chat.cache.existingClaim": "models", "models.chat.cache.storageClass": "fast"}, "models.chat.cache.storageClass", "existingClaim"),
@@ -357,4 +355,5 @@ def test_dev_and_local_run_released_images(stack):
 def test_production_names_every_unpinned_image_the_engine_profile_would_deploy():
     config = StackConfig.model_validate({"environment": "production", "cluster": {"provider": "existing"}})
     unpinned = [problem.key for problem in config.problems("") if "digest-pinned" in problem.message]
-    assert unpinned == ["images.gatewayBuild.baseImage", "runner.image", "runner.pullSidecarImage"]
+    assert unpinned == ["images.gatewayBuild.baseImage", "runner.image", "runner.pullSidecarImage",
+                        "metrics.prometheusImage", "metrics.kubeStateMetricsImage"]

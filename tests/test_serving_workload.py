@@ -245,7 +245,8 @@ def test_prod_gateway_is_redundant_and_budgeted(prod):
 
 
 def test_an_inference_metric_joins_cpu_in_the_autoscaler():
-    evaluation = evaluate("prod", set={"models.chat.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}})
+    evaluation = evaluate("prod", set={"models.chat.scaling.signal": "cpu",
+                                       "models.chat.scaling.podsMetric": {"name": "vllm:num_requests_waiting", "averageValue": "4"}})
     metrics = named(evaluation, "HorizontalPodAutoscaler", "model-runner-chat")["spec"]["metrics"]
     assert [m["type"] for m in metrics] == ["Resource", "Pods"]
     assert metrics[1]["pods"] == {"metric": {"name": "vllm:num_requests_waiting"},
@@ -274,7 +275,8 @@ def test_dev_can_scale_the_runner_to_zero_without_the_gateway_waking_it():
     assert annotations["autoscaling.knative.dev/min-scale"] == "0"
     gateway = pod_spec_of(evaluation, "Deployment", "gateway")["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert pod_spec_of(evaluate("dev", set=gateway_deployment), "Deployment", "gateway")["containers"][0][
+    warm = {**gateway_deployment, "models.chat.scaling.minReplicas": 1}
+    assert pod_spec_of(evaluate("dev", set=warm), "Deployment", "gateway")["containers"][0][
         "readinessProbe"]["httpGet"]["path"] == "/ready"
     assert [b["metadata"]["name"] for b in objects(evaluation, "PodDisruptionBudget") if b["metadata"]["namespace"] == "models"] == []
 

@@ -20,8 +20,8 @@ from pydantic import Field, PrivateAttr, ValidationError
 from components.engines import ENGINES
 
 from .base import (
-    ImageReference, Invalid, Namespace, Problem, Section, image_fields, join_key, join_keys, matching, section_at, unaffected,
-    unknown_key_problem,
+    ImageReference, InapplicableSetting, Invalid, Namespace, Problem, Section, image_fields, join_key, join_keys, matching,
+    only_on, section_at, set_keys, settings_for_other_runtimes, unaffected, unknown_key_problem, without_moot,
 )
 from .cluster import ClusterConfig
 from .credentials import credential_problems
@@ -29,6 +29,7 @@ from .docker import DockerConfig
 from .gateway import GatewayConfig
 from .images import ImagesConfig
 from .knative import KnativeConfig
+from .metrics import MetricsConfig
 from .runner import ModelConfig, RunnerConfig
 from .secrets import SECRET_KEYS, StackSecrets
 
@@ -60,6 +61,22 @@ class ServedModel:
         """The `pulumi config` key holding it (`runner` or `models`), which may be stored encrypted."""
         return self.key.partition(".")[0]
 
+    @property
+    def docker_containers(self) -> dict[str, str]:
+        """The containers the Docker runtime runs for it, by role: its engine and the one-shot jobs before it."""
+        return {"runner": self.workload_name, "cache owner": f"{self.workload_name}-cache-owner",
+                "model pull": f"{self.workload_name}-pull"}
+
+    def knative_derived(self, other: "ServedModel") -> Optional[str]:
+        """What Knative names after this Knative workload that `other`'s own objects would be named too: each
+        revision's Service (`<name>-00001`, counting up) and its `-private` Service, and its `-deployment`
+        Deployment, which a Deployment workload's own would clash with (knative.dev/serving's resource names)."""
+        revision = re.fullmatch(rf"{re.escape(self.workload_name)}-[0-9]{{5,}}(?P<suffix>-private|-deployment)?",
+                                other.workload_name)
+        if revision is None or (revision["suffix"] == "-deployment" and other.config.workload != "deployment"):
+            return None
+        return "Deployment" if revision["suffix"] == "-deployment" else "Service"
+
 
 class ConfigError(pulumi.RunError):
     """Bad stack config. A RunError makes Pulumi print just the message, without a Python traceback."""
@@ -83,16 +100,16 @@ class StackConfig(Section):
     runtime: Literal["kubernetes", "docker"] = "kubernetes"
     """Where the model runner and gateway run: a Kubernetes cluster, or Docker containers on one host."""
 
-    cluster: ClusterConfig = ClusterConfig()
-    """The Kubernetes cluster (ignored when `runtime` is `docker`)."""
+    cluster: Annotated[ClusterConfig, only_on("kubernetes")] = ClusterConfig()
+    """The Kubernetes cluster."""
 
     images: ImagesConfig = ImagesConfig()
     """Image builds, registries and mirrors."""
 
-    knative: KnativeConfig = KnativeConfig()
+    knative: Annotated[KnativeConfig, only_on("kubernetes")] = KnativeConfig()
     """Knative Serving and Kourier (installed when a workload is served through Knative, or `install: true`)."""
 
-    namespace: Optional[Namespace] = None
+    namespace: Annotated[Optional[Namespace], only_on("kubernetes")] = None
     """Namespace of the model runners and the gateway; unset: `models` (or runner.namespace, which says the same
     in the one-model shorthand: set one of the two)."""
 
@@ -109,8 +126,12 @@ class StackConfig(Section):
     gateway: GatewayConfig = GatewayConfig()
     """The gateway in front of the model runners."""
 
-    docker: DockerConfig = DockerConfig()
-    """The single-host Docker runtime (used when `runtime` is `docker`)."""
+    docker: Annotated[DockerConfig, only_on("docker")] = DockerConfig()
+    """The single-host Docker runtime: Compose-style settings of its containers."""
+
+    metrics: MetricsConfig = MetricsConfig()
+    """The metrics pipeline autoscaling and the dashboard read: a Prometheus the stack installs or an existing
+    one, and KEDA (Kubernetes runtime only)."""
 
     _secret_sections: frozenset[str] = PrivateAttr(default=frozenset())
 
@@ -140,6 +161,17 @@ class StackConfig(Section):
         return [key for key, section in self._workloads() if section.workload == "knative"]
 
     @property
+    def request_scaled_models(self) -> list[ServedModel]:
+        """The models a KEDA ScaledObject scales (Kubernetes runtime)."""
+        if self.runtime != "kubernetes":
+            return []
+        return [model for model in self.served_models if model.config.scales_on_requests]
+
+    @property
+    def installs_keda(self) -> bool:
+        return self.metrics.install_keda and bool(self.request_scaled_models)
+
+    @property
     def knative_installed(self) -> bool:
         return self.runtime == "kubernetes" and (
             bool(self.knative_workloads) if self.knative.install is None else self.knative.install)
@@ -166,7 +198,12 @@ class StackConfig(Section):
         return devices
 
     def check(self, path: str) -> Iterator[Problem]:
+        for key, given, runtime in settings_for_other_runtimes(self, path, self.runtime):
+            yield InapplicableSetting(key, f"applies to the {runtime.capitalize()} runtime only, and does nothing on "
+                                           f"this stack's runtime {self.runtime}; remove it (or set runtime: {runtime})",
+                                      given)
         yield from self._model_list_problems(path)
+        yield from self._generated_name_problems(path)
         yield from self._knative_problems(path)
         yield from self._wiring_problems(path)
         if self.knative.install is False and self.knative_workloads:
@@ -177,6 +214,14 @@ class StackConfig(Section):
                 "(workload: knative); set it to true or remove it",
                 False,
             )
+        if self.metrics.installs_prometheus and self.metrics.namespace == self.serving_namespace:
+            yield Problem(join_keys(path, "metrics.namespace"),
+                          "must differ from the models' namespace: the installed Prometheus gets a namespace of its "
+                          "own, with its own pod security and network rules", self.metrics.namespace)
+        configured_metrics = sorted(self.metrics.model_dump(by_alias=True, exclude_unset=True))
+        if self.runtime == "docker" and configured_metrics:
+            yield Problem(join_key(path, "metrics"), "the Docker runtime has no metrics pipeline or autoscaler; "
+                          "remove these settings", ", ".join(configured_metrics))
         if self.runtime == "docker":
             for section, reason in (
                 ("signing", "loads its build into the local engine: no registry holds a digest to sign"),
@@ -212,7 +257,8 @@ class StackConfig(Section):
                     "production builds need a digest-pinned base image, so a rebuild cannot pick up a different one",
                 )
             deployed = [*image_fields(self, path), *(image for model in self.served_models
-                                                     for image in model.config.profile_images(join_keys(path, model.key)))]
+                                                     for image in model.config.profile_images(join_keys(path, model.key))),
+                        *(self.metrics.installed_images(join_key(path, "metrics")) if self.runtime == "kubernetes" else ())]
             for key, reference in deployed:
                 if not ImageReference.parse(reference).pinned:
                     yield Problem(
@@ -221,6 +267,17 @@ class StackConfig(Section):
                         "(`docker buildx imagetools inspect <image>` prints the digest)",
                         reference,
                     )
+            if self.installs_keda:
+                yield Problem(
+                    join_keys(path, "metrics.installKeda"),
+                    "must be false in production: KEDA's release refers to its images by tag, and production stacks "
+                    "deploy digest-pinned images only; install KEDA 2.17 with pinned images (its Helm chart takes "
+                    "digests) and set this to false, or scale these models on cpu: "
+                    + ", ".join(f"{model.key}.scaling.signal" for model in self.request_scaled_models),
+                    True,
+                )
+        # Replicas and volume claims are Kubernetes objects; the Docker runtime keeps its cache volumes anyway.
+        if self.environment == "production" and self.runtime == "kubernetes":
             for key, section in self._workloads():
                 if section.scaling.min_replicas < 2:
                     yield Problem(
@@ -264,19 +321,34 @@ class StackConfig(Section):
                               "names, so every model needs its own id", model.config.model)
 
 
+    def _generated_name_problems(self, path: str) -> Iterator[Problem]:
+        """Models whose objects would be named alike: the second would take over, or fail on, the first's."""
+        if self.runtime == "docker":
+            first: dict[str, tuple[str, str]] = {}
+            for model in self.served_models:
+                for role, name in model.docker_containers.items():
+                    other, other_role = first.setdefault(name, (model.key, role))
+                    if other != model.key:
+                        yield Problem(join_keys(path, model.key),
+                                      f"its {role} container would be named {name}, like the {other_role} container "
+                                      f"of {other}; rename one of the two models", name)
+            return
+        for knative in (model for model in self.served_models if model.config.workload == "knative"):
+            for model in self.served_models:
+                kind = knative.knative_derived(model)
+                if kind is not None:
+                    yield Problem(join_keys(path, model.key),
+                                  f"its workload {model.workload_name} is a {kind} name Knative gives a revision of "
+                                  f"{knative.key} (workload knative); rename one of the two models", model.workload_name)
+
     def _knative_problems(self, path: str) -> Iterator[Problem]:
         knative = self.knative
-        configured = sorted(knative.model_dump(by_alias=True, exclude_unset=True).keys() - {"install"})
-        if self.runtime == "docker" and (configured or knative.install):
-            yield Problem(join_key(path, "knative"), "the Docker runtime runs nothing on Knative; remove these settings",
-                          ", ".join([*(["install"] if knative.install else []), *configured]))
-        elif not self.knative_installed and configured:
-            yield Problem(
-                join_key(path, "knative"),
-                "configures a Knative that this stack does not install: no workload is served through Knative "
-                "(set a model's workload or gateway.workload to knative, or knative.install: true)",
-                ", ".join(configured),
-            )
+        if self.runtime == "kubernetes" and not self.knative_installed:
+            for key, given in set_keys(knative, join_key(path, "knative")):
+                if key != join_keys(path, "knative.install"):
+                    yield InapplicableSetting(key, "configures a Knative that this stack does not install: no workload "
+                                                   "is served through Knative (set a model's workload or "
+                                                   "gateway.workload to knative, or knative.install: true)", given)
         if self.knative_installed:
             if not knative.scale_to_zero:
                 asking = [f"{key}.scaling.minReplicas" for key, section in self._workloads()
@@ -338,7 +410,7 @@ def load(
         if deployment_checks is not None:
             problems.extend(unaffected(deployment_checks(config), invalid))
     if problems:
-        raise ConfigError(stack, problems)
+        raise ConfigError(stack, without_moot(problems))
     assert config is not None
     config._secret_sections = encrypted
     return config, secrets

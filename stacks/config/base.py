@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import core_schema
 
-from components.image_rewrite import is_registry_host
+from components.image_rewrite import REFERENCE_COMPONENT, REFERENCE_DOMAIN, REFERENCE_TAG, is_registry_host
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,18 @@ class Problem:
     def __str__(self) -> str:
         given = "" if self.given is None else f" (given: {_show(self.given)})"
         return f"{self.key}: {self.message}{given}"
+
+
+class InapplicableSetting(Problem):
+    """A setting the chosen runtime or provider does not read: other problems at or under its key are moot (the
+    setting has no effect to be wrong about), so only this one is reported there."""
+
+
+def without_moot(problems: list[Problem]) -> list[Problem]:
+    """`problems` less those at or under the key of an `InapplicableSetting`."""
+    inapplicable = [problem.key for problem in problems if isinstance(problem, InapplicableSetting)]
+    return [problem for problem in problems if isinstance(problem, InapplicableSetting) or not any(
+        problem.key == key or problem.key.startswith((f"{key}.", f"{key}[")) for key in inapplicable)]
 
 
 def _show(value: Any) -> str:
@@ -117,8 +129,22 @@ class Section(BaseModel):
                 for item_key, item in value.items():
                     if isinstance(item, Section):
                         yield from item.problems(join_key(key, item_key), invalid)
-        for found in self.checks(path):
+        for found in [self._repeated_entries(path), *self.checks(path)]:
             yield from unaffected(found, invalid)
+
+    def _repeated_entries(self, path: str) -> Iterator[Problem]:
+        """Entries of `unique` lists that repeat an earlier one, each at its own index."""
+        for name, field in type(self).model_fields.items():
+            rule = next((meta for meta in field.metadata if isinstance(meta, unique)), None)
+            if rule is None:
+                continue
+            key = join_key(path, field.alias or name)
+            first: dict[Any, int] = {}
+            for index, entry in enumerate(getattr(self, name)):
+                earlier = first.setdefault(entry, index)
+                if earlier != index:
+                    yield Problem(join_key(key, index), f"repeats {join_key(key, earlier)}: {rule.reason}",
+                                  entry if rule.shown and isinstance(entry, (str, int)) else None)
 
     def check(self, path: str) -> Iterator[Problem]:
         """Rules between this section's own fields; sections override it."""
@@ -128,6 +154,49 @@ class Section(BaseModel):
         """Independent groups of rules: one that reads an invalid field stops, the others still report. Sections
         whose rules read different fields override it; the default is `check` alone."""
         return [self.check(path)]
+
+
+def set_keys(value: Any, key: str) -> list[tuple[str, Any]]:
+    """(key, value) of every value the config sets at or under `key` (not defaults), so a setting that is wrong
+    where it stands is reported where the user wrote it, not as its whole section."""
+    if isinstance(value, Section):  # an empty map sets nothing
+        return [nested for name, field in type(value).model_fields.items() if name in value.model_fields_set
+                for nested in set_keys(getattr(value, name), join_key(key, field.alias or name))]
+    if isinstance(value, dict) and value and all(isinstance(item, Section) for item in value.values()):
+        return [nested for name, item in value.items() for nested in set_keys(item, join_key(key, name))]
+    return [(key, value)]  # a value, or a list or map of values: one setting
+
+
+@dataclass(frozen=True)
+class only_on:
+    """Annotated metadata for a setting only one runtime reads: on the other it would do nothing, silently."""
+
+    runtime: str
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        return {**handler(schema), RUNTIME_SCHEMA_KEY: self.runtime}
+
+
+# The JSON Schema keyword (an extension: validators ignore it) naming the one runtime a setting applies to.
+RUNTIME_SCHEMA_KEY = "x-runtime"
+
+
+def settings_for_other_runtimes(section: Section, path: str, runtime: str) -> Iterator[tuple[str, Any, str]]:
+    """(key, value, runtime it applies to) of every value set under `section` that only another runtime reads."""
+    for name, field in type(section).model_fields.items():
+        if name not in section.model_fields_set:
+            continue
+        key = join_key(path, field.alias or name)
+        value = getattr(section, name)
+        rule = next((meta for meta in field.metadata if isinstance(meta, only_on)), None)
+        if rule is not None and rule.runtime != runtime:
+            yield from ((setting, given, rule.runtime) for setting, given in set_keys(value, key))
+        elif isinstance(value, Section):
+            yield from settings_for_other_runtimes(value, key, runtime)
+        elif isinstance(value, dict):
+            for item_key, item in value.items():
+                if isinstance(item, Section):
+                    yield from settings_for_other_runtimes(item, join_key(key, item_key), runtime)
 
 
 def unknown_key_problem(path: str, key: str, allowed: list[str]) -> Problem:
@@ -191,14 +260,32 @@ class matching:
         return {**handler(schema), "pattern": f"^(?:{self.pattern})$"}
 
 
+@dataclass(frozen=True)
+class unique:
+    """Annotated metadata for a list whose entries must all differ; `reason` says why a repeat is wrong. Editors
+    see `uniqueItems` in the JSON Schema."""
+
+    reason: str
+    shown: bool = True
+    """Whether a repeat's value may be shown in the error (not for text that could be a credential)."""
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        return {**handler(schema), "uniqueItems": True}
+
+
+def no_whitespace(description: str) -> matching:
+    """An identifier with no grammar of its own beyond being one word: `description` says what it names."""
+    return matching(r"\S+", f"{description} (not empty, no spaces)")
+
+
 # --- image references ----------------------------------------------------------------------------------------
 # Grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept).
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_COMPONENT = REFERENCE_COMPONENT
+_DOMAIN = REFERENCE_DOMAIN
 _IMAGE_REFERENCE = re.compile(
     rf"(?P<name>(?:(?P<domain>{_DOMAIN})/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    rf"(?::(?P<tag>{REFERENCE_TAG}))?"
     r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
 )
 
@@ -240,22 +327,42 @@ _REGISTRY_PREFIX_HINT = (
     "(no scheme, lowercase path components, no tag, digest or trailing slash)")
 
 
-def _registry_prefix(value: str) -> str:
-    """A registry host, a repository path on it, or (without a host) a path on Docker Hub: the start of a name in
-    the distribution reference grammar. The first component is a host exactly when reference reads it as one."""
+_REGISTRY_LOCATION_HINT = ("a registry host with an optional port and repository path, such as ghcr.io/acme, "
+                           "123456789012.dkr.ecr.us-east-1.amazonaws.com or localhost:5001 (no scheme, lowercase path "
+                           "components, no tag, digest or trailing slash)")
+_REGISTRY_HOST_HINT = "a registry host with an optional port, such as registry.internal:5000 or ghcr.io (no scheme or path)"
+
+
+def _registry_place(value: str, host_first: bool, hint: str) -> str:
+    """A registry host, a repository path on it, or (unless `host_first`) a path on Docker Hub: the start of a
+    name in the distribution reference grammar. The first component is a host when `host_first`, else exactly
+    when reference reads it as one. A URL's scheme is named as the mistake it is."""
     first, slash, rest = value.partition("/")
-    host, path = (first, rest) if is_registry_host(first) else ("", value)
+    host, path = (first, rest) if host_first or is_registry_host(first) else ("", value)
     problem = ("has a scheme; " if "://" in value else "has a tag or digest; " if "@" in path or ":" in path else
                "ends with '/'; " if value.endswith("/") else "")
     if problem or not (
         (not host or re.fullmatch(_DOMAIN, host)) and ((host and not slash) or _REPOSITORY_PATH.fullmatch(path))
     ):
-        raise ValueError(f"{problem}must be {_REGISTRY_PREFIX_HINT}")
+        raise ValueError(f"{problem}must be {hint}")
     return value
 
 
-RegistryPrefix = Annotated[str, AfterValidator(_registry_prefix), WithJsonSchema({
-    "type": "string", "pattern": f"^(?:(?:{_DOMAIN})(?:/{_REPOSITORY_PATH.pattern})?|{_REPOSITORY_PATH.pattern})$"})]
+def _registry_host(value: str) -> str:
+    if "://" not in value and "/" in value:
+        raise ValueError(f"has a path; must be {_REGISTRY_HOST_HINT}")
+    return _registry_place(value, True, _REGISTRY_HOST_HINT)
+
+
+_HOST_PATH_PATTERN = f"(?:{_DOMAIN})(?:/{_REPOSITORY_PATH.pattern})?"
+RegistryPrefix = Annotated[str, AfterValidator(lambda value: _registry_place(value, False, _REGISTRY_PREFIX_HINT)),
+                           WithJsonSchema({"type": "string", "pattern": f"^(?:{_HOST_PATH_PATTERN}|{_REPOSITORY_PATH.pattern})$"})]
+"""Where images come from or go to, as `images.rewrite` matches them: a host, a path on one, or a Docker Hub path."""
+RegistryLocation = Annotated[str, AfterValidator(lambda value: _registry_place(value, True, _REGISTRY_LOCATION_HINT)),
+                             WithJsonSchema({"type": "string", "pattern": f"^{_HOST_PATH_PATTERN}$"})]
+"""A registry host and an optional repository path on it (where the stack pushes)."""
+RegistryHost = Annotated[str, AfterValidator(_registry_host), WithJsonSchema({"type": "string", "pattern": f"^(?:{_DOMAIN})$"})]
+"""A registry host and optional port, as a reference's domain names it."""
 
 
 class _ImageMarker:
@@ -316,6 +423,12 @@ LabelKey = Annotated[str, matching(
 LabelValue = Annotated[str, Field(max_length=63), matching(
     r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?",
     "a label value: empty, or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")]
+# An autoscaler's metric name (autoscaling/v2 MetricIdentifier): the API server takes any path segment name, since
+# the HPA controller asks the metrics API for it by URL path; Prometheus names (`vllm:num_requests_waiting`) and
+# adapter-renamed ones pass.
+MetricName = Annotated[str, matching(
+    r"(?!\.\.?$)[^/%]+", "a metric name: not empty, not '.' or '..', without '/' or '%' (a path segment name, "
+    "as Kubernetes' autoscaling API requires), such as vllm:num_requests_waiting")]
 # Env of Kubernetes containers travels as ConfigMap keys and must be an environment variable name as well.
 KubernetesEnvName = Annotated[str, Field(max_length=253), matching(
     r"[-._a-zA-Z][-._a-zA-Z0-9]*", "an environment variable name usable as a ConfigMap key (letters, digits, '_', "

@@ -8,8 +8,9 @@ from typing import Annotated, Iterator, Literal, Optional
 
 import yaml
 from pydantic import Field
+from pydantic.alias_generators import to_camel
 
-from .base import ImageRef, Problem, Section, join_key, matching
+from .base import ImageRef, InapplicableSetting, Problem, Section, join_key, matching, no_whitespace, set_keys, unique
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 # Served pods stop with a preStop sleep action (components/serving_workload.py `draining`), beta and on by default
 # since Kubernetes 1.30 (KEP-3960).
 MIN_KUBERNETES_VERSION = (1, 30)
+SubnetId = Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id such as subnet-0a1b2c3d4e5f60001")]
+_SUBNET_ONCE = "a subnet is listed once (EKS and the EFS mount targets, one per zone, take each once)"
+# Pulumi's stack references: `[<org>/]<project>/<stack>`, each part letters, digits, '-', '_' or '.'.
+StackReference = Annotated[str, matching(
+    r"(?:[A-Za-z0-9_.-]+/){1,2}[A-Za-z0-9_.-]+", "a stack reference <org>/<project>/<stack> (or <project>/<stack>)")]
 
 
 class KindSettings(Section):
@@ -67,6 +73,18 @@ class KindSettings(Section):
     """Image of the local registry container; unset uses `registry:2.8.3`, pinned by digest. Set it where Docker
     Hub cannot be reached (a copy in your own registry)."""
 
+    def check(self, path: str) -> Iterator[Problem]:
+        # The cluster maps the ingress's ports and the registry container publishes its own, all on 127.0.0.1 over
+        # TCP (stacks/cluster.py): each takes its host port, and the second of two would fail to start.
+        taken: dict[int, str] = {}
+        for name in ("http_host_port", "https_host_port", "registry_port"):
+            key, port = join_key(path, to_camel(name)), getattr(self, name)
+            if port in taken:
+                yield Problem(key, f"publishes 127.0.0.1:{port} on the host, which {taken[port]} takes already (the "
+                                   "ingress's HTTP and HTTPS ports and the local registry each need a port of their "
+                                   "own)", port)
+            taken.setdefault(port, key)
+
 
 class ExistingSettings(Section):
     """Where the kubeconfig of an existing cluster comes from, besides the `kubeconfig` secret."""
@@ -75,11 +93,11 @@ class ExistingSettings(Section):
     """Path of a kubeconfig file on the machine running Pulumi (`~` expands). Only the path is stored in the
     state, so exec-based credentials (`aws eks get-token`, `gke-gcloud-auth-plugin`) keep refreshing."""
 
-    stack_reference: Optional[str] = None
+    stack_reference: Optional[StackReference] = None
     """`<org>/<project>/<stack>` of a stack that exports the cluster's kubeconfig (e.g. a platform team's
     cluster stack)."""
 
-    stack_output: str = "kubeconfig"
+    stack_output: Annotated[str, no_whitespace("a stack output name")] = "kubeconfig"
     """Name of the kubeconfig output of `stackReference`."""
 
     context: Optional[str] = None
@@ -215,10 +233,10 @@ class EksSettings(Section):
     vpc_id: Annotated[str, matching(r"vpc-[0-9a-f]{8,17}", "a VPC id such as vpc-0a1b2c3d4e5f67890")]
     """VPC the cluster runs in (required: production clusters live in a VPC the network team owns)."""
 
-    private_subnet_ids: Annotated[list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]], Field(min_length=2)]
+    private_subnet_ids: Annotated[list[SubnetId], Field(min_length=2), unique(_SUBNET_ONCE)]
     """Private subnets for nodes and EFS mount targets, one per availability zone (EKS needs two zones at least)."""
 
-    public_subnet_ids: list[Annotated[str, matching(r"subnet-[0-9a-f]{8,17}", "a subnet id")]] = []
+    public_subnet_ids: Annotated[list[SubnetId], unique(_SUBNET_ONCE)] = []
     """Public subnets for internet-facing load balancers; empty keeps every load balancer internal."""
 
     system_instance_type: CpuInstanceType = "m6i.large"
@@ -238,6 +256,14 @@ class EksSettings(Section):
 
     deletion_protection: bool = True
     """Refuse to delete the EKS cluster (set false before tearing a stack down)."""
+
+    def check(self, path: str) -> Iterator[Problem]:
+        private = set(self.private_subnet_ids)
+        for index, subnet in enumerate(self.public_subnet_ids):
+            if subnet in private:
+                yield Problem(join_key(join_key(path, "publicSubnetIds"), index),
+                              "is listed in privateSubnetIds too: a subnet is private (nodes, EFS) or public (internet-"
+                              "facing load balancers), not both", subnet)
 
 
 class ClusterConfig(Section):
@@ -264,7 +290,9 @@ class ClusterConfig(Section):
         yield from self.existing.kubeconfig_problems(join_key(path, "existing"))
         for section in ("kind", "existing", "eks"):
             if section in self.model_fields_set and section != self.provider:
-                yield Problem(join_key(path, section), f"applies only when provider is {section}", self.provider)
+                for key, given in set_keys(getattr(self, section), join_key(path, section)):
+                    yield InapplicableSetting(key, f"applies only when provider is {section}, and does nothing with "
+                                                   f"provider {self.provider}; remove it", given)
         if self.provider == "kind" and self.kubernetes_version not in KIND_NODE_IMAGES:
             yield Problem(
                 join_key(path, "kubernetesVersion"),

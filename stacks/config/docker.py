@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, GetJsonSchemaHandler, WithJsonSchem
 from components.container_service import UNLIMITED_SWAP, duration_nanoseconds, go_duration
 from components.engines import CACHE_MOUNT_PATH
 
-from .base import EnvValue, Problem, Section, join_key, join_keys, matching
+from .base import EnvValue, Problem, Section, join_key, join_keys, matching, no_whitespace
 from .credentials import credential_under
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -427,7 +427,7 @@ class HealthcheckConfig(Section):
 
 
 class LoggingConfig(Section):
-    driver: str = "json-file"
+    driver: Annotated[str, no_whitespace("a Docker log driver such as json-file or local")] = "json-file"
     """Docker log driver."""
 
     options: dict[str, str] = {"max-size": "10m", "max-file": "3"}
@@ -486,7 +486,9 @@ class ServiceConfig(Section):
     labels: dict[str, str] = {}
     """Container labels."""
 
-    hostname: Optional[str] = None
+    hostname: Optional[Annotated[str, Field(max_length=253), matching(
+        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+        "a host name (RFC 1123: dot-separated labels of letters, digits and '-')")]] = None
     """Hostname inside the container."""
 
     command: Optional[list[str]] = None
@@ -498,7 +500,8 @@ class ServiceConfig(Section):
     working_dir: Optional[ContainerPath] = None
     """Working directory."""
 
-    user: Optional[str] = None
+    user: Optional[Annotated[str, matching(r"[^\s:]+(?::[^\s:]+)?", "a user as Docker takes it: user[:group], by "
+                                                                 "name or number, no spaces")]] = None
     """User (`uid[:gid]`) to run as; unset runs as the stack's non-root user."""
 
     security_opts: list[str] = ["no-new-privileges:true"]

@@ -6,8 +6,8 @@ from typing import Annotated, Iterator, Optional
 
 from pydantic import Field
 
-from .base import DnsLabel, ImageRef, Problem, matching
-from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
+from .base import ImageRef, Problem, matching, only_on, unique
+from .workload import AllowedNamespaces, ServedWorkload, ResourcesConfig, ScalingConfig
 
 
 class GatewayConfig(ServedWorkload):
@@ -18,23 +18,24 @@ class GatewayConfig(ServedWorkload):
     """A prebuilt gateway image to deploy (e.g. the digest CI pushed for a release); unset deploys the image the
     stack builds from `app/`. Production needs it digest-pinned."""
 
-    resources: ResourcesConfig = ResourcesConfig()
+    resources: Annotated[ResourcesConfig, only_on("kubernetes")] = ResourcesConfig()
     """CPU and memory per gateway replica (it proxies and streams; it holds no model)."""
 
-    allowed_namespaces: list[DnsLabel] = []
+    allowed_namespaces: Annotated[AllowedNamespaces, only_on("kubernetes")] = []
     """Namespaces whose pods may call the gateway: your ingress controller's (`ingress-nginx`) and in-cluster
     clients'. Empty admits every pod. On Knative only Knative's own data path reaches it, whatever this says.
     Either way the gateway itself may connect only to the model runner and DNS: it holds the API keys."""
 
-    scaling: ScalingConfig = ScalingConfig(targetConcurrency=50)
+    scaling: Annotated[ScalingConfig, only_on("kubernetes")] = ScalingConfig(targetConcurrency=50)
     """Replica bounds and autoscaling targets of the gateway."""
 
     request_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     """Longest a proxied completion may take, streamed responses included."""
 
-    cors_allow_origins: list[Annotated[str, matching(
+    cors_allow_origins: Annotated[list[Annotated[str, matching(
         r"\*|[a-z][a-z0-9+.-]*://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?",
-        "a browser origin, scheme://host[:port] with no path or trailing slash (e.g. https://chat.example.com), or *")]] = []
+        "a browser origin, scheme://host[:port] with no path or trailing slash (e.g. https://chat.example.com), or *")]],
+        unique("each origin is allowed once")] = []
     """Browser origins allowed to call the API (e.g. `https://chat.example.com`); empty allows none."""
 
     def check(self, path: str) -> Iterator[Problem]:

@@ -10,28 +10,24 @@ from components.image_rewrite import (
     canonical_prefix, canonical_repository, ecr_host, longest_matching_prefix, rewrite_image, split_reference,
 )
 
-from .base import ImageRef, ImageReference, Problem, RegistryPrefix, Section, join_key, join_keys, matching
+from .base import (
+    ImageRef, ImageReference, Problem, RegistryLocation, RegistryPrefix, Section, join_key, join_keys, matching,
+    no_whitespace, only_on, unique,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-RegistryPath = Annotated[
-    str,
-    matching(
-        r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*",
-        "a registry host with an optional port and path, such as ghcr.io/acme or localhost:5001",
-    ),
-]
 Tag = Annotated[str, matching(r"[\w][\w.-]{0,127}", "an image tag such as 1.4.0 (letters, digits, '_', '.', '-')")]
-Username = Annotated[str, matching(r"\S+", "a user name (not empty, no spaces)")]
+Username = Annotated[str, no_whitespace("a user name")]
 Repository = Annotated[str, matching(r"[a-z0-9]+([._/-][a-z0-9]+)*", "a lowercase repository name such as model-gateway")]
 # A keyless signer, as its Fulcio certificate names it: the OIDC issuer that vouched for it and its identity (the
 # certificate's subject). Publishers' identities and those the admission policy accepts are spelled alike.
 OidcIssuer = Annotated[str, matching(r"https://\S+", "an https:// OIDC issuer URL such as https://accounts.google.com")]
-SigningIdentity = Annotated[str, matching(r"\S+", "a signing identity (an email or a URL, no spaces)")]
+SigningIdentity = Annotated[str, no_whitespace("a signing identity (an email or a URL)")]
 
 
 class RegistryConfig(Section):
-    server: Optional[RegistryPath] = None
+    server: Optional[RegistryLocation] = None
     """Where the stack pushes what it builds, as host[/path] (`123456789012.dkr.ecr.us-east-1.amazonaws.com`,
     `ghcr.io/acme`). Unset: the cluster's local registry (kind: `localhost:5001`)."""
 
@@ -64,10 +60,11 @@ class GatewayBuildConfig(Section):
     build_args: dict[str, str] = {}
     """Other `ARG` values."""
 
-    platforms: list[Literal["linux/amd64", "linux/arm64"]] = []
+    platforms: Annotated[list[Literal["linux/amd64", "linux/arm64"]], unique("each platform is built once"),
+                         only_on("kubernetes")] = []
     """Platforms to build; unset builds for the machine running `pulumi up`."""
 
-    cache: bool = False
+    cache: Annotated[bool, only_on("kubernetes")] = False
     """Import and export BuildKit cache at `<repository>:buildcache`, so CI runners without local cache reuse
     layers."""
 
@@ -189,12 +186,12 @@ class VerificationConfig(Section):
     (the step before enforcing, to see what would be rejected). Production runs two webhook replicas spread over
     nodes, with a disruption budget that lets nodes drain."""
 
-    public_keys: list[str] = []
+    public_keys: Annotated[list[str], unique("each key is trusted once", shown=False)] = []
     """Cosign public keys (PEM), each inline or as a file path relative to the project; an image signed by any
     one of them is admitted. Rotate by adding the new key, setting `cosignPrivateKey` to it (the next `pulumi up`
     signs every pushed image with it), then removing the old one."""
 
-    keyless_identities: list[KeylessIdentity] = []
+    keyless_identities: Annotated[list[KeylessIdentity], unique("each identity is trusted once")] = []
     """Keyless signers (`images.signing.keyless` and publishers that sign keyless); an image signed by any one of
     them is admitted, beside those `publicKeys` verify. They are verified against Sigstore's public Fulcio and
     Rekor, policy-controller's default trust root, which the webhook reads from Sigstore's TUF repository
@@ -233,23 +230,23 @@ def _key_text(key: str) -> Optional[str]:
 class ImagesConfig(Section):
     """Images the stack builds, the registries it pushes to and pulls from, and upstream images it mirrors."""
 
-    registry: RegistryConfig = RegistryConfig()
+    registry: Annotated[RegistryConfig, only_on("kubernetes")] = RegistryConfig()
     """The registry for the stack's builds and mirrors."""
 
     gateway_build: GatewayBuildConfig = GatewayBuildConfig()
     """How the gateway image is built (when `gateway.image` does not name a prebuilt one)."""
 
-    rewrite: dict[RegistryPrefix, RegistryPrefix] = {}
+    rewrite: Annotated[dict[RegistryPrefix, RegistryPrefix], only_on("kubernetes")] = {}
     """Registry mapping applied to every image the stack deploys, third-party manifests included: upstream
     prefix -> mirror prefix (`docker.io: <registry>/mirror/docker.io`). The longest matching prefix wins; a prefix
     without a host is on Docker Hub. Tags and digests are kept. Every digest-pinned image the stack deploys that
     a rule maps elsewhere (the engine, Knative, Kourier) is copied there on `pulumi up`."""
 
-    mirror: list[ImageRef] = []
+    mirror: Annotated[list[ImageRef], unique("each image is copied once"), only_on("kubernetes")] = []
     """More upstream images (digest-pinned) to copy to where `rewrite` maps them, for workloads outside this
     stack; the stack's own images need no entry here."""
 
-    publisher_signatures: dict[str, PublisherSignature] = {}
+    publisher_signatures: Annotated[dict[RegistryPrefix, PublisherSignature], only_on("kubernetes")] = {}
     """Upstream prefix (as in `rewrite`) -> the keyless identity its publisher signs with. Every mirrored image
     under the prefix (longest prefix wins) is verified with `cosign verify` against Sigstore's public trust root
     before it is copied; an image that fails is not copied and `pulumi up` fails."""
@@ -297,14 +294,8 @@ class ImagesConfig(Section):
             elif rewrite_image(source, self.rewrite) == source:
                 yield Problem(key, "no images.rewrite rule maps it into the private registry", source)
 
-    def unused_rule_problems(self, path: str, deployed: Optional[list[str]]) -> Iterator[Problem]:
-        """`rewrite` rules that map none of the `deployed` images nor `mirror`; `deployed` None: the runtime
-        applies no mapping at all (Docker)."""
-        if deployed is None:
-            for prefix in self.rewrite:
-                yield Problem(join_key(join_key(path, "rewrite"), prefix), "is not applied: the Docker runtime pulls "
-                              "every image as configured (the mapping is for the Kubernetes runtime); remove it")
-            return
+    def unused_rule_problems(self, path: str, deployed: list[str]) -> Iterator[Problem]:
+        """`rewrite` rules that map none of the `deployed` images nor `mirror`."""
         images = [*deployed, *self.mirror]
         applied = {longest_matching_prefix(image, self.rewrite) for image in images}
         repositories = ", ".join(sorted({canonical_repository(split_reference(image)[0]) for image in images}))

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field
 
-from .base import Section, matching
+from .base import RegistryHost, Section, matching, unique
 
 # RFC 7468 armour around the base64 DER of each certificate; only whitespace may come between them.
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\s*(?P<body>[A-Za-z0-9+/=\s]*?)\s*-----END CERTIFICATE-----")
@@ -89,9 +89,10 @@ class KnativeConfig(Section):
     """Kourier's external Service. Unset: NodePort on kind (on the node ports kind maps host ports to),
     LoadBalancer elsewhere."""
 
-    registries_skipping_tag_resolving: list[str] = []
-    """Registries whose tags Knative must not resolve to digests (unreachable from the controller); the kind local
-    registry is added automatically. Digest-pinned images skip resolution anyway."""
+    registries_skipping_tag_resolving: Annotated[list[RegistryHost], unique("each registry is listed once")] = []
+    """Registry hosts (with their port, as image references name them: `registry.internal:5000`) whose tags
+    Knative must not resolve to digests (unreachable from the controller); the kind local registry is added
+    automatically. Digest-pinned images skip resolution anyway."""
 
     registry_ca_bundle: Optional[PemCertificates] = None
     """PEM CA bundle of a private registry, for the controller's tag resolution."""

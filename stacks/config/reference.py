@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from pydantic.alias_generators import to_camel
 
 from . import StackConfig
-from .base import join_key
+from .base import RUNTIME_SCHEMA_KEY, join_key
 from .secrets import StackSecrets
 
 PROJECT = "model-stack"
@@ -108,13 +108,18 @@ def _type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     return schema.get("type", "any")
 
 
+def _runtime(schema: dict[str, Any]) -> list[str]:
+    runtime = schema.get(RUNTIME_SCHEMA_KEY)
+    return [f"{runtime.capitalize()} runtime only"] if runtime else []
+
+
 def _allowed(schema: dict[str, Any]) -> str:
     if "enum" in schema:
-        return ", ".join(f"`{value}`" for value in schema["enum"])
+        return ", ".join([*(f"`{value}`" for value in schema["enum"]), *_runtime(schema)])
     if "const" in schema:
         return f"`{schema['const']}`"
-    bounds = [f"{symbol} {schema[key]}" for key, symbol in
-              (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<")) if key in schema]
+    bounds = [*_runtime(schema), *(["unique entries"] if schema.get("uniqueItems") else []), *[f"{symbol} {schema[key]}" for key, symbol in
+              (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<")) if key in schema]]
     if "pattern" in schema:
         bounds.append(f"matches `{schema['pattern']}`")
     return ", ".join(bounds)
@@ -140,7 +145,8 @@ def _sections(title: str, path: str, schema: dict[str, Any], defs: dict[str, Any
             nested.append((field.get("description") or _resolve(field, defs).get("description", ""), *section))
             pattern = section[0]
             kind = "list of sections" if pattern.endswith("[<i>]") else "map of sections" if pattern.endswith('"]') else "section"
-            rows.append(f"| `{key}` | {kind} | | | {_cell(field.get('description', ''))} See below. |")
+            rows.append(f"| `{key}` | {kind} | | {_cell(_allowed(_resolve(field, defs)))} "
+                        f"| {_cell(field.get('description', ''))} See below. |")
             continue
         rows.append(
             f"| `{key}` | {_type(field, defs)} | {_default(field)} | {_cell(_allowed(_resolve(field, defs)))} "

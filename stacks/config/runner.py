@@ -11,10 +11,10 @@ from components.engines import ENGINES, PULL_SIDECAR_IMAGE, EngineContainer
 
 from .base import (
     ImageReference,
-    ByteQuantity, DnsLabel, DnsSubdomain, EnvValue, ImageRef, KubernetesEnvName, LabelKey, LabelValue, Namespace, Problem,
-    Section, join_key, join_keys, matching,
+    ByteQuantity, DnsSubdomain, EnvValue, ImageRef, KubernetesEnvName, LabelKey, LabelValue, Namespace, Problem,
+    Section, join_key, join_keys, matching, only_on,
 )
-from .workload import ServedWorkload, ResourcesConfig, ScalingConfig
+from .workload import AllowedNamespaces, ServedWorkload, ResourcesConfig, ScalingConfig
 
 EngineName = Literal["docker-model-runner", "vllm", "ollama", "llama.cpp"]
 # The address every engine profile binds to, so the Service, the probes and the gateway reach it.
@@ -35,6 +35,31 @@ HubUrl = Annotated[
              "an http(s) base URL such as https://hf-mirror.example.com"),
 ]
 HttpPath = Annotated[str, matching(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", "an absolute URL path such as /v1")]
+
+
+class ModelScalingConfig(ScalingConfig):
+    signal: Literal["requests", "cpu"] = "requests"
+    """Deployment workloads: what the autoscaler follows. `requests` (default): the model's requests waiting +
+    running per replica, from the engine's metrics (vLLM, llama.cpp) or the gateway's (Ollama, Docker Model
+    Runner), through a KEDA ScaledObject on Prometheus (`metrics`); it also allows `minReplicas: 0`. `cpu`: a
+    HorizontalPodAutoscaler on CPU utilisation (`targetCpuUtilization`, and `podsMetric` where a metrics adapter
+    serves one). Knative workloads scale on Knative's concurrency instead."""
+
+    target_requests: Optional[Annotated[int, Field(ge=1, le=10000)]] = None
+    """`requests`: requests waiting + running per replica the autoscaler aims for; unset: the engine's batch
+    capacity per replica (vLLM 32, llama.cpp 4, Ollama 1, Docker Model Runner 4; README, "Autoscaling on
+    inference signals"). Set it from the engine's own setting (`--max-num-seqs`, `--parallel`,
+    `OLLAMA_NUM_PARALLEL`) or a load test."""
+
+    def signal_problems(self, path: str) -> Iterator[Problem]:
+        """Settings of the other signal (a Deployment workload's: Knative ignores the signal)."""
+        ignored = {"requests": ("target_cpu_utilization", "pods_metric"), "cpu": ("target_requests",)}[self.signal]
+        for name in ignored:
+            if name in self.model_fields_set:
+                value = getattr(self, name)
+                yield Problem(join_key(path, type(self).model_fields[name].alias or name),
+                              f"applies to another scaling.signal than {self.signal!r}; remove it or set signal",
+                              value.name if isinstance(value, Section) else value)
 
 
 class CacheConfig(Section):
@@ -71,10 +96,10 @@ class GpuConfig(Section):
     count: Annotated[int, Field(ge=0, le=16)] = 0
     """NVIDIA GPUs per replica (`nvidia.com/gpu`); 0 runs on CPU."""
 
-    node_selector: dict[LabelKey, LabelValue] = {}
+    node_selector: Annotated[dict[LabelKey, LabelValue], only_on("kubernetes")] = {}
     """Extra labels GPU nodes must carry (added to what the cluster layer knows about its GPU nodes)."""
 
-    runtime_class_name: Optional[DnsSubdomain] = None
+    runtime_class_name: Annotated[Optional[DnsSubdomain], only_on("kubernetes")] = None
     """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
@@ -87,18 +112,25 @@ class ModelConfig(ServedWorkload):
     `ollama` runs on either."""
 
     model: str = "ai/smollm2:360M-Q4_K_M"
-    """Model to serve, in the engine's own naming: `ai/smollm2:360M-Q4_K_M` (Docker Model Runner),
-    `Qwen/Qwen2.5-7B-Instruct` (vLLM, a Hugging Face repo), `llama3.2:3b` (Ollama),
-    `<hf-owner>/<repo>/<file>.gguf` (llama.cpp)."""
+    """Model to serve, in the engine's own naming: an OCI reference such as `ai/smollm2:360M-Q4_K_M` (Docker
+    Model Runner); a Hugging Face repository such as `Qwen/Qwen2.5-7B-Instruct` (vLLM); an Ollama name,
+    `[host/][namespace/]model[:tag]` such as `llama3.2:3b`, or a GGUF repository on Hugging Face as
+    `hf.co/<user>/<repo>:<quantization>` (also `huggingface.co/...`) (Ollama); a GGUF file in a Hugging Face
+    repository, `<owner>/<repo>/[<folder>/...]<file>.gguf` (llama.cpp), where a model split into parts is named by
+    its first (`<name>-00001-of-00003.gguf`) and every part is downloaded. No path segment may be empty, `.` or
+    `..`."""
 
     image: Optional[ImageRef] = None
-    """Engine image; unset uses the engine profile's image. Production needs it digest-pinned."""
+    """Engine image; unset uses the engine profile's image. Production needs it digest-pinned. For
+    `docker-model-runner` and `llama.cpp`, whose images are CPU builds unless the tag names a GPU variant
+    (`-cuda`, `-rocm`, `-vulkan`, ...), `gpu.count` is refused with a CPU tag; an image pinned by digest alone
+    (`name@sha256:...`) shows no build, so there the stack takes `gpu.count` as you set it."""
 
     model_hub: Optional[HubUrl] = None
     """Base URL of a Hugging Face-compatible hub the engine downloads weights from, for sites behind a firewall
     or air-gapped ones with a mirror (`https://hf-mirror.internal`); unset: https://huggingface.co. vLLM gets it as
-    `HF_ENDPOINT`; llama.cpp downloads `<modelHub>/<owner>/<repo>/resolve/main/<file>`. Ollama pulls from its own
-    registry and Docker Model Runner from an OCI registry, so neither takes it."""
+    `HF_ENDPOINT`; llama.cpp downloads `<modelHub>/<owner>/<repo>/resolve/main/<path in the repository>`. Ollama
+    pulls from its own registry and Docker Model Runner from an OCI registry, so neither takes it."""
 
     pull_sidecar_image: Optional[ImageRef] = None
     """Image of the pull sidecar for engines that pull through their own API (Docker Model Runner); unset uses
@@ -124,7 +156,7 @@ class ModelConfig(ServedWorkload):
     env: dict[KubernetesEnvName, EnvValue] = {}
     """Extra non-secret environment for the engine (credentials belong in secrets such as `hfToken`)."""
 
-    resources: ResourcesConfig = ResourcesConfig(
+    resources: Annotated[ResourcesConfig, only_on("kubernetes")] = ResourcesConfig(
         requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "4Gi"}
     )
     """CPU and memory per replica; size memory for the weights plus the KV cache."""
@@ -132,21 +164,21 @@ class ModelConfig(ServedWorkload):
     gpu: GpuConfig = GpuConfig()
     """GPUs per replica and how GPU nodes are selected."""
 
-    cache: CacheConfig = CacheConfig()
-    """The persistent model cache."""
+    cache: Annotated[CacheConfig, only_on("kubernetes")] = CacheConfig()
+    """The persistent model cache (on the Docker runtime, the `docker.cacheVolume` volume, always kept)."""
 
-    scaling: ScalingConfig = ScalingConfig()
-    """Replica bounds and autoscaling targets."""
+    scaling: Annotated[ModelScalingConfig, only_on("kubernetes")] = ModelScalingConfig()
+    """Replica bounds, the signal the autoscaler follows and its target."""
 
     load_budget_seconds: Annotated[int, Field(ge=30, le=7200)] = 600
     """Longest a replica may take from start to serving the model (weights read from the cache, loaded to the
     device). The startup probe allows exactly this long before restarting the pod; readiness follows within one
     probe period of the model being ready."""
 
-    probe_period_seconds: Annotated[int, Field(ge=1, le=60)] = 5
+    probe_period_seconds: Annotated[int, Field(ge=1, le=60), only_on("kubernetes")] = 5
     """How often the startup and readiness probes ask whether the model can answer."""
 
-    allowed_namespaces: list[DnsLabel] = []
+    allowed_namespaces: Annotated[AllowedNamespaces, only_on("kubernetes")] = []
     """Deployment workloads: namespaces whose pods may call the model runner directly; the gateway always may, and
     nothing else can. A Knative runner is reached through Knative's ingress, which every pod can reach, so no
     namespace can be singled out there: vLLM and llama.cpp runners on Knative answer only the key the gateway holds
@@ -165,9 +197,11 @@ class ModelConfig(ServedWorkload):
         return self.image or ENGINES[self.engine].image
 
     def runs_a_cpu_build(self) -> bool:
-        """Whether the engine image can use no GPU at all."""
-        tag = ImageReference.parse(self.engine_image()).tag or ""
-        return self.engine in CPU_BUILD_ENGINES and not _GPU_BUILD_TAG.search(tag)
+        """Whether the engine image is known to use no GPU at all: a CPU engine's tag that names no GPU variant.
+        An image pinned by digest alone says nothing about its build, so the user's GPU settings are taken at
+        their word there."""
+        tag = ImageReference.parse(self.engine_image()).tag
+        return self.engine in CPU_BUILD_ENGINES and tag is not None and not _GPU_BUILD_TAG.search(tag)
 
     def wired_env(self, path: str) -> dict[str, str]:
         """Engine env the stack sets to wire the port and bind address, with the setting that changes it."""
@@ -197,10 +231,24 @@ class ModelConfig(ServedWorkload):
                 yield Problem(join_key(join_key(path, "env"), name),
                               f"is how the stack sets the engine's port and address; set {setting} instead", self.env[name])
 
+    @property
+    def scales_on_requests(self) -> bool:
+        """Whether a KEDA ScaledObject scales this model's Deployment (room to scale, on the requests signal)."""
+        scaling = self.scaling
+        return self.workload == "deployment" and scaling.signal == "requests" and scaling.max_replicas > scaling.min_replicas
+
     def check(self, path: str) -> Iterator[Problem]:
         # Problems are reported until a check reads a field that failed validation: the rules that read the
         # fewest fields come first.
         yield from self.scaling_problems(path)
+        if self.workload == "deployment":
+            yield from self.scaling.signal_problems(join_key(path, "scaling"))
+        else:
+            for name in ("signal", "target_requests"):
+                if name in self.scaling.model_fields_set:
+                    yield Problem(join_keys(path, f"scaling.{ModelScalingConfig.model_fields[name].alias}"),
+                                  "applies to Deployment workloads; Knative scales on in-flight requests "
+                                  "(scaling.targetConcurrency)", getattr(self.scaling, name))
         if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
             yield Problem(
                 join_keys(path, "scaling.maxReplicas"),
@@ -246,6 +294,6 @@ class ModelConfig(ServedWorkload):
 class RunnerConfig(ModelConfig):
     """The model runner of a stack that serves one model (the shorthand for `models` with a single entry)."""
 
-    namespace: Namespace = "models"
+    namespace: Annotated[Namespace, only_on("kubernetes")] = "models"
     """Namespace of the model runner and the gateway (the top-level `namespace` key says the same for any
     number of models; set one of them)."""

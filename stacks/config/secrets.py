@@ -105,14 +105,13 @@ class StackSecrets:
                 "cluster.existing.stackReference": cluster.existing.stack_reference is not None,
             }
             given = [key for key, present in sources.items() if present]
-            if len(given) != 1:
-                yield Problem(
-                    "cluster.existing",
-                    "an existing cluster needs exactly one kubeconfig source: the `kubeconfig` secret, "
-                    "cluster.existing.kubeconfigPath or cluster.existing.stackReference",
-                    ", ".join(given) or "none",
-                )
-            elif self.kubeconfig is not None:
+            choice = ("an existing cluster takes exactly one kubeconfig source: the `kubeconfig` secret, "
+                      "cluster.existing.kubeconfigPath or cluster.existing.stackReference")
+            if not given:
+                yield Problem("cluster.existing", f"needs a kubeconfig source: {choice}", "none")
+            for key in given[1:]:
+                yield Problem(key, f"is a second kubeconfig source besides {given[0]}; {choice}")
+            if len(given) == 1 and self.kubeconfig is not None:
                 yield from kubeconfig_problems(_plaintext("kubeconfig"), "kubeconfig", None, cluster.existing.context,
                                                "cluster.existing.context")
 

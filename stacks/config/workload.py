@@ -6,7 +6,12 @@ from typing import Annotated, Iterator, Literal, Optional
 
 from pydantic import Field
 
-from .base import ByteQuantity, Problem, Quantity, Section, join_key, join_keys, quantity_value
+from .base import (
+    ByteQuantity, DnsLabel, MetricName, Problem, Quantity, Section, join_key, join_keys, only_on, quantity_value, unique,
+)
+
+# Namespaces a workload's NetworkPolicy admits: a set, so a namespace twice is a typo for another one.
+AllowedNamespaces = Annotated[list[DnsLabel], unique("each namespace is admitted once")]
 
 
 def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig", configured: bool) -> Iterator[Problem]:
@@ -18,10 +23,11 @@ def workload_scaling_problems(path: str, workload: str, scaling: "ScalingConfig"
     if configured and field in scaling.model_fields_set:
         yield Problem(join_keys(path, f"scaling.{ScalingConfig.model_fields[field].alias}"),
                       f"applies to {applies_to}; this one is workload {workload}", getattr(scaling, field))
-    if scaling.min_replicas == 0 and workload != "knative":
+    if scaling.min_replicas == 0 and workload != "knative" and getattr(scaling, "signal", None) != "requests":
         yield Problem(
             join_keys(path, "scaling.minReplicas"),
-            "can be 0 only with workload knative (a Deployment cannot wake up on a request)",
+            "can be 0 only with workload knative, or on a model runner with scaling.signal requests (KEDA wakes "
+            "its Deployment on the requests the gateway holds for it); nothing else wakes a Deployment on a request",
             0,
         )
     if scaling.pods_metric is not None and workload == "knative":
@@ -62,7 +68,7 @@ class ResourcesConfig(Section):
 
 
 class PodsMetricConfig(Section):
-    name: str
+    name: MetricName
     """Per-pod metric a custom metrics adapter serves (e.g. prometheus-adapter exposing vLLM's
     `vllm:num_requests_waiting`); the cluster must run one, or the autoscaler reports the metric missing."""
 
@@ -72,8 +78,9 @@ class PodsMetricConfig(Section):
 
 class ScalingConfig(Section):
     min_replicas: Annotated[int, Field(ge=0, le=100)] = 1
-    """Warm replicas kept at all times. 0 lets a Knative workload scale to zero when idle (the next request
-    waits for a model load); production stacks keep at least 2 so one can be drained or lost."""
+    """Warm replicas kept at all times. 0 lets a Knative workload, or a Deployment model runner scaled on requests
+    (KEDA), scale to zero when idle (the next request waits for a model load); production stacks keep at least 2
+    so one can be drained or lost."""
 
     max_replicas: Annotated[int, Field(ge=1, le=100)] = 1
     """Upper bound for the autoscaler."""
@@ -99,7 +106,7 @@ class ScalingConfig(Section):
 class ServedWorkload(Section):
     """What every served workload (the model runner, the gateway) chooses the same way."""
 
-    workload: Literal["deployment", "knative"] = "deployment"
+    workload: Annotated[Literal["deployment", "knative"], only_on("kubernetes")] = "deployment"
     """How it runs on Kubernetes: a Deployment with Service, autoscaler and disruption budget, or a Knative
     Service (scale to zero, request-driven autoscaling; Knative Serving is installed when any workload uses it).
     Switching a deployed stack from `deployment` to `knative` takes two steps: Knative's route needs the name of

@@ -15,7 +15,7 @@ from schemas import KNATIVE_MANIFESTS
 # Stands in for the digest CI pushed; nothing pulls it, since no pod runs.
 GATEWAY_IMAGE = "registry.example.com/model-gateway@sha256:" + "1" * 64
 # The lane's program: the project's, with pod awaits skipped and Knative's webhooks failing open (its docstring).
-WITHOUT_NODES = "tests/engine/programs/without_nodes"
+WITHOUT_NODES = "tests/engine/programs/without_nodes.py"
 
 
 def config(kubeconfig: Path, load_budget_seconds: int = 300, stable_window_seconds: int = 120) -> dict:

@@ -48,24 +48,23 @@ class Project:
     env: dict[str, str]
 
     @classmethod
-    def copy(cls, directory: Path, toolchain: dict[str, str], state: Path, main: str | None = None) -> "Project":
-        """This project in `directory`; `main` replaces Pulumi.yaml's program (a lane program that wraps
-        __main__.py, where the machine forces a difference)."""
+    def copy(cls, directory: Path, toolchain: dict[str, str], state: Path, program: str | None = None) -> "Project":
+        """This project in `directory`; `program` (a file of tests/engine/programs, relative to the project) stands
+        in for its `__main__.py` where this machine forces a difference. It replaces the file rather than naming
+        another `main` in Pulumi.yaml, because the providers run in the directory of `main`, and the stack's paths
+        (the gateway's build context) are relative to the project."""
         for name in project_files():
             target = directory / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, target)
         (directory / ".venv").symlink_to(ROOT / ".venv")
         (directory / "policy" / "venv").symlink_to(policy_virtualenv())
-        if main:
-            settings = yaml.safe_load((directory / "Pulumi.yaml").read_text())
-            (directory / "Pulumi.yaml").write_text(yaml.safe_dump({**settings, "main": main}, sort_keys=False))
+        if program:
+            shutil.copy2(ROOT / program, directory / "__main__.py")
         env = {
             **os.environ, **toolchain,
             "PULUMI_BACKEND_URL": f"file://{state}",
             "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
-            # Nothing on this machine's PATH but the toolchain's own CLI and plugins.
-            "PULUMI_IGNORE_AMBIENT_PLUGINS": "true",
         }
         env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
         return cls(directory, env)

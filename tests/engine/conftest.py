@@ -67,27 +67,27 @@ def llama_server_build() -> Path:
 
 @pytest.fixture
 def project(toolchain, tmp_path) -> Callable[..., Project]:
-    """Returns `make(main=None)`: a copy of this project, run by the `pulumi` CLI on a file backend of this test."""
+    """Returns `make(program=None)`: a copy of this project, run by the `pulumi` CLI on a file backend of this test."""
 
-    def make(main: str | None = None) -> Project:
+    def make(program: str | None = None) -> Project:
         directory = tmp_path / f"project-{len(list(tmp_path.glob('project-*')))}"
         directory.mkdir()
         (tmp_path / "state").mkdir(exist_ok=True)
-        return Project.copy(directory, toolchain, tmp_path / "state", main=main)
+        return Project.copy(directory, toolchain, tmp_path / "state", program=program)
 
     return make
 
 
 @pytest.fixture
 def project_stack(project, toolchain) -> Callable[..., auto.Stack]:
-    """Returns `make(name, config, main=None)`: a stack of a copy of this project whose `Pulumi.<name>.yaml` holds
-    `config` (keys without the `model-stack:` prefix), as a user writes one. The Automation API drives it as a local
-    program: every operation is the `pulumi` CLI run in the project directory, the program started by the Python
-    language host in the project's virtualenv. `main` replaces Pulumi.yaml's program, where this machine forces a
-    difference (tests/engine/programs)."""
+    """Returns `make(name, config, program=None)`: a stack of a copy of this project whose `Pulumi.<name>.yaml`
+    holds `config` (keys without the `model-stack:` prefix), as a user writes one. The Automation API drives it as a
+    local program: every operation is the `pulumi` CLI run in the project directory, the program started by the
+    Python language host in the project's virtualenv. `program` stands in for `__main__.py` where this machine
+    forces a difference (tests/engine/programs)."""
 
-    def make(name: str, config: dict[str, Any], main: str | None = None) -> auto.Stack:
-        copy = project(main)
+    def make(name: str, config: dict[str, Any], program: str | None = None) -> auto.Stack:
+        copy = project(program)
         return auto.create_stack(
             name, work_dir=str(copy.directory),
             opts=auto.LocalWorkspaceOptions(

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.docker
 HERE = Path(__file__).resolve().parent
 # buildx's default BuildKit image for a docker-container builder (its driver/bkimage package).
 BUILDKIT_IMAGE = "moby/buildkit:buildx-stable-1"
-PROGRAM = "tests/engine/programs/dev_image_path"
+PROGRAM = "tests/engine/programs/dev_image_path.py"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 

@@ -61,7 +61,7 @@ def operations(result: auto.UpResult | auto.PreviewResult) -> dict:
 
 
 def test_kubernetes_stack_lifecycle(cluster, project_stack):
-    stack = project_stack("apiserver", config(cluster.kubeconfig), main=WITHOUT_NODES)
+    stack = project_stack("apiserver", config(cluster.kubeconfig), program=WITHOUT_NODES)
 
     up = stack.up(on_output=print)
     assert up.summary.result == "succeeded"
@@ -125,7 +125,7 @@ def test_several_models_behind_one_gateway(cluster, project_stack):
     settings["namespace"] = "several-models"
     settings["models"] = {"chat": {**engine, "model": "engine-lane/tiny-model/tiny.gguf"},
                           "small": {**engine, "model": "engine-lane/tiny-model/tinier.gguf", "allowedNamespaces": ["batch"]}}
-    stack = project_stack("several-models", settings, main=WITHOUT_NODES)
+    stack = project_stack("several-models", settings, program=WITHOUT_NODES)
 
     assert stack.up(on_output=print).summary.result == "succeeded"
 

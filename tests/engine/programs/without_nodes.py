@@ -4,16 +4,12 @@ changes two things, and nothing else:
   `pulumi.com/skipAwait`; every other await stays;
 - Knative's webhooks, which cannot run without a node, fail open (`failurePolicy: Ignore`) so the API server
   stores what they would admit (Knative's ConfigMaps, the release's Certificate and Image).
-A stack's `Pulumi.yaml` names this directory as `main` (tests/engine/cli.py); it then runs the project's own
-__main__.py."""
-
-import runpy
-import sys
-from pathlib import Path
+It stands in for the project copy's `__main__.py` (tests/engine/cli.py), then does what that does."""
 
 import pulumi
 
-PROJECT = Path(__file__).resolve().parents[4]
+from stacks import deploy
+
 # Kinds whose await needs a running pod: rollouts need ready replicas, Services need endpoints.
 POD_AWAITS = {
     "kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:DaemonSet", "kubernetes:apps/v1:StatefulSet",
@@ -40,5 +36,4 @@ def without_nodes(args: pulumi.ResourceTransformArgs):
 
 
 pulumi.runtime.register_resource_transform(without_nodes)
-sys.path.insert(0, str(PROJECT))
-runpy.run_path(str(PROJECT / "__main__.py"), run_name="__main__")
+deploy()

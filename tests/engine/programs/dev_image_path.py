@@ -1,25 +1,22 @@
 """The dev stack's image path alone: its local registry container and the gateway built by docker-build with the
 stack's own host-network builder and pushed there. The rest of the dev stack needs the kind cluster, whose nodes
 cannot run from this lane's images yet (README, "Verified / not verified"); these are the functions `__main__.py`
-runs for the dev stack, given the registry in place of the cluster that waits for it.
+runs for the dev stack, given the registry in place of the cluster that waits for it. It stands in for the project
+copy's `__main__.py` (tests/engine/cli.py).
 
 One difference this machine forces: its Docker engine has no default bridge network (`dockerd --bridge=none`), on
 which the registry container would publish no port, so the container joins the network named by the
 `LANE_REGISTRY_NETWORK` environment variable, which the test creates."""
 
 import os
-import sys
-from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
-
-from components.local_registry import LocalRegistry  # noqa: E402
-from stacks.cluster import REGISTRY_CONTAINER, ClusterHandle  # noqa: E402
-from stacks.config import load  # noqa: E402
-from stacks.images import publish_images  # noqa: E402
+from components.local_registry import LocalRegistry
+from stacks.cluster import REGISTRY_CONTAINER, ClusterHandle
+from stacks.config import load
+from stacks.images import publish_images
 
 config, secrets = load()
 settings = config.cluster.kind
