@@ -4,8 +4,11 @@ registry beside it."""
 from typing import NotRequired, Optional, TypedDict
 
 import pulumi
+import pulumi_command as command
 
-from .image_signature import COSIGN_SETUP, FORMAT_OPTIONS, KEY_OPTION, ImageSignatureArgs, cosign_command, cosign_environment
+from .image_signature import (
+    COSIGN_SETUP, FORMAT_OPTIONS, KEY_OPTION, ImageSignatureArgs, cosign_environment, signing_triggers,
+)
 from .options import child_options
 
 # BuildKit could record both itself, but pulumi-docker-build has no option for its attestations
@@ -54,13 +57,17 @@ class ImageAttestation(pulumi.ComponentResource):
             scripts["provenance"] = (PROVENANCE_SCRIPT, {**environment, "PREDICATE": args["provenance"]})
         previous: list[pulumi.Resource] = []
         for kind, (script, script_environment) in scripts.items():
-            # A provenance that changes while the digest does not (a commit that leaves the build's files alone)
-            # attests nothing new: the bytes it describes are those already attested.
-            attest = cosign_command(
-                f"{name}-{kind}", script, script_environment, signed,
+            attest = command.local.Command(
+                f"{name}-{kind}",
+                create=script,
+                environment=script_environment,
+                # A provenance that changes while the digest does not (a commit that leaves the build's files alone)
+                # attests nothing new: the bytes it describes are those already attested.
+                triggers=signing_triggers(signed),
                 # After what the component waits for (the signature), and one after the other: cosign adds an
                 # attestation by rewriting the image's one `.att` manifest, so two at once would lose one.
-                pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=previous)),
+                opts=pulumi.ResourceOptions.merge(
+                    child_options(self, opts), pulumi.ResourceOptions(ignore_changes=["environment"], depends_on=previous)),
             )
             previous = [attest]
         self.register_outputs({})

@@ -7,7 +7,6 @@ import pulumi
 import pulumi_command as command
 
 from .image import RegistryLoginArgs
-from .image_rewrite import ecr_host
 
 # cosign 3 signs into the new bundle format with a TUF-provided signing config by default (which also decides the
 # transparency log, whatever --tlog-upload says), and policy-controller 0.13 (what SignedImagesPolicy installs)
@@ -18,8 +17,7 @@ FORMAT_OPTIONS = "--new-bundle-format=false --use-signing-config=false"
 SUPPORTED_COSIGN = "2.6 or a later 2.x, or 3.x"
 # The key, its password and the registry login reach cosign through the environment, never the command line
 # (where `ps` would show them). The login goes to a throwaway Docker config, so the signature is pushed with the same
-# credentials as the image and nothing is left in the user's ~/.docker. An ECR token is asked of AWS here, at the
-# moment it is used: one passed in would be the token of the run that first signed (see ImageSignature).
+# credentials as the image and nothing is left in the user's ~/.docker.
 COSIGN_SETUP = """set -eu
 cosign_version="$(cosign version 2>/dev/null | sed -n 's/^GitVersion:[[:space:]]*v\\{0,1\\}//p')"
 case "$cosign_version" in
@@ -30,9 +28,7 @@ case "$cosign_version" in
 esac
 export DOCKER_CONFIG="$(mktemp -d)"
 trap 'rm -rf "$DOCKER_CONFIG"' EXIT
-if [ -n "${ECR_REGION:-}" ]; then
-  aws ecr get-login-password --region "$ECR_REGION" | cosign login "$REGISTRY_ADDRESS" --username AWS --password-stdin
-elif [ -n "${REGISTRY_ADDRESS:-}" ]; then
+if [ -n "${REGISTRY_ADDRESS:-}" ]; then
   printf '%s' "$REGISTRY_PASSWORD" | cosign login "$REGISTRY_ADDRESS" --username "$REGISTRY_USERNAME" --password-stdin
 fi
 """
@@ -41,12 +37,9 @@ fi
 # inherits the environment of `pulumi up`), gets a short-lived certificate for it from Fulcio and, with `--yes`,
 # records the signature in Rekor without asking.
 KEY_OPTION = "${COSIGN_PRIVATE_KEY:+--key env://COSIGN_PRIVATE_KEY}"
-SIGN_SCRIPT = COSIGN_SETUP + """cosign sign """ + KEY_OPTION + " " + FORMAT_OPTIONS + """ --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
+SIGN_SCRIPT = COSIGN_SETUP + "cosign sign " + KEY_OPTION + " " + FORMAT_OPTIONS + """ --tlog-upload="$TLOG_UPLOAD" \\
+  --yes "$IMAGE"
 """
-# What a cosign command runs when an input other than its triggers changes (a registry password, the provenance of
-# a commit that left the image's bytes alone): nothing, since the digest and the key it signed with are the same.
-# The new values are recorded, so the next signature (a new digest or key replaces the command) runs with them.
-UNCHANGED_SIGNATURE = "true"
 
 
 class ImageSignatureArgs(TypedDict):
@@ -65,15 +58,12 @@ class ImageSignatureArgs(TypedDict):
     verified without it (false is refused then), false with a key."""
 
     registry_login: NotRequired[RegistryLoginArgs]
-    """Push credentials of the image's registry; absent where the registry takes anonymous pushes. For Amazon ECR
-    only the address is used: the command gets a fresh token from AWS when it runs (the `aws` CLI on the PATH, with
-    the credentials of `pulumi up`), since a token passed in changes on every run."""
+    """Push credentials of the image's registry; absent where the registry takes anonymous pushes."""
 
 
 def cosign_environment(args: ImageSignatureArgs) -> dict[str, pulumi.Input[str]]:
     """What a script that starts with COSIGN_SETUP and then runs cosign with KEY_OPTION reads: the image, the key
-    and its password (none when keyless), the transparency-log setting and the registry login, secrets marked.
-    Nothing in it changes from run to run unless the config does: an ECR login is its region, not a token."""
+    and its password (none when keyless), the transparency-log setting and the registry login, secrets marked."""
     keyless = "private_key" not in args
     tlog_upload = args.get("tlog_upload", keyless)
     if keyless and not tlog_upload:
@@ -87,38 +77,22 @@ def cosign_environment(args: ImageSignatureArgs) -> dict[str, pulumi.Input[str]]
             "COSIGN_PASSWORD": pulumi.Output.secret(args.get("password", "")),
         }
     if login is not None:
-        ecr = ecr_host(login["address"])
-        environment["REGISTRY_ADDRESS"] = login["address"]
-        if ecr is not None:
-            environment["ECR_REGION"] = ecr.region
-        else:
-            environment |= {
-                "REGISTRY_USERNAME": login["username"],
-                "REGISTRY_PASSWORD": pulumi.Output.secret(login["password"]),
-            }
+        environment |= {
+            "REGISTRY_ADDRESS": login["address"],
+            "REGISTRY_USERNAME": login["username"],
+            "REGISTRY_PASSWORD": pulumi.Output.secret(login["password"]),
+        }
     return environment
 
 
 def signing_triggers(args: ImageSignatureArgs) -> list[pulumi.Input[str]]:
-    """Triggers of a cosign command: a new digest, or a new key, replaces it, and the replacement runs with every
-    input as this run has it. Nothing else does (see UNCHANGED_SIGNATURE). Keyless, the digest alone: each keyless
-    signature is made with a fresh short-lived certificate, so anything from the signing itself in the triggers
-    would sign again on every run, piling up signatures and transparency log entries."""
+    """Triggers of a cosign command: a new digest, or a new key, runs it again. Nothing else does: a registry token
+    that differs on every run (ECR's) must not add another signature or attestation each time. Keyless, the digest
+    alone: each keyless signature is made with a fresh short-lived certificate, so anything from the signing itself
+    in the triggers would sign again on every run, piling up signatures and transparency log entries."""
     if "private_key" not in args:
         return [args["image"]]
     return [args["image"], pulumi.Output.secret(args["private_key"])]
-
-
-def cosign_command(
-    name: str, script: str, environment: dict[str, pulumi.Input[str]], args: ImageSignatureArgs,
-    opts: pulumi.ResourceOptions,
-) -> command.local.Command:
-    """A cosign script that runs once per digest and key. No input is in `ignore_changes`: Pulumi creates a
-    replacement with the old values of ignored inputs, which signed the previous digest with the previous key."""
-    return command.local.Command(
-        name, create=script, update=UNCHANGED_SIGNATURE, environment=environment, triggers=signing_triggers(args),
-        opts=opts,
-    )
 
 
 class ImageSignature(pulumi.ComponentResource):
@@ -126,5 +100,11 @@ class ImageSignature(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ImageSignatureArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ImageSignature", name, None, opts)
-        cosign_command(name, SIGN_SCRIPT, cosign_environment(args), args, pulumi.ResourceOptions(parent=self))
+        command.local.Command(
+            name,
+            create=SIGN_SCRIPT,
+            environment=cosign_environment(args),
+            triggers=signing_triggers(args),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["environment"]),
+        )
         self.register_outputs({})

@@ -108,7 +108,7 @@ def publish_images(
     if registry_host and ecr_host(registry_host):
         registry = _ecr_registry(registry_host, gateway_repository, build.cache, [repo for repo, _ in mirrors.values()],
                                  images.signing.enabled)
-        login = {"address": registry_host, "username": registry.username, "password": registry.password}
+        login = {"address": registry.address, "username": registry.username, "password": registry.password}
         push_after.append(registry)
     elif images.registry.push_username and registry_host and secrets.registry_push_password is not None:
         login = {

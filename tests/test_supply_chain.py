@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from components.image_attestation import PROVENANCE_SCRIPT, SBOM_SCRIPT
-from components.image_signature import SIGN_SCRIPT, UNCHANGED_SIGNATURE, cosign_environment
+from components.image_signature import SIGN_SCRIPT, cosign_environment
 from components.signed_images_policy import (
     CHART_REPOSITORY, CHART_VERSION, CONTROLLER_VERSION, NAMESPACE_LABEL, POLICY_NAME, WEBHOOK_IMAGE,
 )
@@ -68,7 +68,7 @@ def test_the_gateway_build_is_signed_by_digest_with_the_key_in_the_environment_o
     assert SIGNING_SECRETS["cosignPrivateKey"] not in inputs["create"]
     # Signed again exactly when the digest (or the key) changes; a fresh registry token changes nothing.
     assert inputs["triggers"] == [gateway_ref, Secret(SIGNING_SECRETS["cosignPrivateKey"])]
-    assert inputs["update"] == UNCHANGED_SIGNATURE
+    assert evaluation.one("command:local:Command", name).ignore_changes == ["environment"]
 
 
 def test_workloads_wait_for_the_signature():
@@ -88,7 +88,8 @@ def test_every_mirrored_copy_is_signed_with_the_push_login():
     assert len(signed) == len(mirrors) + 1  # every copy, and the gateway build
     for environment in signed.values():
         assert environment["TLOG_UPLOAD"] == "true"
-        assert (environment["REGISTRY_ADDRESS"], environment["ECR_REGION"]) == (ECR, "us-east-1")
+        assert environment["REGISTRY_ADDRESS"] == ECR
+        assert isinstance(environment["REGISTRY_PASSWORD"], Secret)
 
 
 # --- attestations ----------------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_the_gateway_build_gets_an_sbom_and_a_provenance_after_its_signature_by_
     assert signature.urn in sbom.dependencies
     # cosign rewrites the image's one attestation manifest: the second waits for the first.
     assert sbom.urn in provenance.dependencies
-    assert sbom.inputs["update"] == provenance.inputs["update"] == UNCHANGED_SIGNATURE
+    assert sbom.ignore_changes == provenance.ignore_changes == ["environment"]
     # Workloads wait for the signature, not for attestations nothing at admission reads.
     gateway = evaluation.one("model-stack:index:Gateway")
     assert signature.urn in gateway.dependencies and provenance.urn not in gateway.dependencies
@@ -184,6 +185,7 @@ def test_mirrored_copies_get_an_sbom_but_no_provenance():
     for name, inputs in attested.items():
         if name.startswith("mirror-"):
             assert inputs["environment"]["REGISTRY_ADDRESS"] == ECR
+            assert isinstance(inputs["environment"]["REGISTRY_PASSWORD"], Secret)
             assert "PREDICATE" not in inputs["environment"]
 
 
@@ -319,49 +321,6 @@ def test_every_cosign_script_refuses_a_cosign_without_those_options_before_it_si
         shown = version.removeprefix("v") or "(version unknown)"
         assert f"cosign {shown} is on the PATH; the stack signs with cosign 2.6 or a later 2.x, or 3.x" in run.stderr
     assert not calls.exists()
-
-
-def registry_logins(evaluation: Evaluation) -> dict[str, dict]:
-    """Every input of each cosign command, and the push password of each copy, by resource name."""
-    commands = {**signatures(evaluation), **attestations(evaluation)}
-    copies = {index.name: index.inputs["registry"] for index in evaluation.of_type("docker-build:index:Index")}
-    return {**commands, **copies}
-
-
-def test_a_new_ecr_token_changes_no_cosign_input_and_a_new_digest_or_key_replaces_with_every_input_current():
-    """Pulumi creates a replacement with the old values of the inputs in `ignore_changes` (its step generator's
-    processIgnoreChanges), so a cosign command may ignore none: a new digest or key (its triggers) must sign with
-    this run's image, key and login. The ECR token, which differs on every run, is then no input at all (the
-    script asks AWS for one), and whatever else changes runs no second signature."""
-    first, second = (evaluate("prod", set=SIGNING, secrets=SIGNING_SECRETS) for _ in range(2))
-    before, after = registry_logins(first), registry_logins(second)
-    # The copies get a new token on each run (docker-build's diff ignores it); the cosign commands see none.
-    copies = [name for name in before if name in {index.name for index in first.of_type("docker-build:index:Index")}]
-    assert copies and all(before[name] != after[name] for name in copies)
-    signing = [name for name in before if name not in copies]
-    assert signing and all(before[name] == after[name] for name in signing)
-    for command in first.of_type("command:local:Command"):
-        if command.name in signing:
-            assert command.ignore_changes == [], command.name
-            assert command.inputs["update"] == UNCHANGED_SIGNATURE, command.name
-            image = command.inputs["environment"]["IMAGE"]
-            assert command.inputs["triggers"] == [image, Secret(SIGNING_SECRETS["cosignPrivateKey"])], command.name
-
-
-def test_an_ecr_login_is_fetched_by_the_script_when_it_signs(tmp_path):
-    calls = fake_tools(tmp_path)
-    aws = tmp_path / "aws"
-    aws.write_text(f'#!/bin/sh\necho "aws $*" >> "{tmp_path}/calls"\necho fresh-ecr-token\n')
-    aws.chmod(0o755)
-    image = f"{ECR}/model-stack/model-gateway:0.1.0@sha256:" + "0" * 64
-    environment = cosign_environment({"image": image, "registry_login": {
-        "address": ECR, "username": "AWS", "password": "a token from this run"}})
-    assert environment == {"IMAGE": image, "TLOG_UPLOAD": "true", "REGISTRY_ADDRESS": ECR, "ECR_REGION": "us-east-1"}
-    run = run_script(SIGN_SCRIPT, tmp_path, environment)
-    assert run.returncode == 0, run.stderr
-    # Both ends of the pipe run at once: their lines come in either order.
-    assert {"aws ecr get-login-password --region us-east-1",
-            f"cosign login {ECR} --username AWS --password-stdin"} <= set(calls.read_text().splitlines())
 
 
 def test_keyless_signing_without_the_transparency_log_is_refused_by_the_component_too():

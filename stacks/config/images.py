@@ -106,8 +106,8 @@ class SigningConfig(Section):
     in the `cosignPrivateKey` secret (its password: `cosignPassword`) or keyless (`keyless`), and attest them
     (`attestations`); again for a new digest or key, never for anything else. `pulumi up` then needs cosign 2.6+
     or 3.x (older ones are refused before signing; cosign 3 is held to cosign 2's signature format, the one the
-    admission policy reads for a key), `syft` for SBOMs, and for Amazon ECR the `aws` CLI on its PATH, and write access to the registry, where signatures and
-    attestations are stored beside the image (ECR repositories keep their tags for them mutable)."""
+    admission policy reads for a key) and `syft` for SBOMs on its PATH, and write access to the registry, where
+    signatures and attestations are stored beside the image (ECR repositories keep their tags for them mutable)."""
 
     keyless: bool = False
     """Sign keyless instead of with a key: cosign gets a short-lived Fulcio certificate for the OIDC identity of

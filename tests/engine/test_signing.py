@@ -255,8 +255,10 @@ def signing_program() -> None:
 
 
 def test_a_new_digest_or_key_is_signed_with_this_runs_inputs_and_a_new_token_signs_nothing(engine_stack, cosign, tmp_path):
-    """Pulumi replaces a command whose triggers change with the old values of its ignored inputs: a command that
-    kept the image and key in ignored inputs signed the previous digest again, with the previous key."""
+    """The cosign commands keep image, key, login and predicate in an environment they ignore, and run again when
+    their triggers (digest, key) change: the engine creates the replacement with this run's inputs, ignored ones
+    included, so the new digest is signed with the current key and the old digest is not signed again; a new
+    registry token or predicate alone changes nothing."""
     repository = f"{REGISTRY}/model-stack/resigning-{uuid.uuid4().hex[:12]}"
     first = build_and_push(f"{repository}:first", "first build\n", tmp_path)
     second = build_and_push(f"{repository}:second", "second build\n", tmp_path)
