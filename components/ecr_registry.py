@@ -17,6 +17,11 @@ except ImportError as error:  # the AWS SDK is an optional dependency (~270 MB)
 
 from .image_rewrite import ecr_host
 
+# The tags cosign stores an image's signatures and attestations under, beside the image, in the format the stack's
+# cosign commands pin: it rewrites them to add one (a new key's signature, a second attestation), which an immutable
+# tag refuses (sigstore/cosign#3024).
+COSIGN_TAGS = ["sha256-*.sig", "sha256-*.att"]
+
 
 class EcrRepositoryArgs(TypedDict):
     name: str
@@ -33,6 +38,10 @@ class EcrRegistryArgs(TypedDict):
     repositories: list[EcrRepositoryArgs]
     """Repositories the stack pushes to. They are retained when they leave the stack (images in them stay
     pullable); existing ones are adopted with `pulumi import`."""
+
+    cosign_signatures: NotRequired[bool]
+    """Images in the repositories are signed or attested with cosign: its `sha256-<digest>.sig` and `.att` tags
+    stay mutable in every repository (default false)."""
 
 
 class EcrRegistry(pulumi.ComponentResource):
@@ -52,8 +61,9 @@ class EcrRegistry(pulumi.ComponentResource):
         host = ecr_host(args["host"])
         if host is None:
             raise ValueError(f"EcrRegistry {name}: {args['host']!r} is not an ECR registry host")
+        cosign_tags = COSIGN_TAGS if args.get("cosign_signatures", False) else []
         for repository in args["repositories"]:
-            mutable_tags = repository.get("mutable_tags", [])
+            mutable_tags = [*repository.get("mutable_tags", []), *cosign_tags]
             aws.ecr.Repository(
                 f"{name}-{re.sub(r'[^a-z0-9]+', '-', repository['name']).strip('-')}",
                 name=repository["name"],

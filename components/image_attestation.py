@@ -6,23 +6,25 @@ from typing import NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_command as command
 
-from .image_signature import KEY_OPTION, REGISTRY_LOGIN, ImageSignatureArgs, cosign_environment, signing_triggers
+from .image_signature import (
+    COSIGN_SETUP, FORMAT_OPTIONS, KEY_OPTION, ImageSignatureArgs, cosign_environment, signing_triggers,
+)
 from .options import child_options
 
 # BuildKit could record both itself, but pulumi-docker-build has no option for its attestations
 # (pulumi/pulumi-docker-build#73), so cosign attaches them after the push, signed as the image is (its key, or
 # keyless).
-# syft reads the pushed image from the registry with the login REGISTRY_LOGIN wrote to the throwaway Docker config
+# syft reads the pushed image from the registry with the login COSIGN_SETUP wrote to the throwaway Docker config
 # (a loopback registry such as kind's localhost:5001 over plain HTTP by itself, as cosign does, so no
 # SYFT_REGISTRY_INSECURE_USE_HTTP); for a multi-platform index it describes the image of this machine's platform.
 # No update check leaves the machine. Each predicate is written beside that config and removed with it.
-SBOM_SCRIPT = REGISTRY_LOGIN + """export SYFT_CHECK_FOR_APP_UPDATE=false
+SBOM_SCRIPT = COSIGN_SETUP + """export SYFT_CHECK_FOR_APP_UPDATE=false
 syft scan "registry:$IMAGE" --quiet -o "spdx-json=$DOCKER_CONFIG/sbom.spdx.json"
-cosign attest """ + KEY_OPTION + """ --type spdxjson --predicate "$DOCKER_CONFIG/sbom.spdx.json" \\
+cosign attest """ + KEY_OPTION + " " + FORMAT_OPTIONS + """ --type spdxjson --predicate "$DOCKER_CONFIG/sbom.spdx.json" \\
   --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
 """
-PROVENANCE_SCRIPT = REGISTRY_LOGIN + """printf '%s' "$PREDICATE" > "$DOCKER_CONFIG/provenance.json"
-cosign attest """ + KEY_OPTION + """ --type slsaprovenance1 --predicate "$DOCKER_CONFIG/provenance.json" \\
+PROVENANCE_SCRIPT = COSIGN_SETUP + """printf '%s' "$PREDICATE" > "$DOCKER_CONFIG/provenance.json"
+cosign attest """ + KEY_OPTION + " " + FORMAT_OPTIONS + """ --type slsaprovenance1 --predicate "$DOCKER_CONFIG/provenance.json" \\
   --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
 """
 
@@ -41,8 +43,8 @@ class ImageAttestationArgs(TypedDict):
 
 
 class ImageAttestation(pulumi.ComponentResource):
-    """Attests `image` with cosign where `pulumi up` runs (cosign, and syft for the SBOM, on its PATH), once per digest
-    (and key), like its signature."""
+    """Attests `image` with cosign where `pulumi up` runs (cosign 2.6+ or 3.x, and syft for the SBOM, on its PATH),
+    once per digest (and key), like its signature."""
 
     def __init__(self, name: str, args: ImageAttestationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ImageAttestation", name, None, opts)

@@ -8,10 +8,24 @@ import pulumi_command as command
 
 from .image import RegistryLoginArgs
 
+# cosign 3 signs into the new bundle format with a TUF-provided signing config by default (which also decides the
+# transparency log, whatever --tlog-upload says), and policy-controller 0.13 (what SignedImagesPolicy installs)
+# verifies bundles only for keyless authorities; for a key it reads the `.sig` tags cosign 2 writes. These options
+# pin cosign 2's behaviour in both majors; cosign has them from 2.6 (off by default there), so the scripts refuse
+# an older cosign, and an unknown newer major, before anything is signed.
+FORMAT_OPTIONS = "--new-bundle-format=false --use-signing-config=false"
+SUPPORTED_COSIGN = "2.6 or a later 2.x, or 3.x"
 # The key, its password and the registry login reach cosign through the environment, never the command line
 # (where `ps` would show them). The login goes to a throwaway Docker config, so the signature is pushed with the same
 # credentials as the image and nothing is left in the user's ~/.docker.
-REGISTRY_LOGIN = """set -eu
+COSIGN_SETUP = """set -eu
+cosign_version="$(cosign version 2>/dev/null | sed -n 's/^GitVersion:[[:space:]]*v\\{0,1\\}//p')"
+case "$cosign_version" in
+  2.[6-9].*|2.[1-9][0-9].*|3.*) ;;
+  *) echo "cosign ${cosign_version:-(version unknown)} is on the PATH; the stack signs with cosign """ + SUPPORTED_COSIGN + """ \\
+(it pins """ + FORMAT_OPTIONS + """, which older releases lack). Put one first on the PATH of pulumi up." >&2
+     exit 1 ;;
+esac
 export DOCKER_CONFIG="$(mktemp -d)"
 trap 'rm -rf "$DOCKER_CONFIG"' EXIT
 if [ -n "${REGISTRY_ADDRESS:-}" ]; then
@@ -23,7 +37,8 @@ fi
 # inherits the environment of `pulumi up`), gets a short-lived certificate for it from Fulcio and, with `--yes`,
 # records the signature in Rekor without asking.
 KEY_OPTION = "${COSIGN_PRIVATE_KEY:+--key env://COSIGN_PRIVATE_KEY}"
-SIGN_SCRIPT = REGISTRY_LOGIN + """cosign sign """ + KEY_OPTION + """ --tlog-upload="$TLOG_UPLOAD" --yes "$IMAGE"
+SIGN_SCRIPT = COSIGN_SETUP + "cosign sign " + KEY_OPTION + " " + FORMAT_OPTIONS + """ --tlog-upload="$TLOG_UPLOAD" \\
+  --yes "$IMAGE"
 """
 
 
@@ -47,7 +62,7 @@ class ImageSignatureArgs(TypedDict):
 
 
 def cosign_environment(args: ImageSignatureArgs) -> dict[str, pulumi.Input[str]]:
-    """What a script that starts with REGISTRY_LOGIN and then runs cosign with KEY_OPTION reads: the image, the key
+    """What a script that starts with COSIGN_SETUP and then runs cosign with KEY_OPTION reads: the image, the key
     and its password (none when keyless), the transparency-log setting and the registry login, secrets marked."""
     keyless = "private_key" not in args
     tlog_upload = args.get("tlog_upload", keyless)
@@ -81,7 +96,7 @@ def signing_triggers(args: ImageSignatureArgs) -> list[pulumi.Input[str]]:
 
 
 class ImageSignature(pulumi.ComponentResource):
-    """Signs `image` with cosign where `pulumi up` runs (cosign must be on its PATH), once per digest (and key)."""
+    """Signs `image` with cosign where `pulumi up` runs (cosign 2.6+ or 3.x on its PATH), once per digest (and key)."""
 
     def __init__(self, name: str, args: ImageSignatureArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("model-stack:index:ImageSignature", name, None, opts)

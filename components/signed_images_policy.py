@@ -54,6 +54,10 @@ class SignedImagesPolicyArgs(TypedDict):
     webhook_image: NotRequired[str]
     """The controller's image, digest-pinned, as the cluster pulls it (a mirror of `WEBHOOK_IMAGE`)."""
 
+    webhook_replicas: NotRequired[int]
+    """Webhook pods, spread over nodes (and zones) where the scheduler can: 2 or more keep admission up while a node
+    drains or is lost. Default 1."""
+
 
 class SignedImagesPolicy(pulumi.ComponentResource):
     """policy-controller plus the policy: done once the webhook serves and the policy is stored."""
@@ -71,6 +75,9 @@ class SignedImagesPolicy(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace", metadata={"name": CONTROLLER_NAMESPACE}, opts=pulumi.ResourceOptions(parent=self))
         repository, _, digest = args.get("webhook_image", WEBHOOK_IMAGE).partition("@")
+        replicas = args.get("webhook_replicas", 1)
+        if replicas < 1:
+            raise ValueError(f"SignedImagesPolicy {name}: webhook_replicas must be at least 1, not {replicas}")
         chart = k8s.helm.v4.Chart(
             f"{name}-controller",
             chart=CHART,
@@ -80,6 +87,24 @@ class SignedImagesPolicy(pulumi.ComponentResource):
             values={
                 "webhook": {
                     "image": {"repository": repository, "version": digest},
+                    "replicaCount": replicas,
+                    # The chart's default PDB (minAvailable 1) lets no single webhook pod be evicted, which blocks
+                    # every node drain and node-group upgrade; one pod at a time may go (with one replica, admission
+                    # waits for its replacement). The chart writes minAvailable only when it is truthy.
+                    "podDisruptionBudget": {"enabled": True, "minAvailable": 0, "maxUnavailable": 1},
+                    # Preferred, not required: a required spread would leave a rollout's surge pod pending on a
+                    # node group at its minimum size. The chart's own default is the hostname term alone.
+                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": weight, "podAffinityTerm": {
+                            # The chart's name label: its other labels carry the release name.
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": CHART}},
+                            "topologyKey": key}}
+                        for weight, key in ((100, "kubernetes.io/hostname"), (50, "topology.kubernetes.io/zone"))
+                    ]}},
+                    # Enforcing fails closed: a webhook that cannot answer must not let an unsigned image in, and
+                    # only pod admission in the labelled namespaces waits for it (the rest of the cluster, its
+                    # system pods included, is never sent to it). Auditing never blocks: it fails open.
+                    "failurePolicy": "Fail" if args["mode"] == "enforce" else "Ignore",
                     # The label is the only selector: namespaces without it are never sent to the webhook.
                     "namespaceSelector": {"matchExpressions": [
                         {"key": key, "operator": "In", "values": [value]} for key, value in NAMESPACE_LABEL.items()

@@ -29,10 +29,16 @@ def deploy() -> None:
 
 
 def _deployment_problems(config: StackConfig) -> Iterator[Problem]:
+    """Rules that read what the stack deploys: the Knative release, whether each model's pod fits a node it can land
+    on, and (once the release reads) the images an enforcing admission policy would deny."""
+    from .admission import queue_proxy_image, unverifiable_image_problems
     from .serving import scheduling_problems
 
-    yield from _release_problems(config)
+    release = list(_release_problems(config))
+    yield from release
     yield from scheduling_problems(config)
+    if not release and config.runtime == "kubernetes":
+        yield from unverifiable_image_problems(config, queue_proxy_image(config))
 
 
 def _release_problems(config: StackConfig) -> Iterator[Problem]:

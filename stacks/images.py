@@ -106,7 +106,8 @@ def publish_images(
     push_after: list[pulumi.Resource] = list(cluster.ready)
     login: Optional[RegistryLoginArgs] = None
     if registry_host and ecr_host(registry_host):
-        registry = _ecr_registry(registry_host, gateway_repository, build.cache, [repo for repo, _ in mirrors.values()])
+        registry = _ecr_registry(registry_host, gateway_repository, build.cache, [repo for repo, _ in mirrors.values()],
+                                 images.signing.enabled)
         login = {"address": registry.address, "username": registry.username, "password": registry.password}
         push_after.append(registry)
     elif images.registry.push_username and registry_host and secrets.registry_push_password is not None:
@@ -120,11 +121,16 @@ def publish_images(
 
     def publish(
         name: str, pushed: pulumi.Resource, ref: pulumi.Output[str], provenance: Optional[Callable[[], dict]] = None,
+        former_name: Optional[str] = None,
     ) -> None:
         """Workloads wait for the push and, when images are signed, for the signature too: an admission policy
         that verifies signatures would otherwise reject a pod that raced it. Attestations follow the signature;
         nothing at admission reads them, so nothing waits for them. `provenance` writes the build's provenance
-        predicate (asked only when it is attested: it reads git)."""
+        predicate (asked only when it is attested: it reads git). `former_name`: what `name` was called in a
+        stack deployed before, whose signature and attestations are kept."""
+        def renamed(kind: str) -> list[pulumi.Alias]:
+            return [pulumi.Alias(name=f"{former_name}-{kind}")] if former_name else []
+
         ready.append(pushed)
         signing = images.signing
         if not signing.enabled:
@@ -139,16 +145,18 @@ def publish_images(
             args["tlog_upload"] = signing.tlog_upload
         if login is not None:
             args["registry_login"] = login
-        signature = ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(depends_on=[pushed]))
+        signature = ImageSignature(f"{name}-signature", args, opts=pulumi.ResourceOptions(
+            depends_on=[pushed], aliases=renamed("signature")))
         ready.append(signature)
         attestation: ImageAttestationArgs = {"signature": args, "sbom": signing.attestations.sbom}
         if signing.attestations.provenance and provenance is not None:
             attestation["provenance"] = json.dumps(provenance())
         if attestation["sbom"] or "provenance" in attestation:
-            ImageAttestation(f"{name}-attestation", attestation, opts=pulumi.ResourceOptions(depends_on=[signature]))
+            ImageAttestation(f"{name}-attestation", attestation, opts=pulumi.ResourceOptions(
+                depends_on=[signature], aliases=renamed("attestation")))
 
-    for source, (repository, suffix) in mirrors.items():
-        name = _resource_name("mirror", canonical_repository(split_reference(source)[0]))
+    for source, (name, former_name) in _mirror_names(list(mirrors)).items():
+        repository, suffix = mirrors[source]
         mirror_args: ImageMirrorArgs = {"source": source, "target": repository + suffix.partition("@")[0]}
         if login:
             mirror_args["registry_login"] = login
@@ -156,9 +164,10 @@ def publish_images(
         if publisher is not None:
             signer = images.publisher_signatures[publisher]
             mirror_args["publisher_signature"] = {"identity": signer.identity, "issuer": signer.issuer}
-        mirror = ImageMirror(name, mirror_args, opts=pulumi.ResourceOptions(depends_on=push_after))
+        mirror = ImageMirror(name, mirror_args, opts=pulumi.ResourceOptions(
+            depends_on=push_after, aliases=[pulumi.Alias(name=former_name)] if former_name else None))
         # An SBOM only: the copy's provenance is its publisher's build, of which this stack knows nothing.
-        publish(name, mirror, mirror.ref)
+        publish(name, mirror, mirror.ref, former_name=former_name)
 
     gateway_image: pulumi.Output[str]
     if config.gateway.image is not None:
@@ -251,9 +260,10 @@ def _project_commit(paths: list[str]) -> Optional[str]:
 
 
 def _ecr_registry(
-    host: str, gateway_repository: Optional[str], build_cache: bool, mirror_repositories: list[str]
+    host: str, gateway_repository: Optional[str], build_cache: bool, mirror_repositories: list[str], signed: bool,
 ) -> EcrRegistry:
-    """The ECR repositories of every push on `host`, and the push login (a fresh token each run)."""
+    """The ECR repositories of every push on `host`, and the push login (a fresh token each run). `signed`: every
+    image pushed is signed, so its signature and attestation tags must stay rewritable."""
     from components.ecr_registry import EcrRegistry  # the AWS SDK is an optional dependency
 
     def under_host(repository: str) -> Optional[str]:
@@ -275,6 +285,7 @@ def _ecr_registry(
             "repositories": [
                 {"name": name, **({"mutable_tags": tags} if tags else {})} for name, tags in repositories.items()
             ],
+            "cosign_signatures": signed,
         },
     )
 
@@ -287,6 +298,27 @@ def _on_loopback(host: Optional[str]) -> bool:
     return name == "localhost" or name.startswith("127.") or name in ("[::1]", "::1")
 
 
+def _mirror_names(sources: list[str]) -> dict[str, tuple[str, Optional[str]]]:
+    """Source -> (resource name of its mirror, the name it had in a stack deployed before, if another): `mirror-`
+    and the upstream repository (`mirror-docker-io-vllm-vllm-openai`), with the tag and a short digest added where
+    several images of one repository are mirrored (a CPU and a CUDA build). An image that gains or loses such a
+    neighbour keeps its resources under the other name, as an alias: the first of several takes over the plain
+    name's, those of a stack that mirrored one of them. Two spellings of one image are mirrored once."""
+    by_repository: dict[str, dict[str, str]] = {}
+    for source in sources:
+        repository, suffix = split_reference(source)
+        tag, _, digest = suffix.lstrip(":").partition("@")
+        distinct = f"{tag.lower()}-{digest.partition(':')[2][:12]}"
+        by_repository.setdefault(canonical_repository(repository), {}).setdefault(distinct, source)
+    names: dict[str, tuple[str, Optional[str]]] = {}
+    for repository, images in by_repository.items():
+        plain = _resource_name("mirror", repository)
+        for index, (distinct, source) in enumerate(images.items()):
+            own = _resource_name(plain, distinct)
+            names[source] = (plain, own) if len(images) == 1 else (own, plain if index == 0 else None)
+    return names
+
+
 def _resource_name(kind: str, repository: str) -> str:
-    """`mirror-docker-io-vllm-vllm-openai` for `docker.io/vllm/vllm-openai`: unique per upstream repository."""
+    """`mirror-docker-io-vllm-vllm-openai` for `docker.io/vllm/vllm-openai`."""
     return f"{kind}-" + re.sub(r"[^a-z0-9]+", "-", repository).strip("-")

@@ -229,6 +229,83 @@ def test_without_a_build_cache_every_gateway_tag_is_immutable():
     assert repositories["model-stack/model-gateway"]["imageTagMutability"] == "IMMUTABLE"
 
 
+COSIGN_TAG_FILTERS = [{"filter": "sha256-*.sig", "filterType": "WILDCARD"},
+                      {"filter": "sha256-*.att", "filterType": "WILDCARD"}]
+
+
+def test_signed_images_keep_cosigns_signature_and_attestation_tags_rewritable_in_every_repository():
+    """cosign 2 rewrites `sha256-<digest>.sig` to add a signature and `.att` to add an attestation (the second one
+    of every image), which an immutable ECR tag refuses (sigstore/cosign#3024)."""
+    evaluation = evaluate("prod", set={"images.signing.enabled": True}, secrets={
+        **FAKE_SECRETS, "cosignPrivateKey": "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nk\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n"})
+    repositories = {r.inputs["name"]: r.inputs for r in evaluation.of_type("aws:ecr/repository:Repository")}
+    signed = {image.rpartition("@")[0].rpartition(":")[0].removeprefix(f"{ECR}/")
+              for command in evaluation.of_type("command:local:Command")
+              for image in [command.inputs["environment"]["IMAGE"]]}
+    assert signed and signed <= set(repositories)
+    for name, repository in repositories.items():
+        assert repository["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION", name
+        filters = repository["imageTagMutabilityExclusionFilters"]
+        assert filters[-2:] == COSIGN_TAG_FILTERS, name
+    assert repositories["model-stack/model-gateway"]["imageTagMutabilityExclusionFilters"][0]["filter"] == "buildcache"
+    # ECR's wildcard matches cosign's tags (`*` is any run of characters), and no release tag.
+    digest = "sha256-" + "0" * 64
+    patterns = [re.compile(re.escape(f["filter"]).replace(r"\*", ".*")) for f in COSIGN_TAG_FILTERS]
+    assert all(any(p.fullmatch(tag) for p in patterns) for tag in (f"{digest}.sig", f"{digest}.att"))
+    assert not any(p.fullmatch(tag) for p in patterns for tag in ("0.1.0", "v0.11.0", "buildcache"))
+
+
+# Two builds of one repository: the CPU llama.cpp server prod's embedding model runs, and another one.
+LLAMA_CPP = "ghcr.io/ggml-org/llama.cpp"
+OTHER_LLAMA_CPP = f"{LLAMA_CPP}:server-b9936@sha256:" + "b" * 64
+
+
+def mirror_resources(evaluation: Evaluation) -> dict[str, list]:
+    """Each mirror's resources (the copy, its signature and attestation components), by upstream source."""
+    by_source: dict[str, list] = {}
+    mirrors = {m.urn: m for m in evaluation.of_type("model-stack:index:ImageMirror")}
+    for copy in evaluation.of_type("docker-build:index:Index"):
+        mirror = mirrors[copy.parent]
+        related = [r for r in evaluation.resources if r.type in (
+            "model-stack:index:ImageSignature", "model-stack:index:ImageAttestation") and r.name.startswith(mirror.name + "-")]
+        by_source[copy.inputs["sources"][0]] = [mirror, *related]
+    return by_source
+
+
+def test_two_images_of_one_repository_are_mirrored_under_distinct_names_keeping_the_first_ones_state():
+    embed = stack_config("prod")["models"]["embed"]
+    evaluation = evaluate("prod", set={
+        "models.rerank": {**embed, "model": "ggml-org/bge-reranker-v2-m3-GGUF/bge-reranker-v2-m3-Q8_0.gguf",
+                          "image": OTHER_LLAMA_CPP},
+        "images.signing.enabled": True,
+    }, secrets={**FAKE_SECRETS, "cosignPrivateKey": "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nk\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n"})
+    urns = [r.urn for r in evaluation.resources]
+    assert len(urns) == len(set(urns)), sorted(urn for urn in urns if urns.count(urn) > 1)
+    mirrors = mirror_resources(evaluation)
+    first, second = mirrors[embed["image"]], mirrors[OTHER_LLAMA_CPP]
+    assert first[0].name == "mirror-ghcr-io-ggml-org-llama-cpp-server-b9935-295dc9897fa8"
+    assert second[0].name == "mirror-ghcr-io-ggml-org-llama-cpp-server-b9936-bbbbbbbbbbbb"
+    # The image a stack mirrored alone before keeps those resources (copy, signature, attestations) by alias.
+    plain = "mirror-ghcr-io-ggml-org-llama-cpp"
+    assert sorted(alias_names(r) for r in first) == sorted(
+        [[plain], [f"{plain}-signature"], [f"{plain}-attestation"]])
+    assert all(alias_names(r) == [] for r in second)
+    # The vLLM image, alone in its repository, keeps its name.
+    assert mirrors[stack_config("prod")["models"]["chat"]["image"]][0].name == "mirror-docker-io-vllm-vllm-openai"
+
+
+def test_an_image_alone_in_its_repository_keeps_its_name_and_the_state_it_had_beside_another():
+    evaluation = evaluate("prod")
+    [mirror] = [m for m in evaluation.of_type("model-stack:index:ImageMirror") if "llama" in m.name]
+    assert mirror.name == "mirror-ghcr-io-ggml-org-llama-cpp"
+    assert alias_names(mirror) == ["mirror-ghcr-io-ggml-org-llama-cpp-server-b9935-295dc9897fa8"]
+
+
+def alias_names(resource) -> list[str]:
+    """The names a resource's aliases give (an alias spec's name, or the last part of an alias URN)."""
+    return [alias.spec.name if alias.HasField("spec") else alias.urn.rpartition("::")[2] for alias in resource.aliases]
+
+
 BAD_IMAGE_CONFIG = [
     ("dev", {"images.mirror": ["vllm/vllm-openai:v0.11.0"]}, "images.mirror[0]", "pinned by digest"),
     ("dev", {"images.mirror": [f"vllm/vllm-openai@{DIGEST}"]}, "images.mirror[0]", "no images.rewrite rule"),

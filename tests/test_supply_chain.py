@@ -244,15 +244,25 @@ def test_keyless_signing_and_attesting_carry_no_key_record_in_the_log_and_run_on
         assert environment["REGISTRY_ADDRESS"] == ECR
 
 
-def fake_tools(directory: Path) -> Path:
-    """`cosign` and `syft` stand-ins that append their arguments, one per line, to `calls` in `directory`."""
+def fake_tools(directory: Path, cosign_version: str = "v2.6.1") -> Path:
+    """`cosign` and `syft` stand-ins that append their arguments, one per line, to `calls` in `directory`; `cosign
+    version` answers as a cosign of `cosign_version` does (GitVersion among other lines)."""
     for tool in ("cosign", "syft"):
         script = directory / tool
-        script.write_text(f'#!/bin/sh\nprintf "{tool}" >> "{directory}/calls"\n'
+        version = (f'if [ "$1" = version ]; then printf "cosign: A tool for Container Signing\\n\\n'
+                   f'GitVersion:    {cosign_version}\\nGitCommit:     0000\\n"; exit 0; fi\n') if tool == "cosign" else ""
+        script.write_text(f'#!/bin/sh\n{version}printf "{tool}" >> "{directory}/calls"\n'
                           f'for argument in "$@"; do printf " %s" "$argument" >> "{directory}/calls"; done\n'
                           f'echo >> "{directory}/calls"\n')
         script.chmod(0o755)
     return directory / "calls"
+
+
+def run_script(script: str, tools: Path, environment: dict) -> subprocess.CompletedProcess:
+    """`script` with the stand-in tools in `tools` first on the PATH, and `environment` (secrets unwrapped)."""
+    plain = {key: value.value if isinstance(value, Secret) else value for key, value in environment.items()}
+    return subprocess.run(["sh", "-c", script], env={"PATH": f"{tools}:{os.environ['PATH']}", **plain},
+                          capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("keyless", [True, False])
@@ -267,10 +277,8 @@ def test_the_stack_scripts_sign_by_digest_with_the_key_only_when_there_is_one(tm
     assert set(commands) == set(scripts)
     for name, script in scripts.items():
         assert commands[name]["create"] == script
-        environment = {key: value.value if isinstance(value, Secret) else value
-                       for key, value in commands[name]["environment"].items()}
-        subprocess.run(["sh", "-c", script], env={"PATH": f"{tmp_path}:{os.environ['PATH']}", **environment},
-                       check=True)
+        run = run_script(script, tmp_path, commands[name]["environment"])
+        assert run.returncode == 0, run.stderr
     image = commands["gateway-signature"]["environment"]["IMAGE"]
     assert image.startswith("localhost:5001/model-gateway:dev@sha256:")
     key = [] if keyless else ["--key", "env://COSIGN_PRIVATE_KEY"]
@@ -279,10 +287,40 @@ def test_the_stack_scripts_sign_by_digest_with_the_key_only_when_there_is_one(tm
     cosign = [[Path(argument).name if argument.startswith("/") else argument for argument in line.split(" ")]
               for line in calls.read_text().splitlines() if line.startswith("cosign")]
     assert cosign == [
-        ["cosign", "sign", *key, tlog, "--yes", image],
-        ["cosign", "attest", *key, "--type", "spdxjson", "--predicate", "sbom.spdx.json", tlog, "--yes", image],
-        ["cosign", "attest", *key, "--type", "slsaprovenance1", "--predicate", "provenance.json", tlog, "--yes", image],
+        ["cosign", "sign", *key, *LEGACY_FORMAT, tlog, "--yes", image],
+        ["cosign", "attest", *key, *LEGACY_FORMAT, "--type", "spdxjson", "--predicate", "sbom.spdx.json", tlog, "--yes",
+         image],
+        ["cosign", "attest", *key, *LEGACY_FORMAT, "--type", "slsaprovenance1", "--predicate", "provenance.json", tlog,
+         "--yes", image],
     ]
+
+
+# cosign 3 defaults both to true: new-format bundles (policy-controller 0.13 verifies those for keyless authorities
+# only) and a signing config from TUF, which picks the transparency log whatever --tlog-upload says.
+LEGACY_FORMAT = ["--new-bundle-format=false", "--use-signing-config=false"]
+UNSIGNED = {"IMAGE": "localhost:5001/model-gateway@sha256:" + "0" * 64, "TLOG_UPLOAD": "false", "PREDICATE": "{}"}
+
+
+@pytest.mark.parametrize("version", ["v2.6.1", "v2.10.0", "v3.0.2"])
+def test_every_cosign_script_pins_the_signature_format_of_cosign_2_on_cosign_3_too(tmp_path, version):
+    calls = fake_tools(tmp_path, cosign_version=version)
+    for script in (SIGN_SCRIPT, SBOM_SCRIPT, PROVENANCE_SCRIPT):
+        run = run_script(script, tmp_path, UNSIGNED)
+        assert run.returncode == 0, run.stderr
+    signing = [line.split(" ") for line in calls.read_text().splitlines() if line.startswith("cosign")]
+    assert len(signing) == 3 and all(line[2:4] == LEGACY_FORMAT for line in signing), signing
+
+
+@pytest.mark.parametrize("version", ["v2.5.3", "v1.13.6", "v4.0.0", ""])
+def test_every_cosign_script_refuses_a_cosign_without_those_options_before_it_signs(tmp_path, version):
+    """cosign has the options from 2.6; what a 4.x would do with them is unknown."""
+    calls = fake_tools(tmp_path, cosign_version=version)
+    for script in (SIGN_SCRIPT, SBOM_SCRIPT, PROVENANCE_SCRIPT):
+        run = run_script(script, tmp_path, UNSIGNED)
+        assert run.returncode != 0
+        shown = version.removeprefix("v") or "(version unknown)"
+        assert f"cosign {shown} is on the PATH; the stack signs with cosign 2.6 or a later 2.x, or 3.x" in run.stderr
+    assert not calls.exists()
 
 
 def test_keyless_signing_without_the_transparency_log_is_refused_by_the_component_too():
@@ -326,7 +364,7 @@ def test_bad_keyless_config_is_refused(overrides, secrets, key, text):
     (KEYLESS, None),                                                          # keyless, no key secret
     ({**SIGNING, "images.signing.tlogUpload": False}, SIGNING_SECRETS),       # a key may sign without the log
     ({"images.signing.keyless": False}, None),                                # keyless off without signing
-    ({"images.verification.enabled": True,                                    # identities instead of keys
+    ({**KEYLESS, "images.verification.enabled": True,                         # identities instead of keys
       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]}, None),
 ])
 def test_keyless_config_near_those_refused_is_accepted(overrides, secrets):
@@ -342,7 +380,8 @@ def test_the_docker_runtime_cannot_sign_or_verify():
 # --- verification at admission ---------------------------------------------------------------------------------
 
 def verifying(public_keys: list[str], mode: str = "enforce") -> dict:
-    return {"images.verification.enabled": True, "images.verification.publicKeys": public_keys,
+    """Verification with `public_keys`, of images the stack signs with a key (SIGNING_SECRETS')."""
+    return {**SIGNING, "images.verification.enabled": True, "images.verification.publicKeys": public_keys,
             "images.verification.mode": mode}
 
 
@@ -354,7 +393,7 @@ def test_dev_installs_no_admission_policy_by_default():
 
 def test_prod_admission_policy_is_schema_valid_and_guards_exactly_the_model_namespace():
     key = public_key_pem()
-    evaluation = evaluate("prod", set=verifying([key]))
+    evaluation = evaluate("prod", set=verifying([key]), secrets=SIGNING_SECRETS)
     objects = [obj for _, obj in evaluation.kubernetes_objects()]
 
     [policy] = [obj for obj in objects if obj["kind"] == "ClusterImagePolicy"]
@@ -381,7 +420,8 @@ def admission_policy(evaluation: Evaluation) -> dict:
 def test_a_keyless_admission_policy_is_schema_valid_and_guards_exactly_the_model_namespace():
     key = public_key_pem()
     evaluation = evaluate("prod", set={**verifying([key]),
-                                       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]})
+                                       "images.verification.keylessIdentities": [KEYLESS_IDENTITY, GITHUB_WORKFLOWS]},
+                          secrets=SIGNING_SECRETS)
     policy = admission_policy(evaluation)
     assert validation_errors(policy, "1.32", policy_controller_crd_schemas(CONTROLLER_VERSION)) == []
     assert policy["metadata"]["name"] == POLICY_NAME
@@ -398,7 +438,7 @@ def test_a_keyless_admission_policy_is_schema_valid_and_guards_exactly_the_model
 
 
 def test_identities_alone_make_an_admission_policy_without_key_authorities():
-    evaluation = evaluate("prod", set={"images.verification.enabled": True,
+    evaluation = evaluate("prod", set={**KEYLESS, "images.verification.enabled": True,
                                        "images.verification.keylessIdentities": [GITHUB_WORKFLOWS]})
     [authority] = admission_policy(evaluation)["spec"]["authorities"]
     assert authority == {"name": "keyless", "keyless": {"url": "https://fulcio.sigstore.dev",
@@ -420,14 +460,16 @@ def test_the_controller_image_counts_as_deployed_for_the_registry_mapping():
     def ghcr_warnings(overrides: dict) -> list[str]:
         # Without the embedding model, whose llama.cpp image comes from ghcr.io too.
         only_chat = {"models.embed": None, **overrides}
-        return [w for w in evaluate("prod", set=only_chat).warnings if w.startswith('images.rewrite["ghcr.io"]')]
+        secrets = SIGNING_SECRETS if overrides else None
+        return [w for w in evaluate("prod", set=only_chat, secrets=secrets).warnings
+                if w.startswith('images.rewrite["ghcr.io"]')]
 
     assert ghcr_warnings({}) != []
     assert ghcr_warnings(verifying([public_key_pem()])) == []
 
 
 def test_the_controller_image_is_mirrored_and_pulled_from_the_mirror():
-    evaluation = evaluate("prod", set=verifying([public_key_pem()]))
+    evaluation = evaluate("prod", set=verifying([public_key_pem()]), secrets=SIGNING_SECRETS)
     repository, _, digest = WEBHOOK_IMAGE.partition("@")
     mirrored = f"{ECR}/mirror/{repository}"
     assert any(index.plain()["sources"] == [WEBHOOK_IMAGE] for index in evaluation.of_type("docker-build:index:Index"))
@@ -436,7 +478,7 @@ def test_the_controller_image_is_mirrored_and_pulled_from_the_mirror():
 
 
 def test_workloads_wait_for_the_policy():
-    evaluation = evaluate("prod", set=verifying([public_key_pem()]))
+    evaluation = evaluate("prod", set=verifying([public_key_pem()]), secrets=SIGNING_SECRETS)
     policy = evaluation.one("kubernetes:policy.sigstore.dev/v1beta1:ClusterImagePolicy")
     for runner in evaluation.of_type("model-stack:index:ModelRunner"):
         assert policy.urn in runner.dependencies
@@ -446,7 +488,7 @@ def test_audit_mode_warns_and_every_key_is_an_authority(tmp_path):
     keys = [public_key_pem(), public_key_pem()]
     key_file = tmp_path / "cosign.pub"
     key_file.write_text(keys[1])
-    evaluation = evaluate("prod", set=verifying([keys[0], str(key_file)], mode="audit"))
+    evaluation = evaluate("prod", set=verifying([keys[0], str(key_file)], mode="audit"), secrets=SIGNING_SECRETS)
     [policy] = [obj for _, obj in evaluation.kubernetes_objects() if obj["kind"] == "ClusterImagePolicy"]
     assert policy["spec"]["mode"] == "warn"
     assert [authority["key"]["data"] for authority in policy["spec"]["authorities"]] == keys
@@ -460,7 +502,7 @@ def test_audit_mode_warns_and_every_key_is_an_authority(tmp_path):
     (verifying([public_key_pem()], mode="permissive"), "images.verification.mode", "enforce"),
 ])
 def test_bad_verification_config_is_rejected(overrides, key, text):
-    assert_rejected("prod", overrides, key, text)
+    assert_rejected("prod", overrides, key, text, secrets=SIGNING_SECRETS)
 
 
 def test_a_private_key_in_the_public_keys_is_rejected_without_echoing_it():
@@ -469,6 +511,112 @@ def test_a_private_key_in_the_public_keys_is_rejected_without_echoing_it():
     assert "images.verification.publicKeys[0]: is not a PEM public key" in str(error)
     assert "given: '-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----'" in str(error)
     assert "c2VjcmV0LWtleS1ib2R5" not in str(error)
+
+
+# --- the admission webhook's availability ------------------------------------------------------------------------
+
+def webhook_values(evaluation: Evaluation) -> dict:
+    return evaluation.one("kubernetes:helm.sh/v4:Chart", "signed-images-controller").plain()["values"]["webhook"]
+
+
+def test_production_runs_the_webhook_on_several_nodes_with_a_budget_that_lets_nodes_drain():
+    """The chart's defaults (one replica, a PDB of minAvailable 1) make the webhook a single point of failure whose
+    budget blocks every drain; the chart writes minAvailable only when truthy, and a PDB takes one of the two."""
+    webhook = webhook_values(evaluate("prod", set=verifying([public_key_pem()]), secrets=SIGNING_SECRETS))
+    assert webhook["replicaCount"] >= 2
+    budget = webhook["podDisruptionBudget"]
+    assert budget["enabled"] and budget["maxUnavailable"] == 1 and not budget["minAvailable"]
+    terms = webhook["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert {term["podAffinityTerm"]["topologyKey"] for term in terms} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    # The chart labels the webhook's pods with its name; its other labels carry the release name.
+    assert all(term["podAffinityTerm"]["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": "policy-controller"}}
+               for term in terms)
+    # Enforcing fails closed (only the labelled namespace's pods wait for the webhook).
+    assert webhook["failurePolicy"] == "Fail"
+
+
+# --- verification that could never admit ---------------------------------------------------------------------------
+
+QUAY_VLLM = "quay.io/acme/vllm-openai:v0.11.0@sha256:" + "c" * 64
+ACME_SIGNER = {"identity": "https://github.com/acme/vllm/.github/workflows/release.yml@refs/heads/main",
+               "issuer": "https://token.actions.githubusercontent.com"}
+
+
+def refused_keys(overrides: dict, secrets: dict | None = SIGNING_SECRETS, stack: str = "prod") -> dict[str, str]:
+    """Each refused config key and its line, for a config that must be refused before anything is registered."""
+    error, evaluation = evaluate_failure(stack, set=overrides, secrets=secrets)
+    assert evaluation.resources == [], error
+    return {line[4:].partition(":")[0]: line for line in str(error).splitlines() if line.startswith("  - ")}
+
+
+def test_enforcing_with_signing_off_names_every_image_it_would_deny():
+    refused = refused_keys({**verifying([public_key_pem()]), "images.signing.enabled": False}, secrets=None)
+    assert set(refused) == {"models.chat.image", "models.embed.image", "images.verification.mode"}
+    assert "images.signing.enabled is false" in refused["models.chat.image"]
+    assert stack_config("prod")["models"]["chat"]["image"] in refused["models.chat.image"]
+    assert "the gateway build" in refused["images.verification.mode"]
+
+
+@pytest.mark.parametrize("overrides,secrets,reason", [
+    ({**KEYLESS, "images.verification.enabled": True, "images.verification.publicKeys": [public_key_pem()]}, None,
+     "keylessIdentities names no identity"),
+    ({**SIGNING, "images.verification.enabled": True, "images.verification.keylessIdentities": [KEYLESS_IDENTITY]},
+     SIGNING_SECRETS, "publicKeys holds no key"),
+])
+def test_enforcing_without_what_verifies_the_stacks_own_signatures_is_refused(overrides, secrets, reason):
+    refused = refused_keys(overrides, secrets)
+    assert {"models.chat.image", "models.embed.image", "images.verification.mode"} <= set(refused)
+    assert all(reason in line for line in refused.values())
+
+
+def test_an_image_nothing_copies_into_the_registry_is_named():
+    refused = refused_keys({**verifying([public_key_pem()]), "models.chat.image": QUAY_VLLM})
+    assert set(refused) == {"models.chat.image"}
+    assert "no images.rewrite rule copies it" in refused["models.chat.image"] and QUAY_VLLM in refused["models.chat.image"]
+
+
+def test_the_pull_sidecar_counts_as_a_deployed_image():
+    sidecar = "quay.io/curl/curl:8.10.1@sha256:" + "d" * 64
+    model = {"engine": "docker-model-runner", "model": "ai/smollm2:360M-Q4_K_M",
+             "image": "docker/model-runner:v0.1.0@sha256:" + "e" * 64, "pullSidecarImage": sidecar}
+    refused = refused_keys({**verifying([public_key_pem()]), "models.embed": None, "models.chat": {
+        **stack_config("prod")["models"]["embed"], **model, "gpu": {"count": 0}}})
+    assert set(refused) == {"models.chat.pullSidecarImage"}, refused
+
+
+def test_knatives_queue_proxy_counts_as_a_deployed_image(pinned_knative_release):
+    knative = {"gateway.workload": "knative", "gateway.scaling.targetCpuUtilization": None,
+               "knative.domain": "models.example.com", "knative.manifestsDir": str(pinned_knative_release)}
+    refused = refused_keys({**verifying([public_key_pem()]), **knative})
+    assert set(refused) == {"knative.servingVersion"}, refused
+    assert "queue" in refused["knative.servingVersion"]
+    # Copied into the registry (and so signed), it is admitted.
+    evaluate("prod", set={**verifying([public_key_pem()]), **knative,
+                          'images.rewrite["opencsg-registry.cn-beijing.cr.aliyuncs.com"]': f"{ECR}/mirror/knative"},
+             secrets=SIGNING_SECRETS)
+
+
+@pytest.mark.parametrize("identity,admitted", [
+    ({"issuer": ACME_SIGNER["issuer"], "subjectRegExp": "^https://github[.]com/acme/vllm/.*$"}, True),
+    ({"issuer": ACME_SIGNER["issuer"], "subject": ACME_SIGNER["identity"]}, True),
+    ({"issuer": "https://accounts.google.com", "subject": ACME_SIGNER["identity"]}, False),
+    ({"issuer": ACME_SIGNER["issuer"], "subjectRegExp": "^https://github[.]com/other/.*$"}, False),
+])
+def test_an_image_pulled_from_a_publisher_whose_signer_the_policy_accepts_is_admitted(identity, admitted):
+    overrides = {**verifying([public_key_pem()]), "models.chat.image": QUAY_VLLM,
+                 'images.publisherSignatures["quay.io/acme"]': ACME_SIGNER,
+                 "images.verification.keylessIdentities": [identity]}
+    if admitted:
+        evaluate("prod", set=overrides, secrets=SIGNING_SECRETS)
+    else:
+        assert set(refused_keys(overrides)) == {"models.chat.image"}
+
+
+def test_auditing_admits_what_enforcing_would_deny_and_never_blocks_admission():
+    evaluation = evaluate("prod", set={**verifying([public_key_pem()], mode="audit"), "images.signing.enabled": False,
+                                       "models.chat.image": QUAY_VLLM})
+    assert webhook_values(evaluation)["failurePolicy"] == "Ignore"
 
 
 # --- publishers' signatures, verified before a copy ------------------------------------------------------------

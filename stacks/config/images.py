@@ -104,8 +104,10 @@ class SigningConfig(Section):
     enabled: bool = False
     """Sign the gateway build and every mirrored copy with cosign right after the push, by digest, with the key
     in the `cosignPrivateKey` secret (its password: `cosignPassword`) or keyless (`keyless`), and attest them
-    (`attestations`). `pulumi up` then needs `cosign` (and `syft` for SBOMs) on its PATH and write access to the
-    registry, where signatures and attestations are stored beside the image."""
+    (`attestations`); again for a new digest or key, never for anything else. `pulumi up` then needs cosign 2.6+
+    or 3.x (older ones are refused before signing; cosign 3 is held to cosign 2's signature format, the one the
+    admission policy reads for a key) and `syft` for SBOMs on its PATH, and write access to the registry, where
+    signatures and attestations are stored beside the image (ECR repositories keep their tags for them mutable)."""
 
     keyless: bool = False
     """Sign keyless instead of with a key: cosign gets a short-lived Fulcio certificate for the OIDC identity of
@@ -177,12 +179,17 @@ class VerificationConfig(Section):
     namespaces are not checked."""
 
     mode: Literal["enforce", "audit"] = "enforce"
-    """`enforce` rejects a pod whose image no key or keyless identity verifies; `audit` admits it with a warning (the
-    step before enforcing, to see what would be rejected)."""
+    """`enforce` rejects a pod whose image no key or keyless identity verifies, and the webhook fails closed; the
+    config then refuses, by the key that chooses it, every deployed image the policy would deny (all of them with
+    signing off; any that no rewrite rule copies into the registry pinned by digest, so the stack never signs it,
+    unless its publisher's signer is one of `keylessIdentities`). `audit` admits it with a warning and never blocks
+    (the step before enforcing, to see what would be rejected). Production runs two webhook replicas spread over
+    nodes, with a disruption budget that lets nodes drain."""
 
     public_keys: Annotated[list[str], unique("each key is trusted once", shown=False)] = []
     """Cosign public keys (PEM), each inline or as a file path relative to the project; an image signed by any
-    one of them is admitted. Rotate by adding the new key, signing with it, then removing the old one."""
+    one of them is admitted. Rotate by adding the new key, setting `cosignPrivateKey` to it (the next `pulumi up`
+    signs every pushed image with it), then removing the old one."""
 
     keyless_identities: Annotated[list[KeylessIdentity], unique("each identity is trusted once")] = []
     """Keyless signers (`images.signing.keyless` and publishers that sign keyless); an image signed by any one of

@@ -16,15 +16,22 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+from unittest import mock
 
+import pulumi
 import pytest
+from pulumi import automation as auto
 
-from components.image_attestation import PROVENANCE_SCRIPT, SBOM_SCRIPT
-from components.image_signature import SIGN_SCRIPT
+from components.image_attestation import PROVENANCE_SCRIPT, SBOM_SCRIPT, ImageAttestation
+from components.image_mirror import ImageMirror
+from components.image_signature import SIGN_SCRIPT, ImageSignature, ImageSignatureArgs
 from docker_engine import BASE_IMAGE, REGISTRY, docker, require_docker_setup
+from stacks.cluster import ClusterHandle
+from stacks.config import StackConfig
 from stacks.config.images import GatewayBuildConfig
-from stacks.images import _gateway_provenance
+from stacks.config.secrets import StackSecrets
+from stacks.images import _gateway_provenance, _mirror_names, publish_images
 
 pytestmark = pytest.mark.docker
 
@@ -218,3 +225,159 @@ def test_a_tag_moved_to_other_bytes_has_no_attestations(cosign, attested, tmp_pa
         assert "no matching attestations" in tampered.stderr or "no attestations" in tampered.stderr, tampered.stderr
         # The attested digest still verifies.
         assert verified_predicates(cosign, public_key, kind, build_ref)
+
+
+# --- what `pulumi up` signs as digests and keys change --------------------------------------------------------------
+
+def signature_count(cosign: Cosign, image: str) -> int:
+    """How many signatures `image`'s digest has in the registry, whoever made them."""
+    result = cosign("download", "signature", image, check=False)
+    return len([line for line in result.stdout.splitlines() if line.strip()]) if result.returncode == 0 else 0
+
+
+def provenance(run: str) -> str:
+    build = GatewayBuildConfig.model_validate({"buildArgs": {"RUN": run}})
+    return json.dumps(_gateway_provenance(build, dict(build.build_args)))
+
+
+def signing_program() -> None:
+    """The gateway's signature and provenance as stacks/images.py makes them, from this stack's config."""
+    config = pulumi.Config()
+    signature: ImageSignatureArgs = {
+        "image": config.require("image"),
+        "private_key": config.require_secret("key"),
+        "password": config.require_secret("keyPassword"),
+        "registry_login": {"address": REGISTRY, "username": "ci", "password": config.require_secret("registryToken")},
+    }
+    signed = ImageSignature("gateway-signature", signature)
+    ImageAttestation("gateway-attestation", {"signature": signature, "provenance": config.require("provenance")},
+                     opts=pulumi.ResourceOptions(depends_on=[signed]))
+
+
+def test_a_new_digest_or_key_is_signed_with_this_runs_inputs_and_a_new_token_signs_nothing(engine_stack, cosign, tmp_path):
+    """The cosign commands keep image, key, login and predicate in an environment they ignore, and run again when
+    their triggers (digest, key) change: the engine creates the replacement with this run's inputs, ignored ones
+    included, so the new digest is signed with the current key and the old digest is not signed again; a new
+    registry token or predicate alone changes nothing."""
+    repository = f"{REGISTRY}/model-stack/resigning-{uuid.uuid4().hex[:12]}"
+    first = build_and_push(f"{repository}:first", "first build\n", tmp_path)
+    second = build_and_push(f"{repository}:second", "second build\n", tmp_path)
+    old_key, old_public = cosign.key_pair("before-rotation")
+    new_key, new_public = cosign.key_pair("after-rotation")
+
+    def runs(image: str, public_key: Path) -> list[str]:
+        return [predicate["buildDefinition"]["externalParameters"]["buildArgs"]["RUN"]
+                for predicate in verified_predicates(cosign, public_key, "slsaprovenance1", image, check=False)]
+
+    stack = engine_stack("resigning", {"image": first, "key": old_key.read_text(), "keyPassword": KEY_PASSWORD,
+                                       "registryToken": "token-1", "provenance": provenance("first")}, signing_program)
+
+    def up(**changes: str) -> None:
+        for key, value in changes.items():
+            stack.set_config(f"model-stack:{key}", auto.ConfigValue(value, secret=key in ("key", "registryToken")))
+        assert stack.up(on_output=print).summary.result == "succeeded"
+
+    up()
+    assert (signature_count(cosign, first), runs(first, old_public)) == (1, ["first"])
+
+    up(image=second, provenance=provenance("second"))  # a rebuild: new digest, new provenance
+    cosign("verify", "--key", str(old_public), *VERIFY_FLAGS, second)
+    assert (signature_count(cosign, second), runs(second, old_public)) == (1, ["second"])
+    assert (signature_count(cosign, first), runs(first, old_public)) == (1, ["first"])  # not signed again
+
+    up(key=new_key.read_text())  # the key rotated as the README says
+    cosign("verify", "--key", str(new_public), *VERIFY_FLAGS, second)
+    assert (signature_count(cosign, second), runs(second, new_public)) == (2, ["second"])
+    assert signature_count(cosign, first) == 1
+
+    up(registryToken="token-2", provenance=provenance("third"))  # a new token, a commit that left the bytes alone
+    assert signature_count(cosign, second) == 2
+    assert runs(second, old_public) == runs(second, new_public) == ["second"]
+    assert signature_count(cosign, first) == 1
+    stack.destroy(on_output=print)
+
+
+# --- mirrors of two images of one repository -----------------------------------------------------------------------
+
+def mirror_config(upstream: str, mirror: str) -> StackConfig:
+    return StackConfig.model_validate({
+        "gateway": {"image": f"{REGISTRY}/model-stack/prebuilt@sha256:" + "0" * 64},
+        "images": {"registry": {"server": REGISTRY}, "rewrite": {upstream: mirror},
+                   "signing": {"enabled": True, "attestations": {"sbom": False, "provenance": False}}},
+    })
+
+
+class CopiedMirror(pulumi.ComponentResource):
+    """ImageMirror's resource without its copy, which the test made beforehand: docker-build's Index reads the
+    target registry over HTTPS whatever its host, and the lane's registry speaks plain HTTP."""
+
+    def __init__(self, name: str, args: dict, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("model-stack:index:ImageMirror", name, None, opts)
+        self.ref = pulumi.Output.from_input(f"{args['target']}@{args['source'].partition('@')[2]}")
+        self.register_outputs({"ref": self.ref})
+
+
+def copied(source: str, target: str) -> None:
+    """`source` (a digest reference) pushed to `target` as well, as ImageMirror's copy would be: same digest."""
+    docker("pull", source)
+    docker("tag", source, target)
+    docker("push", target)
+
+
+def test_two_images_of_one_repository_mirror_and_sign_beside_the_one_a_stack_had(engine_stack, cosign, tmp_path):
+    """Mirror resources were named by repository alone: a second image of it collided with the first (the engine
+    refuses the duplicate URN). Now each is named apart, and the image a stack mirrored before keeps its mirror and
+    signature (aliases): neither is replaced nor signed again."""
+    run = uuid.uuid4().hex[:12]
+    upstream, mirror = f"{REGISTRY}/upstream-{run}", f"{REGISTRY}/mirror-{run}"
+    cpu = build_and_push(f"{upstream}/llama-cpp:server", "cpu build\n", tmp_path)
+    cuda = build_and_push(f"{upstream}/llama-cpp:server-cuda", "cuda build\n", tmp_path)
+    cpu_source, cuda_source = (f"{upstream}/llama-cpp:{tag}@{reference.partition('@')[2]}"
+                               for tag, reference in (("server", cpu), ("server-cuda", cuda)))
+    for tag, reference in (("server", cpu), ("server-cuda", cuda)):
+        copied(reference, f"{mirror}/llama-cpp:{tag}")
+    private_key, public_key = cosign.key_pair("mirrors")
+    config = mirror_config(upstream, mirror)
+    plain = _mirror_names([cpu_source])[cpu_source][0]
+
+    def keyed() -> StackSecrets:
+        settings = pulumi.Config()
+        return StackSecrets(cosign_private_key=settings.require_secret("key"),
+                            cosign_password=settings.require_secret("keyPassword"))
+
+    def deployed(sources: list[str]) -> Callable[[], None]:
+        def program() -> None:
+            with mock.patch("stacks.images.ImageMirror", CopiedMirror):
+                publish_images(config, keyed(), ClusterHandle(provider=None, kubeconfig=None), sources)
+        return program
+
+    def colliding() -> None:
+        for source in (cpu_source, cuda_source):
+            ImageMirror(plain, {"source": source, "target": f"{mirror}/llama-cpp:{source.partition(':')[2]}"})
+
+    settings = {"key": private_key.read_text(), "keyPassword": KEY_PASSWORD}
+    with pytest.raises(auto.CommandError, match="Duplicate resource URN"):
+        engine_stack("colliding", settings, colliding).preview()
+
+    stack = engine_stack("mirrors", settings, deployed([cpu_source]))  # one image of the repository: its plain name
+    assert stack.up(on_output=print).summary.result == "succeeded"
+    mirrored_cpu = f"{mirror}/llama-cpp:server@{cpu.partition('@')[2]}"
+    assert signature_count(cosign, mirrored_cpu) == 1
+
+    def ids() -> dict[str, str]:
+        return {resource["urn"].rpartition("::")[2]: resource.get("id") for resource in
+                stack.export_stack().deployment["resources"] if resource["type"] == "command:local:Command"}
+
+    before = ids()
+    assert set(before) == {f"{plain}-signature"}
+    stack.workspace.program = deployed([cpu_source, cuda_source])
+    up = stack.up(on_output=print)
+    assert up.summary.result == "succeeded"
+    changes = up.summary.resource_changes or {}
+    assert "replace" not in changes and "delete" not in changes, changes
+    cpu_name = _mirror_names([cpu_source, cuda_source])[cpu_source][0]
+    assert cpu_name != plain and ids()[f"{cpu_name}-signature"] == before[f"{plain}-signature"]
+    mirrored_cuda = f"{mirror}/llama-cpp:server-cuda@{cuda.partition('@')[2]}"
+    cosign("verify", "--key", str(public_key), *VERIFY_FLAGS, mirrored_cuda)
+    assert (signature_count(cosign, mirrored_cpu), signature_count(cosign, mirrored_cuda)) == (1, 1)
+    stack.destroy(on_output=print)
