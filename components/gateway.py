@@ -53,6 +53,9 @@ class GatewayArgs(TypedDict):
     cors_allow_origins: NotRequired[list[str]]
     """Browser origins allowed to call the API."""
 
+    max_request_bytes: NotRequired[int]
+    """Largest request body accepted (the gateway's own default, 1 MiB, when absent)."""
+
     upstream_scales_to_zero: NotRequired[bool]
     """A model runner scales to zero when idle: readiness then checks the gateway alone, because a probe that
     asks the runners every few seconds would keep them from ever scaling down."""
@@ -139,6 +142,8 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
     ]
     if args.get("cors_allow_origins"):
         env.append({"name": "GATEWAY_CORS_ALLOW_ORIGINS", "value": ",".join(args["cors_allow_origins"])})
+    if "max_request_bytes" in args:
+        env.append({"name": "GATEWAY_MAX_REQUEST_BYTES", "value": str(args["max_request_bytes"])})
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if "api_keys" in args:

@@ -17,6 +17,7 @@ from components.gateway import gateway_route_env
 from components.image import Image
 
 from .config import RUNNER, ServedModel, StackConfig
+from .config.base import byte_count
 from .config.docker import ServiceConfig, bind_source
 from .config.secrets import StackSecrets
 
@@ -43,6 +44,7 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
         "GATEWAY_PORT": str(GATEWAY_PORT),
         **gateway_route_env(routes),
         "GATEWAY_REQUEST_TIMEOUT_SECONDS": str(config.gateway.request_timeout_seconds),
+        "GATEWAY_MAX_REQUEST_BYTES": str(byte_count(config.gateway.max_request_body)),
     }
     if config.gateway.cors_allow_origins:
         gateway_env["GATEWAY_CORS_ALLOW_ORIGINS"] = ",".join(config.gateway.cors_allow_origins)

@@ -16,6 +16,7 @@ from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_fe
 from .admission import guarded_namespace_labels
 from .cluster import ClusterHandle
 from .config import ServedModel, StackConfig
+from .config.base import byte_count
 from .config.runner import ModelConfig
 from .config.secrets import StackSecrets
 from .config.workload import ResourcesConfig, ScalingConfig
@@ -205,6 +206,7 @@ def _gateway_args(
         "request_timeout_seconds": gateway_config.request_timeout_seconds,
         "workload": gateway_config.workload,
         "cors_allow_origins": list(gateway_config.cors_allow_origins),
+        "max_request_bytes": byte_count(gateway_config.max_request_body),
         "image_pull_secrets": image_pull_secrets,
         **({"allowed_clients": _namespaces(gateway_config.allowed_namespaces)}
            if gateway_config.allowed_namespaces else {}),

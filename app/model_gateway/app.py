@@ -25,7 +25,7 @@ from .errors import Rejected, error_response
 from .logs import configure_logging
 from .metrics import GatewayMetrics
 from .observability import MODEL_STATE, REQUEST_ID_HEADER, ObservabilityMiddleware, request_id
-from .request_checks import model_not_allowed, model_not_found, requested_model
+from .request_checks import model_not_found, requested_model
 from .settings import Settings, load_settings
 from .upstream import Upstream
 
@@ -118,7 +118,8 @@ class RelayedRoute:
         else:
             raise model_not_found(model)
         if allowed_models is not None and model not in allowed_models:
-            raise model_not_allowed(model)
+            # Answered like a model nobody serves: a limited key cannot tell which other models exist.
+            raise model_not_found(model)
         return url
 
 
@@ -215,7 +216,10 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allow_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type", REQUEST_ID_HEADER],
+                # Whatever request headers a browser client asks for (the OpenAI SDK sends x-stainless-* on every
+                # call, and other clients their own): the gateway relays none of them but the payload's, and
+                # only the origins above get an answer at all.
+                allow_headers=["*"],
                 expose_headers=[REQUEST_ID_HEADER],
                 max_age=600,
             )

@@ -39,16 +39,3 @@ def model_not_found(model: str) -> Rejected:
             param="model",
         )
     )
-
-
-def model_not_allowed(model: str) -> Rejected:
-    """For a valid key limited to other models; the message names the model, never the key."""
-    return Rejected(
-        error_response(
-            403,
-            f"This API key may not use the model `{model}`.",
-            "invalid_request_error",
-            code="model_not_allowed",
-            param="model",
-        )
-    )

@@ -297,8 +297,10 @@ class _Exchange:
         if usage is None:
             return
         tokens = self._metrics.tokens
-        tokens.labels(usage.model, "prompt").inc(usage.prompt_tokens)
-        tokens.labels(usage.model, "completion").inc(usage.completion_tokens)
+        # The routed model, not the `model` the answer names: an engine (or a client, through it) could otherwise
+        # add label values at will.
+        tokens.labels(self._model, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(self._model, "completion").inc(usage.completion_tokens)
         self._scope.setdefault("state", {})["usage"] = usage._asdict()
 
     async def _client_error(self, response: aiohttp.ClientResponse) -> Response:
