@@ -34,7 +34,7 @@ import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 CACHE_MOUNT_PATH = "/models"
 HOME_PATH = "/home/engine"
@@ -108,6 +108,27 @@ class EngineProfile:
     """`curl` or `python3` when the image has one: what a Docker health check can ask the engine over HTTP with."""
     downloads_from_hub: bool = False
     """Weights come from a Hugging Face-compatible hub, so a mirror can stand in for it (`model_hub`)."""
+    batch_flags: tuple[str, ...] = ()
+    """Arguments that set how many requests the engine runs at once."""
+    batch_env: Optional[str] = None
+    """The environment variable that sets it, where the engine reads one."""
+    default_batch: int = 1
+    """How many requests the engine runs at once when nothing sets it."""
+
+    def batch_capacity(self, args: Sequence[str], env: Mapping[str, str]) -> int:
+        """How many requests a replica runs at once with these extra arguments and environment: what the gateway
+        admits to it before requests wait. The last setting wins, as in the engines' own parsers; a value the
+        engine reads as "automatic" (llama.cpp's -1) is its default."""
+        value = env.get(self.batch_env) if self.batch_env else None
+        for index, argument in enumerate(args):
+            flag, equals, inline = argument.partition("=")
+            if flag in self.batch_flags:
+                value = inline if equals else (args[index + 1] if index + 1 < len(args) else None)
+        try:
+            number = int(value) if value is not None else 0
+        except ValueError:
+            number = 0
+        return number if number > 0 else self.default_batch
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -268,6 +289,8 @@ ENGINES: dict[str, EngineProfile] = {
             liveness_path="/models",
             model_pattern=r"[a-z0-9][a-z0-9._/-]*(:[\w][\w.-]*)?",
             model_example="ai/smollm2:360M-Q4_K_M",
+            # It serves through the llama.cpp server it bundles, which runs 4 slots unless told otherwise.
+            default_batch=4,
         ),
         EngineProfile(
             name="vllm",
@@ -281,6 +304,9 @@ ENGINES: dict[str, EngineProfile] = {
             downloads_from_hub=True,
             needs_gpu=True,
             shared_memory=True,
+            # The API server's default on GPUs below 70 GiB (vllm/engine/arg_utils.py); 1024 above.
+            batch_flags=("--max-num-seqs",),
+            default_batch=256,
         ),
         EngineProfile(
             name="ollama",
@@ -290,6 +316,7 @@ ENGINES: dict[str, EngineProfile] = {
             liveness_path="/",
             model_pattern=r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?",
             model_example="llama3.2:3b",
+            batch_env="OLLAMA_NUM_PARALLEL",
         ),
         EngineProfile(
             name="llama.cpp",
@@ -301,6 +328,10 @@ ENGINES: dict[str, EngineProfile] = {
             model_pattern=r"[\w.-]+/[\w.-]+/[\w.-]+\.gguf",
             model_example="bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q4_K_M.gguf",
             downloads_from_hub=True,
+            # Slots: -np auto is 4 since llama.cpp's unified KV cache (b6800-ish, ggml-org/llama.cpp#16736).
+            batch_flags=("-np", "--parallel"),
+            batch_env="LLAMA_ARG_N_PARALLEL",
+            default_batch=4,
         ),
     )
 }

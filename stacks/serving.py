@@ -11,12 +11,15 @@ from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.gateway import Gateway, gateway_pod_spec
 from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
 from components.model_runner import ModelRunner, runner_pod_spec
-from components.serving_workload import KNATIVE_DATA_PATH_NAMESPACES, knative_features, workload_labels
+from components.serving_workload import (
+    KNATIVE_DATA_PATH_NAMESPACES, knative_features, replicas_service_name, workload_labels,
+)
 
 from .admission import guarded_namespace_labels
 from .cluster import ClusterHandle
 from .config import ServedModel, StackConfig
 from .config.base import byte_count
+from .routing import gateway_routing
 from .config.runner import ModelConfig
 from .config.secrets import StackSecrets
 from .config.workload import ResourcesConfig, ScalingConfig
@@ -207,6 +210,9 @@ def _gateway_args(
         "workload": gateway_config.workload,
         "cors_allow_origins": list(gateway_config.cors_allow_origins),
         "max_request_bytes": byte_count(gateway_config.max_request_body),
+        "routing": gateway_routing(config, replicas_host=lambda model: (
+            # Fully qualified (the final dot): the resolver asks for it as is, without walking the search domains.
+            f"{replicas_service_name(model.workload_name)}.{config.serving_namespace}.svc.cluster.local.")),
         "image_pull_secrets": image_pull_secrets,
         **({"allowed_clients": _namespaces(gateway_config.allowed_namespaces)}
            if gateway_config.allowed_namespaces else {}),
