@@ -39,14 +39,15 @@ MAX_TOKENS = 8
 
 
 @contextmanager
-def llama_server(build: Path, directory: Path, alias: str, seed: int) -> Iterator[str]:
+def llama_server(build: Path, directory: Path, alias: str, seed: int, slots: int = 1) -> Iterator[str]:
     """Yields the base URL of a llama.cpp server on loopback serving a tiny model of random weights from `seed`
-    as `alias`."""
+    as `alias`, with `slots` requests at once."""
     model = directory / f"{alias}.gguf"
     write_tiny_llama(model, build, seed)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with running(llama_server_command(build, model, alias, port), f"{url}/health", directory / f"{alias}.log"):
+    command = llama_server_command(build, model, alias, port, slots=slots)
+    with running(command, f"{url}/health", directory / f"{alias}.log"):
         yield url
 
 
