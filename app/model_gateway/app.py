@@ -26,9 +26,9 @@ from .logs import configure_logging
 from .metrics import GatewayMetrics
 from .observability import MODEL_STATE, REQUEST_ID_HEADER, ObservabilityMiddleware, request_id
 from .request_checks import model_not_found, requested_model
-from .routing import DnsDiscovery, ModelRoute, Resolver, prefix_key, resolve_host
+from .routing import DnsDiscovery, ModelRoute, Replica, Resolver, prefix_key, resolve_host
 from .settings import Routing, Settings, load_settings
-from .upstream import Target, Upstream
+from .upstream import CLIENT_CLOSED_REQUEST, Target, Upstream
 
 log = logging.getLogger("model_gateway")
 
@@ -105,9 +105,14 @@ class RelayedRoute:
             target = self._model_route(scope, model, allowed_models)
             # The prompt's prefix comes from the body parsed above, not from a second parse.
             key = prefix_key(payload) if payload is not None and target.needs_key else None
-            replica = await target.acquire(key)
+            replica = target.try_acquire(key) or await _wait_unless_client_leaves(target, key, receive)
         except Rejected as rejected:
             await rejected.response(scope, receive, send)
+            return
+        if replica is None:
+            log.info("client left while its request waited for a replica", extra={"route": self._route})
+            # Recorded only: the connection is gone.
+            await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
             return
         served_model = scope["state"].get(MODEL_STATE, "")
         await self._upstream.relay(
@@ -136,6 +141,25 @@ class RelayedRoute:
             # Answered like a model nobody serves: a limited key cannot tell which other models exist.
             raise model_not_found(model)
         return target
+
+
+async def _wait_unless_client_leaves(target: ModelRoute, key: int | None, receive: Receive) -> Replica | None:
+    """A replica for a request that has to wait for one; None when its client leaves first, so the request gives
+    up its place instead of reaching an engine nobody awaits an answer from."""
+    async def disconnect() -> None:
+        # The body has been read: what the client can send now is its disconnect.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    waiting = asyncio.ensure_future(target.wait(key))
+    leaving = asyncio.ensure_future(disconnect())
+    await asyncio.wait((waiting, leaving), return_when=asyncio.FIRST_COMPLETED)
+    if waiting.done():
+        leaving.cancel()  # uvicorn reports a disconnect again to the relay's own watch
+        return waiting.result()
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    return None
 
 
 def model_routes(

@@ -281,14 +281,35 @@ class ModelRoute:
         log.info("replicas changed", extra={"model": self.model, "replicas": urls})
         self._dispatch()
 
-    async def acquire(self, key: int | None) -> Replica:
-        """A replica admitting the request, once one does (first come, first served); raises Rejected (429, or 503
-        while the model has no replica) when none does within the wait bound."""
-        if not self._waiters:
-            replica = self._take(key)
-            if replica is not None:
-                return replica
-        return await self._wait(key)
+    def try_acquire(self, key: int | None) -> Replica | None:
+        """A replica admitting the request now, unless none does or requests are waiting already (they go first)."""
+        return None if self._waiters else self._take(key)
+
+    async def wait(self, key: int | None) -> Replica:
+        """A replica admitting the request once one does, after the requests waiting before it; raises Rejected
+        (429, or 503 while the model has no replica) when none does within the wait bound."""
+        bound = self._max_wait_seconds if self.replicas else self._hold_seconds
+        if bound <= 0:
+            raise self._refusal()
+        future: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
+        waiter = (future, key)
+        self._waiters.append(waiter)
+        self._waiting.inc()
+        try:
+            return await asyncio.wait_for(future, bound)
+        except asyncio.TimeoutError:
+            raise self._refusal() from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result())  # handed a replica just as the request went away
+            raise
+        finally:
+            self._waiting.dec()
+            if not future.done() or future.cancelled():
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
 
     def release(self, replica: Replica) -> None:
         """Ends a request on `replica`; the replica's freed place goes to the request waiting longest."""
@@ -335,30 +356,6 @@ class ModelRoute:
                 metric.remove(self.model, replica.label)
             except KeyError:
                 pass
-
-    async def _wait(self, key: int | None) -> Replica:
-        bound = self._max_wait_seconds if self.replicas else self._hold_seconds
-        if bound <= 0:
-            raise self._refusal()
-        future: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
-        waiter = (future, key)
-        self._waiters.append(waiter)
-        self._waiting.inc()
-        try:
-            return await asyncio.wait_for(future, bound)
-        except asyncio.TimeoutError:
-            raise self._refusal() from None
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release(future.result())  # handed a replica just as the request went away
-            raise
-        finally:
-            self._waiting.dec()
-            if not future.done() or future.cancelled():
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    pass
 
     def _dispatch(self) -> None:
         """Hands freed places to the waiting requests, oldest first."""

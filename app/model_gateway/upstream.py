@@ -63,7 +63,7 @@ _CLIENT_ERROR_BODY_BYTES = 64 * 1024
 _UNAVAILABLE_RETRY_AFTER_SECONDS = "5"
 # Status recorded (in metrics and the request log) for a request whose client left before it was answered,
 # as nginx does; the client never sees it.
-_CLIENT_CLOSED_REQUEST = 499
+CLIENT_CLOSED_REQUEST = 499
 # Failures that happen before any byte of the request left: another replica can take the request safely.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -148,7 +148,7 @@ class Upstream:
                 log.info("client left before the answer was complete", extra={"route": route})
                 if not exchange.started:
                     # Recorded only: the connection is gone.
-                    await send({"type": "http.response.start", "status": _CLIENT_CLOSED_REQUEST, "headers": []})
+                    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
         finally:
             target.release()
 

@@ -308,6 +308,22 @@ def test_a_request_that_waits_too_long_gets_429_with_retry_after(start_routed_ga
     assert scrape(gateway_url, "gateway_model_requests_total", model=FAKE_MODEL, status="429") == 1
 
 
+def test_a_waiting_request_whose_client_leaves_gives_up_its_place(start_routed_gateway, replicas):
+    gateway_url, _ = start_routed_gateway(addresses=[REPLICA_HOSTS[0]], maxInFlightPerReplica=1, maxWaitSeconds=10)
+    held = HeldStream(gateway_url, replicas)
+
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request("gone"), headers=HEADERS, timeout=0.5)
+    left = eventually(lambda: scrape(gateway_url, "gateway_requests_waiting", model=FAKE_MODEL) == 0)
+    held.finish()
+    served = chat(gateway_url, "next")
+
+    assert left, "the request of a client that left kept its place in the queue"
+    assert served.status_code == 200
+    assert received(replicas[0]) == ["held stream", "next"]
+    assert scrape(gateway_url, "gateway_model_requests_total", model=FAKE_MODEL, status="499") == 1
+
+
 def test_in_flight_and_chosen_are_counted_per_replica(start_routed_gateway, replicas):
     gateway_url, _ = start_routed_gateway(addresses=[REPLICA_HOSTS[0]])
     replica = replicas[0].base_url.split("//")[1].removesuffix("/v1")
