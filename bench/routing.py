@@ -264,6 +264,8 @@ def report(outcomes: dict[str, Outcome], rate: float, capacity: float) -> None:
               f"{outcome.cached} ({outcome.cached / total if total else 0:.0%}) | "
               f"{outcome.gateway_cpu_seconds / max(requests, 1) * 1000:.2f} | {outcome.failures} |")
     prefix, baseline, pinned = outcomes["prefix"], outcomes["random"], outcomes["pinned"]
+    if not baseline.evaluated:
+        raise SystemExit("llama.cpp reported no prompt timings: no ratio to state")
     print(f"\nrouting: prompt tokens evaluated prefix/random {prefix.evaluated / baseline.evaluated:.2f}; "
           f"p99 TTFT prefix/random {prefix.ttft_quantile(0.99) / baseline.ttft_quantile(0.99):.2f}, "
           f"prefix/pinned {prefix.ttft_quantile(0.99) / pinned.ttft_quantile(0.99):.2f}")
