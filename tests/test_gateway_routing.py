@@ -11,6 +11,7 @@ import pytest
 
 from components.engines import ENGINES
 from harness import Evaluation, assert_rejected, evaluate
+from stacks.config.runner import ModelConfig
 from test_gateway_settings import gateway_env
 
 
@@ -36,13 +37,12 @@ def test_prod_routes_by_prefix_over_the_ready_pods_of_a_headless_service():
     assert "replicas-gateway" not in services
 
 
-@pytest.mark.parametrize("overrides,limit", [
-    ({"models.chat.args": ["--max-num-seqs", "64"]}, 64),
-    ({"models.chat.args": ["--max-num-seqs=32", "--max-model-len=8192"]}, 32),
-    ({"models.chat.routing.maxInFlightPerReplica": 8}, 8),
-])
-def test_the_in_flight_limit_follows_the_engines_batch_capacity_unless_set(overrides, limit):
-    assert routing(evaluate("prod", set=overrides))["Qwen/Qwen2.5-7B-Instruct"]["maxInFlightPerReplica"] == limit
+def test_the_in_flight_limit_follows_the_engines_batch_capacity_unless_set():
+    assert routing(evaluate("prod", set={"models.chat.args": ["--max-num-seqs=32", "--max-model-len=8192"]}))[
+        "Qwen/Qwen2.5-7B-Instruct"]["maxInFlightPerReplica"] == 32
+    vllm = {"engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
+    assert ModelConfig(**vllm, args=["--max-num-seqs", "64"]).in_flight_limit() == 64
+    assert ModelConfig(**vllm, args=["--max-num-seqs", "64"], routing={"maxInFlightPerReplica": 8}).in_flight_limit() == 8
 
 
 @pytest.mark.parametrize("engine,args,env,capacity", [

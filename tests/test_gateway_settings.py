@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from harness import Evaluation, assert_rejected, evaluate, unwrap
+from stacks.config.base import byte_count
+from stacks.config.gateway import GatewayConfig
 
 CONTAINER = "docker:index/container:Container"
 
@@ -24,9 +26,12 @@ def gateway_env(evaluation: Evaluation) -> dict[str, str]:
 # dev runs the gateway on Knative, prod as a Deployment, local as a Docker container.
 @pytest.mark.parametrize("stack", ["dev", "prod", "local"])
 def test_the_request_body_limit_is_a_stack_setting_on_every_runtime(stack):
-    assert gateway_env(evaluate(stack))["GATEWAY_MAX_REQUEST_BYTES"] == str(1024 * 1024)
     assert gateway_env(evaluate(stack, set={"gateway.maxRequestBody": "16Mi"}))["GATEWAY_MAX_REQUEST_BYTES"] == str(
         16 * 1024 * 1024)
+
+
+def test_the_request_body_limit_is_a_mebibyte_unless_set():
+    assert GatewayConfig().max_request_body == "1Mi" and byte_count("1Mi") == 1024 * 1024
 
 
 @pytest.mark.parametrize("value,text", [
