@@ -153,13 +153,14 @@ async def _wait_unless_client_leaves(target: ModelRoute, key: int | None, receiv
 
     waiting = asyncio.ensure_future(target.wait(key))
     leaving = asyncio.ensure_future(disconnect())
-    await asyncio.wait((waiting, leaving), return_when=asyncio.FIRST_COMPLETED)
-    if waiting.done():
-        leaving.cancel()  # uvicorn reports a disconnect again to the relay's own watch
-        return waiting.result()
-    waiting.cancel()
-    await asyncio.gather(waiting, return_exceptions=True)
-    return None
+    try:
+        await asyncio.wait((waiting, leaving), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()  # uvicorn reports a disconnect again, to the relay's own watch
+        if not waiting.done():
+            waiting.cancel()  # the client left (or the server stops): the place in the queue goes
+            await asyncio.gather(waiting, return_exceptions=True)
+    return None if waiting.cancelled() else waiting.result()
 
 
 def model_routes(
