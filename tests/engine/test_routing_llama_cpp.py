@@ -46,9 +46,14 @@ def per_replica(gateway_url: str, replica_urls: list[str], metric: str) -> list[
 
 def test_concurrent_requests_are_spread_over_the_replicas_by_load(replica_urls, tmp_path):
     with routed_gateway(replica_urls, tmp_path / "gateway.log", policy="least-loaded") as gateway_url:
-        # Long answers (the end-of-text token ignored), so all four are in flight together.
-        threads = [threading.Thread(target=chat, args=(gateway_url, [{"role": "user", "content": f"question {n}"}]),
-                                    kwargs={"max_tokens": 200, "ignore_eos": True}) for n in range(4)]
+        start = threading.Barrier(4)
+
+        def ask(number: int) -> None:
+            start.wait(CLIENT_TIMEOUT_SECONDS)
+            # A long answer (the end-of-text token ignored), so all four are in flight together.
+            chat(gateway_url, [{"role": "user", "content": f"question {number}"}], max_tokens=200, ignore_eos=True)
+
+        threads = [threading.Thread(target=ask, args=(number,)) for number in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
