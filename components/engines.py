@@ -37,7 +37,7 @@ import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 from .image_rewrite import REFERENCE_COMPONENT, REFERENCE_DOMAIN, REFERENCE_TAG
 
@@ -123,6 +123,27 @@ class EngineProfile:
     Model Runner), and the gateway's per-model gauges stand in for it."""
     model_rule: Optional[Callable[[str], Optional[str]]] = None
     """What the engine refuses beyond `model_pattern`, for a model the pattern admits: the reason, or None."""
+    batch_flags: tuple[str, ...] = ()
+    """Arguments that set how many requests the engine runs at once."""
+    batch_env: Optional[str] = None
+    """The environment variable that sets it, where the engine reads one."""
+    default_batch: int = 1
+    """How many requests the engine runs at once when nothing sets it."""
+
+    def batch_capacity(self, args: Sequence[str], env: Mapping[str, str]) -> int:
+        """How many requests a replica runs at once with these extra arguments and environment: what the gateway
+        admits to it before requests wait. The last setting wins, as in the engines' own parsers; a value the
+        engine reads as "automatic" (llama.cpp's -1) is its default."""
+        value = env.get(self.batch_env) if self.batch_env else None
+        for index, argument in enumerate(args):
+            flag, equals, inline = argument.partition("=")
+            if flag in self.batch_flags:
+                value = inline if equals else (args[index + 1] if index + 1 < len(args) else None)
+        try:
+            number = int(value) if value is not None else 0
+        except ValueError:
+            number = 0
+        return number if number > 0 else self.default_batch
 
     def model_problem(self, model: str) -> Optional[str]:
         """Why `model` cannot name a model for this engine, or None."""
@@ -359,6 +380,8 @@ ENGINES: dict[str, EngineProfile] = {
             liveness_path="/models",
             model_pattern=rf"(?:{REFERENCE_DOMAIN}/)?{REFERENCE_COMPONENT}(?:/{REFERENCE_COMPONENT})*(?::{REFERENCE_TAG})?",
             model_example="ai/smollm2:360M-Q4_K_M",
+            # It serves through the llama.cpp server it bundles, which runs 4 slots unless told otherwise.
+            default_batch=4,
         ),
         EngineProfile(
             name="vllm",
@@ -375,6 +398,9 @@ ENGINES: dict[str, EngineProfile] = {
             api_key_env="VLLM_API_KEY",
             ready_path_with_key="/health",
             metrics_path="/metrics",
+            # The API server's default on GPUs below 70 GiB (vllm/engine/arg_utils.py); 1024 above.
+            batch_flags=("--max-num-seqs",),
+            default_batch=256,
         ),
         EngineProfile(
             name="ollama",
@@ -384,6 +410,7 @@ ENGINES: dict[str, EngineProfile] = {
             liveness_path="/",
             model_pattern=_OLLAMA_NAME,
             model_example="llama3.2:3b",
+            batch_env="OLLAMA_NUM_PARALLEL",
         ),
         EngineProfile(
             name="llama.cpp",
@@ -398,6 +425,10 @@ ENGINES: dict[str, EngineProfile] = {
             downloads_from_hub=True,
             api_key_env="LLAMA_API_KEY",
             metrics_path="/metrics",
+            # Slots: -np auto is 4 since llama.cpp's unified KV cache (b6800-ish, ggml-org/llama.cpp#16736).
+            batch_flags=("-np", "--parallel"),
+            batch_env="LLAMA_ARG_N_PARALLEL",
+            default_batch=4,
         ),
     )
 }

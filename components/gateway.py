@@ -56,6 +56,14 @@ class GatewayArgs(TypedDict):
     cors_allow_origins: NotRequired[list[str]]
     """Browser origins allowed to call the API."""
 
+    routing: NotRequired[Mapping[str, Mapping[str, Any]]]
+    """Each model's routing over its replicas (the gateway's GATEWAY_ROUTING entries: `policy`,
+    `maxInFlightPerReplica`, `maxWaitSeconds`, `holdSeconds`, `replicasHost`); a model left out has one upstream
+    and no admission limit."""
+
+    max_request_bytes: NotRequired[int]
+    """Largest request body accepted (the gateway's own default, 1 MiB, when absent)."""
+
     upstream_scales_to_zero: NotRequired[bool]
     """A model runner scales to zero when idle: readiness then checks the gateway alone, because a probe that
     asks the runners every few seconds would keep them from ever scaling down."""
@@ -153,6 +161,10 @@ def gateway_pod_spec(name: str, args: GatewayArgs) -> dict[str, Any]:
     ]
     if args.get("cors_allow_origins"):
         env.append({"name": "GATEWAY_CORS_ALLOW_ORIGINS", "value": ",".join(args["cors_allow_origins"])})
+    if args.get("routing"):
+        env.append({"name": "GATEWAY_ROUTING", "value": json.dumps(args["routing"], sort_keys=True)})
+    if "max_request_bytes" in args:
+        env.append({"name": "GATEWAY_MAX_REQUEST_BYTES", "value": str(args["max_request_bytes"])})
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if "api_keys" in args:

@@ -300,6 +300,8 @@ class ModelRunner(pulumi.ComponentResource):
             # A new pod pulls its image and then loads the model; the rollout gives up on it after this.
             "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
             "cluster_local": True,
+            # The gateway finds the ready replicas through it and spreads requests over them by load and prefix.
+            "replicas_service": True,
         }
         if "request_timeout_seconds" in args:
             workload_args["request_timeout_seconds"] = args["request_timeout_seconds"]

@@ -90,6 +90,12 @@ def draining(drain_seconds: int) -> tuple[dict[str, Any], int]:
     return {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}}, PRE_STOP_SLEEP_SECONDS + drain_seconds
 
 
+def replicas_service_name(name: str) -> str:
+    """The headless Service of a Deployment workload's pods. A prefix, not a suffix: every workload is named
+    `model-runner...` or `gateway`, so no workload's own Service can take this name."""
+    return f"replicas-{name}"
+
+
 def workload_labels(name: str) -> dict[str, str]:
     """Labels of a workload's pods, which its Service, autoscaler, budget and policies select on."""
     return {SELECTOR_LABEL: name, PART_OF_LABEL: PART_OF}
@@ -168,6 +174,10 @@ class ServingWorkloadArgs(TypedDict):
     """How long a new pod may take to become ready (image pull and model load included) before the rollout
     counts as failed: the Deployment's progress deadline or the Knative revision's, and what `pulumi up` waits
     for. Absent: Kubernetes' and Knative's defaults (10 minutes)."""
+
+    replicas_service: NotRequired[bool]
+    """Deployment: also a headless Service (`replicas_service_name`) whose DNS name resolves to each ready pod, so a
+    client (the gateway) can spread requests over the replicas itself instead of kube-proxy per connection."""
 
     cluster_local: NotRequired[bool]
     """Knative: reachable only inside the cluster (no route through the ingress)."""
@@ -274,6 +284,18 @@ class ServingWorkload(pulumi.ComponentResource):
             },
             opts=opts,
         )
+        if args.get("replicas_service"):
+            # No cluster IP: DNS answers with the ready pods' addresses (not-ready ones are left out).
+            k8s.core.v1.Service(
+                replicas_service_name(name),
+                metadata={**metadata, "name": replicas_service_name(name)},
+                spec={
+                    "clusterIP": "None",
+                    "selector": labels,
+                    "ports": [{"name": PORT_NAME, "port": args["port"], "targetPort": PORT_NAME, "protocol": "TCP"}],
+                },
+                opts=opts,
+            )
         if autoscaled and scaling.get("signal", "cpu") == "cpu":
             metrics: list[dict[str, Any]] = [
                 {

@@ -3,6 +3,7 @@ private network, with the model cache in a named volume that outlives the stack.
 
 from __future__ import annotations
 
+import json
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Optional
@@ -17,8 +18,10 @@ from components.gateway import gateway_route_env
 from components.image import Image
 
 from .config import RUNNER, ServedModel, StackConfig
+from .config.base import byte_count
 from .config.docker import ServiceConfig, bind_source
 from .config.secrets import StackSecrets
+from .routing import gateway_routing
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GATEWAY = "gateway"
@@ -43,6 +46,9 @@ def deploy_docker(config: StackConfig, secrets: StackSecrets) -> None:
         "GATEWAY_PORT": str(GATEWAY_PORT),
         **gateway_route_env(routes),
         "GATEWAY_REQUEST_TIMEOUT_SECONDS": str(config.gateway.request_timeout_seconds),
+        "GATEWAY_MAX_REQUEST_BYTES": str(byte_count(config.gateway.max_request_body)),
+        # One engine per model here: admission only, no replicas to choose between.
+        "GATEWAY_ROUTING": json.dumps(gateway_routing(config), sort_keys=True),
     }
     if config.gateway.cors_allow_origins:
         gateway_env["GATEWAY_CORS_ALLOW_ORIGINS"] = ",".join(config.gateway.cors_allow_origins)

@@ -12,13 +12,14 @@ from components.gateway import Gateway, gateway_pod_spec
 from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
 from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS, ModelRunner, runner_pod_spec
 from components.serving_workload import (
-    KNATIVE_DATA_PATH_NAMESPACES, KNATIVE_QUEUE_PROXY_CPU_REQUEST, knative_features, workload_labels,
+    KNATIVE_DATA_PATH_NAMESPACES, KNATIVE_QUEUE_PROXY_CPU_REQUEST, knative_features, replicas_service_name,
+    workload_labels,
 )
 
 from .admission import guarded_namespace_labels
 from .cluster import ClusterHandle
 from .config import ServedModel, StackConfig
-from .config.base import Problem, join_keys, quantity_value
+from .config.base import Problem, byte_count, join_keys, quantity_value
 from .config.cluster import INSTANCE_TYPES
 from .config.runner import ModelConfig
 from .config.secrets import StackSecrets
@@ -26,6 +27,7 @@ from .config.workload import ResourcesConfig, ScalingConfig
 from .images import ImageHandle
 from .knative import KnativeHandle
 from .metrics import observe
+from .routing import gateway_routing
 
 GATEWAY = "gateway"
 # Knative 1.15's default ceiling for a revision's request timeout (config-defaults, max-revision-timeout-seconds).
@@ -285,6 +287,10 @@ def _gateway_args(
         "request_timeout_seconds": gateway_config.request_timeout_seconds,
         "workload": gateway_config.workload,
         "cors_allow_origins": list(gateway_config.cors_allow_origins),
+        "max_request_bytes": byte_count(gateway_config.max_request_body),
+        "routing": gateway_routing(config, replicas_host=lambda model: (
+            # Fully qualified (the final dot): the resolver asks for it as is, without walking the search domains.
+            f"{replicas_service_name(model.workload_name)}.{config.serving_namespace}.svc.cluster.local.")),
         "image_pull_secrets": image_pull_secrets,
         **({"allowed_clients": _namespaces(gateway_config.allowed_namespaces)}
            if gateway_config.allowed_namespaces else {}),

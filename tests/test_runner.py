@@ -11,6 +11,7 @@ import pytest
 
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.model_runner import probe_timing
+from components.serving_workload import replicas_service_name
 from harness import FAKE_SECRETS, Evaluation, Secret, assert_rejected, evaluate, stack_config
 from stacks.config import StackConfig
 
@@ -140,7 +141,9 @@ def test_services_select_the_pods_and_target_their_named_port(evaluation):
     for service in objects_of(evaluation, "Service"):
         if service["metadata"]["namespace"] != "models" or service["apiVersion"] != "v1":
             continue
-        deployment = named(evaluation, "Deployment", service["metadata"]["name"])
+        # The workload's own Service, or the headless one listing its pods for the gateway.
+        name = service["metadata"]["name"]
+        deployment = named(evaluation, "Deployment", name.removeprefix(replicas_service_name("")))
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items()
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()

@@ -25,9 +25,10 @@ from .errors import Rejected, error_response
 from .logs import configure_logging
 from .metrics import GatewayMetrics
 from .observability import MODEL_STATE, REQUEST_ID_HEADER, ObservabilityMiddleware, request_id
-from .request_checks import model_not_allowed, model_not_found, requested_model
-from .settings import Settings, load_settings
-from .upstream import Upstream
+from .request_checks import model_not_found, requested_model
+from .routing import DnsDiscovery, ModelRoute, Replica, Resolver, prefix_key, resolve_host
+from .settings import Routing, Settings, load_settings
+from .upstream import CLIENT_CLOSED_REQUEST, Target, Upstream
 
 log = logging.getLogger("model_gateway")
 
@@ -71,18 +72,26 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
 
 
 class RelayedRoute:
-    """The endpoint of a route relayed to the engine serving the requested model (or to the one model server that
-    chooses the model). A plain ASGI app (a class instance, which Starlette calls as one instead of wrapping it in
-    its request/response adapter), because the relay sends the response itself, piece by piece as it arrives."""
+    """The endpoint of a route relayed to a replica of the engine serving the requested model (or to the one model
+    server that chooses the model). A plain ASGI app (a class instance, which Starlette calls as one instead of
+    wrapping it in its request/response adapter), because the relay sends the response itself, piece by piece as
+    it arrives."""
 
-    def __init__(self, route: str, upstream_path: str, settings: Settings, api_keys: ApiKeys, upstream: Upstream):
+    def __init__(
+        self,
+        route: str,
+        upstream_path: str,
+        model_routes: dict[str, ModelRoute],
+        pass_through: ModelRoute | None,
+        max_request_bytes: int,
+        api_keys: ApiKeys,
+        upstream: Upstream,
+    ):
         self._route = route
-        # Each served model's upstream URL, joined once: routing a request is one dict lookup.
-        self._model_urls = {model: base_url + upstream_path for model, base_url in settings.routes.items()}
-        self._pass_through_url = (
-            None if settings.pass_through_base_url is None else settings.pass_through_base_url + upstream_path
-        )
-        self._max_request_bytes = settings.max_request_bytes
+        self._upstream_path = upstream_path
+        self._model_routes = model_routes
+        self._pass_through = pass_through
+        self._max_request_bytes = max_request_bytes
         self._api_keys = api_keys
         self._upstream = upstream
 
@@ -92,13 +101,24 @@ class RelayedRoute:
             allowed_models = self._api_keys.allowed_models(request)
             body = await self._body(request)
             # The relayed POST routes all take a JSON body naming a model; a GET (the model list) names none.
-            model = requested_model(body) if scope["method"] == "POST" else None
-            url = self._upstream_url(scope, model, allowed_models)
+            model, payload = requested_model(body) if scope["method"] == "POST" else (None, None)
+            target = self._model_route(scope, model, allowed_models)
+            # The prompt's prefix comes from the body parsed above, not from a second parse.
+            key = prefix_key(payload) if payload is not None and target.needs_key else None
+            replica = target.try_acquire(key) or await _wait_unless_client_leaves(target, key, receive)
         except Rejected as rejected:
             await rejected.response(scope, receive, send)
             return
+        if replica is None:
+            log.info("client left while its request waited for a replica", extra={"route": self._route})
+            # Recorded only: the connection is gone.
+            await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+            return
         served_model = scope["state"].get(MODEL_STATE, "")
-        await self._upstream.relay(scope, receive, send, url, self._route, served_model, body, request_id(scope))
+        await self._upstream.relay(
+            scope, receive, send, Target(target, replica, key, self._upstream_path), self._route, served_model, body,
+            request_id(scope),
+        )
 
     async def _body(self, request: Request) -> bytes:
         try:
@@ -107,24 +127,74 @@ class RelayedRoute:
             message = f"request body exceeds the gateway's limit of {self._max_request_bytes} bytes"
             raise Rejected(error_response(413, message, "invalid_request_error")) from None
 
-    def _upstream_url(self, scope: Scope, model: str | None, allowed_models: frozenset[str] | None) -> str:
-        """The URL of the engine serving `model`; raises Rejected when the gateway does not serve it, or the key
-        may not use it."""
-        url = self._model_urls.get(model)
-        if url is not None:
+    def _model_route(self, scope: Scope, model: str | None, allowed_models: frozenset[str] | None) -> ModelRoute:
+        """The replicas serving `model`; raises Rejected when the gateway does not serve it, or the key may not use
+        it."""
+        target = self._model_routes.get(model)
+        if target is not None:
             scope["state"][MODEL_STATE] = model
-        elif self._pass_through_url is not None:
-            url = self._pass_through_url
+        elif self._pass_through is not None:
+            target = self._pass_through
         else:
             raise model_not_found(model)
         if allowed_models is not None and model not in allowed_models:
-            raise model_not_allowed(model)
-        return url
+            # Answered like a model nobody serves: a limited key cannot tell which other models exist.
+            raise model_not_found(model)
+        return target
 
 
-def create_app(settings: Settings) -> Starlette:
+async def _wait_unless_client_leaves(target: ModelRoute, key: int | None, receive: Receive) -> Replica | None:
+    """A replica for a request that has to wait for one; None when its client leaves first, so the request gives
+    up its place instead of reaching an engine nobody awaits an answer from."""
+    async def disconnect() -> None:
+        # The body has been read: what the client can send now is its disconnect.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    waiting = asyncio.ensure_future(target.wait(key))
+    leaving = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait((waiting, leaving), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()  # uvicorn reports a disconnect again, to the relay's own watch
+        if not waiting.done():
+            waiting.cancel()  # the client left (or the server stops): the place in the queue goes
+            await asyncio.gather(waiting, return_exceptions=True)
+    return None if waiting.cancelled() else waiting.result()
+
+
+def model_routes(
+    settings: Settings, metrics: GatewayMetrics, resolve: Resolver
+) -> tuple[dict[str, ModelRoute], list[DnsDiscovery]]:
+    """Each served model's replicas and admission, and the DNS lookups that keep discovered replicas current."""
+    routes: dict[str, ModelRoute] = {}
+    discoveries: list[DnsDiscovery] = []
+    for model, base_url in settings.routes.items():
+        routing = settings.routing.get(model, Routing())
+        routes[model] = ModelRoute(
+            model,
+            routing.policy,
+            metrics,
+            routing.max_in_flight_per_replica,
+            routing.max_wait_seconds,
+            routing.hold_seconds,
+            # Knative runners and the Docker runtime have one upstream, which spreads over replicas itself.
+            replicas=routing.replicas or ([] if routing.replicas_host else [base_url]),
+        )
+        if routing.replicas_host:
+            discoveries.append(DnsDiscovery(routes[model], base_url, routing.replicas_host, resolve))
+    return routes, discoveries
+
+
+def create_app(settings: Settings, resolve: Resolver = resolve_host) -> Starlette:
+    """`resolve` looks up the addresses of a headless Service's name (tests stand in for DNS)."""
     metrics = GatewayMetrics()
     upstream = Upstream(settings, metrics)
+    routes_by_model, discoveries = model_routes(settings, metrics, resolve)
+    pass_through = (
+        None if settings.pass_through_base_url is None
+        else ModelRoute("", "least-loaded", metrics, replicas=[settings.pass_through_base_url])
+    )
     served_models = settings.served_models
     api_keys = ApiKeys(settings.api_keys, settings.api_keys_file, served_models)
     if not api_keys.enabled:
@@ -189,7 +259,13 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await upstream.start()
+        # The first lookup before serving, so the first requests find the replicas already there.
+        await asyncio.gather(*(discovery.refresh() for discovery in discoveries))
+        refreshing = [asyncio.ensure_future(discovery.run(settings.discovery_interval_seconds))
+                      for discovery in discoveries]
         yield
+        for task in refreshing:
+            task.cancel()
         await upstream.aclose()
 
     routes = [
@@ -199,12 +275,15 @@ def create_app(settings: Settings) -> Starlette:
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    def relayed(route: str, upstream_path: str) -> RelayedRoute:
+        return RelayedRoute(
+            route, upstream_path, routes_by_model, pass_through, settings.max_request_bytes, api_keys, upstream)
+
     routes += [
-        Route(route, RelayedRoute(route, upstream_path, settings, api_keys, upstream), methods=["POST"])
-        for route, upstream_path in RELAYED_ROUTES.items()
+        Route(route, relayed(route, upstream_path), methods=["POST"]) for route, upstream_path in RELAYED_ROUTES.items()
     ]
     if served_models is None:
-        models_endpoint = RelayedRoute(MODELS_ROUTE, _MODELS_UPSTREAM_PATH, settings, api_keys, upstream)
+        models_endpoint = relayed(MODELS_ROUTE, _MODELS_UPSTREAM_PATH)
     else:
         models_endpoint = served_model_list
     routes.append(Route(MODELS_ROUTE, models_endpoint, methods=["GET"]))
@@ -215,7 +294,10 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allow_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type", REQUEST_ID_HEADER],
+                # Whatever request headers a browser client asks for (the OpenAI SDK sends x-stainless-* on every
+                # call, and other clients their own): the gateway relays none of them but the payload's, and
+                # only the origins above get an answer at all.
+                allow_headers=["*"],
                 expose_headers=[REQUEST_ID_HEADER],
                 max_age=600,
             )

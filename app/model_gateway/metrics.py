@@ -79,5 +79,38 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.requests_waiting = Gauge(
+            "gateway_requests_waiting",
+            "Requests waiting in the gateway for a replica of the model to admit them (every replica at its in-flight "
+            "limit, or none ready): the queue an autoscaler can scale the model on.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.model_replicas = Gauge(
+            "gateway_model_replicas",
+            "Replicas of the model the gateway routes to (the ready pods it discovered, or the one upstream).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.replica_in_flight = Gauge(
+            "gateway_replica_requests_in_flight",
+            "Requests the gateway has in flight on each replica of a model (replica: its address).",
+            ["model", "replica"],
+            registry=self.registry,
+        )
+        self.replica_chosen = Counter(
+            "gateway_replica_chosen",
+            "Requests routed to each replica of a model.",
+            ["model", "replica"],
+            registry=self.registry,
+        )
+        self.replica_prefix_hits = Counter(
+            "gateway_replica_prefix_hits",
+            "Requests the prefix policy routed to the replica their prompt's prefix maps to (not spilled to another "
+            "for load).",
+            ["model", "replica"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

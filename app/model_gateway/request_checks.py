@@ -9,8 +9,9 @@ import json
 from .errors import Rejected, error_response
 
 
-def requested_model(body: bytes) -> str:
-    """The model a request body names; raises Rejected when the body is not a JSON object naming one."""
+def requested_model(body: bytes) -> tuple[str, dict]:
+    """The model a request body names, and the whole body parsed (parsed once: routing reads the prompt from it);
+    raises Rejected when the body is not a JSON object naming a model."""
     try:
         payload = json.loads(body)
     except ValueError:
@@ -26,7 +27,7 @@ def requested_model(body: bytes) -> str:
         raise Rejected(
             error_response(400, "you must provide a model parameter", "invalid_request_error", param="model")
         )
-    return model
+    return model, payload
 
 
 def model_not_found(model: str) -> Rejected:
@@ -36,19 +37,6 @@ def model_not_found(model: str) -> Rejected:
             f"The model `{model}` does not exist or you do not have access to it.",
             "invalid_request_error",
             code="model_not_found",
-            param="model",
-        )
-    )
-
-
-def model_not_allowed(model: str) -> Rejected:
-    """For a valid key limited to other models; the message names the model, never the key."""
-    return Rejected(
-        error_response(
-            403,
-            f"This API key may not use the model `{model}`.",
-            "invalid_request_error",
-            code="model_not_allowed",
             param="model",
         )
     )

@@ -31,6 +31,39 @@ _SERVICE_LINK_PATTERN = re.compile(r"GATEWAY_(SERVICE_HOST|SERVICE_PORT(_\w+)?|P
 KeyScopes = Mapping[str, "frozenset[str] | None"]
 """Each API key -> the models it may use, or None for every model."""
 
+ROUTING_POLICIES = ("random", "connection", "least-loaded", "prefix")
+# A DNS name: dot-separated labels of letters, digits and '-', optionally ending in a dot (fully qualified, which
+# spares the resolver's search-domain walk).
+_HOST_PATTERN = re.compile(r"(?=.{1,254}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How a model's requests are spread over its replicas and admitted (GATEWAY_ROUTING)."""
+
+    policy: str = "least-loaded"
+    max_in_flight_per_replica: int | None = None
+    """Requests a replica takes at once; more wait in the gateway. None: no limit."""
+    max_wait_seconds: float = 30.0
+    """Longest a request waits for a replica below its limit before 429."""
+    hold_seconds: float | None = None
+    """Longest a request waits while the model has no ready replica at all before 503; None: max_wait_seconds."""
+    replicas_host: str | None = None
+    """A DNS name whose addresses are the replicas (a headless Service), on the port and path of the model's URL."""
+    replicas: tuple[str, ...] = ()
+    """A fixed list of replica base URLs instead."""
+
+
+_ROUTING_FIELDS = {
+    "policy": "policy",
+    "maxInFlightPerReplica": "max_in_flight_per_replica",
+    "maxWaitSeconds": "max_wait_seconds",
+    "holdSeconds": "hold_seconds",
+    "replicasHost": "replicas_host",
+    "replicas": "replicas",
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -54,6 +87,10 @@ class Settings:
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
     """Address to listen on: every interface by default (a container's), 127.0.0.1 behind a local proxy."""
+    routing: Mapping[str, Routing] = field(default_factory=dict)
+    """Each served model's routing, where GATEWAY_ROUTING sets one (others: Routing())."""
+    discovery_interval_seconds: float = 2.0
+    """How often replicas are looked up again in DNS."""
 
     @property
     def served_models(self) -> frozenset[str] | None:
@@ -135,6 +172,54 @@ def _pairs_once_each(pairs: list[tuple[str, object]]) -> dict[str, object]:
             raise _RepeatedName(name)
         document[name] = value
     return document
+
+
+def _routing(value: str) -> dict[str, Routing]:
+    try:
+        document = json.loads(value, object_pairs_hook=_pairs_once_each)
+    except _RepeatedName as repeated:
+        raise InvalidValue(f"{repeated.name!r} is listed twice") from None
+    except ValueError:
+        raise InvalidValue("it is not JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidValue("it is not a JSON object")
+    return {model: _model_routing(model, entry) for model, entry in document.items()}
+
+
+def _model_routing(model: str, entry: object) -> Routing:
+    if not isinstance(entry, dict):
+        raise InvalidValue(f"the routing of model {model!r} is not a JSON object")
+    unknown = sorted(set(entry) - set(_ROUTING_FIELDS))
+    if unknown:
+        raise InvalidValue(f"model {model!r} has unknown field {unknown[0]!r} (known: {', '.join(_ROUTING_FIELDS)})")
+    values = {_ROUTING_FIELDS[name]: value for name, value in entry.items()}
+
+    def problem(name: str, allowed: str) -> InvalidValue:
+        return InvalidValue(f"{name} of model {model!r} is {entry[name]!r}: expected {allowed}")
+
+    if values.get("policy", "least-loaded") not in ROUTING_POLICIES:
+        raise problem("policy", "one of " + ", ".join(ROUTING_POLICIES))
+    limit = values.get("max_in_flight_per_replica")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise problem("maxInFlightPerReplica", "a whole number >= 1")
+    for name in ("maxWaitSeconds", "holdSeconds"):
+        seconds = entry.get(name)
+        if seconds is not None and (type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0):
+            raise problem(name, "a number of seconds >= 0")
+    host = values.get("replicas_host")
+    if host is not None and not (isinstance(host, str) and _HOST_PATTERN.fullmatch(host)):
+        raise problem("replicasHost", "a DNS name")
+    replicas = values.get("replicas")
+    if replicas is not None:
+        try:
+            if not isinstance(replicas, list) or not replicas:
+                raise ValueError
+            values["replicas"] = tuple(_upstream_url(url if isinstance(url, str) else "") for url in replicas)
+        except ValueError:
+            raise problem("replicas", f"a non-empty list of base URLs, each {_UPSTREAM_URL_RULE}") from None
+        if host is not None:
+            raise InvalidValue(f"model {model!r} has both replicasHost and replicas: set one of them")
+    return Routing(**values)
 
 
 def _positive_seconds(value: str) -> float:
@@ -303,6 +388,18 @@ _VARIABLES = (
         _origin_list,
         "comma-separated origins like https://chat.example.com or http://localhost:3000 (no path), or *",
     ),
+    _Variable(
+        "GATEWAY_ROUTING",
+        "routing",
+        _routing,
+        "a JSON object mapping served model ids to their routing, each an object with any of policy ("
+        + ", ".join(ROUTING_POLICIES) + "), maxInFlightPerReplica, maxWaitSeconds, holdSeconds, and replicasHost (a "
+        'DNS name) or replicas (base URLs), e.g. {"chat": {"policy": "prefix", "maxInFlightPerReplica": 8, '
+        '"replicasHost": "model-runner-chat-replicas.models.svc.cluster.local."}}',
+    ),
+    _Variable(
+        "GATEWAY_DISCOVERY_INTERVAL_SECONDS", "discovery_interval_seconds", _positive_seconds, "a number of seconds > 0"
+    ),
     _Variable("GATEWAY_LOG_LEVEL", "log_level", _log_level, "one of " + ", ".join(LOG_LEVELS)),
     _Variable("GATEWAY_PORT", "port", _port, "a port number from 1 to 65535"),
     _Variable("GATEWAY_HOST", "host", _listen_address, "an IP address to listen on, such as 0.0.0.0 or 127.0.0.1"),
@@ -334,10 +431,19 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if problems:
         raise SettingsError(problems)
     settings = Settings(**_with_route_table(values))
-    problem = _key_scope_problem(settings)
-    if problem is not None:
-        raise SettingsError([problem])
+    problems = [problem for problem in (_key_scope_problem(settings), _routing_problem(settings)) if problem]
+    if problems:
+        raise SettingsError(problems)
     return settings
+
+
+def _routing_problem(settings: Settings) -> str | None:
+    """Why GATEWAY_ROUTING does not fit the served models, or None."""
+    unserved = sorted(set(settings.routing) - set(settings.routes))
+    if unserved:
+        served = ", ".join(repr(model) for model in settings.routes) or "none: GATEWAY_UPSTREAM_BASE_URL alone"
+        return f"GATEWAY_ROUTING names model {unserved[0]!r}, which the gateway does not serve (it serves {served})"
+    return None
 
 
 def _with_route_table(values: dict[str, object]) -> dict[str, object]:

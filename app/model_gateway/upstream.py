@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .errors import error_event, error_response, upstream_client_error
 from .metrics import GatewayMetrics
+from .routing import UPSTREAM_KEEPALIVE_SECONDS, ModelRoute, Replica
 from .settings import Settings
 from .usage import UsageObserver
 
@@ -62,14 +63,38 @@ _CLIENT_ERROR_BODY_BYTES = 64 * 1024
 _UNAVAILABLE_RETRY_AFTER_SECONDS = "5"
 # Status recorded (in metrics and the request log) for a request whose client left before it was answered,
 # as nginx does; the client never sees it.
-_CLIENT_CLOSED_REQUEST = 499
-# Idle upstream connections are dropped before the model server drops them (uvicorn, which vLLM runs on, closes
-# idle connections after 5 s by default), so a request is not sent on a connection the server is closing.
-_KEEPALIVE_SECONDS = 4.0
+CLIENT_CLOSED_REQUEST = 499
+# Failures that happen before any byte of the request left: another replica can take the request safely.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class Target:
+    """Where one request goes: the replica its model's route admitted it to (another, if that one refuses the
+    connection), and the path on it."""
+
+    __slots__ = ("route", "replica", "key", "path")
+
+    def __init__(self, route: ModelRoute, replica: Replica, key: int | None, path: str) -> None:
+        self.route = route
+        self.replica: Replica | None = replica
+        """The replica holding the request; None once released."""
+        self.key = key
+        self.path = path
+
+    def retry_elsewhere(self) -> bool:
+        """Moves the request to another replica after its own refused the connection; False when none admits it."""
+        assert self.replica is not None
+        self.replica = self.route.retry(self.replica, self.key)
+        return self.replica is not None
+
+    def release(self) -> None:
+        if self.replica is not None:
+            self.route.release(self.replica)
+            self.replica = None
 
 
 class Upstream:
-    """The client of every engine: one connection pool, each call naming the engine's URL."""
+    """The client of every engine: one connection pool, each call naming the replica's URL."""
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
         self._settings = settings
@@ -84,7 +109,7 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             # Model streams are long-lived: a pool cap would queue requests behind them invisibly; the model
             # server (or the platform's concurrency limit) is the place to bound load.
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_SECONDS),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS),
             # sock_read bounds each wait for the server (headers, or the next piece of a body), not the whole
             # answer, so a long generation that keeps streaming is never cut.
             timeout=aiohttp.ClientTimeout(
@@ -104,24 +129,28 @@ class Upstream:
             await self._session.close()
 
     async def relay(
-        self, scope: Scope, receive: Receive, send: Send, url: str, route: str, model: str, body: bytes, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, target: Target, route: str, model: str, body: bytes,
+        request_id: str,
     ) -> None:
-        """Sends the request to `url` (an engine's base URL and the route's path) and relays the answer to the
-        client as it arrives. When the client leaves first, the upstream request is closed, so a model server that
-        stops on disconnect frees its slot. `model` labels the metrics: a served model id, or empty when the model
-        server chooses the model."""
+        """Sends the request to the target replica and relays the answer to the client as it arrives; the replica
+        is held until the answer is complete. When the client leaves first, the upstream request is closed, so a
+        model server that stops on disconnect frees its slot. `model` labels the metrics: a served model id, or
+        empty when the model server chooses the model."""
         client_headers = Headers(scope=scope)
         headers = {name: client_headers[name] for name in _RELAYED_REQUEST_HEADERS if name in client_headers}
         headers["x-request-id"] = request_id
         headers.update(self._auth_headers)
         assert self._session is not None, "start() runs at startup"
         exchange = _Exchange(self._session, self._settings, self._metrics, scope, send, route, model)
-        relaying = asyncio.ensure_future(exchange.run(scope["method"], url, body, headers))
-        if not await _unless_client_leaves(relaying, receive, exchange):
-            log.info("client left before the answer was complete", extra={"route": route})
-            if not exchange.started:
-                # Recorded only: the connection is gone.
-                await send({"type": "http.response.start", "status": _CLIENT_CLOSED_REQUEST, "headers": []})
+        try:
+            relaying = asyncio.ensure_future(exchange.run(scope["method"], target, body, headers))
+            if not await _unless_client_leaves(relaying, receive, exchange):
+                log.info("client left before the answer was complete", extra={"route": route})
+                if not exchange.started:
+                    # Recorded only: the connection is gone.
+                    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+        finally:
+            target.release()
 
     async def readiness_problem(self, base_url: str, model: str | None) -> str | None:
         """Why the engine at `base_url` cannot serve now (unreachable, failing, or not listing `model`), or
@@ -227,9 +256,20 @@ class _Exchange:
         self.complete = False
         """Whether the whole response has been sent to the client."""
 
-    async def run(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> None:
+    async def run(self, method: str, target: Target, body: bytes, headers: dict[str, str]) -> None:
         try:
-            response = await self._session.request(method, url, data=body, headers=headers)
+            while True:
+                assert target.replica is not None
+                try:
+                    response = await self._session.request(
+                        method, target.replica.base_url + target.path, data=body, headers=headers)
+                    break
+                except _NOT_SENT as error:
+                    failed = target.replica.label
+                    if not target.retry_elsewhere():
+                        raise
+                    log.warning("replica refused the connection; trying another", extra={
+                        "route": self._route, "model": self._model, "replica": failed, "error": repr(error)})
         except _TransportError as error:
             failure = _classify(error, self._settings)
             self._metrics.upstream_errors.labels(self._route, self._model, failure.reason).inc()
@@ -297,8 +337,10 @@ class _Exchange:
         if usage is None:
             return
         tokens = self._metrics.tokens
-        tokens.labels(usage.model, "prompt").inc(usage.prompt_tokens)
-        tokens.labels(usage.model, "completion").inc(usage.completion_tokens)
+        # The routed model, not the `model` the answer names: an engine (or a client, through it) could otherwise
+        # add label values at will.
+        tokens.labels(self._model, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(self._model, "completion").inc(usage.completion_tokens)
         self._scope.setdefault("state", {})["usage"] = usage._asdict()
 
     async def _client_error(self, response: aiohttp.ClientResponse) -> Response:

@@ -377,6 +377,11 @@ class StackConfig(Section):
                               f"the engine image {model.config.engine_image()!r} of {model.key} is a CPU build and "
                               f"cannot use a GPU (set {join_key(key, 'image')} to a GPU build, such as a -cuda tag)",
                               self.docker.runner.gpus)
+            if self.runtime == "docker" and "policy" in model.config.routing.model_fields_set:
+                yield Problem(join_keys(key, "routing.policy"),
+                              "the Docker runtime runs one engine per model, so there is no replica to choose; "
+                              "remove it (routing.maxInFlightPerReplica and maxWaitSeconds still apply)",
+                              model.config.routing.policy)
         gpu_models = [model.key for model in self.gpu_models]
         if self.runtime == "docker" and self.docker.runner.gpus is not None and len(gpu_models) > 1:
             yield Problem(join_keys(path, "docker.runner.gpus"),

@@ -486,6 +486,17 @@ def _bytes(text: str) -> str:
     return text
 
 
+def _whole_bytes(text: str) -> str:
+    if not quantity_value(text).is_integer():
+        raise ValueError(f"must be a whole number of bytes: {text} is {quantity_value(text):g} bytes")
+    return text
+
+
+def byte_count(text: str) -> int:
+    """The bytes a `WholeByteQuantity` stands for (`1Mi` -> 1048576)."""
+    return int(quantity_value(text))
+
+
 _QUANTITY_SCHEMA = {"anyOf": [
     {"type": "number", "exclusiveMinimum": 0},
     # JSON Schema's regular expressions (ECMA-262) write no `P` in named groups; none are needed there.
@@ -493,3 +504,5 @@ _QUANTITY_SCHEMA = {"anyOf": [
 ]}
 Quantity = Annotated[str, BeforeValidator(_quantity), WithJsonSchema(_QUANTITY_SCHEMA)]
 ByteQuantity = Annotated[str, BeforeValidator(_quantity), AfterValidator(_bytes), WithJsonSchema(_QUANTITY_SCHEMA)]
+WholeByteQuantity = Annotated[ByteQuantity, AfterValidator(_whole_bytes)]
+"""A size a program reads as a count of bytes (a limit passed on as an integer), not a request to Kubernetes."""

@@ -581,6 +581,8 @@ def gateway_wired_env(model_keys: list[str]) -> dict[str, str]:
         "GATEWAY_MODELS": settings("model", "port", "apiBasePath"),
         "GATEWAY_REQUEST_TIMEOUT_SECONDS": "gateway.requestTimeoutSeconds",
         "GATEWAY_CORS_ALLOW_ORIGINS": "gateway.corsAllowOrigins",
+        "GATEWAY_MAX_REQUEST_BYTES": "gateway.maxRequestBody",
+        "GATEWAY_ROUTING": settings("routing", "model", "loadBudgetSeconds"),
     }
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Iterator, Optional
 
 from pydantic import Field
 
-from .base import ImageRef, Problem, matching, only_on, unique
+from .base import ImageRef, Problem, WholeByteQuantity, join_keys, matching, only_on, quantity_value, unique
 from .workload import AllowedNamespaces, ServedWorkload, ResourcesConfig, ScalingConfig
 
 
@@ -38,5 +38,15 @@ class GatewayConfig(ServedWorkload):
         unique("each origin is allowed once")] = []
     """Browser origins allowed to call the API (e.g. `https://chat.example.com`); empty allows none."""
 
+    max_request_body: WholeByteQuantity = "1Mi"
+    """Largest request body the gateway accepts (`1Mi`, `16Mi`; larger ones get 413 before any engine sees
+    them): raise it for batch embedding requests or base64 image inputs. Each body is held in the gateway's memory
+    while it is checked and relayed, so it must stay below `resources.limits.memory`."""
+
     def check(self, path: str) -> Iterator[Problem]:
         yield from self.scaling_problems(path)
+        memory = self.resources.limits.memory
+        if memory is not None and quantity_value(self.max_request_body) >= quantity_value(memory):
+            yield Problem(join_keys(path, "maxRequestBody"),
+                          f"must be below resources.limits.memory ({memory}): the gateway holds each body in memory",
+                          self.max_request_body)

@@ -103,6 +103,25 @@ class GpuConfig(Section):
     """RuntimeClass for GPU pods, where the cluster uses one for the NVIDIA runtime (e.g. `nvidia`)."""
 
 
+class RoutingConfig(Section):
+    """How the gateway spreads the model's requests over its replicas and how many each takes at once."""
+
+    policy: Literal["prefix", "least-loaded", "random"] = "prefix"
+    """Which replica gets a request: `prefix` sends requests whose prompts start alike (a conversation's turns,
+    one system prompt) to the replica that holds that prompt in its cache, unless it carries 25% more than the
+    mean load; `least-loaded` the one with the fewest requests in flight; `random` any."""
+
+    max_in_flight_per_replica: Optional[Annotated[int, Field(ge=1, le=4096)]] = None
+    """Requests the gateway sends a replica at once; more wait in the gateway for the first replica with room, so
+    no engine is pushed past its batch capacity. Unset: the engine's own batch capacity, read from `args` and
+    `env`: vLLM's `--max-num-seqs` (default 256), llama.cpp's `--parallel` slots (default 4), Ollama's
+    `OLLAMA_NUM_PARALLEL` (default 1), Docker Model Runner's bundled llama.cpp (4)."""
+
+    max_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 30
+    """Longest a request waits in the gateway for a replica with room before it gets 429 with `Retry-After`
+    (0: at once)."""
+
+
 class ModelConfig(ServedWorkload):
     """One served model and the engine workload serving it: engine, model, cache, resources, probes, scaling and
     exposure."""
@@ -184,6 +203,15 @@ class ModelConfig(ServedWorkload):
     namespace can be singled out there: vLLM and llama.cpp runners on Knative answer only the key the gateway holds
     (`runnerApiKey`)."""
 
+    routing: RoutingConfig = RoutingConfig()
+    """How the gateway routes the model's requests over its replicas and admits them. On Knative the gateway sees
+    one upstream (Knative spreads requests and limits them with `scaling.targetConcurrency`), so it applies to
+    Deployment runners and, for the admission limit and wait, to the Docker runtime's one engine."""
+
+    def in_flight_limit(self) -> int:
+        """Requests the gateway sends one replica at once: the setting, or the engine's batch capacity."""
+        return self.routing.max_in_flight_per_replica or ENGINES[self.engine].batch_capacity(self.args, self.env)
+
     def profile_images(self, path: str) -> Iterator[tuple[str, str]]:
         """Images the runner deploys that this config leaves to the engine profile, keyed by the setting that
         would override each."""
@@ -249,6 +277,12 @@ class ModelConfig(ServedWorkload):
                     yield Problem(join_keys(path, f"scaling.{ModelScalingConfig.model_fields[name].alias}"),
                                   "applies to Deployment workloads; Knative scales on in-flight requests "
                                   "(scaling.targetConcurrency)", getattr(self.scaling, name))
+        if self.workload == "knative":
+            for name in sorted(self.routing.model_fields_set):
+                yield Problem(join_keys(path, f"routing.{RoutingConfig.model_fields[name].alias}"),
+                              "applies to Deployment runners; through Knative the gateway has one upstream, and "
+                              "Knative spreads requests and limits them per replica (scaling.targetConcurrency)",
+                              getattr(self.routing, name))
         if self.cache.access_mode == "ReadWriteOnce" and self.scaling.max_replicas > 1:
             yield Problem(
                 join_keys(path, "scaling.maxReplicas"),

@@ -38,22 +38,24 @@ def llama_server_directory() -> Path:
     return Path(subprocess.run([str(BUILD_SCRIPT), "--dir"], capture_output=True, text=True, check=True).stdout.strip())
 
 
-def write_tiny_llama(path: Path, build: Path, seed: int = 0) -> None:
-    """Writes a llama model of ~4 MB with random weights (n_embd 64, 2 layers, 4 heads) and the tokenizer of the
-    vocabulary in `build` (a llama.cpp-server directory): deterministic for a given seed, gibberish in every
-    answer."""
+def write_tiny_llama(
+    path: Path, build: Path, seed: int = 0, embedding: int = 64, layers: int = 2, context_tokens: int = CONTEXT_TOKENS
+) -> None:
+    """Writes a llama model with random weights (by default ~4 MB: n_embd 64, 2 layers, 4 heads) and the tokenizer
+    of the vocabulary in `build` (a llama.cpp-server directory): deterministic for a given seed, gibberish in every
+    answer. A wider or deeper one makes prompt evaluation cost what a benchmark can measure."""
     gguf_py = str(build / "gguf-py")  # the gguf package of the same llama.cpp as the server
     if gguf_py not in sys.path:
         sys.path.insert(0, gguf_py)
     import gguf
     import numpy
 
-    embedding, layers, heads, feed_forward = 64, 2, 4, 128
+    heads, feed_forward = 4, 2 * embedding
     [vocab_file] = build.glob("ggml-vocab-*.gguf")
     vocab = gguf.GGUFReader(vocab_file)
     writer = gguf.GGUFWriter(path, arch="llama")
     writer.add_name("model-stack tiny llama (random weights)")
-    writer.add_context_length(CONTEXT_TOKENS)
+    writer.add_context_length(context_tokens)
     writer.add_embedding_length(embedding)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(feed_forward)
@@ -97,9 +99,12 @@ def write_tiny_llama(path: Path, build: Path, seed: int = 0) -> None:
     writer.close()
 
 
-def llama_server_command(directory: Path, model: Path, alias: str, port: int) -> list[str]:
-    """The server as the engine lane runs it: loopback only, no web UI or /slots, one slot on one thread (the
-    model is tiny), the model's own context, and short answers unless a request asks for more."""
+def llama_server_command(
+    directory: Path, model: Path, alias: str, port: int, slots: int = 1, context_tokens: int = CONTEXT_TOKENS
+) -> list[str]:
+    """The server as the engine lane runs it: loopback only, no web UI or /slots, one slot (unless more are asked
+    for, each with `context_tokens`) on one thread (the model is tiny), and short answers unless a request asks
+    for more."""
     return [
         str(directory / "llama-server"),
         "--host", "127.0.0.1",
@@ -108,9 +113,10 @@ def llama_server_command(directory: Path, model: Path, alias: str, port: int) ->
         "--alias", alias,
         "--no-ui",  # --no-webui in older releases, deprecated in this one
         "--no-slots",
-        "-c", str(CONTEXT_TOKENS),
+        # Without a unified KV cache (which -np turns off), llama.cpp splits -c between the slots.
+        "-c", str(context_tokens * slots),
         "-n", "16",
-        "-np", "1",
+        "-np", str(slots),
         "--threads", "1",
     ]
 

@@ -224,9 +224,9 @@ def test_the_local_stack_serves_two_llama_cpp_models_behind_one_gateway(
             assert not_served.value.code == "model_not_found"
 
         with client(base_url, SCOPED_KEY) as scoped:
-            with pytest.raises(openai.PermissionDeniedError) as refused:
+            with pytest.raises(openai.NotFoundError) as refused:
                 chat(scoped, CHAT)
-            assert refused.value.code == "model_not_allowed"
+            assert refused.value.code == "model_not_found"
             assert chat(scoped, SMALL).model == SMALL
             assert [model.id for model in scoped.models.list()] == [SMALL]
 

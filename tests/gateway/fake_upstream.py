@@ -99,11 +99,12 @@ class FakeUpstream:
         )
 
     @contextlib.contextmanager
-    def serving(self) -> Iterator[FakeUpstream]:
-        """Serves on loopback until the block ends; `base_url` is the OpenAI base URL meanwhile."""
+    def serving(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[FakeUpstream]:
+        """Serves on loopback (`host`, on a free port unless `port` is given) until the block ends; `base_url` is
+        the OpenAI base URL meanwhile."""
         # h11 sends header names in the case the app gave (httptools lowercases them), as llama.cpp's mixed-case
         # headers reach the gateway.
-        with serve(self.app, http="h11") as url:
+        with serve(self.app, host=host, port=port, http="h11") as url:
             self.base_url = f"{url}/v1"
             yield self
 

@@ -42,11 +42,12 @@ def eventually(condition: Callable[[], bool], timeout: float = 5) -> bool:
 
 
 @contextlib.contextmanager
-def serve(app, **config) -> Iterator[str]:
-    """Yields the base URL (http://127.0.0.1:PORT) of `app` served until the block ends; `config` adds
-    uvicorn.Config options."""
+def serve(app, host: str = "127.0.0.1", port: int = 0, **config) -> Iterator[str]:
+    """Yields the base URL (http://HOST:PORT) of `app` served until the block ends, on a free port unless one is
+    given (replicas of a model on several loopback addresses share one, as pods behind a Service do); `config`
+    adds uvicorn.Config options."""
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))  # bound before the thread starts, so the port is known and never raced for
+    listener.bind((host, port))  # bound before the thread starts, so the port is known and never raced for
     port = listener.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -54,10 +55,10 @@ def serve(app, **config) -> Iterator[str]:
     deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"uvicorn did not start serving {app!r} on 127.0.0.1:{port}")
+            raise RuntimeError(f"uvicorn did not start serving {app!r} on {host}:{port}")
         time.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(_STARTUP_TIMEOUT_SECONDS)

@@ -72,6 +72,46 @@ def test_cors_preflight_from_an_allowed_origin_is_answered_without_a_key(start_g
     assert "authorization" in response.headers["access-control-allow-headers"].lower()
 
 
+# What openai-node sends on every call from a browser (and so asks the preflight for), besides the key.
+OPENAI_NODE_HEADERS = (
+    "authorization, content-type, x-stainless-os, x-stainless-lang, x-stainless-arch, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-package-version, x-stainless-retry-count, x-stainless-timeout"
+)
+
+
+def test_cors_preflight_allows_the_headers_the_browser_openai_sdk_sends(start_gateway):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    response = httpx.options(
+        f"{gateway_url}/v1/chat/completions",
+        headers={
+            "origin": "https://chat.example.com",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": OPENAI_NODE_HEADERS,
+        },
+    )
+
+    assert response.status_code == 200
+    allowed = {name.strip() for name in response.headers["access-control-allow-headers"].lower().split(",")}
+    assert {name.strip() for name in OPENAI_NODE_HEADERS.split(",")} <= allowed
+
+
+def test_cors_preflight_with_the_sdks_headers_from_another_origin_is_refused(start_gateway):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    response = httpx.options(
+        f"{gateway_url}/v1/chat/completions",
+        headers={
+            "origin": "https://evil.example",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": OPENAI_NODE_HEADERS,
+        },
+    )
+
+    assert response.status_code == 400
+    assert "access-control-allow-origin" not in response.headers
+
+
 def test_cors_headers_are_on_api_answers_errors_included(start_gateway):
     gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
 

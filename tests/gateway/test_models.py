@@ -115,18 +115,20 @@ def test_a_model_no_engine_serves_is_not_found(gateway_url, upstream, second_ups
     assert upstream.requests == second_upstream.requests == []
 
 
-def test_a_key_limited_to_a_model_may_not_use_the_others(gateway_url, upstream, second_upstream):
+def test_a_key_limited_to_a_model_cannot_tell_the_others_from_unserved_ones(gateway_url, upstream, second_upstream):
     client = openai_client(gateway_url, api_key=SCOPED_KEY)
 
-    with pytest.raises(openai.PermissionDeniedError) as raised:
+    with pytest.raises(openai.NotFoundError) as served_elsewhere:
         client.chat.completions.create(model=FAKE_MODEL, messages=MESSAGES)
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # an unknown model stays unknown
+    with pytest.raises(openai.NotFoundError) as unserved:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
 
-    assert raised.value.status_code == 403
-    assert (raised.value.type, raised.value.code, raised.value.param) == (
-        "invalid_request_error", "model_not_allowed", "model")
-    assert FAKE_MODEL in raised.value.message and SCOPED_KEY not in raised.value.message
+    answers = [raised.value.response for raised in (served_elsewhere, unserved)]
+    assert [answer.status_code for answer in answers] == [404, 404]
+    # The same body but for the name the client sent itself.
+    assert answers[0].json() == json.loads(answers[1].text.replace("gpt-4o", FAKE_MODEL))
+    assert (served_elsewhere.value.code, served_elsewhere.value.param) == ("model_not_found", "model")
+    assert SCOPED_KEY not in served_elsewhere.value.message
     assert upstream.requests == []
     assert client.chat.completions.create(model=SECOND_MODEL, messages=MESSAGES).model == SECOND_MODEL
     assert [model.id for model in client.models.list()] == [SECOND_MODEL]
@@ -211,7 +213,7 @@ def test_requests_and_upstream_errors_are_counted_by_served_model(gateway_url, s
 
     scraped = httpx.get(f"{gateway_url}/metrics").text
     assert metric_value(scraped, "gateway_model_requests_total", model=FAKE_MODEL, status="200") == 2
-    assert metric_value(scraped, "gateway_model_requests_total", model=FAKE_MODEL, status="403") == 1
+    assert metric_value(scraped, "gateway_model_requests_total", model=FAKE_MODEL, status="404") == 1
     assert metric_value(scraped, "gateway_model_requests_total", model=SECOND_MODEL, status="502") == 1
     # An unknown model is answered 404 before any model label is given: clients cannot mint label values.
     assert "client-chosen-name" not in scraped

@@ -135,6 +135,28 @@ def test_tokens_are_counted_from_json_and_streamed_usage(metrics):
     assert metric_value(scraped, "gateway_tokens_total", model=FAKE_MODEL, kind="completion") == 7
 
 
+def test_tokens_are_labelled_with_the_routed_model_not_the_one_the_answer_names(metrics, upstream):
+    client, exposition = metrics
+    upstream.behaviour.models = ("engine-chosen-name",)  # what the engine writes in its answers' `model`
+
+    client.post("/v1/chat/completions", json=chat_request("three words here"))
+
+    scraped = exposition()
+    assert metric_value(scraped, "gateway_tokens_total", model=FAKE_MODEL, kind="prompt") == 3
+    assert "engine-chosen-name" not in scraped
+
+
+def test_without_served_models_tokens_get_no_model_label_value(start_gateway, upstream):
+    gateway_url = start_gateway(MODEL=None)
+    headers = {"authorization": f"Bearer {API_KEY}"}
+
+    httpx.post(f"{gateway_url}/v1/chat/completions", json=chat_request(model="client-chosen-name"), headers=headers)
+
+    scraped = httpx.get(f"{gateway_url}/metrics").text
+    assert metric_value(scraped, "gateway_tokens_total", model="", kind="prompt") == 2
+    assert "client-chosen-name" not in scraped and FAKE_MODEL not in scraped
+
+
 def test_upstream_errors_are_counted_by_reason(metrics, upstream):
     client, exposition = metrics
     upstream.behaviour.failure_status = 500

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from model_gateway.settings import (
+    Routing,
     Settings,
     SettingsError,
     check_key_scopes,
@@ -58,6 +59,9 @@ def test_every_variable_is_read():
             "GATEWAY_LOG_LEVEL": "DEBUG",
             "GATEWAY_PORT": "9000",
             "GATEWAY_HOST": "::1",
+            "GATEWAY_ROUTING": '{"ai/smollm2": {"policy": "prefix", "maxInFlightPerReplica": 8, "maxWaitSeconds": 2.5, '
+                               '"holdSeconds": 600, "replicasHost": "model-runner-replicas.models.svc.cluster.local."}}',
+            "GATEWAY_DISCOVERY_INTERVAL_SECONDS": "0.5",
         }
     )
 
@@ -72,6 +76,9 @@ def test_every_variable_is_read():
         log_level="debug",
         port=9000,
         host="::1",
+        routing={"ai/smollm2": Routing(policy="prefix", max_in_flight_per_replica=8, max_wait_seconds=2.5,
+                                       hold_seconds=600, replicas_host="model-runner-replicas.models.svc.cluster.local.")},
+        discovery_interval_seconds=0.5,
     )
 
 
@@ -311,3 +318,37 @@ def test_invalid_keys_are_reported_with_the_line_but_not_the_keys(tmp_path):
     assert from_file.startswith(f"GATEWAY_API_KEYS_FILE={str(keys_file)!r} is invalid: expected the path of a")
     assert "(line 2 has 3 fields" in from_file
     assert "very-secret" not in inline + from_file
+
+
+def test_routing_may_list_fixed_replicas_and_leaves_other_models_to_the_defaults():
+    settings = load_settings({**MODELS, "GATEWAY_ROUTING": json.dumps(
+        {"ai/smollm2:135M-Q4_K_M": {"replicas": ["http://10.0.0.1:8080/v1/", "http://10.0.0.2:8080/v1"]}})})
+
+    assert settings.routing == {"ai/smollm2:135M-Q4_K_M": Routing(
+        replicas=("http://10.0.0.1:8080/v1", "http://10.0.0.2:8080/v1"))}
+    assert Routing().policy == "least-loaded" and Routing().max_in_flight_per_replica is None
+
+
+@pytest.mark.parametrize("routing,detail", [
+    ("[]", "not a JSON object"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"policy": "round-robin"}}', "policy of model 'ai/smollm2:135M-Q4_K_M' is "
+                                                              "'round-robin': expected one of random, connection"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"maxInFlightPerReplica": 0}}', "maxInFlightPerReplica"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"maxInFlightPerReplica": 2.5}}', "a whole number >= 1"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"maxWaitSeconds": -1}}', "maxWaitSeconds"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"holdSeconds": "long"}}', "holdSeconds"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"replicasHost": "http://pods"}}', "a DNS name"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"replicas": []}}', "a non-empty list of base URLs"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"replicas": ["http://a/v1"], "replicasHost": "pods"}}', "set one of them"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"maxInflight": 2}}', "unknown field 'maxInflight'"),
+])
+def test_invalid_routing_is_one_line_saying_what_is_wrong(routing, detail):
+    [problem] = problems_of({**MODELS, "GATEWAY_ROUTING": routing})
+
+    assert problem.startswith("GATEWAY_ROUTING=") and detail in problem
+
+
+def test_routing_may_only_name_served_models():
+    assert problems_of({**MODELS, "GATEWAY_ROUTING": '{"gpt-4o": {}}'}) == [
+        "GATEWAY_ROUTING names model 'gpt-4o', which the gateway does not serve (it serves "
+        "'ai/smollm2:360M-Q4_K_M', 'ai/smollm2:135M-Q4_K_M')"]
