@@ -199,7 +199,8 @@ async def converse(client: httpx.AsyncClient, conversation: Conversation, origin
         messages.append({"role": "user", "content": user})
         try:
             turn, answer = await chat_turn(client, messages, max_tokens)
-        except (httpx.HTTPError, RuntimeError):
+        except (httpx.HTTPError, RuntimeError) as error:
+            print(f"{outcome.policy}: request failed: {error}", file=sys.stderr)
             outcome.failures += 1
             return
         outcome.turns.append(turn)
@@ -226,7 +227,11 @@ async def measure_capacity(gateway_url: str, arguments: argparse.Namespace) -> f
             messages = [{"role": "system", "content": conversation.system}]
             for user in conversation.users:
                 messages.append({"role": "user", "content": user})
-                _, answer = await chat_turn(client, messages, arguments.max_tokens)
+                try:
+                    _, answer = await chat_turn(client, messages, arguments.max_tokens)
+                except (httpx.HTTPError, RuntimeError) as error:
+                    print(f"calibration request failed: {error}", file=sys.stderr)
+                    break
                 messages.append({"role": "assistant", "content": answer})
                 done += 1
                 if time.perf_counter() >= deadline:
@@ -297,8 +302,8 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--slots", type=int, default=2, help="llama.cpp --parallel per replica")
     parser.add_argument("--slot-context", type=int, default=2048, help="context tokens per slot")
-    parser.add_argument("--embedding", type=int, default=256, help="the model's width (prompt cost grows with it)")
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--embedding", type=int, default=128, help="the model's width (prompt cost grows with it)")
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--system-prompts", type=int, default=4)
     parser.add_argument("--system-words", type=int, default=600)
     parser.add_argument("--user-words", type=int, default=40)
