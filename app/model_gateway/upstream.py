@@ -310,11 +310,12 @@ class _Exchange:
         usage = UsageObserver(content_type)
         try:
             async for chunk in response.content.iter_any():
+                # Read before it is sent: the engine spent the tokens whether or not the client stays for the end.
+                usage.feed(chunk)
                 # The last piece carries the end of the response, which saves the client a separate write.
                 await self._sending(
                     {"type": "http.response.body", "body": chunk, "more_body": not response.content.at_eof()}
                 )
-                usage.feed(chunk)
         except _TransportError as error:
             failure = _classify(error, self._settings)
             self._metrics.upstream_errors.labels(self._route, self._model, "interrupted").inc()
@@ -330,7 +331,9 @@ class _Exchange:
         else:
             if not self.complete:
                 await self._sending({"type": "http.response.body", "body": b""})
-        self._record_usage(usage)
+        finally:
+            # Also when a send fails because the client left after the last piece.
+            self._record_usage(usage)
 
     def _record_usage(self, observer: UsageObserver) -> None:
         usage = observer.finish()

@@ -122,6 +122,11 @@ class Stack:
         """`pulumi preview`; the operations it plans, but `same`."""
         return without_same(json.loads(self.run("preview", "--json", *args).stdout)["changeSummary"])
 
+    def planned_steps(self, *args: str) -> dict[str, str]:
+        """`pulumi preview`'s steps but `same`: each resource's name (the last part of its URN) -> its operation."""
+        steps = json.loads(self.run("preview", "--json", *args).stdout).get("steps") or []
+        return {step["urn"].rpartition("::")[2]: step["op"] for step in steps if step["op"] != "same"}
+
     def destroy(self) -> dict[str, int]:
         return applied(self.run("destroy", "--yes", "--skip-preview", "--json").stdout)
 
