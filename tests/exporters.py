@@ -33,11 +33,17 @@ KUBE_STATE_METRICS = frozenset({
 
 def gateway_series() -> dict[str, frozenset[str]]:
     """Each sample name the gateway exposes -> its label names."""
+    from prometheus_client.metrics import MetricWrapperBase
+
     from app.model_gateway.metrics import GatewayMetrics
 
+    metrics = GatewayMetrics()
+    # A labelled family has no samples until a child is made, so its label names come from its declaration.
+    declared = {metric._name: metric._labelnames for metric in vars(metrics).values()
+                if isinstance(metric, MetricWrapperBase)}
     series: dict[str, frozenset[str]] = {}
-    for family in GatewayMetrics().registry.collect():
-        labels = family.samples[0].labels.keys() if family.samples else ()
+    for family in metrics.registry.collect():
+        labels = family.samples[0].labels.keys() if family.samples else declared.get(family.name, ())
         names = {family.name, f"{family.name}_total", *(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count", "_created"))}
         for name in names:
             series[name] = frozenset(labels) - {"le"}
