@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ WORKLOAD = "chat"
 """The runner's workload name (its pods' `app.kubernetes.io/name`)."""
 SLOTS = 2
 SCRAPE_INTERVAL_SECONDS = 1
+_FIRST_SCRAPE_SECONDS = 30
 ENGINE = "llama.cpp"
 REF = ServedModelRef(NAMESPACE, WORKLOAD, MODEL, ENGINE)
 # Long answers (the end-of-text token ignored) from a somewhat wider tiny model with room for them: a request holds
@@ -110,7 +112,8 @@ def _data(response: httpx.Response) -> list[dict[str, Any]]:
 @contextmanager
 def lane(prometheus: str, llama_server_build: Path, directory: Path) -> Iterator[Lane]:
     """llama-server with `--metrics` and SLOTS slots serving MODEL, the gateway routing MODEL to it, and the
-    Prometheus binary `prometheus` scraping both; yields once Prometheus has scraped both targets up."""
+    Prometheus binary `prometheus` scraping both; yields once Prometheus has scraped both targets up (what the
+    scrape jobs kept: a target they dropped would never be)."""
     with ExitStack() as stack:
         model = directory / f"{MODEL}.gguf"
         write_tiny_llama(model, llama_server_build, embedding=EMBEDDING, context_tokens=CONTEXT_TOKENS)
@@ -128,7 +131,12 @@ def lane(prometheus: str, llama_server_build: Path, directory: Path) -> Iterator
         command = [shutil.which(prometheus) or prometheus, f"--config.file={config}",
                    f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
         stack.enter_context(running(command, f"{prometheus_url}/-/ready", directory / "prometheus.log"))
-        yield Lane(engine_url, gateway_url, prometheus_url)
+        scraping = Lane(engine_url, gateway_url, prometheus_url)
+        deadline = time.monotonic() + _FIRST_SCRAPE_SECONDS
+        while scraping.scalar("sum(up)") != 2:
+            assert time.monotonic() < deadline, scraping.query("up")
+            time.sleep(SCRAPE_INTERVAL_SECONDS / 4)
+        yield scraping
 
 
 def _port(url: str) -> int:
