@@ -112,7 +112,8 @@ def main() -> None:
                           for legend in legends}
                   for title, legends in PANELS.items()}
     for title, legends in series.items():
-        print(title, {legend: max((v for _, v in points), default=None) for legend, points in legends.items()})
+        # Peaks; NaN (a quantile before any observation) compares false, so it is left out.
+        print(title, {legend: max((v for _, v in points if v == v), default=None) for legend, points in legends.items()})
     plot(series, start, arguments.plot)
     print(f"wrote {arguments.plot}")
 
