@@ -8,8 +8,7 @@ divides it by the replica count and aims for a target per replica. Where each nu
   `llamacpp:requests_processing`: holding a slot), from tools/server (`server_task_result_metrics::to_metrics`).
 - Ollama and Docker Model Runner export nothing, so the gateway's per-model gauges stand in:
   `gateway_requests_waiting{model}` (held by the gateway, e.g. while the model has no ready replica) and
-  `gateway_replica_requests_in_flight{model}`, summed over the model's replicas (relayed to the engine, queued
-  there or decoding).
+  `gateway_replica_requests_in_flight{model}` (relayed to the engine, queued there or decoding; per replica).
 
 Targets are each engine's batch capacity per replica: a replica at its target decodes every request it holds,
 and above it requests queue, which is when another replica pays for its start. Where a deployment knows its

@@ -32,23 +32,23 @@ KUBE_STATE_METRICS = frozenset({
 
 
 def gateway_series() -> dict[str, frozenset[str]]:
-    """Each sample name the gateway exposes -> its label names, as each metric declares them (a labelled metric
-    has no sample until its first label values are used)."""
-    from prometheus_client import Counter, Gauge, Histogram
+    """Each sample name the gateway exposes -> its label names."""
+    from prometheus_client.metrics import MetricWrapperBase
 
     from app.model_gateway.metrics import GatewayMetrics
 
-    suffixes = {Counter: ("_total", "_created"), Gauge: ("",), Histogram: ("_bucket", "_sum", "_count", "_created")}
-    series: dict[str, frozenset[str]] = {}
     metrics = GatewayMetrics()
-    for metric in vars(metrics).values():
-        kind = next((kind for kind in suffixes if isinstance(metric, kind)), None)
-        if kind is not None:
-            for suffix in suffixes[kind]:
-                series[f"{metric._name}{suffix}"] = frozenset(metric._labelnames)
-    for family in metrics.registry.collect():  # the process and platform collectors' series
+    # A labelled family has no samples until a child is made, so its label names come from its declaration.
+    declared = {metric._name: metric._labelnames for metric in vars(metrics).values()
+                if isinstance(metric, MetricWrapperBase)}
+    series: dict[str, frozenset[str]] = {}
+    for family in metrics.registry.collect():
+        labels = family.samples[0].labels.keys() if family.samples else declared.get(family.name, ())
+        names = {family.name, f"{family.name}_total", *(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count", "_created"))}
+        for name in names:
+            series[name] = frozenset(labels) - {"le"}
         for sample in family.samples:
-            series.setdefault(sample.name, frozenset(sample.labels) - {"le"})
+            series[sample.name] = frozenset(sample.labels) - {"le"}
     return series
 
 
