@@ -233,9 +233,14 @@ class ContainerService(pulumi.ComponentResource):
             attach=one_shot or None,
             logs=one_shot or None,
             wait=False if one_shot else None,
-            opts=pulumi.ResourceOptions.merge(
-                child, pulumi.ResourceOptions(additional_secret_outputs=["envs"] if secret_env else None)
-            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                additional_secret_outputs=["envs"] if secret_env else None,
+                # Docker cannot change a container's health check; the provider would record an update and leave
+                # the running container with the old one (the engine lane shows it), so a new check replaces it,
+                # the old container first: its name is the new one's too.
+                replace_on_changes=["healthcheck"],
+                delete_before_replace=True,
+            )),
         )
         if one_shot:
             pulumi.Output.all(container.exit_code, container.container_logs, container.urn).apply(

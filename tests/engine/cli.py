@@ -74,7 +74,8 @@ class Project:
                                 capture_output=True, text=True)
         if check and result.returncode != 0:
             raise AssertionError(f"`pulumi {' '.join(args)}` exited {result.returncode}:\n"
-                                 f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}")
+                                 + "\n".join(error_diagnostics(result.stdout))
+                                 + f"\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
         return result
 
     def stack(self, name: str, config: dict[str, Any] | None = None, secrets: dict[str, str] | None = None) -> "Stack":
@@ -136,6 +137,16 @@ class Stack:
     def resources(self) -> list[dict]:
         """The resources in the stack's state, as `pulumi stack export` writes them."""
         return json.loads(self.run("stack", "export", "--show-secrets").stdout)["deployment"]["resources"]
+
+
+def error_diagnostics(output: str) -> list[str]:
+    """The errors a `--json` run reported, each with the resource it names: what the CLI would print in red."""
+    errors = []
+    for line in output.splitlines():
+        if '"severity":"error"' in line:
+            diagnostic = json.loads(line).get("diagnosticEvent") or {}
+            errors.append(f"{diagnostic.get('urn', '')}: {diagnostic.get('message', '').strip()}")
+    return errors
 
 
 def applied(events: str) -> dict[str, int]:

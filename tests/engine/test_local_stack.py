@@ -242,18 +242,23 @@ def test_the_local_stack_serves_two_llama_cpp_models_behind_one_gateway(
         # What Docker reads back must not show as a diff.
         assert stack.preview("--expect-no-changes") == {}
 
-        # One setting: the small model's load budget. Its engine container (and the pull job the budget bounds) are
-        # replaced, and nothing else is touched.
+        # One setting: the small model's load budget. Its engine container's health check gives it that long to
+        # start, and the gateway holds its requests that long while it has no ready engine; the other model's
+        # engine is not touched.
         before = container_ids()
         config["models"]["small"]["loadBudgetSeconds"] = LOAD_BUDGET_SECONDS + 30
         stack.write_config(config)
         planned = stack.planned_steps()
-        changed = stack.up()
-        assert planned == {}, planned
+        assert planned.pop("gateway") == "replace" and set(planned) == {"model-runner-small"}, planned
+        stack.up()
         after = container_ids()
-        assert after["model-runner-small"] != before["model-runner-small"]
-        assert {name: after[name] for name in ("gateway", "model-runner-chat")} == {
-            name: before[name] for name in ("gateway", "model-runner-chat")}
+        assert after["model-runner-chat"] == before["model-runner-chat"]
+        inspected = json.loads(docker("inspect", "model-runner-small").stdout)[0]
+        start_period_ns = inspected["Config"]["Healthcheck"]["StartPeriod"]
+        assert start_period_ns == (LOAD_BUDGET_SECONDS + 30) * 10**9, start_period_ns
+        gateway_env = json.loads(docker("inspect", "gateway").stdout)[0]["Config"]["Env"]
+        routing = json.loads(next(item.split("=", 1)[1] for item in gateway_env if item.startswith("GATEWAY_ROUTING=")))
+        assert routing[SMALL]["holdSeconds"] == LOAD_BUDGET_SECONDS + 30, routing
         wait_ready(base_url.removesuffix("/v1"))
 
         # Destroy, then up again: the models come from the retained volumes, and every model answers again.
