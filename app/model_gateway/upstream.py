@@ -130,7 +130,7 @@ class Upstream:
 
     async def relay(
         self, scope: Scope, receive: Receive, send: Send, target: Target, route: str, model: str, body: bytes,
-        request_id: str, streamed: bool = False,
+        request_id: str, streamed: bool,
     ) -> None:
         """Sends the request to the target replica and relays the answer to the client as it arrives; the replica
         is held until the answer is complete. When the client leaves first, the upstream request is closed, so a
