@@ -334,7 +334,10 @@ def main() -> None:
             with serving(arguments, model, policy, work) as (gateway_url, gateway):
                 outcomes[policy] = asyncio.run(run_policy(gateway_url, gateway, policy, conversations,
                                                           arguments.max_tokens))
-            print(f"{policy}: {len(outcomes[policy].turns)} turns in {outcomes[policy].wall_seconds:.1f}s", flush=True)
+            # The policies run one after another on a shared machine: the load average says whether they ran
+            # under like conditions.
+            print(f"{policy}: {len(outcomes[policy].turns)} turns in {outcomes[policy].wall_seconds:.1f}s, load "
+                  f"average {os.getloadavg()[0]:.1f}", flush=True)
     if arguments.plot:
         plot(outcomes, arguments.plot, f"{arguments.replicas} llama.cpp replicas x {arguments.slots} slots, "
                                        f"{arguments.load:.0%} load, {arguments.turns}-turn chats, "

@@ -117,7 +117,7 @@ class RelayedRoute:
         served_model = scope["state"].get(MODEL_STATE, "")
         await self._upstream.relay(
             scope, receive, send, Target(target, replica, key, self._upstream_path), self._route, served_model, body,
-            request_id(scope),
+            request_id(scope), streamed=payload is not None and payload.get("stream") is True,
         )
 
     async def _body(self, request: Request) -> bytes:

@@ -130,15 +130,21 @@ class Upstream:
 
     async def relay(
         self, scope: Scope, receive: Receive, send: Send, target: Target, route: str, model: str, body: bytes,
-        request_id: str,
+        request_id: str, streamed: bool,
     ) -> None:
         """Sends the request to the target replica and relays the answer to the client as it arrives; the replica
         is held until the answer is complete. When the client leaves first, the upstream request is closed, so a
         model server that stops on disconnect frees its slot. `model` labels the metrics: a served model id, or
-        empty when the model server chooses the model."""
+        empty when the model server chooses the model. A `streamed` request's connection is not reused."""
         client_headers = Headers(scope=scope)
         headers = {name: client_headers[name] for name in _RELAYED_REQUEST_HEADERS if name in client_headers}
         headers["x-request-id"] = request_id
+        if streamed:
+            # llama.cpp's server closes the connection after a streamed answer although its headers say
+            # keep-alive. Pooled, the connection went to the next request for the replica (at once, to one
+            # waiting for admission), which then failed with 502; asked to close, the server says so in its
+            # answer and the connection is not pooled. A new connection costs far less than a stream.
+            headers["connection"] = "close"
         headers.update(self._auth_headers)
         assert self._session is not None, "start() runs at startup"
         exchange = _Exchange(self._session, self._settings, self._metrics, scope, send, route, model)

@@ -8,6 +8,7 @@ for DNS says which of them the Service's name resolves to."""
 from __future__ import annotations
 
 import contextlib
+import socketserver
 import json
 import sys
 import threading
@@ -398,3 +399,55 @@ def test_least_loaded_picks_the_replica_with_the_fewest_in_flight_and_respects_t
 
     route.replicas[1].in_flight = 2
     assert route.policy.choose(route, None) == (None, False)  # every replica at its limit: the request waits
+
+
+# --- engines that close a connection after a stream ----------------------------------------------------------------
+
+
+class _OneStreamPerConnection(socketserver.StreamRequestHandler):
+    """llama.cpp's server as measured here (build 0.3.36): each connection carries one streamed answer, sent with
+    `Keep-Alive: timeout=5, max=100` (or `Connection: close` when the request asks for it), and is then closed by
+    the server. A request sent on it again is never answered: the worst case of the race the real server's close
+    runs against a request reusing the connection."""
+
+    def handle(self) -> None:
+        length, connection = 0, b"Keep-Alive: timeout=5, max=100"
+        while (line := self.rfile.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                connection = b"Connection: close"
+        self.rfile.read(length)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n%s\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" % connection)
+        for event in (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n', b"data: [DONE]\n\n"):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.rfile.readline()  # the next request on this connection, if one comes: closed unanswered
+
+
+def test_a_connection_that_carried_a_stream_is_not_reused(tmp_path):
+    """With admission, a request waiting for the replica is sent the moment a stream there ends, on the connection
+    that stream just gave back to the pool; llama.cpp closes it, so reusing it failed the request with 502."""
+    engine = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _OneStreamPerConnection)
+    engine.daemon_threads = True
+    threading.Thread(target=engine.serve_forever, daemon=True).start()
+    settings = load_settings({
+        "GATEWAY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{engine.server_address[1]}/v1",
+        "GATEWAY_MODEL": FAKE_MODEL,
+        "GATEWAY_API_KEYS": API_KEY,
+        "GATEWAY_ROUTING": json.dumps({FAKE_MODEL: {
+            "policy": "least-loaded", "replicas": [f"http://127.0.0.1:{engine.server_address[1]}/v1"],
+            "maxInFlightPerReplica": 1}}),
+    })
+    try:
+        with serve(create_app(settings)) as gateway_url:
+            answers = [chat(gateway_url, f"turn {index}", stream=True) for index in range(3)]
+    finally:
+        engine.shutdown()
+        engine.server_close()
+
+    assert [answer.status_code for answer in answers] == [200] * 3
+    assert all("[DONE]" in answer.text for answer in answers)
