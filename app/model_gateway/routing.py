@@ -297,11 +297,11 @@ class ModelRoute:
         self._waiting.inc()
         try:
             return await asyncio.wait_for(future, bound)
-        except asyncio.TimeoutError:
-            raise self._refusal() from None
-        except asyncio.CancelledError:
+        except (asyncio.TimeoutError, asyncio.CancelledError) as ended:
             if future.done() and not future.cancelled():
-                self.release(future.result())  # handed a replica just as the request went away
+                self.release(future.result())  # handed a replica just as the wait ended: give its place back
+            if isinstance(ended, asyncio.TimeoutError):
+                raise self._refusal() from None
             raise
         finally:
             self._waiting.dec()
