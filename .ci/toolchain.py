@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -456,18 +457,20 @@ def go_requirements(archive: Path) -> dict[str, str]:
 
 def prometheus_release() -> str:
     """The Prometheus release the stack installs (`3.5.0`), from its default image."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from stacks.config.metrics import PROMETHEUS_IMAGE
-
-    return PROMETHEUS_IMAGE.rpartition(":v")[2]
+    return project_setting("stacks.config.metrics", "PROMETHEUS_IMAGE").rpartition(":v")[2]
 
 
 def kind_release() -> str:
     """The kind release the stacks pin (scripts/kind-version reads the same function)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from stacks.cluster import kind_release_for_every_node_image
+    return project_setting("stacks.cluster", "kind_release_for_every_node_image")()
 
-    return kind_release_for_every_node_image()
+
+def project_setting(module: str, name: str):
+    """`name` from one of the project's own modules, where the version a tool must have is decided."""
+    project = str(Path(__file__).resolve().parents[1])
+    if project not in sys.path:
+        sys.path.insert(0, project)
+    return getattr(importlib.import_module(module), name)
 
 
 def environment() -> dict[str, str]:

@@ -134,10 +134,6 @@ class Stack:
     def outputs(self) -> dict[str, Any]:
         return json.loads(self.run("stack", "output", "--json", "--show-secrets").stdout)
 
-    def resources(self) -> list[dict]:
-        """The resources in the stack's state, as `pulumi stack export` writes them."""
-        return json.loads(self.run("stack", "export", "--show-secrets").stdout)["deployment"]["resources"]
-
 
 def error_diagnostics(output: str) -> list[str]:
     """The errors a `--json` run reported, each with the resource it names: what the CLI would print in red."""
