@@ -140,14 +140,10 @@ def _model_id(value: str) -> str:
 
 
 def _model_routes(value: str) -> dict[str, str]:
-    try:
-        document = json.loads(value, object_pairs_hook=_pairs_once_each)
-    except _RepeatedName as repeated:
-        raise InvalidValue(f"model {repeated.name!r} is listed twice") from None
-    except ValueError:
-        raise InvalidValue("it is not JSON") from None
-    if not isinstance(document, dict) or not document:
-        raise InvalidValue("it is not a JSON object naming at least one model")
+    expected = "a JSON object naming at least one model"
+    document = _json_object(value, expected, "model ")
+    if not document:
+        raise InvalidValue(f"it is not {expected}")
     routes = {}
     for model, url in document.items():
         if not _MODEL_ID_PATTERN.fullmatch(model):
@@ -174,15 +170,21 @@ def _pairs_once_each(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return document
 
 
-def _routing(value: str) -> dict[str, Routing]:
+def _json_object(value: str, expected: str = "a JSON object", member: str = "") -> dict[str, object]:
+    """`value` as a JSON object, each of whose names (`member`: what one names, for the message) appears once."""
     try:
         document = json.loads(value, object_pairs_hook=_pairs_once_each)
     except _RepeatedName as repeated:
-        raise InvalidValue(f"{repeated.name!r} is listed twice") from None
+        raise InvalidValue(f"{member}{repeated.name!r} is listed twice") from None
     except ValueError:
         raise InvalidValue("it is not JSON") from None
     if not isinstance(document, dict):
-        raise InvalidValue("it is not a JSON object")
+        raise InvalidValue(f"it is not {expected}")
+    return document
+
+
+def _routing(value: str) -> dict[str, Routing]:
+    document = _json_object(value)
     return {model: _model_routing(model, entry) for model, entry in document.items()}
 
 
