@@ -79,17 +79,22 @@ OPENAI_NODE_HEADERS = (
 )
 
 
-def test_cors_preflight_allows_the_headers_the_browser_openai_sdk_sends(start_gateway):
-    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
-
-    response = httpx.options(
+def sdk_preflight(gateway_url: str, origin: str) -> httpx.Response:
+    """The preflight a browser sends before the OpenAI SDK's POST, from `origin`."""
+    return httpx.options(
         f"{gateway_url}/v1/chat/completions",
         headers={
-            "origin": "https://chat.example.com",
+            "origin": origin,
             "access-control-request-method": "POST",
             "access-control-request-headers": OPENAI_NODE_HEADERS,
         },
     )
+
+
+def test_cors_preflight_allows_the_headers_the_browser_openai_sdk_sends(start_gateway):
+    gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
+
+    response = sdk_preflight(gateway_url, "https://chat.example.com")
 
     assert response.status_code == 200
     allowed = {name.strip() for name in response.headers["access-control-allow-headers"].lower().split(",")}
@@ -99,14 +104,7 @@ def test_cors_preflight_allows_the_headers_the_browser_openai_sdk_sends(start_ga
 def test_cors_preflight_with_the_sdks_headers_from_another_origin_is_refused(start_gateway):
     gateway_url = start_gateway(CORS_ALLOW_ORIGINS="https://chat.example.com")
 
-    response = httpx.options(
-        f"{gateway_url}/v1/chat/completions",
-        headers={
-            "origin": "https://evil.example",
-            "access-control-request-method": "POST",
-            "access-control-request-headers": OPENAI_NODE_HEADERS,
-        },
-    )
+    response = sdk_preflight(gateway_url, "https://evil.example")
 
     assert response.status_code == 400
     assert "access-control-allow-origin" not in response.headers
