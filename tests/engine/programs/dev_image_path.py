@@ -11,21 +11,14 @@ which the registry container would publish no port, so the container joins the n
 import os
 
 import pulumi
-import pulumi_docker as docker
 
-from components.local_registry import LocalRegistry
-from stacks.cluster import REGISTRY_CONTAINER, ClusterHandle
+from stacks.cluster import ClusterHandle, local_registry
 from stacks.config import load
 from stacks.images import publish_images
 
 config, secrets = load()
 settings = config.cluster.kind
-registry = LocalRegistry(
-    "registry",
-    {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER, "image": settings.registry_image,
-     "network": os.environ["LANE_REGISTRY_NETWORK"]},
-    opts=pulumi.ResourceOptions(providers=[docker.Provider("docker")]),
-)
+registry = local_registry(settings, network=os.environ["LANE_REGISTRY_NETWORK"])
 handle = ClusterHandle(provider=None, kubeconfig=None, ready=[registry], local_registry=f"localhost:{settings.registry_port}")
 # Nothing mirrored: the engine's and Knative's images come from hubs this machine cannot reach.
 images = publish_images(config, secrets, handle, deployed=[])
