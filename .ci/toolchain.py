@@ -77,6 +77,17 @@ COSIGN_VERSION = "v2.6.1"
 # The syft release whose `scan registry:<image>` and SYFT_REGISTRY_* settings the attestation script uses.
 SYFT_VERSION = "v1.57.1"
 
+# The cluster add-ons of the kind node image built here (name -> module, version, main package). kind's own images
+# (kindnetd, its local-path-provisioner fork) and CoreDNS 1.11.3, which kubeadm 1.32 names, are not served by the
+# module proxy; .ci/kind-node-image says what stands in for each.
+NODE_ADD_ONS = {
+    "coredns": ("github.com/coredns/coredns", "v1.14.3", "."),
+    "local-path-provisioner": ("github.com/rancher/local-path-provisioner", "v0.0.30", "."),
+    # NetworkPolicy: kube-router's firewall alone (iptables and ipset). kindnetd's enforcer, kube-network-policies,
+    # queues packets with nftables' `queue` statement, and these machines' kernels lack CONFIG_NFT_QUEUE.
+    "kube-router": ("github.com/cloudnativelabs/kube-router/v2", "v2.1.0", "./cmd/kube-router"),
+}
+
 # Provider modules are tagged at the repository root only, so the proxy knows their provider/ module by
 # pseudo-version (commit time and hash of the release tag), not by release number.
 PROVIDER_MODULES = {
@@ -443,6 +454,17 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
                         ldflags=f"-X github.com/prometheus/common/version.Version={prometheus_release()}"))
     kind = f"v{kind_release()}"
     plan.append(GoBuild("kind", "sigs.k8s.io/kind", kind, {"kind": "."}, sibling_version=kind))
+    # What the kind node image built here (.ci/kind-node-image) holds besides Debian's containerd, runc and CNI
+    # plugins: the node binaries of the control plane's Kubernetes release, and the cluster add-ons it preloads.
+    plan.append(GoBuild(
+        "kube-node", kubernetes.module, kubernetes.version,
+        {binary: f"./cmd/{binary}" for binary in ("kubelet", "kubeadm", "kubectl", "kube-scheduler", "kube-proxy")},
+        sibling_version=kubernetes.sibling_version, ldflags=k8s_ldflags,
+    ))
+    plan += [
+        GoBuild(name, module, version, {name: package}, sibling_version=version)
+        for name, (module, version, package) in NODE_ADD_ONS.items()
+    ]
     return plan, plugins, missing
 
 
