@@ -110,9 +110,8 @@ def _kind_cluster(cluster: ClusterConfig) -> ClusterHandle:
     )
 
 
-def local_registry(settings: KindSettings, network: Optional[str] = None) -> LocalRegistry:
-    """The registry container on this machine that kind's nodes pull from; `network`: a Docker network it joins
-    when it is created (see LocalRegistryArgs)."""
+def local_registry(settings: KindSettings) -> LocalRegistry:
+    """The registry container on this machine that kind's nodes pull from."""
     # The Docker provider pings the daemon when it starts unless told not to; a preview needs no daemon, and an
     # update without one fails on the registry container with Docker's own message.
     docker_host = docker.Provider("docker", disable_docker_daemon_check=True)
@@ -120,7 +119,7 @@ def local_registry(settings: KindSettings, network: Optional[str] = None) -> Loc
         "registry",
         {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER,
          **({"image": settings.registry_image} if settings.registry_image else {}),
-         **({"network": network} if network else {})},
+         **({"network": settings.registry_network} if settings.registry_network else {})},
         opts=pulumi.ResourceOptions(providers=[docker_host]),
     )
 

@@ -38,6 +38,9 @@ REFUSED = [
     ("dev", {"cluster.kind.httpsHostPort": 80}, "cluster.kind.httpsHostPort",
      "127.0.0.1:80 on the host, which cluster.kind.httpHostPort takes already", 80),
     ("dev", {"cluster.kind.registryPort": 443}, "cluster.kind.registryPort", "which cluster.kind.httpsHostPort takes", 443),
+    ("dev", {"cluster.kind.registryNetwork": "-kind"}, "cluster.kind.registryNetwork", "a Docker network name", "-kind"),
+    ("dev", {"cluster.kind.registryNetwork": "my net"}, "cluster.kind.registryNetwork", "a Docker network name", "my net"),
+    ("local", {"cluster.kind.registryNetwork": "kind"}, "cluster.kind.registryNetwork", "set runtime: kubernetes", "kind"),
     # Generated names
     ("local", docker_models("x", "x-pull"), "models.x-pull",
      "its runner container would be named model-runner-x-pull, like the model pull container of models.x",
@@ -62,7 +65,8 @@ ACCEPTED = [
     ("local", {"runner.loadBudgetSeconds": 200, "runner.gpu.count": 0, "docker.runner.memory": "1g"}),
     ("dev", {"cluster.kind.workers": 1, "models.small.scaling.signal": "cpu",
              "models.small.scaling.targetCpuUtilization": 60}),
-    ("dev", {"cluster.kind.httpHostPort": 8080, "cluster.kind.httpsHostPort": 8443, "cluster.kind.registryPort": 8081}),
+    ("dev", {"cluster.kind.httpHostPort": 8080, "cluster.kind.httpsHostPort": 8443, "cluster.kind.registryPort": 8081,
+             "cluster.kind.registryNetwork": "kind_1.net"}),
     ("local", docker_models("x", "x-pulled", "pull-x")),
     ("dev", kubernetes_models(chat="knative", **{"chat-0001": "deployment", "chat-00001-deployment": "knative"})),
     ("dev", kubernetes_models(**{"chat-00001": "deployment"})),  # chat on a Deployment: Knative names nothing

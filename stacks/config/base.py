@@ -278,6 +278,10 @@ def no_whitespace(description: str) -> matching:
     return matching(r"\S+", f"{description} (not empty, no spaces)")
 
 
+DockerNetworkName = Annotated[str, matching(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "a Docker network name")]
+"""The name of a Docker network (`docker network create NAME`)."""
+
+
 # --- image references ----------------------------------------------------------------------------------------
 # Grammar of github.com/distribution/reference (what Docker, containerd and Kubernetes accept).
 

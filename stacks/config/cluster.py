@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from .base import ImageRef, InapplicableSetting, Problem, Section, join_key, matching, no_whitespace, set_keys, unique
+from .base import DockerNetworkName, ImageRef, InapplicableSetting, Problem, Section, join_key, matching, no_whitespace, set_keys, unique
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ class KindSettings(Section):
     registry_image: Optional[ImageRef] = None
     """Image of the local registry container; unset uses `registry:2.8.3`, pinned by digest. Set it where Docker
     Hub cannot be reached (a copy in your own registry)."""
+
+    registry_network: Optional[DockerNetworkName] = None
+    """An existing Docker network the registry container joins when it is created. Set it where Docker runs
+    without its default bridge network (`dockerd --bridge=none`), on which a container publishes no port, so
+    `localhost:<registryPort>` would not answer; unset: Docker's default network. The nodes reach the registry on
+    kind's own network either way."""
 
     def check(self, path: str) -> Iterator[Problem]:
         # The cluster maps the ingress's ports and the registry container publishes its own, all on 127.0.0.1 over

@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, Field, GetJsonSchemaHandler, WithJsonSchem
 from components.container_service import UNLIMITED_SWAP, duration_nanoseconds, go_duration
 from components.engines import CACHE_MOUNT_PATH
 
-from .base import EnvValue, Problem, Section, join_key, join_keys, matching, no_whitespace
+from .base import DockerNetworkName, EnvValue, Problem, Section, join_key, join_keys, matching, no_whitespace
 from .credentials import credential_under
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -589,7 +589,7 @@ def gateway_wired_env(model_keys: list[str]) -> dict[str, str]:
 class DockerConfig(Section):
     """The single-host Docker runtime (used when `runtime` is `docker`)."""
 
-    network: Annotated[str, matching(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", "a Docker network name")] = "model-stack"
+    network: DockerNetworkName = "model-stack"
     """Private network of the stack; the gateway reaches the model runner by name on it."""
 
     cache_volume: Annotated[str, matching(_DOCKER_NAME, "a Docker volume name (at least two letters, digits, '_', '.' or '-')")] = "model-stack-models"

@@ -2,13 +2,7 @@
 stack's own host-network builder and pushed there. The rest of the dev stack needs the kind cluster, whose nodes
 cannot run from this lane's images yet (README, "Verified / not verified"); these are the functions `__main__.py`
 runs for the dev stack, given the registry in place of the cluster that waits for it. It stands in for the project
-copy's `__main__.py` (tests/engine/cli.py).
-
-One difference this machine forces: its Docker engine has no default bridge network (`dockerd --bridge=none`), on
-which the registry container would publish no port, so the container joins the network named by the
-`LANE_REGISTRY_NETWORK` environment variable, which the test creates."""
-
-import os
+copy's `__main__.py` (tests/engine/cli.py)."""
 
 import pulumi
 
@@ -18,7 +12,7 @@ from stacks.images import publish_images
 
 config, secrets = load()
 settings = config.cluster.kind
-registry = local_registry(settings, network=os.environ["LANE_REGISTRY_NETWORK"])
+registry = local_registry(settings)
 handle = ClusterHandle(provider=None, kubeconfig=None, ready=[registry], local_registry=f"localhost:{settings.registry_port}")
 # Nothing mirrored: the engine's and Knative's images come from hubs this machine cannot reach.
 images = publish_images(config, secrets, handle, deployed=[])
