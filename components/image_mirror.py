@@ -17,6 +17,13 @@ cosign verify --certificate-identity "$IDENTITY" --certificate-oidc-issuer "$ISS
 """
 
 
+# For a registry on this machine that speaks plain HTTP (kind's local one): buildx's own resolver reaches
+# localhost over HTTP, as it does for the gateway's push there.
+COPY_SCRIPT = """set -eu
+docker buildx imagetools create --progress=plain --tag "$TARGET" "$SOURCE"
+"""
+
+
 class PublisherSignatureArgs(TypedDict):
     identity: str
     """The identity the publisher signs with (the certificate's subject: an email or a workflow URL)."""
@@ -35,6 +42,11 @@ class ImageMirrorArgs(TypedDict):
 
     registry_login: NotRequired[RegistryLoginArgs]
     """Push credentials of the target registry."""
+
+    local_target: NotRequired[bool]
+    """The target is a registry on this machine speaking plain HTTP (kind's `localhost:5001`), which needs no
+    login: the copy runs `docker buildx imagetools create` (buildx on the PATH of `pulumi up`), because
+    docker-build's Index reads its copy back over HTTPS only and fails there."""
 
     publisher_signature: NotRequired[PublisherSignatureArgs]
     """Verify the source's keyless cosign signature before copying (cosign on the PATH of `pulumi up`); the copy
@@ -69,13 +81,26 @@ class ImageMirror(pulumi.ComponentResource):
         # platform, and nothing lands in a local image store. The provider holds the login in memory. Its diff
         # ignores the registry password on purpose, so a short-lived token (ECR's lasts 12 hours) that differs on
         # every run neither copies again nor shows a change; a new source or target does.
-        copy = docker_build.Index(
-            name,
-            sources=[args["source"]],
-            tag=args["target"],
-            push=True,
-            registry=args.get("registry_login"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=verified),
-        )
+        copy: pulumi.CustomResource
+        if args.get("local_target"):
+            if "registry_login" in args:
+                raise ValueError(f"ImageMirror {name}: a local_target takes no registry_login")
+            environment = {"SOURCE": args["source"], "TARGET": args["target"]}
+            copy = command.local.Command(
+                name,
+                create=COPY_SCRIPT,
+                environment=environment,
+                triggers=list(environment.values()),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=verified),
+            )
+        else:
+            copy = docker_build.Index(
+                name,
+                sources=[args["source"]],
+                tag=args["target"],
+                push=True,
+                registry=args.get("registry_login"),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=verified),
+            )
         self.ref = copy.id.apply(lambda _: f"{args['target']}@{digest}")
         self.register_outputs({"ref": self.ref})

@@ -158,7 +158,9 @@ def publish_images(
     for source, (name, former_name) in _mirror_names(list(mirrors)).items():
         repository, suffix = mirrors[source]
         mirror_args: ImageMirrorArgs = {"source": source, "target": repository + suffix.partition("@")[0]}
-        if login:
+        if _on_loopback(repository.partition("/")[0]):
+            mirror_args["local_target"] = True
+        elif login:
             mirror_args["registry_login"] = login
         publisher = longest_matching_prefix(source, images.publisher_signatures)
         if publisher is not None:

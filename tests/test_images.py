@@ -187,6 +187,21 @@ def test_deployed_images_the_mapping_sends_to_the_registry_are_copied_there_by_d
         assert runner_image == copy.inputs["tag"] + "@" + source.split("@")[1]
 
 
+def test_images_mapped_to_the_kind_registry_are_copied_by_buildx_which_reaches_it_over_plain_http():
+    # docker-build's Index reads its copy back over HTTPS only, which kind's local registry does not speak.
+    engine = f"ghcr.io/ggml-org/llama.cpp:server-b9935@{DIGEST}"
+    evaluation = evaluate("dev", set={
+        "models.small.engine": "llama.cpp", "models.small.image": engine,
+        "models.small.model": "bartowski/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-Q4_K_M.gguf",
+        "images.rewrite": {"ghcr.io": "localhost:5001/mirror/ghcr.io"}})
+    assert evaluation.of_type("docker-build:index:Index") == []
+    [copy] = [c for c in evaluation.of_type("command:local:Command") if c.name.startswith("mirror-")]
+    target = "localhost:5001/mirror/ghcr.io/ggml-org/llama.cpp:server-b9935"
+    assert copy.inputs["environment"] == {"SOURCE": engine, "TARGET": target}
+    assert "docker buildx imagetools create" in copy.inputs["create"]
+    assert container_images(evaluation)["Deployment/model-runner-small/engine"] == f"{target}@{DIGEST}"
+
+
 def test_ecr_pushes_with_a_token_from_aws_that_changes_nothing_when_it_changes():
     # AWS hands out a new 12-hour token on every run (the mocks do too); no stored secret is involved.
     first, second = evaluate("prod"), evaluate("prod")
