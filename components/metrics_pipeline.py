@@ -55,6 +55,10 @@ class ScrapeTarget(TypedDict):
     path: str
     """HTTP path of the metrics."""
 
+    isolated: bool
+    """Whether the workload's own NetworkPolicy restricts who reaches it. The scraper is admitted to those only:
+    a policy selecting a workload open to every client would make the scraper its only client."""
+
 
 class MetricsPipelineArgs(TypedDict):
     mode: str
@@ -181,23 +185,25 @@ class MetricsPipeline(pulumi.ComponentResource):
             data={DASHBOARD_KEY: args["dashboard"]},
             opts=dashboard_opts,
         )
-        scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
-        if mode == "install":
-            scraper["podSelector"] = {"matchLabels": workload_labels(PROMETHEUS)}
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-scrape",
-            metadata={"name": "metrics-scrape", "namespace": serving},
-            spec={
-                "podSelector": {"matchExpressions": [{
-                    "key": SELECTOR_LABEL, "operator": "In",
-                    "values": sorted({target["workload"] for target in args["targets"]})}]},
-                "policyTypes": ["Ingress"],
-                "ingress": [{"from": [scraper],
-                             "ports": [{"port": port, "protocol": "TCP"}
-                                       for port in sorted({target["port"] for target in args["targets"]})]}],
-            },
-            opts=child,
-        )
+        isolated = [target for target in args["targets"] if target["isolated"]]
+        if isolated:
+            scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+            if mode == "install":
+                scraper["podSelector"] = {"matchLabels": workload_labels(PROMETHEUS)}
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-scrape",
+                metadata={"name": "metrics-scrape", "namespace": serving},
+                spec={
+                    "podSelector": {"matchExpressions": [{
+                        "key": SELECTOR_LABEL, "operator": "In",
+                        "values": sorted({target["workload"] for target in isolated})}]},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"from": [scraper],
+                                 "ports": [{"port": port, "protocol": "TCP"}
+                                           for port in sorted({target["port"] for target in isolated})]}],
+                },
+                opts=child,
+            )
         self.register_outputs({})
 
     def _install(self, name: str, args: MetricsPipelineArgs, opts: pulumi.ResourceOptions) -> None:

@@ -39,14 +39,18 @@ def stack_dashboard(config: StackConfig, stack: str) -> str:
 
 
 def scrape_targets(config: StackConfig) -> list[ScrapeTarget]:
-    """The gateway, and every engine that exports metrics."""
-    targets: list[ScrapeTarget] = [{"workload": GATEWAY, "container": GATEWAY_CONTAINER, "port": GATEWAY_PORT,
-                                    "path": "/metrics"}]
+    """The gateway, and every engine that exports metrics. A model runner admits only the gateway (or Knative's
+    data path); the gateway is open to every pod unless `gateway.allowedNamespaces` or Knative says otherwise."""
+    gateway = config.gateway
+    targets: list[ScrapeTarget] = [{
+        "workload": GATEWAY, "container": GATEWAY_CONTAINER, "port": GATEWAY_PORT, "path": "/metrics",
+        "isolated": gateway.workload == "knative" or bool(gateway.allowed_namespaces)}]
     for model in config.served_models:
         profile = ENGINES[model.config.engine]
         if profile.metrics_path is not None:
             targets.append({"workload": model.workload_name, "container": ENGINE_CONTAINER,
-                            "port": model.config.port or profile.port, "path": profile.metrics_path})
+                            "port": model.config.port or profile.port, "path": profile.metrics_path,
+                            "isolated": True})
     return targets
 
 

@@ -137,6 +137,18 @@ def test_dev_installs_a_prometheus_that_scrapes_the_gateway_and_reads_only_the_s
     }]
 
 
+@pytest.mark.parametrize("allowed", [[], ["ingress-nginx"]])
+def test_the_scrape_policy_never_closes_a_gateway_open_to_every_pod(allowed):
+    # A policy selecting a pod isolates it: had the scrape policy selected a Deployment gateway open to every pod,
+    # the scraper would have become its only client.
+    evaluation = evaluate("dev", set={"gateway.workload": "deployment", "gateway.allowedNamespaces": allowed,
+                                      "gateway.scaling.minReplicas": 1})
+    selected = {workload for obj in _objects(evaluation, "NetworkPolicy") if obj["metadata"]["name"] == "metrics-scrape"
+                for expression in obj["spec"]["podSelector"]["matchExpressions"] for workload in expression["values"]}
+    # dev's Docker Model Runner engines export no metrics: the gateway is the only workload scraped.
+    assert selected == ({"gateway"} if allowed else set())
+
+
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_the_dashboard_in_docs_is_the_one_the_stack_ships(stack, request):
     config_map = _dashboard(request.getfixturevalue(stack))

@@ -59,8 +59,10 @@ def prometheus_config(engine_port: int, gateway_port: int) -> dict[str, Any]:
     """The stack's scrape jobs for the gateway and the runner, at a scrape interval of a second, with each job's
     Kubernetes discovery replaced by the static target it would find."""
     targets: list[ScrapeTarget] = [
-        {"workload": GATEWAY, "container": GATEWAY_CONTAINER, "port": gateway_port, "path": "/metrics"},
-        {"workload": WORKLOAD, "container": ENGINE_CONTAINER, "port": engine_port, "path": ENGINES[ENGINE].metrics_path},
+        {"workload": GATEWAY, "container": GATEWAY_CONTAINER, "port": gateway_port, "path": "/metrics",
+         "isolated": False},
+        {"workload": WORKLOAD, "container": ENGINE_CONTAINER, "port": engine_port, "path": ENGINES[ENGINE].metrics_path,
+         "isolated": True},
     ]
     jobs = scrape_configs(NAMESPACE, targets)
     for job, target in zip(jobs, targets):
