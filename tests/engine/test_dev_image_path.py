@@ -11,22 +11,19 @@ cluster). Where this machine forces a difference from Pulumi.dev.yaml, the confi
 - `images.gatewayBuild.baseImage`: the Python base image cannot be pulled either; the debootstrap base image with
   this machine's CA bundle (its package indexes are reached through a TLS-intercepting proxy), pushed likewise;
 - the BuildKit image the builder runs is made here from the toolchain's buildkitd (tests/engine/buildkit_image);
-- the registry container joins a network of the test's (the program's docstring says why).
+- `cluster.kind.registryNetwork`: this Docker engine has no default bridge network (`dockerd --bridge=none`), on
+  which the registry container would publish no port; it joins a network of the test's.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import uuid
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from docker_engine import BASE_IMAGE, REGISTRY, build, docker, image_exists, require_docker_setup
+from docker_engine import docker
 from harness import ROOT, stack_config
 
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
@@ -34,63 +31,7 @@ from loopback import free_port  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
-HERE = Path(__file__).resolve().parent
-# buildx's default BuildKit image for a docker-container builder (its driver/bkimage package).
-BUILDKIT_IMAGE = "moby/buildkit:buildx-stable-1"
 PROGRAM = "tests/engine/programs/dev_image_path.py"
-CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-
-def pushed_digest_reference(tag: str) -> str:
-    """`tag` pushed to the lane's registry; its `repository@sha256:...` reference."""
-    docker("push", tag)
-    repository = tag.rsplit(":", 1)[0]
-    digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", tag).stdout)
-    return next(digest for digest in digests if digest.startswith(f"{repository}@"))
-
-
-@pytest.fixture(scope="module")
-def buildkit_image(toolchain, tmp_path_factory) -> str:
-    """The image buildx runs for a docker-container builder, made from the toolchain's BuildKit when this engine
-    has none of that name."""
-    require_docker_setup()
-    if not image_exists(BUILDKIT_IMAGE):
-        context = tmp_path_factory.mktemp("buildkit-image")
-        shutil.copy(HERE / "buildkit_image" / "Dockerfile", context / "Dockerfile")
-        for binary in ("buildkitd", "buildctl"):
-            shutil.copy(shutil.which(binary, path=toolchain["PATH"]), context / binary)
-        build(context, BUILDKIT_IMAGE, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
-    return BUILDKIT_IMAGE
-
-
-@pytest.fixture(scope="module")
-def registry_image(tmp_path_factory) -> str:
-    require_docker_setup()
-    context = tmp_path_factory.mktemp("registry-image")
-    shutil.copy(HERE / "registry_image" / "Dockerfile", context / "Dockerfile")
-    tag = build(context, f"{REGISTRY}/model-stack/lane-registry:{uuid.uuid4().hex[:12]}",
-                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
-    return pushed_digest_reference(tag)
-
-
-@pytest.fixture(scope="module")
-def gateway_base_image(tmp_path_factory) -> str:
-    require_docker_setup()
-    context = tmp_path_factory.mktemp("gateway-base")
-    shutil.copy(CA_BUNDLE, context / "ca-certificates.crt")
-    (context / "Dockerfile").write_text(
-        f"FROM {BASE_IMAGE}\nCOPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\n")
-    return pushed_digest_reference(build(context, f"{REGISTRY}/model-stack/lane-python:{uuid.uuid4().hex[:12]}"))
-
-
-@pytest.fixture
-def registry_network() -> Iterator[str]:
-    network = f"lane-registry-{uuid.uuid4().hex[:8]}"
-    docker("network", "create", "--driver", "bridge", network)
-    try:
-        yield network
-    finally:
-        docker("network", "rm", network, check=False)
 
 
 def manifest_digest(registry: str, repository: str, tag: str) -> str:
@@ -108,11 +49,10 @@ def test_the_dev_stack_builds_and_pushes_the_gateway_to_its_local_registry(
         pytest.skip("a container named kind-registry (the dev stack's registry) already runs on this engine")
     port = free_port()
     config = stack_config("dev")
-    config["cluster"]["kind"] = {**config["cluster"]["kind"], "registryPort": port, "registryImage": registry_image}
+    config["cluster"]["kind"] = {**config["cluster"]["kind"], "registryPort": port, "registryImage": registry_image,
+                                 "registryNetwork": registry_network}
     config["images"] = {**config.get("images", {}), "gatewayBuild": {"baseImage": gateway_base_image}}
-    cli = project(PROGRAM)
-    cli.env["LANE_REGISTRY_NETWORK"] = registry_network
-    stack = cli.stack(f"dev-images-{uuid.uuid4().hex[:8]}", config)
+    stack = project(PROGRAM).stack(f"dev-images-{uuid.uuid4().hex[:8]}", config)
     builder = f"model-stack-{stack.name}"
     try:
         assert "create" in stack.up()

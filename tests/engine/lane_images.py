@@ -1,0 +1,95 @@
+"""Images the dev stack's lane tests need that no hub can supply here, built once a session from what this machine
+has and pushed to the lane's registry (127.0.0.1:5000) where the stack pulls them:
+- the BuildKit image buildx runs for the stack's docker-container builder, from the toolchain's buildkitd
+  (tests/engine/buildkit_image);
+- the registry image of the stack's local registry container: Debian's docker-registry (tests/engine/registry_image),
+  standing in for `registry:2`;
+- the gateway build's base: the debootstrap base image with this machine's CA bundle (its package indexes are reached
+  through a TLS-intercepting proxy), standing in for the Python image;
+- the llama.cpp engine image: the llama-server .ci/llama-server built, on the debootstrap base image, with curl for the
+  model pull and the health check (tests/engine/llama_cpp_image).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from docker_engine import BASE_IMAGE, REGISTRY, build, docker, image_exists, require_docker_setup
+
+HERE = Path(__file__).resolve().parent
+# buildx's default BuildKit image for a docker-container builder (its driver/bkimage package).
+BUILDKIT_IMAGE = "moby/buildkit:buildx-stable-1"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+ENGINE_DOCKERFILE = HERE / "llama_cpp_image" / "Dockerfile"
+ENGINE_REPOSITORY = f"{REGISTRY}/model-stack/llama-cpp-engine"
+
+
+def pushed_digest_reference(tag: str) -> str:
+    """`tag` pushed to the lane's registry; its `repository@sha256:...` reference."""
+    docker("push", tag)
+    repository = tag.rsplit(":", 1)[0]
+    digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", tag).stdout)
+    return next(digest for digest in digests if digest.startswith(f"{repository}@"))
+
+
+@pytest.fixture(scope="session")
+def buildkit_image(toolchain, tmp_path_factory) -> str:
+    """The image buildx runs for a docker-container builder, made from the toolchain's BuildKit when this engine
+    has none of that name."""
+    require_docker_setup()
+    if not image_exists(BUILDKIT_IMAGE):
+        context = tmp_path_factory.mktemp("buildkit-image")
+        shutil.copy(HERE / "buildkit_image" / "Dockerfile", context / "Dockerfile")
+        for binary in ("buildkitd", "buildctl"):
+            shutil.copy(shutil.which(binary, path=toolchain["PATH"]), context / binary)
+        build(context, BUILDKIT_IMAGE, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
+    return BUILDKIT_IMAGE
+
+
+@pytest.fixture(scope="session")
+def registry_image(tmp_path_factory) -> str:
+    require_docker_setup()
+    context = tmp_path_factory.mktemp("registry-image")
+    shutil.copy(HERE / "registry_image" / "Dockerfile", context / "Dockerfile")
+    tag = build(context, f"{REGISTRY}/model-stack/lane-registry:{uuid.uuid4().hex[:12]}",
+                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
+    return pushed_digest_reference(tag)
+
+
+@pytest.fixture(scope="session")
+def gateway_base_image(tmp_path_factory) -> str:
+    require_docker_setup()
+    context = tmp_path_factory.mktemp("gateway-base")
+    shutil.copy(CA_BUNDLE, context / "ca-certificates.crt")
+    (context / "Dockerfile").write_text(
+        f"FROM {BASE_IMAGE}\nCOPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt\n")
+    return pushed_digest_reference(build(context, f"{REGISTRY}/model-stack/lane-python:{uuid.uuid4().hex[:12]}"))
+
+
+@pytest.fixture(scope="session")
+def engine_image_digest(llama_server_build: Path, tmp_path_factory) -> str:
+    """The llama.cpp engine image pushed to the lane's registry; its `repository@sha256:...` reference."""
+    require_docker_setup()
+    context = tmp_path_factory.mktemp("engine-image")
+    shutil.copy(ENGINE_DOCKERFILE, context / "Dockerfile")
+    shutil.copy(llama_server_build / "llama-server", context / "llama-server")
+    return pushed_digest_reference(build(context, f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}",
+                                         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"))
+
+
+@pytest.fixture
+def registry_network() -> Iterator[str]:
+    """A bridge network of this test, which the stack's registry container joins: this Docker engine has no
+    default bridge network (`dockerd --bridge=none`), on which a container publishes no port."""
+    network = f"lane-registry-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", "--driver", "bridge", network)
+    try:
+        yield network
+    finally:
+        docker("network", "rm", network, check=False)

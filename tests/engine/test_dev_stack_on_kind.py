@@ -1,0 +1,269 @@
+"""The dev stack on a real kind cluster, through `pulumi up` in the project directory with the project's own
+`__main__.py`: the KindCluster component creates the cluster from a node image built here (.ci/kind-node-image),
+wires the stack's registry container into the nodes, the gateway is built by docker-build and pushed there, the
+engine image is mirrored there through `images.rewrite`, and the nodes pull both by digest. Then what only running
+pods show: every pod Ready under the restricted Pod Security Standard, the model pre-pull's file owned by the engine's
+user, the official `openai` client answered by the tiny model, NetworkPolicy enforced, the cached weights surviving a
+pod restart without a second download, a second `up` with no changes, and `destroy` removing the cluster and the
+registry container.
+
+Where this machine forces a difference from Pulumi.dev.yaml, the config says so in `dev_on_kind_config`:
+- `cluster.kind.nodeImage`: kindest/node cannot be pulled here; the image .ci/kind-node-image builds stands in
+  (its docstring says how it differs: Debian's containerd 1.6, kube-router for the network, CoreDNS 1.14);
+- `cluster.kind.workers`: 1 instead of 2, for the two cores of CI;
+- `cluster.kind.*Port`: free ports of this machine; `registryImage`, `registryNetwork` and
+  `images.gatewayBuild.baseImage` as in test_dev_image_path.py (images made here; no default bridge network);
+- `models`: one llama.cpp model with an engine image made here (lane_images.py) and tiny weights from a model hub this
+  test serves (`modelHub`), instead of two Docker Model Runner models whose engine image cannot be built here; its
+  replicas are fixed at one, since scaling from zero needs KEDA, whose images are not built here;
+- `gateway.workload: deployment`: Knative's ingress, Kourier, runs Envoy, which cannot be built here;
+- `metrics.prometheusUrl`: the installed metrics pipeline runs kube-state-metrics, whose module the Go module proxy
+  does not serve, so the stack is pointed at an existing Prometheus instead (none runs or is queried here; its
+  scrape configuration goes to the one namespace, not reserved, that a new kind cluster has: its storage's);
+- `images.rewrite`: the engine image lives in the lane's registry (127.0.0.1:5000), which the nodes cannot reach; the
+  rule makes the stack copy it into its own registry, as a user mirrors an upstream engine image.
+The gateway is reached with `kubectl port-forward`: kind's host ports lead to Kourier's node ports.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import openai
+import pytest
+
+from docker_engine import REGISTRY, docker
+from harness import ROOT, stack_config
+from llama_server import write_tiny_llama
+
+sys.path.insert(0, str(ROOT / "tests" / "gateway"))
+from loopback import free_port  # noqa: E402
+
+pytestmark = pytest.mark.docker
+
+NODE_IMAGE_SCRIPT = ROOT / ".ci" / "kind-node-image"
+MODEL = "engine-lane/tiny-model/tiny.gguf"
+WEIGHTS_PATH = f"/{MODEL.rpartition('/')[0]}/resolve/main/{MODEL.rpartition('/')[2]}"
+API_KEY = "dev-on-kind-key"
+NAMESPACE = "models"
+ENGINE = "model-runner-chat"
+LOAD_BUDGET_SECONDS = 180
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def node_image(toolchain) -> str:
+    """The kind node image built here (cached by its inputs); its name."""
+    built = subprocess.run([sys.executable, str(NODE_IMAGE_SCRIPT)], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.fail(f"{NODE_IMAGE_SCRIPT} failed:\n{built.stderr[-4000:]}")
+    return built.stdout.strip()
+
+
+class Hub(ThreadingHTTPServer):
+    downloads: list[str]
+
+
+@contextmanager
+def model_hub(root: Path, address: str) -> Iterator[Hub]:
+    """A Hugging Face-like hub serving `root` on `address`, counting the weights' downloads."""
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == WEIGHTS_PATH:
+                server.downloads.append(self.client_address[0])
+            super().do_GET()
+
+    server = Hub((address, 0), functools.partial(Handler, directory=str(root)))
+    server.downloads = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def hub(registry_network, llama_server_build: Path, tmp_path) -> Iterator[Hub]:
+    """The hub on the host's address of the registry's network: the pods reach it through their node's default
+    route, which ends on this machine; nothing outside it can."""
+    weights = tmp_path / "hub" / WEIGHTS_PATH.lstrip("/")
+    weights.parent.mkdir(parents=True)
+    write_tiny_llama(weights, llama_server_build, seed=3)
+    [ipam] = json.loads(docker("network", "inspect", "--format", "{{json .IPAM.Config}}", registry_network).stdout)
+    with model_hub(tmp_path / "hub", ipam["Gateway"]) as server:
+        yield server
+
+
+def dev_on_kind_config(name: str, node_image: str, registry_image: str, registry_network: str,
+                       gateway_base_image: str, engine_image: str, hub_url: str) -> dict:
+    config = stack_config("dev")
+    registry_port = free_port()
+    config["cluster"]["kind"] = {
+        **config["cluster"]["kind"], "name": name, "workers": 1, "nodeImage": node_image,
+        "httpHostPort": free_port(), "httpsHostPort": free_port(), "registryPort": registry_port,
+        "registryImage": registry_image, "registryNetwork": registry_network,
+    }
+    config["models"] = {"chat": {
+        **config["models"]["chat"], "engine": "llama.cpp", "model": MODEL, "image": engine_image, "modelHub": hub_url,
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+        "cache": {"size": "1Gi", "accessMode": "ReadWriteOnce"},
+        "scaling": {"minReplicas": 1, "maxReplicas": 1}, "loadBudgetSeconds": LOAD_BUDGET_SECONDS,
+    }}
+    config["gateway"] = {**config["gateway"], "workload": "deployment", "scaling": {"minReplicas": 1, "maxReplicas": 1}}
+    config["metrics"] = {"prometheusUrl": "http://prometheus.local-path-storage:9090", "scrape": "scrapeConfig",
+                         "namespace": "local-path-storage"}
+    config["images"] = {"rewrite": {REGISTRY: f"localhost:{registry_port}/lane"},
+                        "gatewayBuild": {"baseImage": gateway_base_image}}
+    return config
+
+
+class Cluster:
+    def __init__(self, name: str, directory: Path, env: dict[str, str]):
+        self.kubeconfig = directory / "kubeconfig"
+        self.kubeconfig.write_text(subprocess.run(["kind", "get", "kubeconfig", "--name", name], env=env,
+                                                  capture_output=True, text=True, check=True).stdout)
+        self.env = env
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {result.stderr}")
+        return result
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    @contextmanager
+    def port_forward(self, target: str, port: int) -> Iterator[str]:
+        local = free_port()
+        process = subprocess.Popen(["kubectl", "--kubeconfig", str(self.kubeconfig), "port-forward", "-n", NAMESPACE,
+                                    target, f"{local}:{port}"], env=self.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", local), timeout=1).close()
+                    break
+                except OSError:
+                    assert process.poll() is None, process.stderr.read()
+                    time.sleep(0.2)
+            yield f"http://127.0.0.1:{local}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+    def probe(self, namespace: str, url: str, image: str) -> str:
+        """`curl url` from a pod of `namespace`, under the restricted standard: the HTTP status it got, `000` for
+        no answer."""
+        name = f"probe-{uuid.uuid4().hex[:6]}"
+        overrides = {"spec": {"restartPolicy": "Never", "containers": [{
+            "name": name, "image": image, "command": ["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                                                      url],
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+        }]}}
+        return self.kubectl("run", name, "-n", namespace, "--rm", "-i", "--quiet", f"--image={image}",
+                            f"--overrides={json.dumps(overrides)}", "--command", "--", "true").stdout.split()[-1]
+
+
+def chat(client: openai.OpenAI, **fields):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say something."}],
+                                          max_tokens=MAX_TOKENS, temperature=0, **fields)
+
+
+def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
+        project, toolchain, node_image, buildkit_image, registry_image, registry_network, gateway_base_image,
+        engine_image_digest, hub, tmp_path):
+    taken = [name for name in ("kind-registry",) if docker("inspect", name, check=False).returncode == 0]
+    if taken:
+        pytest.skip(f"containers of the dev stack already run on this Docker engine: {taken}")
+    suffix = uuid.uuid4().hex[:6]
+    name = f"lane-{suffix}"
+    hub_url = f"http://{hub.server_address[0]}:{hub.server_address[1]}"
+    config = dev_on_kind_config(name, node_image, registry_image, registry_network, gateway_base_image,
+                                engine_image_digest, hub_url)
+    stack = project().stack(f"dev-kind-{suffix}", config, secrets={"gatewayApiKeys": API_KEY})
+    env = {**stack.project.env}
+    destroyed = None
+    started = time.monotonic()
+    try:
+        assert "create" in stack.up()
+        cluster = Cluster(name, tmp_path, env)
+        pods = cluster.json("get", "pods", "-n", NAMESPACE)["items"]
+        up_seconds = time.monotonic() - started
+
+        # Every pod of the models namespace runs, admitted under the restricted Pod Security Standard.
+        labels = cluster.json("get", "namespace", NAMESPACE)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+        assert {pod["metadata"]["labels"].get("app.kubernetes.io/name") for pod in pods} >= {"gateway", ENGINE}
+        for pod in pods:
+            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+            assert pod["status"]["phase"] == "Running" and conditions.get("Ready") == "True", pod["metadata"]["name"]
+        # The nodes pulled the gateway and the engine from the stack's registry, by digest.
+        images = {container["image"] for pod in pods for container in pod["spec"]["containers"]}
+        port = config["cluster"]["kind"]["registryPort"]
+        assert any(image.startswith(f"localhost:{port}/model-gateway") for image in images), images
+        assert any(image.startswith(f"localhost:{port}/lane/") for image in images), images
+
+        # The pre-pull wrote the weights once, as the engine's user, into the cache volume.
+        [engine] = [pod for pod in pods if pod["metadata"]["labels"].get("app.kubernetes.io/name") == ENGINE]
+        user = engine["spec"]["securityContext"]["runAsUser"]
+        owner = cluster.kubectl("exec", "-n", NAMESPACE, engine["metadata"]["name"], "-c", "engine", "--",
+                                "stat", "-c", "%u %s", f"/models/llama.cpp/{MODEL}").stdout.split()
+        assert owner[0] == str(user) and int(owner[1]) > 0, owner
+        assert len(hub.downloads) == 1, hub.downloads
+
+        # The official client, through the gateway: plain and streamed answers from the model's own engine.
+        with cluster.port_forward("svc/gateway", 8080) as url:
+            first_token = time.monotonic()
+            with openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=60) as client:
+                assert [model.id for model in client.models.list()] == [MODEL]
+                plain = chat(client)
+                first_token = time.monotonic() - started
+                assert plain.model == MODEL and plain.choices[0].message.content
+                chunks = list(chat(client, stream=True))
+                streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+                assert streamed == plain.choices[0].message.content
+        print(f"pulumi up {up_seconds:.0f}s; up to first token {first_token:.0f}s (cold, cluster included)")
+
+        # NetworkPolicy, enforced by the nodes: a pod of another namespace reaches the gateway, not the engine.
+        engine_image = next(image for image in images if image.startswith(f"localhost:{port}/lane/"))
+        cluster.kubectl("create", "namespace", "lane-probe")
+        cluster.kubectl("label", "namespace", "lane-probe", "pod-security.kubernetes.io/enforce=restricted")
+        assert cluster.probe("lane-probe", f"http://gateway.{NAMESPACE}:8080/health", engine_image) == "200"
+        assert cluster.probe("lane-probe", f"http://{ENGINE}.{NAMESPACE}:8080/health", engine_image) == "000"
+
+        # A restarted engine finds its weights in the cache volume: no second download.
+        cluster.kubectl("delete", "pod", "-n", NAMESPACE, engine["metadata"]["name"], "--wait=true")
+        cluster.kubectl("rollout", "status", "-n", NAMESPACE, f"deployment/{ENGINE}", f"--timeout={LOAD_BUDGET_SECONDS}s",
+                        timeout=LOAD_BUDGET_SECONDS + 30)
+        assert len(hub.downloads) == 1, hub.downloads
+
+        # What Kubernetes and Docker read back shows no diff.
+        assert stack.preview("--expect-no-changes") == {}
+    finally:
+        destroyed = stack.destroy()
+        stack.run("stack", "rm", "--yes")
+        docker("volume", "rm", "--force", "kind-registry-data", check=False)  # retained on delete, by design
+
+    assert "delete" in destroyed
+    clusters = subprocess.run(["kind", "get", "clusters"], env=env, capture_output=True, text=True).stdout.split()
+    assert name not in clusters
+    assert docker("inspect", "kind-registry", check=False).returncode != 0
