@@ -4,8 +4,9 @@ wires the stack's registry container into the nodes, the gateway is built by doc
 engine image is mirrored there through `images.rewrite`, and the nodes pull both by digest. Then what only running
 pods show: every pod Ready under the restricted Pod Security Standard, the model pre-pull's file owned by the engine's
 user, the official `openai` client answered by the tiny model, NetworkPolicy enforced, the cached weights surviving a
-pod restart without a second download, a second `up` with no changes, and `destroy` removing the cluster and the
-registry container.
+pod restart and a one-setting rollout without a second download, a second `up` with no changes, a model that cannot
+load failing the update within its budget with the pod's reason, and `destroy` removing the cluster and the registry
+container.
 
 Where this machine forces a difference from Pulumi.dev.yaml, the config says so in `dev_on_kind_config`:
 - `cluster.kind.nodeImage`: kindest/node cannot be pulled here; the image .ci/kind-node-image builds stands in
@@ -43,6 +44,7 @@ from typing import Iterator
 import openai
 import pytest
 
+from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS
 from docker_engine import REGISTRY, docker
 from harness import ROOT, stack_config
 from llama_server import write_tiny_llama
@@ -59,6 +61,7 @@ API_KEY = "dev-on-kind-key"
 NAMESPACE = "models"
 ENGINE = "model-runner-chat"
 LOAD_BUDGET_SECONDS = 180
+FAILING_BUDGET_SECONDS = 30
 MAX_TOKENS = 8
 
 
@@ -258,6 +261,27 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
 
         # What Kubernetes and Docker read back shows no diff.
         assert stack.preview("--expect-no-changes") == {}
+
+        # One setting of the model rolls its engine out again; the new pod loads the cached weights.
+        config["models"]["chat"]["resources"]["limits"]["memory"] = "640Mi"
+        stack.write_config(config)
+        assert stack.planned_steps() == {ENGINE: "update"}
+        stack.up()
+        [engine] = cluster.json("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/name={ENGINE}")["items"]
+        assert engine["spec"]["containers"][0]["resources"]["limits"]["memory"] == "640Mi"
+        assert len(hub.downloads) == 1, hub.downloads
+
+        # A model that cannot load (the hub has no such file) fails the update within its budget, naming the pod
+        # and its failing pull; the budget includes the image pull allowance.
+        config["models"]["chat"]["model"] = MODEL.replace("tiny.gguf", "missing.gguf")
+        config["models"]["chat"]["loadBudgetSeconds"] = FAILING_BUDGET_SECONDS
+        stack.write_config(config)
+        began = time.monotonic()
+        failed = stack.run("up", "--yes", "--skip-preview", check=False)
+        elapsed = time.monotonic() - began
+        assert failed.returncode != 0
+        assert elapsed < FAILING_BUDGET_SECONDS + IMAGE_PULL_ALLOWANCE_SECONDS + 60, elapsed
+        assert ENGINE in failed.stdout and "model-pull" in failed.stdout, failed.stdout[-3000:]
     finally:
         destroyed = stack.destroy()
         stack.run("stack", "rm", "--yes")
