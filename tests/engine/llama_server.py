@@ -117,6 +117,11 @@ def llama_server_command(
         "-c", str(context_tokens * slots),
         "-n", "16",
         "-np", str(slots),
+        # A request goes to the least recently used slot, which first loads the cached prompt (--cache-ram) sharing
+        # most of the request's start. By default llama.cpp instead takes any idle slot sharing a tenth of the
+        # prompt and then skips the cache: a slot holding only the same system prompt wins over the cached
+        # earlier turns of the request's own conversation, which are evaluated again.
+        "--slot-prompt-similarity", "0",
         "--threads", "1",
     ]
 
