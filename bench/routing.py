@@ -338,11 +338,11 @@ def main() -> None:
             # under like conditions.
             print(f"{policy}: {len(outcomes[policy].turns)} turns in {outcomes[policy].wall_seconds:.1f}s, load "
                   f"average {os.getloadavg()[0]:.1f}", flush=True)
+    report(outcomes, rate, capacity)
     if arguments.plot:
         plot(outcomes, arguments.plot, f"{arguments.replicas} llama.cpp replicas x {arguments.slots} slots, "
                                        f"{arguments.load:.0%} load, {arguments.turns}-turn chats, "
                                        f"{arguments.system_prompts} system prompts")
-    report(outcomes, rate, capacity)
 
 
 if __name__ == "__main__":
