@@ -17,9 +17,10 @@ admitted replica a request gets is the policy's choice:
   message) go to the same replica, whose prompt cache (vLLM's prefix caching, llama.cpp's cache_prompt) holds it,
   unless that replica has more than 1.25 times the mean load; then the next replica on the ring takes it. A
   replica's load counts the requests waiting for it as well as those in flight: a request whose replica is at its
-  in-flight limit but within the bound waits for that replica, not for whichever frees a place first, since an
-  engine busy with all its slots is the normal state under load, and each spill evaluates the conversation again
-  on another replica (and its next turn, back home, the spilled turn). Replicas joining or leaving move only the
+  in-flight limit but within the bound waits for that replica, whose freed places go to its own waiters first,
+  since an engine busy with all its slots is the normal state under load, and each spill evaluates the
+  conversation again on another replica (and its next turn, back home, the spilled turn). It spills only to a place
+  that frees while nobody waits for it, which would otherwise idle. Replicas joining or leaving move only the
   prefixes next to them on the ring.
 
 Policies are plain classes with `choose(route, key, may_wait) -> (replica or None, prefix hit)`.
@@ -398,23 +399,31 @@ class ModelRoute:
                 pass
 
     def _dispatch(self) -> None:
-        """Hands freed places to the waiting requests, oldest first: each waits for its own replica (chosen again
-        when that one left or refused a connection) or for any."""
-        for waiter in list(self._waiters):
-            if not any(self.admits(replica) for replica in self.replicas):
-                return
-            if waiter.future.done():  # timed out or cancelled, and about to remove itself
-                continue
-            if waiter.replica is None or not waiter.replica.live or waiter.replica.ejected:
-                waiter.wait_for(None, False)  # out of the count of loads the policy compares
-                waiter.wait_for(*self.policy.choose(self, waiter.key, True))
-            if waiter.replica is None or not self.admits(waiter.replica):
-                continue
-            replica, hit = waiter.replica, waiter.hit
-            waiter.wait_for(None, False)
-            self._waiters.remove(waiter)
-            self._acquire(replica, hit)
-            waiter.future.set_result(replica)
+        """Hands freed places to the waiting requests, oldest first: first each to a request waiting for that
+        replica (chosen again when the one it waited for left or refused a connection) or for any; then a place
+        nobody waits for to the oldest request waiting for another replica, which takes it rather than let it
+        idle while it waits (a replica's waiters can outlast its bound when the load falls)."""
+        for any_replica in (False, True):
+            for waiter in list(self._waiters):
+                if not any(self.admits(replica) for replica in self.replicas):
+                    return
+                if waiter.future.done():  # timed out or cancelled, and about to remove itself
+                    continue
+                if waiter.replica is None or not waiter.replica.live or waiter.replica.ejected:
+                    waiter.wait_for(None, False)  # out of the count of loads the policy compares
+                    waiter.wait_for(*self.policy.choose(self, waiter.key, True))
+                if waiter.replica is not None and self.admits(waiter.replica):
+                    replica, hit = waiter.replica, waiter.hit
+                elif any_replica:
+                    replica, hit = self.policy.choose(self, waiter.key, False)
+                    if replica is None:
+                        continue
+                else:
+                    continue
+                waiter.wait_for(None, False)
+                self._waiters.remove(waiter)
+                self._acquire(replica, hit)
+                waiter.future.set_result(replica)
 
     def _refusal(self) -> Rejected:
         if not self.replicas:

@@ -377,53 +377,29 @@ def test_prefix_affinity_spills_to_the_next_replica_beyond_the_load_bound():
     assert route.policy.choose(route, key, False) == (home, True)
 
 
-def test_a_request_whose_replica_is_full_but_within_the_bound_waits_for_that_replica():
+def test_requests_wait_for_their_replica_within_the_bound_and_take_a_place_nobody_waits_for():
     async def scenario() -> None:
         route = route_of("prefix", max_in_flight_per_replica=1, max_wait_seconds=10)
         key = prefix_key({"prompt": "a conversation's start"})
         home = route.try_acquire(key)
-        others = [replica for replica in route.replicas if replica is not home]
-        for replica in others:
-            replica.in_flight = 1
-        # Every place taken: the mean with this request is 4/3, the bound ceil(1.25 * 4/3) = 2, home's load 1.
-        assert route.try_acquire(key) is None
-        waiting = asyncio.ensure_future(route.wait(key))
-        await asyncio.sleep(0)
-        assert home.waiting == 1
-
-        route.release(others[0])  # a place elsewhere: the request keeps waiting for its own replica's cache
-        await asyncio.sleep(0)
-        assert not waiting.done()
-        route.release(home)
-
-        assert await waiting is home and home.waiting == 0
-        assert route._metrics.replica_prefix_hits.labels("m", home.label)._value.get() == 2
-
-    asyncio.run(scenario())
-
-
-def test_waiting_requests_count_in_their_replicas_load_so_the_bound_still_spills():
-    async def scenario() -> None:
-        route = route_of("prefix", max_in_flight_per_replica=1, max_wait_seconds=10)
-        key = prefix_key({"prompt": "a popular prompt"})
-        home = route.try_acquire(key)
         for replica in route.replicas:
             replica.in_flight = 1
-        first, second = asyncio.ensure_future(route.wait(key)), asyncio.ensure_future(route.wait(key))
+        # Every place taken. The first waiter comes with a load of 3: the bound is ceil(1.25 * 4/3) = 2, home's
+        # load 1; the second with 4 (one waiting for home): the bound is 3, home's load 2; the third with 5: the
+        # bound is 3, home's load 3, so it waits for the next replica on the ring.
+        first, second, third = (asyncio.ensure_future(route.wait(key)) for _ in range(3))
         await asyncio.sleep(0)
-        # The second came with a load of 4 (three in flight, one waiting for home): the bound ceil(1.25 * 5/3) = 3
-        # still takes home's 2; a third, with a load of 5, finds home at the bound (3) and waits for the next.
-        third = asyncio.ensure_future(route.wait(key))
-        await asyncio.sleep(0)
-        assert home.waiting == 2 and sum(replica.waiting for replica in route.replicas) == 3
+        assert home.waiting == 2
+        [next_replica] = [replica for replica in route.replicas if replica.waiting == 1]
+        [last_replica] = [replica for replica in route.replicas if replica not in (home, next_replica)]
 
-        for replica in route.replicas:
-            route.release(replica)
-        assert await first is home and await third is not home
-        await asyncio.sleep(0)
-        assert not second.done()  # behind the first, for home
+        route.release(next_replica)  # goes to the request waiting for it, not to the two older ones waiting for home
         route.release(home)
-        assert await second is home
+        assert await third is next_replica and await first is home
+        route.release(last_replica)  # nobody waits for it: the oldest waiting request takes it rather than idle it
+        assert await second is last_replica
+        hits = route._metrics.replica_prefix_hits.labels("m", home.label)._value.get()
+        assert hits == 2 and sum(replica.waiting for replica in route.replicas) == 0
 
     asyncio.run(scenario())
 
