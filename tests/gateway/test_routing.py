@@ -401,7 +401,13 @@ def test_requests_wait_for_their_replica_within_the_bound_and_take_a_place_nobod
         hits = route._metrics.replica_prefix_hits.labels("m", home.label)._value.get()
         assert hits == 2 and sum(replica.waiting for replica in route.replicas) == 0
 
-    asyncio.run(scenario())
+    # Not asyncio.run, which leaves the thread without an event loop: the Pulumi mocks of tests run after this one
+    # in the same worker process ask for the thread's loop.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
 
 
 def test_a_route_that_cannot_hold_requests_spills_instead_of_refusing():
