@@ -3,9 +3,11 @@ least-loaded with prefix affinity, in one run on the same workload.
 
 Starts --replicas llama.cpp servers on 127.0.0.1 (the binary .ci/llama-server builds; a random-weight llama
 model written here, wide enough that evaluating a prompt costs time) with --slots slots each and prompt caching
-(llama.cpp's default), and the gateway (`python -m model_gateway`, as its image runs it) in front of them with the
-replicas listed in GATEWAY_ROUTING. Each policy gets fresh servers and a fresh gateway, so no policy inherits
-another's prompt caches, and the same workload:
+(llama.cpp's default, with the slot choice described in serving()), and the gateway (`python -m
+model_gateway`, as its image runs it) in front of them with the replicas listed in GATEWAY_ROUTING. Each policy
+gets servers and a gateway of its own, so no policy inherits another's prompt caches, each server having seen every
+system prompt once (as servers in service have), and the same workload, on which the policies take turns a slice
+(--rounds) at a time:
 
   conversations  multi-turn chats (--turns turns each) sharing --system-prompts system prompts of about
                  --system-words words; each turn appends the model's answer and a new user message, as a chat
@@ -107,11 +109,15 @@ def words(generator: random.Random, count: int) -> str:
     return " ".join(generator.choice(_WORDS) for _ in range(count))
 
 
-def workload(arguments: argparse.Namespace, rate: float, seed: int) -> list[Conversation]:
-    """Conversations starting as a Poisson process whose turns arrive at `rate` per second on average."""
+def system_prompts(arguments: argparse.Namespace) -> list[str]:
+    generator = random.Random(arguments.seed)
+    return [f"System prompt {index}. " + words(generator, arguments.system_words)
+            for index in range(arguments.system_prompts)]
+
+
+def workload(arguments: argparse.Namespace, systems: list[str], rate: float, seed: int) -> list[Conversation]:
+    """Conversations on `systems` starting as a Poisson process whose turns arrive at `rate` per second on average."""
     generator = random.Random(seed)
-    systems = [f"System prompt {index}. " + words(generator, arguments.system_words)
-               for index in range(arguments.system_prompts)]
     conversations, start = [], 0.0
     while start < arguments.duration:
         start += generator.expovariate(rate / arguments.turns)
@@ -144,16 +150,32 @@ def background(command: list[str], ready_url: str, environment: dict[str, str]) 
 
 
 @contextmanager
-def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path) -> Iterator[tuple[str, psutil.Process]]:
-    """Fresh llama.cpp servers and a gateway routing over them with `policy`; yields the gateway's URL and process."""
+def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
+            systems: list[str]) -> Iterator[tuple[str, psutil.Process]]:
+    """Fresh llama.cpp servers, each having seen every system prompt once, and a gateway routing over them with
+    `policy`; yields the gateway's URL and process."""
     with ExitStack() as stack:
         urls = []
         for index in range(arguments.replicas):
             port = free_port()
+            # A request goes to the least recently used slot, which first loads the cached prompt (--cache-ram)
+            # sharing most of the request. llama.cpp's default instead takes any idle slot sharing a tenth of the
+            # prompt and then skips the cache: under interleaved conversations a slot holding another conversation
+            # with the same system prompt always wins over the request's own earlier turns, cached on the very
+            # replica affinity sent it to. (The price: a turn arriving before anything else reached the replica
+            # since its previous one misses that turn, which stays in its slot until the next request saves it to
+            # the cache; the engine lane's next-turn test is that case.)
             command = llama_server_command(arguments.llama_dir, model, MODEL, port, slots=arguments.slots,
-                                           context_tokens=arguments.slot_context)
-            stack.enter_context(running(command, f"http://127.0.0.1:{port}/health", work / f"llama-{index}.log"))
+                                           context_tokens=arguments.slot_context, slot_prompt_similarity=0)
+            stack.enter_context(running(command, f"http://127.0.0.1:{port}/health",
+                                        work / f"{policy}-llama-{index}.log"))
             urls.append(f"http://127.0.0.1:{port}/v1")
+            # Servers in service have long seen the few system prompts (llama.cpp keeps them in its RAM prompt
+            # cache), whichever policy routes to them: their first evaluation is no policy's to win or lose, and
+            # in a run of seconds it would weigh as much as all the conversations' own turns.
+            for system in systems:
+                httpx.post(f"{urls[-1]}/chat/completions", timeout=_REQUEST_TIMEOUT_SECONDS, json={
+                    "messages": [{"role": "system", "content": system}], "max_tokens": 1}).raise_for_status()
         routing = {"policy": POLICIES[policy], "replicas": urls, "maxWaitSeconds": _REQUEST_TIMEOUT_SECONDS}
         if policy in ("least-loaded", "prefix"):
             routing["maxInFlightPerReplica"] = arguments.slots
@@ -193,6 +215,7 @@ async def chat_turn(client: httpx.AsyncClient, messages: list[dict], max_tokens:
 
 async def converse(client: httpx.AsyncClient, conversation: Conversation, origin: float, outcome: Outcome,
                    max_tokens: int) -> None:
+    """`origin` is when the conversation's start counts from."""
     await asyncio.sleep(max(0.0, origin + conversation.start - time.perf_counter()))
     messages = [{"role": "system", "content": conversation.system}]
     for user, think in zip(conversation.users, conversation.think):
@@ -213,7 +236,7 @@ def client_for(gateway_url: str) -> httpx.AsyncClient:
                              timeout=_REQUEST_TIMEOUT_SECONDS, limits=httpx.Limits(max_connections=None))
 
 
-async def measure_capacity(gateway_url: str, arguments: argparse.Namespace) -> float:
+async def measure_capacity(gateway_url: str, arguments: argparse.Namespace, systems: list[str]) -> float:
     """Requests per second a closed loop as wide as all the slots gets through, conversations as in the run."""
     generator = random.Random(1)
     deadline = time.perf_counter() + arguments.calibration_seconds
@@ -222,7 +245,7 @@ async def measure_capacity(gateway_url: str, arguments: argparse.Namespace) -> f
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            [conversation] = workload(argparse.Namespace(**{**vars(arguments), "duration": 1e-9}), 1.0,
+            [conversation] = workload(argparse.Namespace(**{**vars(arguments), "duration": 1e-9}), systems, 1.0,
                                       generator.randrange(1 << 30))
             messages = [{"role": "system", "content": conversation.system}]
             for user in conversation.users:
@@ -243,20 +266,30 @@ async def measure_capacity(gateway_url: str, arguments: argparse.Namespace) -> f
     return done / (time.perf_counter() - started)
 
 
-async def run_policy(gateway_url: str, gateway: psutil.Process, policy: str, conversations: list[Conversation],
-                     max_tokens: int) -> Outcome:
-    outcome = Outcome(policy)
+async def run_round(gateway_url: str, gateway: psutil.Process, outcome: Outcome, conversations: list[Conversation],
+                    offset: float, max_tokens: int) -> None:
+    """Runs `conversations` (their starts counted from `offset`) through one policy's gateway, adding their turns,
+    time and the gateway's CPU time to `outcome`."""
     cpu_before = sum(gateway.cpu_times()[:2])
     async with client_for(gateway_url) as client:
-        origin = time.perf_counter()
+        origin = time.perf_counter() - offset
         await asyncio.gather(*(converse(client, conversation, origin, outcome, max_tokens)
                                for conversation in conversations))
-        outcome.wall_seconds = time.perf_counter() - origin
-    outcome.gateway_cpu_seconds = sum(gateway.cpu_times()[:2]) - cpu_before
-    return outcome
+        outcome.wall_seconds += time.perf_counter() - origin - offset
+    outcome.gateway_cpu_seconds += sum(gateway.cpu_times()[:2]) - cpu_before
 
 
-def report(outcomes: dict[str, Outcome], rate: float, capacity: float) -> None:
+def prefix_hit_share(gateway_url: str) -> float:
+    """The share of requests the gateway sent to the replica their prefix maps to (not spilled for load)."""
+    totals = {"gateway_replica_prefix_hits_total": 0.0, "gateway_replica_chosen_total": 0.0}
+    for line in httpx.get(f"{gateway_url}/metrics").text.splitlines():
+        name, _, value = line.partition("{")
+        if name in totals:
+            totals[name] += float(value.rsplit(" ", 1)[1])
+    return totals["gateway_replica_prefix_hits_total"] / max(totals["gateway_replica_chosen_total"], 1)
+
+
+def report(outcomes: dict[str, Outcome], rate: float, capacity: float, hit_share: float) -> None:
     print(f"\noffered load {rate:.2f} req/s = {rate / capacity:.0%} of the measured capacity {capacity:.2f} req/s\n")
     print("| policy | TTFT p50 (ms) | TTFT p99 (ms) | req/s | prompt tokens evaluated | served from cache | "
           "gateway CPU per request (ms) | failed |")
@@ -268,6 +301,7 @@ def report(outcomes: dict[str, Outcome], rate: float, capacity: float) -> None:
               f"{requests / outcome.wall_seconds:.2f} | {outcome.evaluated} | "
               f"{outcome.cached} ({outcome.cached / total if total else 0:.0%}) | "
               f"{outcome.gateway_cpu_seconds / max(requests, 1) * 1000:.2f} | {outcome.failures} |")
+    print(f"\nprefix affinity sent {hit_share:.0%} of the requests to the replica their prefix maps to")
     prefix, baseline, pinned = outcomes["prefix"], outcomes["random"], outcomes["pinned"]
     if not baseline.evaluated:
         raise SystemExit("llama.cpp reported no prompt timings: no ratio to state")
@@ -312,6 +346,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of the capacity")
     parser.add_argument("--duration", type=float, default=30, help="seconds over which conversations start")
+    parser.add_argument("--rounds", type=int, default=3, help="slices of the conversations the policies take turns on")
     parser.add_argument("--calibration-seconds", type=float, default=15)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", type=Path, help="write the TTFT distributions to this PNG")
@@ -323,26 +358,37 @@ def main() -> None:
         model = work / "bench-llama.gguf"
         write_tiny_llama(model, arguments.llama_dir, embedding=arguments.embedding, layers=arguments.layers,
                          context_tokens=arguments.slot_context)
-        with serving(arguments, model, "least-loaded", work) as (gateway_url, _):
-            capacity = asyncio.run(measure_capacity(gateway_url, arguments))
+        systems = system_prompts(arguments)
+        with serving(arguments, model, "least-loaded", work, systems) as (gateway_url, _):
+            capacity = asyncio.run(measure_capacity(gateway_url, arguments, systems))
         rate = arguments.load * capacity
-        conversations = workload(arguments, rate, arguments.seed)
+        conversations = workload(arguments, systems, rate, arguments.seed)
         print(f"capacity {capacity:.2f} req/s; {len(conversations)} conversations of {arguments.turns} turns at "
               f"{rate:.2f} req/s", flush=True)
-        outcomes = {}
-        for policy in POLICIES:
-            with serving(arguments, model, policy, work) as (gateway_url, gateway):
-                outcomes[policy] = asyncio.run(run_policy(gateway_url, gateway, policy, conversations,
-                                                          arguments.max_tokens))
-            # The policies run one after another on a shared machine: the load average says whether they ran
-            # under like conditions.
-            print(f"{policy}: {len(outcomes[policy].turns)} turns in {outcomes[policy].wall_seconds:.1f}s, load "
-                  f"average {os.getloadavg()[0]:.1f}", flush=True)
+        outcomes = {policy: Outcome(policy) for policy in POLICIES}
+        with ExitStack() as stack:
+            gateways = {policy: stack.enter_context(serving(arguments, model, policy, work, systems))
+                        for policy in POLICIES}
+            # The policies take turns, a slice of the conversations at a time, each policy first in turn: work
+            # starting and stopping on a shared machine then weighs on every policy alike, where one policy after
+            # another left whichever ran during a busy spell with its figures.
+            span = arguments.duration / arguments.rounds
+            for round_index in range(arguments.rounds):
+                batch = [conversation for conversation in conversations
+                         if min(int(conversation.start // span), arguments.rounds - 1) == round_index]
+                order = list(POLICIES)[round_index % len(POLICIES):] + list(POLICIES)[:round_index % len(POLICIES)]
+                for policy in order:
+                    gateway_url, gateway = gateways[policy]
+                    asyncio.run(run_round(gateway_url, gateway, outcomes[policy], batch, round_index * span,
+                                          arguments.max_tokens))
+                    print(f"round {round_index + 1}, {policy}: {len(batch)} conversations, load average "
+                          f"{os.getloadavg()[0]:.1f}", flush=True)
+            hit_share = prefix_hit_share(gateways["prefix"][0])
+    report(outcomes, rate, capacity, hit_share)
     if arguments.plot:
         plot(outcomes, arguments.plot, f"{arguments.replicas} llama.cpp replicas x {arguments.slots} slots, "
                                        f"{arguments.load:.0%} load, {arguments.turns}-turn chats, "
                                        f"{arguments.system_prompts} system prompts")
-    report(outcomes, rate, capacity)
 
 
 if __name__ == "__main__":

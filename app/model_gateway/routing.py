@@ -15,10 +15,15 @@ admitted replica a request gets is the policy's choice:
 - `prefix`: consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018) over a hash of the
   prompt's start: requests sharing it (a conversation's turns, which repeat the system prompt and the first user
   message) go to the same replica, whose prompt cache (vLLM's prefix caching, llama.cpp's cache_prompt) holds it,
-  unless that replica has more than 1.25 times the mean load; then the next replica on the ring takes it. Replicas
-  joining or leaving move only the prefixes next to them on the ring.
+  unless that replica has more than 1.25 times the mean load; then the next replica on the ring takes it. A
+  replica's load counts the requests waiting for it as well as those in flight: a request whose replica is at its
+  in-flight limit but within the bound waits for that replica, whose freed places go to its own waiters first,
+  since an engine busy with all its slots is the normal state under load, and each spill evaluates the
+  conversation again on another replica (and its next turn, back home, the spilled turn). It spills only to a place
+  that frees while nobody waits for it, which would otherwise idle. Replicas joining or leaving move only the
+  prefixes next to them on the ring.
 
-Policies are plain classes with `choose(route, key) -> (replica or None, prefix hit)`.
+Policies are plain classes with `choose(route, key, may_wait) -> (replica or None, prefix hit)`.
 """
 
 from __future__ import annotations
@@ -66,12 +71,15 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 class Replica:
     """One engine serving the model, and the gateway's count of requests it has there now."""
 
-    __slots__ = ("base_url", "label", "in_flight", "live", "ejected", "_in_flight_gauge", "_chosen", "_prefix_hits")
+    __slots__ = ("base_url", "label", "in_flight", "waiting", "live", "ejected", "_in_flight_gauge", "_chosen",
+                 "_prefix_hits")
 
     def __init__(self, base_url: str, metrics: GatewayMetrics, model: str) -> None:
         self.base_url = base_url
         self.label = urlsplit(base_url).netloc
         self.in_flight = 0
+        self.waiting = 0
+        """Requests waiting in the gateway for this replica in particular (prefix affinity's)."""
         self.live = True
         """Still among the model's replicas; one that left finishes what it has in flight and takes nothing new."""
         self.ejected = False
@@ -89,9 +97,10 @@ class Policy(Protocol):
     needs_key: bool
     """Whether choose() uses the request's prefix key (otherwise the route does not compute it)."""
 
-    def choose(self, route: ModelRoute, key: int | None) -> tuple[Replica | None, bool]:
-        """An admitted replica for the request (None when none is), and whether it is the one the request's prefix
-        maps to."""
+    def choose(self, route: ModelRoute, key: int | None, may_wait: bool) -> tuple[Replica | None, bool]:
+        """The replica for the request, and whether it is the one the request's prefix maps to. It admits the
+        request now, unless `may_wait` and the policy would rather the request waited for it; None when no replica
+        admits it (it waits for whichever does first)."""
 
     def replicas_changed(self, replicas: list[Replica]) -> None: ...
 
@@ -101,7 +110,7 @@ class Policy(Protocol):
 class RandomPolicy:
     needs_key = False
 
-    def choose(self, route: ModelRoute, key: int | None) -> tuple[Replica | None, bool]:
+    def choose(self, route: ModelRoute, key: int | None, may_wait: bool) -> tuple[Replica | None, bool]:
         admitted = [replica for replica in route.replicas if route.admits(replica)]
         return (random.choice(admitted) if admitted else None), False
 
@@ -120,7 +129,7 @@ class ConnectionPinning(RandomPolicy):
         """Idle pooled connections, each with the replica it is pinned to and when it was released; the last is
         the most recently released."""
 
-    def choose(self, route: ModelRoute, key: int | None) -> tuple[Replica | None, bool]:
+    def choose(self, route: ModelRoute, key: int | None, may_wait: bool) -> tuple[Replica | None, bool]:
         now = time.monotonic()
         for index in range(len(self._idle) - 1, -1, -1):
             replica, since = self._idle[index]
@@ -129,14 +138,14 @@ class ConnectionPinning(RandomPolicy):
             elif route.admits(replica):
                 del self._idle[index]
                 return replica, False
-        return super().choose(route, key)  # a new connection, to whichever replica kube-proxy picks
+        return super().choose(route, key, may_wait)  # a new connection, to whichever replica kube-proxy picks
 
     def released(self, replica: Replica) -> None:
         self._idle.append((replica, time.monotonic()))
 
 
 class LeastLoaded(RandomPolicy):
-    def choose(self, route: ModelRoute, key: int | None) -> tuple[Replica | None, bool]:
+    def choose(self, route: ModelRoute, key: int | None, may_wait: bool) -> tuple[Replica | None, bool]:
         best = None
         ties = 0
         for replica in route.replicas:
@@ -170,11 +179,11 @@ class PrefixAffinity(LeastLoaded):
         self._points = [point for point, _, _ in ring]
         self._owners = [replica for _, _, replica in ring]
 
-    def choose(self, route: ModelRoute, key: int | None) -> tuple[Replica | None, bool]:
+    def choose(self, route: ModelRoute, key: int | None, may_wait: bool) -> tuple[Replica | None, bool]:
         replicas = route.replicas
         if key is None or not replicas:
-            return super().choose(route, key)
-        load = sum(replica.in_flight for replica in replicas)
+            return super().choose(route, key, may_wait)
+        load = sum(replica.in_flight + replica.waiting for replica in replicas)
         bound = math.ceil(_LOAD_FACTOR * (load + 1) / len(replicas))
         points, owners = self._points, self._owners
         start = bisect.bisect_left(points, key)
@@ -183,13 +192,14 @@ class PrefixAffinity(LeastLoaded):
             replica = owners[(start + step) % len(points)]
             if replica in seen:
                 continue
-            if replica.in_flight < bound and route.admits(replica):
+            if replica.in_flight + replica.waiting < bound and (
+                    route.admits(replica) if not may_wait else not replica.ejected):
                 return replica, not seen
             seen.append(replica)
             if len(seen) == len(replicas):
                 break
-        # Every replica is past the bound: the least loaded admitted one, if any.
-        replica, _ = super().choose(route, key)
+        # No replica within the bound takes the request: the least loaded admitting one, if any.
+        replica, _ = super().choose(route, key, may_wait)
         return replica, False
 
 
@@ -225,6 +235,26 @@ def prefix_key(payload: dict) -> int | None:
     return None
 
 
+class _Waiter:
+    """A request waiting for a replica: the one the policy has it wait for (counted in that replica's load), or any
+    (None)."""
+
+    __slots__ = ("future", "key", "replica", "hit")
+
+    def __init__(self, future: asyncio.Future, key: int | None) -> None:
+        self.future = future
+        self.key = key
+        self.replica: Replica | None = None
+        self.hit = False
+
+    def wait_for(self, replica: Replica | None, hit: bool) -> None:
+        if self.replica is not None:
+            self.replica.waiting -= 1
+        if replica is not None:
+            replica.waiting += 1
+        self.replica, self.hit = replica, hit
+
+
 class ModelRoute:
     """A model's replicas, their admission and the requests waiting for one."""
 
@@ -244,7 +274,7 @@ class ModelRoute:
         self._limit = max_in_flight_per_replica or sys.maxsize
         self._max_wait_seconds = max_wait_seconds
         self._hold_seconds = max_wait_seconds if hold_seconds is None else hold_seconds
-        self._waiters: deque[tuple[asyncio.Future, int | None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._waiting = metrics.requests_waiting.labels(model)
         self._replica_count = metrics.model_replicas.labels(model)
         self.replicas: list[Replica] = []
@@ -282,37 +312,48 @@ class ModelRoute:
         self._dispatch()
 
     def try_acquire(self, key: int | None) -> Replica | None:
-        """A replica admitting the request now, unless none does or requests are waiting already (they go first)."""
-        return None if self._waiters else self._take(key)
+        """A replica admitting the request now; None when the request has to wait. Requests already waiting for a
+        replica never lose their place to it: a freed place goes to them at once."""
+        replica, hit = self.policy.choose(self, key, self._max_wait_seconds > 0)
+        if replica is None or not self.admits(replica):
+            return None
+        self._acquire(replica, hit)
+        return replica
 
     async def wait(self, key: int | None) -> Replica:
-        """A replica admitting the request once one does, after the requests waiting before it; raises Rejected
-        (429, or 503 while the model has no replica) when none does within the wait bound."""
+        """A replica admitting the request once one does (the one the policy has it wait for, if any), after the
+        requests waiting for it before; raises Rejected (429, or 503 while the model has no replica) when none
+        does within the wait bound."""
         bound = self._max_wait_seconds if self.replicas else self._hold_seconds
         if bound <= 0:
             raise self._refusal()
-        future: asyncio.Future[Replica] = asyncio.get_running_loop().create_future()
-        waiter = (future, key)
+        replica, hit = self.policy.choose(self, key, True)
+        if replica is not None and self.admits(replica):  # a place freed since try_acquire
+            self._acquire(replica, hit)
+            return replica
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), key)
+        waiter.wait_for(replica, hit)
         self._waiters.append(waiter)
         self._waiting.inc()
         try:
-            return await asyncio.wait_for(future, bound)
+            return await asyncio.wait_for(waiter.future, bound)
         except (asyncio.TimeoutError, asyncio.CancelledError) as ended:
-            if future.done() and not future.cancelled():
-                self.release(future.result())  # handed a replica just as the wait ended: give its place back
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(waiter.future.result())  # handed a replica just as the wait ended: give its place back
             if isinstance(ended, asyncio.TimeoutError):
                 raise self._refusal() from None
             raise
         finally:
             self._waiting.dec()
-            if not future.done() or future.cancelled():
+            if not waiter.future.done() or waiter.future.cancelled():
+                waiter.wait_for(None, False)
                 try:
                     self._waiters.remove(waiter)
                 except ValueError:
                     pass
 
     def release(self, replica: Replica) -> None:
-        """Ends a request on `replica`; the replica's freed place goes to the request waiting longest."""
+        """Ends a request on `replica`; the replica's freed place goes to the request waiting longest for it."""
         self._end(replica)
         self.policy.released(replica)
         self._dispatch()
@@ -327,21 +368,21 @@ class ModelRoute:
         if not failed.ejected:
             failed.ejected = True
             asyncio.get_running_loop().call_later(_EJECT_SECONDS, self._readmit, failed)
-        return self._take(key)
+        replica, hit = self.policy.choose(self, key, False)
+        if replica is not None:
+            self._acquire(replica, hit)
+        return replica
 
     def _readmit(self, replica: Replica) -> None:
         replica.ejected = False
         self._dispatch()
 
-    def _take(self, key: int | None) -> Replica | None:
-        replica, hit = self.policy.choose(self, key)
-        if replica is not None:
-            replica.in_flight += 1
-            replica._in_flight_gauge.inc()
-            replica._chosen.inc()
-            if hit:
-                replica._prefix_hits.inc()
-        return replica
+    def _acquire(self, replica: Replica, hit: bool) -> None:
+        replica.in_flight += 1
+        replica._in_flight_gauge.inc()
+        replica._chosen.inc()
+        if hit:
+            replica._prefix_hits.inc()
 
     def _end(self, replica: Replica) -> None:
         replica.in_flight -= 1
@@ -358,18 +399,31 @@ class ModelRoute:
                 pass
 
     def _dispatch(self) -> None:
-        """Hands freed places to the waiting requests, oldest first."""
-        waiters = self._waiters
-        while waiters:
-            future, key = waiters[0]
-            if future.done():  # timed out or cancelled, and about to remove itself
-                waiters.popleft()
-                continue
-            replica = self._take(key)
-            if replica is None:
-                return
-            waiters.popleft()
-            future.set_result(replica)
+        """Hands freed places to the waiting requests, oldest first: first each to a request waiting for that
+        replica (chosen again when the one it waited for left or refused a connection) or for any; then a place
+        nobody waits for to the oldest request waiting for another replica, which takes it rather than let it
+        idle while it waits (a replica's waiters can outlast its bound when the load falls)."""
+        for any_replica in (False, True):
+            for waiter in list(self._waiters):
+                if not any(self.admits(replica) for replica in self.replicas):
+                    return
+                if waiter.future.done():  # timed out or cancelled, and about to remove itself
+                    continue
+                if waiter.replica is None or not waiter.replica.live or waiter.replica.ejected:
+                    waiter.wait_for(None, False)  # out of the count of loads the policy compares
+                    waiter.wait_for(*self.policy.choose(self, waiter.key, True))
+                if waiter.replica is not None and self.admits(waiter.replica):
+                    replica, hit = waiter.replica, waiter.hit
+                elif any_replica:
+                    replica, hit = self.policy.choose(self, waiter.key, False)
+                    if replica is None:
+                        continue
+                else:
+                    continue
+                waiter.wait_for(None, False)
+                self._waiters.remove(waiter)
+                self._acquire(replica, hit)
+                waiter.future.set_result(replica)
 
     def _refusal(self) -> Rejected:
         if not self.replicas:

@@ -43,6 +43,10 @@ class UsageObserver:
         return self.usage
 
     def _feed_event_stream(self, chunk: bytes) -> None:
+        if not self._pending and chunk.endswith(b"\n") and b'"usage"' not in chunk:
+            # Whole lines, none reporting usage: the common event, passed over without splitting it into lines.
+            self._over_limit = False
+            return
         *complete_lines, partial_line = chunk.split(b"\n")
         if complete_lines:
             if not self._over_limit:

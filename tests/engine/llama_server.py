@@ -100,11 +100,12 @@ def write_tiny_llama(
 
 
 def llama_server_command(
-    directory: Path, model: Path, alias: str, port: int, slots: int = 1, context_tokens: int = CONTEXT_TOKENS
+    directory: Path, model: Path, alias: str, port: int, slots: int = 1, context_tokens: int = CONTEXT_TOKENS,
+    slot_prompt_similarity: float | None = None,
 ) -> list[str]:
     """The server as the engine lane runs it: loopback only, no web UI or /slots, one slot (unless more are asked
     for, each with `context_tokens`) on one thread (the model is tiny), and short answers unless a request asks
-    for more."""
+    for more. `slot_prompt_similarity` replaces llama.cpp's default (0.1) for how a request's slot is chosen."""
     return [
         str(directory / "llama-server"),
         "--host", "127.0.0.1",
@@ -118,6 +119,7 @@ def llama_server_command(
         "-n", "16",
         "-np", str(slots),
         "--threads", "1",
+        *(() if slot_prompt_similarity is None else ("--slot-prompt-similarity", str(slot_prompt_similarity))),
     ]
 
 

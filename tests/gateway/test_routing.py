@@ -7,6 +7,7 @@ for DNS says which of them the Service's name resolves to."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socketserver
 import json
@@ -365,24 +366,66 @@ def test_a_conversations_turns_share_a_prefix_key_and_other_conversations_do_not
 def test_prefix_affinity_spills_to_the_next_replica_beyond_the_load_bound():
     route = route_of("prefix")
     key = prefix_key({"prompt": "a shared system prompt"})
-    home, hit = route.policy.choose(route, key)
+    home, hit = route.policy.choose(route, key, False)
     assert hit
 
     home.in_flight = 3  # others idle: the mean with this request is 4/3, the bound ceil(1.25 * 4/3) = 2
-    spilled, hit = route.policy.choose(route, key)
+    spilled, hit = route.policy.choose(route, key, False)
 
     assert spilled is not home and not hit
     home.in_flight = spilled.in_flight = 1  # the bound is ceil(1.25 * 3/3) = 2: within it again
-    assert route.policy.choose(route, key) == (home, True)
+    assert route.policy.choose(route, key, False) == (home, True)
+
+
+def test_requests_wait_for_their_replica_within_the_bound_and_take_a_place_nobody_waits_for():
+    async def scenario() -> None:
+        route = route_of("prefix", max_in_flight_per_replica=1, max_wait_seconds=10)
+        key = prefix_key({"prompt": "a conversation's start"})
+        home = route.try_acquire(key)
+        for replica in route.replicas:
+            replica.in_flight = 1
+        # Every place taken. The first waiter comes with a load of 3: the bound is ceil(1.25 * 4/3) = 2, home's
+        # load 1; the second with 4 (one waiting for home): the bound is 3, home's load 2; the third with 5: the
+        # bound is 3, home's load 3, so it waits for the next replica on the ring.
+        first, second, third = (asyncio.ensure_future(route.wait(key)) for _ in range(3))
+        await asyncio.sleep(0)
+        assert home.waiting == 2
+        [next_replica] = [replica for replica in route.replicas if replica.waiting == 1]
+        [last_replica] = [replica for replica in route.replicas if replica not in (home, next_replica)]
+
+        route.release(next_replica)  # goes to the request waiting for it, not to the two older ones waiting for home
+        route.release(home)
+        assert await third is next_replica and await first is home
+        route.release(last_replica)  # nobody waits for it: the oldest waiting request takes it rather than idle it
+        assert await second is last_replica
+        hits = route._metrics.replica_prefix_hits.labels("m", home.label)._value.get()
+        assert hits == 2 and sum(replica.waiting for replica in route.replicas) == 0
+
+    # Not asyncio.run, which leaves the thread without an event loop: the Pulumi mocks of tests run after this one
+    # in the same worker process ask for the thread's loop.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+def test_a_route_that_cannot_hold_requests_spills_instead_of_refusing():
+    route = route_of("prefix", max_in_flight_per_replica=1)  # maxWaitSeconds 0: a request waits for nothing
+    key = prefix_key({"prompt": "a conversation's start"})
+    home = route.try_acquire(key)
+    elsewhere = route.try_acquire(key)
+
+    assert elsewhere is not None and elsewhere is not home
 
 
 def test_replicas_leaving_move_only_their_own_prefixes():
     route = route_of("prefix", count=4)
     keys = [prefix_key({"prompt": f"conversation {n}"}) for n in range(2000)]
-    before = {key: route.policy.choose(route, key)[0].base_url for key in keys}
+    before = {key: route.policy.choose(route, key, False)[0].base_url for key in keys}
 
     route.set_replicas([url for url in sorted(set(before.values()))[:3]])
-    after = {key: route.policy.choose(route, key)[0].base_url for key in keys}
+    after = {key: route.policy.choose(route, key, False)[0].base_url for key in keys}
 
     gone = sorted(set(before.values()))[3]
     assert all(after[key] == before[key] for key in keys if before[key] != gone)
@@ -395,10 +438,10 @@ def test_least_loaded_picks_the_replica_with_the_fewest_in_flight_and_respects_t
     route = route_of("least-loaded", max_in_flight_per_replica=2)
     for replica, load in zip(route.replicas, (2, 1, 2)):
         replica.in_flight = load
-    assert route.policy.choose(route, None)[0] is route.replicas[1]
+    assert route.policy.choose(route, None, False)[0] is route.replicas[1]
 
     route.replicas[1].in_flight = 2
-    assert route.policy.choose(route, None) == (None, False)  # every replica at its limit: the request waits
+    assert route.policy.choose(route, None, False) == (None, False)  # every replica at its limit: the request waits
 
 
 # --- engines that close a connection after a stream ----------------------------------------------------------------
