@@ -83,6 +83,9 @@ class GatewayArgs(TypedDict):
     """NetworkPolicy peers that may call the gateway (the ingress layer); absent admits every client. Ignored on
     Knative, where only Knative's data path can reach the pods."""
 
+    node_port: NotRequired[int]
+    """Deployment: also reachable on every node at this node port (a kind cluster's mapped host port)."""
+
     allowed_destinations: NotRequired[list[dict[str, Any]]]
     """NetworkPolicy egress rules for where the gateway may connect (the runner); DNS is always allowed. The
     gateway holds the API keys: nothing else should be reachable from it."""
@@ -126,7 +129,7 @@ class Gateway(pulumi.ComponentResource):
                 "scaling": args["scaling"],
                 "workload": args.get("workload", "deployment"),
                 "request_timeout_seconds": args["request_timeout_seconds"],
-                **{key: args[key] for key in ("allowed_clients", "allowed_destinations", "progress_deadline_seconds")
+                **{key: args[key] for key in ("allowed_clients", "allowed_destinations", "progress_deadline_seconds", "node_port")
                    if key in args},  # type: ignore[misc]
             },
             opts=pulumi.ResourceOptions.merge(child_options(self, opts), pulumi.ResourceOptions(depends_on=depends_on)),

@@ -160,6 +160,11 @@ class ServingWorkloadArgs(TypedDict):
     """NetworkPolicy peers (camelCase `from` entries) that may reach the port; empty admits none, absent admits
     every client."""
 
+    node_port: NotRequired[int]
+    """Deployment: also expose the port on every node at this node port (a NodePort Service), e.g. one a kind
+    cluster maps a host port to. Traffic from it comes from the nodes, so it passes only when `allowed_clients`
+    is absent."""
+
     allowed_destinations: NotRequired[list[dict[str, Any]]]
     """NetworkPolicy egress rules (camelCase `to`/`ports`) the pods may open connections to, DNS always
     included; absent lets them connect anywhere."""
@@ -274,14 +279,14 @@ class ServingWorkload(pulumi.ComponentResource):
                 deployment_opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
             )
         deployment = k8s.apps.v1.Deployment(name, metadata=metadata, spec=spec, opts=deployment_opts)
+        service_port = {"name": PORT_NAME, "port": args["port"], "targetPort": PORT_NAME, "protocol": "TCP"}
+        if "node_port" in args:
+            service_port["nodePort"] = args["node_port"]
         k8s.core.v1.Service(
             name,
             metadata=metadata,
-            spec={
-                "type": "ClusterIP",
-                "selector": labels,
-                "ports": [{"name": PORT_NAME, "port": args["port"], "targetPort": PORT_NAME, "protocol": "TCP"}],
-            },
+            spec={"type": "NodePort" if "node_port" in args else "ClusterIP", "selector": labels,
+                  "ports": [service_port]},
             opts=opts,
         )
         if args.get("replicas_service"):

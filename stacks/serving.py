@@ -96,6 +96,12 @@ def serve_models(
         gateway_args["api_keys"] = secrets.gateway_api_keys
     if secrets.runner_api_key is not None:
         gateway_args["upstream_api_key"] = secrets.runner_api_key
+    # Without Knative's ingress, the host port kind maps for it leads to a Deployment gateway open to every client
+    # (one limited to some namespaces would refuse traffic from the nodes anyway).
+    public = (cluster.ingress_node_ports is not None and not config.knative_installed
+              and gateway_config.workload == "deployment" and not gateway_config.allowed_namespaces)
+    if public:
+        gateway_args["node_port"] = cluster.ingress_node_ports[0]
     # The gateway is ready only once a model answers: it rolls out after the runners' own rollouts, which wait
     # out their load budgets, so a cold first `up` does not spend the gateway's deadline on model loads.
     gateway = Gateway(GATEWAY, gateway_args, opts=pulumi.ResourceOptions.merge(
@@ -103,6 +109,8 @@ def serve_models(
     pulumi.export("gatewayUrl", gateway.url)
     if gateway_config.workload == "knative" and knative is not None and knative.domain is not None:
         pulumi.export("gatewayPublicUrl", f"http://{GATEWAY}.{namespace_name}.{knative.domain}{_ingress_port(config)}/v1")
+    elif public:
+        pulumi.export("gatewayPublicUrl", f"http://127.0.0.1{_ingress_port(config)}/v1")
     observe(config, cluster, images, [namespace], runners)
 
 

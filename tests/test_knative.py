@@ -93,6 +93,21 @@ def test_the_gateway_is_published_under_the_domain_on_the_mapped_port(dev):
     assert moved.outputs["gatewayPublicUrl"] == "http://gateway.models.127.0.0.1.sslip.io:8081/v1"
 
 
+@pytest.mark.parametrize("allowed", [[], ["ingress-nginx"]])
+def test_without_knative_the_mapped_port_leads_to_a_deployment_gateway_open_to_every_pod(allowed):
+    evaluation = evaluate("dev", set={"gateway.workload": "deployment", "gateway.scaling.minReplicas": 1,
+                                      "gateway.allowedNamespaces": allowed, "cluster.kind.httpHostPort": 8081})
+    assert not [r for r in evaluation.resources if r.type == "model-stack:index:KnativeServing"]
+    [service] = [s for s in evaluation.of_type("kubernetes:core/v1:Service") if s.name == "gateway"]
+    if allowed:  # traffic from the nodes would be refused by the gateway's policy: nothing is published
+        assert service.inputs["spec"]["type"] == "ClusterIP"
+        assert "gatewayPublicUrl" not in evaluation.outputs
+    else:
+        assert service.inputs["spec"]["type"] == "NodePort"
+        assert [port["nodePort"] for port in service.inputs["spec"]["ports"]] == [31080]
+        assert evaluation.outputs["gatewayPublicUrl"] == "http://127.0.0.1:8081/v1"
+
+
 def test_knative_completes_pods_to_the_restricted_standard(dev):
     assert config_map(dev, "config-features")["secure-pod-defaults"] == "enabled"
 

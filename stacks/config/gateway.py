@@ -23,8 +23,10 @@ class GatewayConfig(ServedWorkload):
 
     allowed_namespaces: Annotated[AllowedNamespaces, only_on("kubernetes")] = []
     """Namespaces whose pods may call the gateway: your ingress controller's (`ingress-nginx`) and in-cluster
-    clients'. Empty admits every pod. On Knative only Knative's own data path reaches it, whatever this says.
-    Either way the gateway itself may connect only to the model runner and DNS: it holds the API keys."""
+    clients'. Empty admits every pod, and on kind without Knative publishes a Deployment gateway on the host port
+    kind maps for the ingress (`cluster.kind.httpHostPort`; the stack output `gatewayPublicUrl`). On Knative only
+    Knative's own data path reaches it, whatever this says. Either way the gateway itself may connect only to the
+    model runner and DNS: it holds the API keys."""
 
     scaling: Annotated[ScalingConfig, only_on("kubernetes")] = ScalingConfig(targetConcurrency=50)
     """Replica bounds and autoscaling targets of the gateway."""

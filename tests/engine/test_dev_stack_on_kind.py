@@ -6,7 +6,7 @@ pods show: every pod Ready under the restricted Pod Security Standard, the model
 user, the official `openai` client answered by the tiny model, NetworkPolicy enforced, the cached weights surviving a
 pod restart and a one-setting rollout without a second download, a second `up` with no changes, a model that cannot
 load failing the update within its budget with the pod's reason, and `destroy` removing the cluster and the registry
-container.
+container, after which the next `up` brings it all back.
 
 Where this machine forces a difference from Pulumi.dev.yaml, the config says so in `dev_on_kind_config`:
 - `cluster.kind.nodeImage`: kindest/node cannot be pulled here; the image .ci/kind-node-image builds stands in
@@ -17,20 +17,19 @@ Where this machine forces a difference from Pulumi.dev.yaml, the config says so 
 - `models`: one llama.cpp model with an engine image made here (lane_images.py) and tiny weights from a model hub this
   test serves (`modelHub`), instead of two Docker Model Runner models whose engine image cannot be built here; its
   replicas are fixed at one, since scaling from zero needs KEDA, whose images are not built here;
-- `gateway.workload: deployment`: Knative's ingress, Kourier, runs Envoy, which cannot be built here;
+- `gateway.workload: deployment`: Knative's ingress, Kourier, runs Envoy, which cannot be built here; without
+  Knative, kind's mapped host port leads to the gateway itself;
 - `metrics.prometheusUrl`: the installed metrics pipeline runs kube-state-metrics, whose module the Go module proxy
   does not serve, so the stack is pointed at an existing Prometheus instead (none runs or is queried here; its
   scrape configuration goes to the one namespace, not reserved, that a new kind cluster has: its storage's);
 - `images.rewrite`: the engine image lives in the lane's registry (127.0.0.1:5000), which the nodes cannot reach; the
   rule makes the stack copy it into its own registry, as a user mirrors an upstream engine image.
-The gateway is reached with `kubectl port-forward`: kind's host ports lead to Kourier's node ports.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -152,26 +151,6 @@ class Cluster:
     def json(self, *args: str) -> dict:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
-    @contextmanager
-    def port_forward(self, target: str, port: int) -> Iterator[str]:
-        local = free_port()
-        process = subprocess.Popen(["kubectl", "--kubeconfig", str(self.kubeconfig), "port-forward", "-n", NAMESPACE,
-                                    target, f"{local}:{port}"], env=self.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", local), timeout=1).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, process.stderr.read()
-                    time.sleep(0.2)
-            yield f"http://127.0.0.1:{local}"
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-
     def probe(self, namespace: str, url: str, image: str) -> str:
         """`curl url` from a pod of `namespace`, under the restricted standard: the HTTP status it got, `000` for
         no answer."""
@@ -184,6 +163,11 @@ class Cluster:
         }]}}
         return self.kubectl("run", name, "-n", namespace, "--rm", "-i", "--quiet", f"--image={image}",
                             f"--overrides={json.dumps(overrides)}", "--command", "--", "true").stdout.split()[-1]
+
+
+def client(base_url: str) -> openai.OpenAI:
+    # No retries: a 5xx is a defect here that must show.
+    return openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=60)
 
 
 def chat(client: openai.OpenAI, **fields):
@@ -204,7 +188,6 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
                                 engine_image_digest, hub_url)
     stack = project().stack(f"dev-kind-{suffix}", config, secrets={"gatewayApiKeys": API_KEY})
     env = {**stack.project.env}
-    destroyed = None
     started = time.monotonic()
     try:
         assert "create" in stack.up()
@@ -233,17 +216,18 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         assert owner[0] == str(user) and int(owner[1]) > 0, owner
         assert len(hub.downloads) == 1, hub.downloads
 
-        # The official client, through the gateway: plain and streamed answers from the model's own engine.
-        with cluster.port_forward("svc/gateway", 8080) as url:
-            first_token = time.monotonic()
-            with openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=60) as client:
-                assert [model.id for model in client.models.list()] == [MODEL]
-                plain = chat(client)
-                first_token = time.monotonic() - started
-                assert plain.model == MODEL and plain.choices[0].message.content
-                chunks = list(chat(client, stream=True))
-                streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-                assert streamed == plain.choices[0].message.content
+        # The official client, through the host port kind maps to the gateway: plain and streamed answers from the
+        # model's own engine.
+        base_url = stack.outputs()["gatewayPublicUrl"]
+        assert base_url == f"http://127.0.0.1:{config['cluster']['kind']['httpHostPort']}/v1"
+        with client(base_url) as everyone:
+            assert [model.id for model in everyone.models.list()] == [MODEL]
+            plain = chat(everyone)
+            first_token = time.monotonic() - started
+            assert plain.model == MODEL and plain.choices[0].message.content
+            chunks = list(chat(everyone, stream=True))
+            streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+            assert streamed == plain.choices[0].message.content
         print(f"pulumi up {up_seconds:.0f}s; pulumi up to first token, cold (cluster included): {first_token:.0f}s")
 
         # NetworkPolicy, enforced by the nodes: a pod of another namespace reaches the gateway, not the engine.
@@ -268,9 +252,8 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         assert stack.planned_steps() == {ENGINE: "update"}
         rollout_started = time.monotonic()
         stack.up()
-        with cluster.port_forward("svc/gateway", 8080) as url:
-            with openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=60) as client:
-                assert chat(client).choices[0].message.content
+        with client(base_url) as everyone:
+            assert chat(everyone).choices[0].message.content
         print(f"pulumi up to first token, warm (a one-setting rollout): {time.monotonic() - rollout_started:.0f}s")
         [engine] = cluster.json("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/name={ENGINE}")["items"]
         assert engine["spec"]["containers"][0]["resources"]["limits"]["memory"] == "640Mi"
@@ -287,12 +270,24 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         assert failed.returncode != 0
         assert elapsed < FAILING_BUDGET_SECONDS + IMAGE_PULL_ALLOWANCE_SECONDS + 60, elapsed
         assert ENGINE in failed.stdout and "model-pull" in failed.stdout, failed.stdout[-3000:]
-    finally:
-        destroyed = stack.destroy()
-        stack.run("stack", "rm", "--yes")
-        docker("volume", "rm", "--force", "kind-registry-data", check=False)  # retained on delete, by design
 
-    assert "delete" in destroyed
+        # `destroy` removes the cluster and the registry container; the next `up` brings the stack back, on a new
+        # cluster whose cache volume fetches the weights again.
+        config["models"]["chat"].update(model=MODEL, loadBudgetSeconds=LOAD_BUDGET_SECONDS)
+        stack.write_config(config)
+        assert_destroyed(stack, name, env)
+        assert "create" in stack.up()
+        with client(base_url) as everyone:
+            assert chat(everyone).choices[0].message.content
+        assert len(hub.downloads) == 2, hub.downloads
+    finally:
+        assert_destroyed(stack, name, env)
+        stack.run("stack", "rm", "--yes")
+
+
+def assert_destroyed(stack, cluster_name: str, env: dict[str, str]) -> None:
+    stack.destroy()
+    docker("volume", "rm", "--force", "kind-registry-data", check=False)  # retained on delete, by design
     clusters = subprocess.run(["kind", "get", "clusters"], env=env, capture_output=True, text=True).stdout.split()
-    assert name not in clusters
+    assert cluster_name not in clusters
     assert docker("inspect", "kind-registry", check=False).returncode != 0
