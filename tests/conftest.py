@@ -9,14 +9,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Tests that use what this machine has only once (the Docker engine and its registry, the engine lane's control
 # plane, the browser) run one after another on one pytest-xdist worker; the mocks tests spread over the others.
-MACHINE_MARKERS = ("engine", "docker", "browser")
+MACHINE_MARKERS = ("docker", "browser")
+ENGINE_LANE = Path(__file__).resolve().parent / "engine"
 
 
-@pytest.hookimpl(trylast=True)  # after tests/engine/conftest.py has marked its tests
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if any(item.get_closest_marker(marker) for marker in MACHINE_MARKERS):
-            item.add_marker(pytest.mark.xdist_group("this-machine"))
+# As each test is collected: pytest-xdist's `pytest_collection_modifyitems` turns the groups into the test ids it
+# schedules by, so a group added in that hook after it (as a `trylast` hook did) grouped nothing, and two lane tests
+# ran at once on two workers. The lane's tests are known by their directory, since tests/engine/conftest.py marks
+# them `engine` only later.
+def pytest_itemcollected(item):
+    in_lane = Path(str(item.fspath)).is_relative_to(ENGINE_LANE)
+    if in_lane or any(item.get_closest_marker(marker) for marker in MACHINE_MARKERS):
+        item.add_marker(pytest.mark.xdist_group("this-machine"))
 
 
 @pytest.fixture(scope="session")
