@@ -28,15 +28,11 @@ Where this machine forces a difference from Pulumi.dev.yaml, the config says so 
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +43,7 @@ from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS
 from docker_engine import REGISTRY, docker
 from harness import ROOT, stack_config
 from llama_server import write_tiny_llama
+from model_hub import ModelHub, serving
 
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 from loopback import free_port  # noqa: E402
@@ -73,41 +70,15 @@ def node_image(toolchain) -> str:
     return built.stdout.strip()
 
 
-class Hub(ThreadingHTTPServer):
-    downloads: list[str]
-
-
-@contextmanager
-def model_hub(root: Path, address: str) -> Iterator[Hub]:
-    """A Hugging Face-like hub serving `root` on `address`, counting the weights' downloads."""
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == WEIGHTS_PATH:
-                server.downloads.append(self.client_address[0])
-            super().do_GET()
-
-    server = Hub((address, 0), functools.partial(Handler, directory=str(root)))
-    server.downloads = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 @pytest.fixture
-def hub(registry_network, llama_server_build: Path, tmp_path) -> Iterator[Hub]:
+def hub(registry_network, llama_server_build: Path, tmp_path) -> Iterator[ModelHub]:
     """The hub on the host's address of the registry's network: the pods reach it through their node's default
     route, which ends on this machine; nothing outside it can."""
     weights = tmp_path / "hub" / WEIGHTS_PATH.lstrip("/")
     weights.parent.mkdir(parents=True)
     write_tiny_llama(weights, llama_server_build, seed=3)
     [ipam] = json.loads(docker("network", "inspect", "--format", "{{json .IPAM.Config}}", registry_network).stdout)
-    with model_hub(tmp_path / "hub", ipam["Gateway"]) as server:
+    with serving(tmp_path / "hub", ipam["Gateway"]) as server:
         yield server
 
 
@@ -183,9 +154,8 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         pytest.skip(f"containers of the dev stack already run on this Docker engine: {taken}")
     suffix = uuid.uuid4().hex[:6]
     name = f"lane-{suffix}"
-    hub_url = f"http://{hub.server_address[0]}:{hub.server_address[1]}"
     config = dev_on_kind_config(name, node_image, registry_image, registry_network, gateway_base_image,
-                                engine_image_digest, hub_url)
+                                engine_image_digest, hub.url)
     stack = project().stack(f"dev-kind-{suffix}", config, secrets={"gatewayApiKeys": API_KEY})
     env = {**stack.project.env}
     started = time.monotonic()
@@ -214,7 +184,7 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         owner = cluster.kubectl("exec", "-n", NAMESPACE, engine["metadata"]["name"], "-c", "engine", "--",
                                 "stat", "-c", "%u %s", f"/models/llama.cpp/{MODEL}").stdout.split()
         assert owner[0] == str(user) and int(owner[1]) > 0, owner
-        assert len(hub.downloads) == 1, hub.downloads
+        assert hub.fetched.count(WEIGHTS_PATH) == 1, hub.fetched
 
         # The official client, through the host port kind maps to the gateway: plain and streamed answers from the
         # model's own engine.
@@ -241,7 +211,7 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         cluster.kubectl("delete", "pod", "-n", NAMESPACE, engine["metadata"]["name"], "--wait=true")
         cluster.kubectl("rollout", "status", "-n", NAMESPACE, f"deployment/{ENGINE}", f"--timeout={LOAD_BUDGET_SECONDS}s",
                         timeout=LOAD_BUDGET_SECONDS + 30)
-        assert len(hub.downloads) == 1, hub.downloads
+        assert hub.fetched.count(WEIGHTS_PATH) == 1, hub.fetched
 
         # What Kubernetes and Docker read back shows no diff.
         assert stack.preview("--expect-no-changes") == {}
@@ -257,7 +227,7 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         print(f"pulumi up to first token, warm (a one-setting rollout): {time.monotonic() - rollout_started:.0f}s")
         [engine] = cluster.json("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/name={ENGINE}")["items"]
         assert engine["spec"]["containers"][0]["resources"]["limits"]["memory"] == "640Mi"
-        assert len(hub.downloads) == 1, hub.downloads
+        assert hub.fetched.count(WEIGHTS_PATH) == 1, hub.fetched
 
         # A model that cannot load (the hub has no such file) fails the update within its budget, naming the pod
         # and its failing pull; the budget includes the image pull allowance.
@@ -279,7 +249,7 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         assert "create" in stack.up()
         with client(base_url) as everyone:
             assert chat(everyone).choices[0].message.content
-        assert len(hub.downloads) == 2, hub.downloads
+        assert hub.fetched.count(WEIGHTS_PATH) == 2, hub.fetched
     finally:
         assert_destroyed(stack, name, env)
         stack.run("stack", "rm", "--yes")

@@ -19,15 +19,12 @@ containers of those names skips the test. Needs what .ci/docker-setup provides.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import sys
-import threading
 import time
 import uuid
 from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +35,7 @@ import pytest
 from docker_engine import BASE_IMAGE, REGISTRY, build, build_image, docker, require_docker_setup
 from harness import ROOT, stack_config
 from llama_server import write_tiny_llama
+from model_hub import serving
 
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 from loopback import free_port  # noqa: E402
@@ -103,21 +101,6 @@ def gateway_image(docker_setup) -> Iterator[str]:
         yield tag
 
 
-@contextmanager
-def serving(directory: Path, address: str) -> Iterator[str]:
-    """Serves `directory` over HTTP on `address` (a free port) until the block ends; yields the base URL."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
-    server = ThreadingHTTPServer((address, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{address}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def model_hub(docker_setup, llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
     """A Hugging Face-like hub holding MODELS (other weights each), on the host address of a bridge network of its
@@ -132,8 +115,8 @@ def model_hub(docker_setup, llama_server_build: Path, tmp_path_factory) -> Itera
     docker("network", "create", "--driver", "bridge", network)
     try:
         [ipam] = json.loads(docker("network", "inspect", "--format", "{{json .IPAM.Config}}", network).stdout)
-        with serving(root, ipam["Gateway"]) as url:
-            yield url
+        with serving(root, ipam["Gateway"]) as hub:
+            yield hub.url
     finally:
         docker("network", "rm", network, check=False)
 
