@@ -278,7 +278,15 @@ class ServingWorkload(pulumi.ComponentResource):
             deployment_opts = pulumi.ResourceOptions.merge(
                 deployment_opts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
             )
-        deployment = k8s.apps.v1.Deployment(name, metadata=metadata, spec=spec, opts=deployment_opts)
+        deployment_metadata = metadata
+        if scaling["min_replicas"] == 0:
+            # Pulumi's Deployment await also waits for every claim the pods mount to be Bound, and a claim of a
+            # WaitForFirstConsumer class (kind's and EKS's default classes) binds only once a pod is scheduled, which
+            # a Deployment at zero replicas never has: `up` would wait out its timeout and fail. Its replicas start
+            # on demand, each bounded by the gateway's hold, so `up` waits only for the Deployment to be accepted.
+            deployment_metadata = {**metadata, "annotations": {**metadata.get("annotations", {}),
+                                                               "pulumi.com/skipAwait": "true"}}
+        deployment = k8s.apps.v1.Deployment(name, metadata=deployment_metadata, spec=spec, opts=deployment_opts)
         service_port = {"name": PORT_NAME, "port": args["port"], "targetPort": PORT_NAME, "protocol": "TCP"}
         if "node_port" in args:
             service_port["nodePort"] = args["node_port"]
