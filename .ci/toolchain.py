@@ -22,7 +22,8 @@ modules' go.mod replaces its sibling modules with relative paths, which `go inst
 - the kind CLI (`sigs.k8s.io/kind`) at the release stacks/cluster.py derives from the pinned node images;
 - Prometheus (`github.com/prometheus/prometheus`, without its web UI's assets) at the release the stack installs
   (stacks/config/metrics.py), which the lane points at real engines and the gateway to run the autoscaling and
-  dashboard queries;
+  dashboard queries, and KEDA (`github.com/kedacore/keda/v2`: its operator, metrics server and admission webhooks)
+  at the release the stack installs (components/model_autoscaler.py), which the kind lane runs;
 - the docker CLI's buildx plugin (`github.com/docker/buildx`), with which the stack creates its host-network
   BuildKit builder, and BuildKit itself (`github.com/moby/buildkit`: buildkitd, buildctl), which that builder runs
   in a container (tests/engine/buildkit_image makes the image, since none can be pulled here); both at the
@@ -216,9 +217,8 @@ class GoBuild:
                 run(["go", "build", *flags, "-o", str(out_dir / binary), package], cwd=main, env=env)
             else:
                 run(["go", "build", *flags, "-o", f"{out_dir}/", *self.packages.values()], cwd=main, env=env)
-                unnamed = [binary for binary in self.packages if not (out_dir / binary).is_file()]
-                if unnamed:  # `go build -o DIR/` names each binary after its package's directory
-                    raise SystemExit(f"toolchain: {self.name}: no binary named {unnamed} in {out_dir}")
+                for binary, package in self.packages.items():  # `go build -o DIR/` names each after its directory
+                    (out_dir / Path(package).name).rename(out_dir / binary)
             for extra, path in self.extras.items():
                 shutil.copy(root / path, out_dir / extra)
             if self.check:
@@ -465,6 +465,14 @@ def builds() -> tuple[list[GoBuild], dict[str, str], list[str]]:
         GoBuild(name, module, version, {name: package}, sibling_version=version)
         for name, (module, version, package) in NODE_ADD_ONS.items()
     ]
+    # KEDA's operator, metrics server and admission webhooks at the release the stack installs, which the kind lane
+    # runs to scale a model from zero (no image of KEDA can be pulled here).
+    keda = f"v{project_setting('components.model_autoscaler', 'KEDA_VERSION')}"
+    plan.append(GoBuild(
+        "keda", "github.com/kedacore/keda/v2", keda,
+        {"keda": "./cmd/operator", "keda-adapter": "./cmd/adapter", "keda-admission-webhooks": "./cmd/webhooks"},
+        sibling_version=keda, ldflags=f"-X github.com/kedacore/keda/v2/version.Version={keda.lstrip('v')}",
+    ))
     return plan, plugins, missing
 
 

@@ -24,7 +24,8 @@ from cli import PASSPHRASE, Project
 from control_plane import ControlPlane, run_control_plane
 from harness import ROOT
 from lane_images import (  # noqa: F401  (fixtures of the dev stack's lane tests)
-    buildkit_image, engine_image_digest, gateway_base_image, registry_image, registry_network)
+    buildkit_image, engine_image_digest, gateway_base_image, keda_images, kube_state_metrics_image, prometheus_image,
+    registry_image, registry_network)
 from llama_server import BUILD_SCRIPT, llama_server_directory
 
 TOOLCHAIN = ROOT / ".ci" / "toolchain.py"

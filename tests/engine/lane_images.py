@@ -7,7 +7,10 @@ has and pushed to the lane's registry (127.0.0.1:5000) where the stack pulls the
 - the gateway build's base: the debootstrap base image with this machine's CA bundle (its package indexes are reached
   through a TLS-intercepting proxy), standing in for the Python image;
 - the llama.cpp engine image: the llama-server .ci/llama-server built, on the debootstrap base image, with curl for the
-  model pull and the health check (tests/engine/llama_cpp_image).
+  model pull and the health check (tests/engine/llama_cpp_image);
+- the metrics pipeline's images: Prometheus from the toolchain's build of the release the stack installs, and a
+  stand-in for kube-state-metrics, whose module the proxy does not serve (tests/engine/kube_state_metrics_stand_in);
+- KEDA's three images, from the toolchain's build of the release the stack installs (tests/engine/keda_image).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Iterator
 
 import pytest
 
+from components.image_rewrite import split_reference
+from components.model_autoscaler import keda_images as keda_images_released
 from docker_engine import BASE_IMAGE, REGISTRY, build, docker, image_exists, require_docker_setup
 
 HERE = Path(__file__).resolve().parent
@@ -28,6 +33,10 @@ BUILDKIT_IMAGE = "moby/buildkit:buildx-stable-1"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ENGINE_DOCKERFILE = HERE / "llama_cpp_image" / "Dockerfile"
 ENGINE_REPOSITORY = f"{REGISTRY}/model-stack/llama-cpp-engine"
+KEDA_REPOSITORY = f"{REGISTRY}/kedacore"
+# The binary each image of KEDA's release runs (its Deployments' commands), as the toolchain names them.
+KEDA_BINARIES = {"keda": "keda", "keda-metrics-apiserver": "keda-adapter",
+                 "keda-admission-webhooks": "keda-admission-webhooks"}
 
 
 def pushed_digest_reference(tag: str) -> str:
@@ -76,11 +85,51 @@ def gateway_base_image(tmp_path_factory) -> str:
 def engine_image_digest(llama_server_build: Path, tmp_path_factory) -> str:
     """The llama.cpp engine image pushed to the lane's registry; its `repository@sha256:...` reference."""
     require_docker_setup()
-    context = tmp_path_factory.mktemp("engine-image")
-    shutil.copy(ENGINE_DOCKERFILE, context / "Dockerfile")
-    shutil.copy(llama_server_build / "llama-server", context / "llama-server")
-    return pushed_digest_reference(build(context, f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}",
+    return binary_image(tmp_path_factory.mktemp("engine-image"), ENGINE_DOCKERFILE, llama_server_build / "llama-server",
+                        f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}")
+
+
+def binary_image(work: Path, dockerfile: Path, binary: Path, tag: str, *build_args: str) -> str:
+    """`binary` in the image `dockerfile` builds on the debootstrap base (it copies the binary by its name), pushed to
+    the lane's registry as `tag`; its digest reference."""
+    shutil.copy(dockerfile, work / "Dockerfile")
+    shutil.copy(binary, work / binary.name)
+    return pushed_digest_reference(build(work, tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args))
+
+
+@pytest.fixture(scope="session")
+def prometheus_image(toolchain, tmp_path_factory) -> str:
+    require_docker_setup()
+    return binary_image(tmp_path_factory.mktemp("prometheus-image"), HERE / "prometheus_image" / "Dockerfile",
+                        Path(shutil.which("prometheus", path=toolchain["PATH"])),
+                        f"{REGISTRY}/model-stack/lane-prometheus:{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def kube_state_metrics_image(tmp_path_factory) -> str:
+    require_docker_setup()
+    work = tmp_path_factory.mktemp("kube-state-metrics-image")
+    for name in ("Dockerfile", "serve.py"):
+        shutil.copy(HERE / "kube_state_metrics_stand_in" / name, work / name)
+    return pushed_digest_reference(build(work, f"{REGISTRY}/model-stack/lane-kube-state-metrics:{uuid.uuid4().hex[:12]}",
                                          "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"))
+
+
+@pytest.fixture(scope="session")
+def keda_images(toolchain, tmp_path_factory) -> dict[str, str]:
+    """Each image of KEDA's release manifest (`ghcr.io/kedacore/<name>:<version>`) -> the same image built here from
+    the toolchain's KEDA, pushed to the lane's registry as `kedacore/<name>:<version>`: that reference with its digest,
+    so that a mirror of it keeps the release's tag, which the manifest pulls."""
+    require_docker_setup()
+    built = {}
+    for image in keda_images_released():
+        repository, tag = split_reference(image)
+        name = repository.rpartition("/")[2]
+        binary = Path(shutil.which(KEDA_BINARIES[name], path=toolchain["PATH"]))
+        pushed = binary_image(tmp_path_factory.mktemp(f"{name}-image"), HERE / "keda_image" / "Dockerfile", binary,
+                              f"{KEDA_REPOSITORY}/{name}{tag}", "--build-arg", f"BINARY={binary.name}")
+        built[image] = pushed.replace("@", f"{tag}@")
+    return built
 
 
 @pytest.fixture

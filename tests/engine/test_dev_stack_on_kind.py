@@ -3,10 +3,11 @@
 wires the stack's registry container into the nodes, the gateway is built by docker-build and pushed there, the
 engine image is mirrored there through `images.rewrite`, and the nodes pull both by digest. Then what only running
 pods show: every pod Ready under the restricted Pod Security Standard, the model pre-pull's file owned by the engine's
-user, the official `openai` client answered by the tiny model, NetworkPolicy enforced, the cached weights surviving a
-pod restart and a one-setting rollout without a second download, a second `up` with no changes, a model that cannot
-load failing the update within its budget with the pod's reason, and `destroy` removing the cluster and the registry
-container, after which the next `up` brings it all back.
+user, the official `openai` client answered by the tiny models, the model scaled to zero started by KEDA on the
+request the gateway holds for it (the installed Prometheus scraping the gateway, KEDA querying it), NetworkPolicy
+enforced, the cached weights surviving a pod restart and a one-setting rollout without a second download, a second
+`up` with no changes, a model that cannot load failing the update within its budget with the pod's reason, and
+`destroy` removing the cluster and the registry container, after which the next `up` brings it all back.
 
 Where this machine forces a difference from Pulumi.dev.yaml, the config says so in `dev_on_kind_config`:
 - `cluster.kind.nodeImage`: kindest/node cannot be pulled here; the image .ci/kind-node-image builds stands in
@@ -14,16 +15,19 @@ Where this machine forces a difference from Pulumi.dev.yaml, the config says so 
 - `cluster.kind.workers`: 1 instead of 2, for the two cores of CI;
 - `cluster.kind.*Port`: free ports of this machine; `registryImage`, `registryNetwork` and
   `images.gatewayBuild.baseImage` as in test_dev_image_path.py (images made here; no default bridge network);
-- `models`: one llama.cpp model with an engine image made here (lane_images.py) and tiny weights from a model hub this
-  test serves (`modelHub`), instead of two Docker Model Runner models whose engine image cannot be built here; its
-  replicas are fixed at one, since scaling from zero needs KEDA, whose images are not built here;
+- `models`: the same two models, `chat` scaled from zero by KEDA and `small` always on, served by llama.cpp with an
+  engine image made here (lane_images.py) and tiny weights from a model hub this test serves (`modelHub`), instead of
+  Docker Model Runner, whose engine image cannot be built here;
 - `gateway.workload: deployment`: Knative's ingress, Kourier, runs Envoy, which cannot be built here; without
   Knative, kind's mapped host port leads to the gateway itself;
-- `metrics.prometheusUrl`: the installed metrics pipeline runs kube-state-metrics, whose module the Go module proxy
-  does not serve, so the stack is pointed at an existing Prometheus instead (none runs or is queried here; its
-  scrape configuration goes to the one namespace, not reserved, that a new kind cluster has: its storage's);
-- `images.rewrite`: the engine image lives in the lane's registry (127.0.0.1:5000), which the nodes cannot reach; the
-  rule makes the stack copy it into its own registry, as a user mirrors an upstream engine image.
+- `metrics.prometheusImage`, `kubeStateMetricsImage`: the installed pipeline's images, made here: Prometheus from the
+  toolchain's build of the same release, and a stand-in for kube-state-metrics, whose module the Go module proxy does
+  not serve (it answers the probes and exports nothing, so nothing here reads replica series);
+- `images.rewrite`, `images.mirror`: the engine, Prometheus and the stand-in live in the lane's registry
+  (127.0.0.1:5000), which the nodes cannot reach; a rule makes the stack copy them into its own registry, as a user
+  mirrors an upstream engine image. KEDA's release names its images `ghcr.io/kedacore/<name>:<version>`; as a user
+  without access to ghcr.io would, the test mirrors KEDA's images (built here from the same release) into the stack's
+  registry under `kedacore/` with `images.mirror`, and a rule sends `ghcr.io/kedacore` there.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import pytest
 
 from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS
 from docker_engine import REGISTRY, docker
+from lane_images import KEDA_REPOSITORY
 from harness import ROOT, stack_config
 from llama_server import write_tiny_llama
 from model_hub import ModelHub, serving
@@ -51,11 +56,13 @@ from loopback import free_port  # noqa: E402
 pytestmark = pytest.mark.docker
 
 NODE_IMAGE_SCRIPT = ROOT / ".ci" / "kind-node-image"
-MODEL = "engine-lane/tiny-model/tiny.gguf"
-WEIGHTS_PATH = f"/{MODEL.rpartition('/')[0]}/resolve/main/{MODEL.rpartition('/')[2]}"
+# The model scaled to zero, and the one always running.
+CHAT = "engine-lane/tiny-model/chat.gguf"
+SMALL = "engine-lane/tiny-model/small.gguf"
 API_KEY = "dev-on-kind-key"
 NAMESPACE = "models"
-ENGINE = "model-runner-chat"
+ENGINE = "model-runner-small"
+CHAT_ENGINE = "model-runner-chat"
 LOAD_BUDGET_SECONDS = 180
 FAILING_BUDGET_SECONDS = 30
 MAX_TOKENS = 8
@@ -74,16 +81,25 @@ def node_image(toolchain) -> str:
 def hub(registry_network, llama_server_build: Path, tmp_path) -> Iterator[ModelHub]:
     """The hub on the host's address of the registry's network: the pods reach it through their node's default
     route, which ends on this machine; nothing outside it can."""
-    weights = tmp_path / "hub" / WEIGHTS_PATH.lstrip("/")
-    weights.parent.mkdir(parents=True)
-    write_tiny_llama(weights, llama_server_build, seed=3)
+    for seed, model in enumerate((CHAT, SMALL), start=3):
+        weights = tmp_path / "hub" / weights_path(model).lstrip("/")
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        write_tiny_llama(weights, llama_server_build, seed=seed)
     [ipam] = json.loads(docker("network", "inspect", "--format", "{{json .IPAM.Config}}", registry_network).stdout)
     with serving(tmp_path / "hub", ipam["Gateway"]) as server:
         yield server
 
 
-def dev_on_kind_config(name: str, node_image: str, registry_image: str, registry_network: str,
-                       gateway_base_image: str, engine_image: str, hub_url: str) -> dict:
+def weights_path(model: str) -> str:
+    """The hub path the pre-pull fetches `model` from."""
+    repository, _, file = model.rpartition("/")
+    return f"/{repository}/resolve/main/{file}"
+
+
+def dev_on_kind_config(name: str, node_image: str, registry_image: str, registry_network: str, lane: dict[str, str],
+                       keda_images: dict[str, str], hub_url: str) -> dict:
+    """`lane`: the lane's images by role (`gatewayBase`, `engine`, `prometheus`, `kubeStateMetrics`); `keda_images`:
+    KEDA's release images -> the same built here."""
     config = stack_config("dev")
     registry_port = free_port()
     config["cluster"]["kind"] = {
@@ -91,17 +107,20 @@ def dev_on_kind_config(name: str, node_image: str, registry_image: str, registry
         "httpHostPort": free_port(), "httpsHostPort": free_port(), "registryPort": registry_port,
         "registryImage": registry_image, "registryNetwork": registry_network,
     }
-    config["models"] = {"chat": {
-        **config["models"]["chat"], "engine": "llama.cpp", "model": MODEL, "image": engine_image, "modelHub": hub_url,
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
-        "cache": {"size": "1Gi", "accessMode": "ReadWriteOnce"},
-        "scaling": {"minReplicas": 1, "maxReplicas": 1}, "loadBudgetSeconds": LOAD_BUDGET_SECONDS,
-    }}
+    config["models"] = {
+        key: {**config["models"][key], "engine": "llama.cpp", "model": model, "image": lane["engine"],
+              "modelHub": hub_url, "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                                 "limits": {"memory": "512Mi"}},
+              "cache": {"size": "1Gi", "accessMode": "ReadWriteOnce"}, "loadBudgetSeconds": LOAD_BUDGET_SECONDS}
+        for key, model in (("chat", CHAT), ("small", SMALL))}
     config["gateway"] = {**config["gateway"], "workload": "deployment", "scaling": {"minReplicas": 1, "maxReplicas": 1}}
-    config["metrics"] = {"prometheusUrl": "http://prometheus.local-path-storage:9090", "scrape": "scrapeConfig",
-                         "namespace": "local-path-storage"}
-    config["images"] = {"rewrite": {REGISTRY: f"localhost:{registry_port}/lane"},
-                        "gatewayBuild": {"baseImage": gateway_base_image}}
+    config["metrics"] = {"prometheusImage": lane["prometheus"], "kubeStateMetricsImage": lane["kubeStateMetrics"]}
+    keda = f"localhost:{registry_port}/kedacore"
+    config["images"] = {
+        "rewrite": {REGISTRY: f"localhost:{registry_port}/lane", KEDA_REPOSITORY: keda, "ghcr.io/kedacore": keda},
+        "mirror": sorted(keda_images.values()),
+        "gatewayBuild": {"baseImage": lane["gatewayBase"]},
+    }
     return config
 
 
@@ -136,42 +155,49 @@ class Cluster:
                             f"--overrides={json.dumps(overrides)}", "--command", "--", "true").stdout.split()[-1]
 
 
-def client(base_url: str) -> openai.OpenAI:
+def client(base_url: str, timeout: float = 60) -> openai.OpenAI:
     # No retries: a 5xx is a defect here that must show.
-    return openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0, timeout=timeout)
 
 
-def chat(client: openai.OpenAI, **fields):
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say something."}],
+def chat(client: openai.OpenAI, model: str = SMALL, **fields):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say something."}],
                                           max_tokens=MAX_TOKENS, temperature=0, **fields)
+
+
+def ready(pod: dict) -> bool:
+    conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+    return pod["status"]["phase"] == "Running" and conditions.get("Ready") == "True"
 
 
 def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         project, toolchain, node_image, buildkit_image, registry_image, registry_network, gateway_base_image,
-        engine_image_digest, hub, tmp_path):
+        engine_image_digest, prometheus_image, kube_state_metrics_image, keda_images, hub, tmp_path):
     taken = [name for name in ("kind-registry",) if docker("inspect", name, check=False).returncode == 0]
     if taken:
         pytest.skip(f"containers of the dev stack already run on this Docker engine: {taken}")
     suffix = uuid.uuid4().hex[:6]
     name = f"lane-{suffix}"
-    config = dev_on_kind_config(name, node_image, registry_image, registry_network, gateway_base_image,
-                                engine_image_digest, hub.url)
+    lane = {"gatewayBase": gateway_base_image, "engine": engine_image_digest, "prometheus": prometheus_image,
+            "kubeStateMetrics": kube_state_metrics_image}
+    config = dev_on_kind_config(name, node_image, registry_image, registry_network, lane, keda_images, hub.url)
     stack = project().stack(f"dev-kind-{suffix}", config, secrets={"gatewayApiKeys": API_KEY})
     env = {**stack.project.env}
     started = time.monotonic()
     try:
         assert "create" in stack.up()
         cluster = Cluster(name, tmp_path, env)
-        pods = cluster.json("get", "pods", "-n", NAMESPACE)["items"]
         up_seconds = time.monotonic() - started
 
-        # Every pod of the models namespace runs, admitted under the restricted Pod Security Standard.
+        # Every pod the stack runs is Ready, those of the models namespace admitted under the restricted Pod Security
+        # Standard; `chat` is at zero replicas until a request for it comes.
         labels = cluster.json("get", "namespace", NAMESPACE)["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
-        assert {pod["metadata"]["labels"].get("app.kubernetes.io/name") for pod in pods} >= {"gateway", ENGINE}
-        for pod in pods:
-            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
-            assert pod["status"]["phase"] == "Running" and conditions.get("Ready") == "True", pod["metadata"]["name"]
+        pods = cluster.json("get", "pods", "-n", NAMESPACE)["items"]
+        assert {pod["metadata"]["labels"].get("app.kubernetes.io/name") for pod in pods} == {"gateway", ENGINE}
+        for namespace in (NAMESPACE, "monitoring", "keda"):
+            for pod in cluster.json("get", "pods", "-n", namespace)["items"]:
+                assert ready(pod), (namespace, pod["metadata"]["name"], pod["status"])
         # The nodes pulled the gateway and the engine from the stack's registry, by digest.
         images = {container["image"] for pod in pods for container in pod["spec"]["containers"]}
         port = config["cluster"]["kind"]["registryPort"]
@@ -182,23 +208,39 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         [engine] = [pod for pod in pods if pod["metadata"]["labels"].get("app.kubernetes.io/name") == ENGINE]
         user = engine["spec"]["securityContext"]["runAsUser"]
         owner = cluster.kubectl("exec", "-n", NAMESPACE, engine["metadata"]["name"], "-c", "engine", "--",
-                                "stat", "-c", "%u %s", f"/models/llama.cpp/{MODEL}").stdout.split()
+                                "stat", "-c", "%u %s", f"/models/llama.cpp/{SMALL}").stdout.split()
         assert owner[0] == str(user) and int(owner[1]) > 0, owner
-        assert hub.fetched.count(WEIGHTS_PATH) == 1, hub.fetched
+        assert hub.fetched.count(weights_path(SMALL)) == 1 and weights_path(CHAT) not in hub.fetched, hub.fetched
 
         # The official client, through the host port kind maps to the gateway: plain and streamed answers from the
         # model's own engine.
         base_url = stack.outputs()["gatewayPublicUrl"]
         assert base_url == f"http://127.0.0.1:{config['cluster']['kind']['httpHostPort']}/v1"
         with client(base_url) as everyone:
-            assert [model.id for model in everyone.models.list()] == [MODEL]
+            assert sorted(model.id for model in everyone.models.list()) == sorted([CHAT, SMALL])
             plain = chat(everyone)
             first_token = time.monotonic() - started
-            assert plain.model == MODEL and plain.choices[0].message.content
+            assert plain.model == SMALL and plain.choices[0].message.content
             chunks = list(chat(everyone, stream=True))
             streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
             assert streamed == plain.choices[0].message.content
         print(f"pulumi up {up_seconds:.0f}s; pulumi up to first token, cold (cluster included): {first_token:.0f}s")
+
+        # Scale from zero: the gateway holds the request for `chat`, the installed Prometheus scrapes the gateway's
+        # waiting count, KEDA's ScaledObject activates on it and starts a replica, and the held request is answered.
+        assert cluster.json("get", "deployment", "-n", NAMESPACE, CHAT_ENGINE)["spec"]["replicas"] == 0
+        held = time.monotonic()
+        with client(base_url, timeout=LOAD_BUDGET_SECONDS + 30) as everyone:
+            answer = chat(everyone, CHAT)
+        assert answer.model == CHAT and answer.choices[0].message.content
+        print(f"a request for a model at zero replicas answered in {time.monotonic() - held:.0f}s")
+        scaled = cluster.json("get", "scaledobject", "-n", NAMESPACE, CHAT_ENGINE)
+        conditions = {c["type"]: c["status"] for c in scaled["status"]["conditions"]}
+        assert conditions["Ready"] == "True", scaled["status"]
+        hpa = cluster.json("get", "hpa", "-n", NAMESPACE, scaled["status"]["hpaName"])
+        assert hpa["spec"]["scaleTargetRef"]["name"] == CHAT_ENGINE, hpa["spec"]
+        assert cluster.json("get", "deployment", "-n", NAMESPACE, CHAT_ENGINE)["status"]["readyReplicas"] == 1
+        assert hub.fetched.count(weights_path(CHAT)) == 1, hub.fetched
 
         # NetworkPolicy, enforced by the nodes: a pod of another namespace reaches the gateway, not the engine.
         engine_image = next(image for image in images if image.startswith(f"localhost:{port}/lane/"))
@@ -211,13 +253,13 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         cluster.kubectl("delete", "pod", "-n", NAMESPACE, engine["metadata"]["name"], "--wait=true")
         cluster.kubectl("rollout", "status", "-n", NAMESPACE, f"deployment/{ENGINE}", f"--timeout={LOAD_BUDGET_SECONDS}s",
                         timeout=LOAD_BUDGET_SECONDS + 30)
-        assert hub.fetched.count(WEIGHTS_PATH) == 1, hub.fetched
+        assert hub.fetched.count(weights_path(SMALL)) == 1, hub.fetched
 
-        # What Kubernetes and Docker read back shows no diff.
+        # What Kubernetes and Docker read back shows no diff, KEDA's scaling of `chat` included.
         assert stack.preview("--expect-no-changes") == {}
 
         # One setting of the model rolls its engine out again; the new pod loads the cached weights.
-        config["models"]["chat"]["resources"]["limits"]["memory"] = "640Mi"
+        config["models"]["small"]["resources"]["limits"]["memory"] = "640Mi"
         stack.write_config(config)
         assert stack.planned_steps() == {ENGINE: "update"}
         rollout_started = time.monotonic()
@@ -227,12 +269,12 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         print(f"pulumi up to first token, warm (a one-setting rollout): {time.monotonic() - rollout_started:.0f}s")
         [engine] = cluster.json("get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/name={ENGINE}")["items"]
         assert engine["spec"]["containers"][0]["resources"]["limits"]["memory"] == "640Mi"
-        assert hub.fetched.count(WEIGHTS_PATH) == 1, hub.fetched
+        assert hub.fetched.count(weights_path(SMALL)) == 1, hub.fetched
 
         # A model that cannot load (the hub has no such file) fails the update within its budget, naming the pod
         # and its failing pull; the budget includes the image pull allowance.
-        config["models"]["chat"]["model"] = MODEL.replace("tiny.gguf", "missing.gguf")
-        config["models"]["chat"]["loadBudgetSeconds"] = FAILING_BUDGET_SECONDS
+        config["models"]["small"]["model"] = SMALL.replace("small.gguf", "missing.gguf")
+        config["models"]["small"]["loadBudgetSeconds"] = FAILING_BUDGET_SECONDS
         stack.write_config(config)
         began = time.monotonic()
         failed = stack.run("up", "--yes", "--skip-preview", check=False)
@@ -243,13 +285,13 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
 
         # `destroy` removes the cluster and the registry container; the next `up` brings the stack back, on a new
         # cluster whose cache volume fetches the weights again.
-        config["models"]["chat"].update(model=MODEL, loadBudgetSeconds=LOAD_BUDGET_SECONDS)
+        config["models"]["small"].update(model=SMALL, loadBudgetSeconds=LOAD_BUDGET_SECONDS)
         stack.write_config(config)
         assert_destroyed(stack, name, env)
         assert "create" in stack.up()
         with client(base_url) as everyone:
             assert chat(everyone).choices[0].message.content
-        assert hub.fetched.count(WEIGHTS_PATH) == 2, hub.fetched
+        assert hub.fetched.count(weights_path(SMALL)) == 2, hub.fetched
     finally:
         assert_destroyed(stack, name, env)
         stack.run("stack", "rm", "--yes")
