@@ -66,6 +66,8 @@ CHAT_ENGINE = "model-runner-chat"
 LOAD_BUDGET_SECONDS = 180
 FAILING_BUDGET_SECONDS = 30
 MAX_TOKENS = 8
+# The HorizontalPodAutoscaler controller's sync period (kube-controller-manager's default).
+HPA_SYNC_SECONDS = 15
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +167,14 @@ def chat(client: openai.OpenAI, model: str = SMALL, **fields):
                                           max_tokens=MAX_TOKENS, temperature=0, **fields)
 
 
+def polled(read, done, seconds: float):
+    """`read()` every few seconds until `done` holds for what it returns or `seconds` pass; the last value read."""
+    deadline = time.monotonic() + seconds
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(HPA_SYNC_SECONDS / 3)
+    return value
+
+
 def ready(pod: dict) -> bool:
     conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
     return pod["status"]["phase"] == "Running" and conditions.get("Ready") == "True"
@@ -239,6 +249,16 @@ def test_the_dev_stack_runs_on_kind_and_answers_through_the_gateway(
         assert conditions["Ready"] == "True", scaled["status"]
         hpa = cluster.json("get", "hpa", "-n", NAMESPACE, scaled["status"]["hpaName"])
         assert hpa["spec"]["scaleTargetRef"]["name"] == CHAT_ENGINE, hpa["spec"]
+
+        # With a replica running, the HorizontalPodAutoscaler reads the model's load through KEDA's metrics server
+        # (the external metrics API, answering from the same Prometheus query): what scales it beyond one replica.
+        def scaling_active() -> dict:
+            hpa = cluster.json("get", "hpa", "-n", NAMESPACE, scaled["status"]["hpaName"])
+            return next((c for c in hpa["status"].get("conditions", []) if c["type"] == "ScalingActive"), {})
+
+        active = polled(scaling_active, lambda condition: condition.get("reason") == "ValidMetricFound",
+                        HPA_SYNC_SECONDS * 6)
+        assert active.get("status") == "True", active
         assert cluster.json("get", "deployment", "-n", NAMESPACE, CHAT_ENGINE)["status"]["readyReplicas"] == 1
         assert hub.fetched.count(weights_path(CHAT)) == 1, hub.fetched
 
