@@ -64,11 +64,9 @@ def buildkit_image(toolchain, tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def registry_image(tmp_path_factory) -> str:
     require_docker_setup()
-    context = tmp_path_factory.mktemp("registry-image")
-    shutil.copy(HERE / "registry_image" / "Dockerfile", context / "Dockerfile")
-    tag = build(context, f"{REGISTRY}/model-stack/lane-registry:{uuid.uuid4().hex[:12]}",
-                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
-    return pushed_digest_reference(tag)
+    return pushed_image(tmp_path_factory.mktemp("registry-image"),
+                        f"{REGISTRY}/model-stack/lane-registry:{uuid.uuid4().hex[:12]}",
+                        [HERE / "registry_image" / "Dockerfile"])
 
 
 @pytest.fixture(scope="session")
@@ -85,34 +83,33 @@ def gateway_base_image(tmp_path_factory) -> str:
 def engine_image_digest(llama_server_build: Path, tmp_path_factory) -> str:
     """The llama.cpp engine image pushed to the lane's registry; its `repository@sha256:...` reference."""
     require_docker_setup()
-    return binary_image(tmp_path_factory.mktemp("engine-image"), ENGINE_DOCKERFILE, llama_server_build / "llama-server",
-                        f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}")
+    return pushed_image(tmp_path_factory.mktemp("engine-image"), f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}",
+                        [ENGINE_DOCKERFILE, llama_server_build / "llama-server"])
 
 
-def binary_image(work: Path, dockerfile: Path, binary: Path, tag: str, *build_args: str) -> str:
-    """`binary` in the image `dockerfile` builds on the debootstrap base (it copies the binary by its name), pushed to
-    the lane's registry as `tag`; its digest reference."""
-    shutil.copy(dockerfile, work / "Dockerfile")
-    shutil.copy(binary, work / binary.name)
+def pushed_image(work: Path, tag: str, files: list[Path], *build_args: str) -> str:
+    """The image built on the debootstrap base from `files` (its Dockerfile among them), each copied into the
+    context `work` by its name, pushed to the lane's registry as `tag`; its digest reference."""
+    for file in files:
+        shutil.copy(file, work / file.name)
     return pushed_digest_reference(build(work, tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args))
 
 
 @pytest.fixture(scope="session")
 def prometheus_image(toolchain, tmp_path_factory) -> str:
     require_docker_setup()
-    return binary_image(tmp_path_factory.mktemp("prometheus-image"), HERE / "prometheus_image" / "Dockerfile",
-                        Path(shutil.which("prometheus", path=toolchain["PATH"])),
-                        f"{REGISTRY}/model-stack/lane-prometheus:{uuid.uuid4().hex[:12]}")
+    return pushed_image(tmp_path_factory.mktemp("prometheus-image"),
+                        f"{REGISTRY}/model-stack/lane-prometheus:{uuid.uuid4().hex[:12]}",
+                        [HERE / "prometheus_image" / "Dockerfile",
+                         Path(shutil.which("prometheus", path=toolchain["PATH"]))])
 
 
 @pytest.fixture(scope="session")
 def kube_state_metrics_image(tmp_path_factory) -> str:
     require_docker_setup()
-    work = tmp_path_factory.mktemp("kube-state-metrics-image")
-    for name in ("Dockerfile", "serve.py"):
-        shutil.copy(HERE / "kube_state_metrics_stand_in" / name, work / name)
-    return pushed_digest_reference(build(work, f"{REGISTRY}/model-stack/lane-kube-state-metrics:{uuid.uuid4().hex[:12]}",
-                                         "--build-arg", f"BASE_IMAGE={BASE_IMAGE}"))
+    return pushed_image(tmp_path_factory.mktemp("kube-state-metrics-image"),
+                        f"{REGISTRY}/model-stack/lane-kube-state-metrics:{uuid.uuid4().hex[:12]}",
+                        [HERE / "kube_state_metrics_stand_in" / name for name in ("Dockerfile", "serve.py")])
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +123,8 @@ def keda_images(toolchain, tmp_path_factory) -> dict[str, str]:
         repository, tag = split_reference(image)
         name = repository.rpartition("/")[2]
         binary = Path(shutil.which(KEDA_BINARIES[name], path=toolchain["PATH"]))
-        pushed = binary_image(tmp_path_factory.mktemp(f"{name}-image"), HERE / "keda_image" / "Dockerfile", binary,
-                              f"{KEDA_REPOSITORY}/{name}{tag}", "--build-arg", f"BINARY={binary.name}")
+        pushed = pushed_image(tmp_path_factory.mktemp(f"{name}-image"), f"{KEDA_REPOSITORY}/{name}{tag}",
+                              [HERE / "keda_image" / "Dockerfile", binary], "--build-arg", f"BINARY={binary.name}")
         built[image] = pushed.replace("@", f"{tag}@")
     return built
 
