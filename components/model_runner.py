@@ -83,7 +83,7 @@ class CacheArgs(TypedDict):
     """Capacity of the volume this component creates."""
 
     access_mode: str
-    """`ReadWriteOnce` (one node; one replica, Recreate updates) or `ReadWriteMany` (shared by every replica)."""
+    """`ReadWriteOnce` (one node; one replica, replaced on update) or `ReadWriteMany` (shared by every replica)."""
 
     storage_class: NotRequired[str]
     """Storage class; absent uses the cluster default."""
@@ -121,6 +121,10 @@ class ModelRunnerArgs(TypedDict):
 
     probe_period_seconds: int
     """How often startup and readiness ask whether the model can answer."""
+
+    image_pull_seconds: NotRequired[int]
+    """Time a new pod gets on top of the load budget to pull its images before its rollout fails; absent:
+    IMAGE_PULL_ALLOWANCE_SECONDS."""
 
     workload: NotRequired[str]
     """`deployment` (default) or `knative`."""
@@ -290,15 +294,17 @@ class ModelRunner(pulumi.ComponentResource):
             "pod_spec": runner_pod_spec(name, args),
             "scaling": args["scaling"],
             "workload": args.get("workload", "deployment"),
-            # A single-node volume cannot follow a surge pod to another node: replace instead of rolling.
-            "recreate": args["cache"]["access_mode"] == "ReadWriteOnce",
-            # A surge pod needs a free GPU, and at peak (every node busy, the group at its max) there is none: the
-            # rollout would wait out its progress deadline. Even below the max, a node added for it takes minutes
-            # before the image pull and model load start. So GPU replicas are replaced one at a time.
-            "surge": args.get("gpu", {"count": 0})["count"] == 0,
+            # A surge pod runs beside the old one, which it cannot do when it needs what the old pod holds:
+            # - a single-node volume, which cannot follow it to another node;
+            # - a free GPU, and at peak (every node busy, the group at its max) there is none: the rollout would
+            #   wait out its progress deadline. Even below the max, a node added for it takes minutes before the
+            #   image pull and model load start.
+            # Such replicas are replaced one at a time: the old pod stops, then the new one starts.
+            "surge": args["cache"]["access_mode"] == "ReadWriteMany" and args.get("gpu", {"count": 0})["count"] == 0,
             "allowed_clients": args.get("allowed_clients", []),
             # A new pod pulls its image and then loads the model; the rollout gives up on it after this.
-            "progress_deadline_seconds": args["load_budget_seconds"] + IMAGE_PULL_ALLOWANCE_SECONDS,
+            "progress_deadline_seconds": args["load_budget_seconds"]
+            + args.get("image_pull_seconds", IMAGE_PULL_ALLOWANCE_SECONDS),
             "cluster_local": True,
             # The gateway finds the ready replicas through it and spreads requests over them by load and prefix.
             "replicas_service": True,

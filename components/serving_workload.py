@@ -149,12 +149,10 @@ class ServingWorkloadArgs(TypedDict):
     workload: str
     """`deployment` or `knative`."""
 
-    recreate: NotRequired[bool]
-    """Deployment: replace pods instead of rolling (a single-node volume cannot be attached to a surge pod)."""
-
     surge: NotRequired[bool]
     """Deployment: roll by starting each new pod before an old one stops (default). False rolls by stopping one
-    old pod first: for pods that need a node resource (a GPU) that no spare node may have."""
+    old pod first: for pods that need what the old pod holds (a GPU no spare node may have, a single-node
+    volume)."""
 
     allowed_clients: NotRequired[list[dict[str, Any]]]
     """NetworkPolicy peers (camelCase `from` entries) that may reach the port; empty admits none, absent admits
@@ -251,13 +249,15 @@ class ServingWorkload(pulumi.ComponentResource):
     ) -> None:
         scaling = args["scaling"]
         selector = {"matchLabels": labels}
-        if args.get("recreate"):
-            strategy: dict[str, Any] = {"type": "Recreate"}
-        elif args.get("surge", True):
+        if args.get("surge", True):
             # A new pod must be Ready before an old one goes: a replica never drops out mid-rollout.
-            strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+            strategy: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
         else:
-            # The old pod frees what the new one needs; the others keep serving meanwhile (as the PDB allows).
+            # The old pod frees what the new one needs; the others keep serving meanwhile (as the PDB allows). Not
+            # Recreate, which would also wait for the old pod to be gone: the Deployment controller then records
+            # the new generation before it makes the new ReplicaSet, and pulumi-kubernetes' rollout await
+            # (pkg/await/deployment.go) takes the old, still available ReplicaSet for the finished rollout, so an
+            # update that can never become ready (a model that fails to load) reported success.
             strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
         autoscaled = scaling["max_replicas"] > scaling["min_replicas"]
         spec: dict[str, Any] = {

@@ -10,7 +10,7 @@ import pulumi_kubernetes as k8s
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE
 from components.gateway import Gateway, gateway_pod_spec
 from components.knative_serving import MAX_REVISION_TIMEOUT_KEY
-from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS, ModelRunner, runner_pod_spec
+from components.model_runner import ModelRunner, runner_pod_spec
 from components.serving_workload import (
     KNATIVE_DATA_PATH_NAMESPACES, KNATIVE_QUEUE_PROXY_CPU_REQUEST, knative_features, replicas_service_name,
     workload_labels,
@@ -253,6 +253,7 @@ def _runner_args(
         "cache": _cache(runner_config, cluster),
         "scaling": _scaling(runner_config.scaling),
         "load_budget_seconds": runner_config.load_budget_seconds,
+        "image_pull_seconds": runner_config.image_pull_seconds,
         # The gateway waits this long for an answer; the runner lets a request run as long.
         "request_timeout_seconds": config.gateway.request_timeout_seconds,
         "probe_period_seconds": runner_config.probe_period_seconds,
@@ -289,7 +290,7 @@ def _gateway_args(
         # A gateway pod readied by the models' answers may have to wait for a runner that restarts meanwhile (an
         # evicted or rescheduled replica pulls and loads again): as long as the slowest model may take.
         **({} if scales_to_zero else {"progress_deadline_seconds": max(
-            model.config.load_budget_seconds for model in config.served_models) + IMAGE_PULL_ALLOWANCE_SECONDS}),
+            model.config.load_budget_seconds + model.config.image_pull_seconds for model in config.served_models)}),
         "resources": _resources(gateway_config.resources),
         "scaling": _scaling(gateway_config.scaling),
         "request_timeout_seconds": gateway_config.request_timeout_seconds,

@@ -263,11 +263,12 @@ def test_a_settings_change_rolls_the_pods_through_a_new_config_map():
 # --- storage and replicas --------------------------------------------------------------------------------------
 
 
-def test_dev_cache_is_single_node_with_recreate_updates():
+def test_dev_cache_is_single_node_and_its_replica_stops_before_its_replacement_starts():
     evaluation = evaluate("dev")
     claim = named(evaluation, "PersistentVolumeClaim", "model-runner-chat-cache")
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["storageClassName"] == "standard"
-    assert named(evaluation, "Deployment", RUNNER)["spec"]["strategy"] == {"type": "Recreate"}
+    assert named(evaluation, "Deployment", RUNNER)["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
 
 
 def test_prod_shares_a_protected_cache_and_rolls_one_gpu_replica_at_a_time():

@@ -295,6 +295,16 @@ def test_a_deployment_rollout_outlasts_the_model_load(prod):
     assert deadline > stack_config("prod")["models"]["chat"]["loadBudgetSeconds"] > 600
 
 
+def test_the_image_pull_allowance_is_the_rollouts_time_on_top_of_the_load_budget():
+    models = stack_config("prod")["models"]
+    evaluation = evaluate("prod", set={"models.chat.imagePullSeconds": 20, "models.embed.imagePullSeconds": 0})
+    chat = named(evaluation, "Deployment", "model-runner-chat")["spec"]["progressDeadlineSeconds"]
+    embed = named(evaluation, "Deployment", "model-runner-embed")["spec"]["progressDeadlineSeconds"]
+    assert (chat, embed) == (models["chat"]["loadBudgetSeconds"] + 20, models["embed"]["loadBudgetSeconds"])
+    # The gateway waits for whichever model may take longest.
+    assert named(evaluation, "Deployment", "gateway")["spec"]["progressDeadlineSeconds"] == max(chat, embed)
+
+
 
 def test_the_runner_waits_for_its_settings_credentials_and_cache(prod):
     deployment = prod.one("kubernetes:apps/v1:Deployment", "model-runner-chat")

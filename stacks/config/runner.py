@@ -8,6 +8,7 @@ from typing import Annotated, Iterator, Literal, Optional
 from pydantic import Field
 
 from components.engines import ENGINES, PULL_SIDECAR_IMAGE, EngineContainer
+from components.model_runner import IMAGE_PULL_ALLOWANCE_SECONDS
 
 from .base import (
     ImageReference,
@@ -71,9 +72,9 @@ class CacheConfig(Section):
     EKS: the EFS class that supports ReadWriteMany)."""
 
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
-    """`ReadWriteOnce`: one node mounts the cache, so the runner is limited to one replica and updates with
-    Recreate (a surging rollout would wait forever for the volume). `ReadWriteMany`: replicas on any node share
-    one cache and updates roll with zero downtime."""
+    """`ReadWriteOnce`: one node mounts the cache, so the runner is limited to one replica, and an update stops it
+    before its replacement starts (a replacement started beside it could land on another node and wait forever
+    for the volume). `ReadWriteMany`: replicas on any node share one cache and updates roll with zero downtime."""
 
     existing_claim: Optional[DnsSubdomain] = None
     """Use this PersistentVolumeClaim (in the runner's namespace) instead of creating one."""
@@ -193,6 +194,12 @@ class ModelConfig(ServedWorkload):
     """Longest a replica may take from start to serving the model (weights read from the cache, loaded to the
     device). The startup probe allows exactly this long before restarting the pod; readiness follows within one
     probe period of the model being ready."""
+
+    image_pull_seconds: Annotated[int, Field(ge=0, le=3600), only_on("kubernetes")] = IMAGE_PULL_ALLOWANCE_SECONDS
+    """Time a new replica gets on top of `loadBudgetSeconds` to pull its images, after which its rollout has
+    failed (the Deployment's progress deadline; `pulumi up` reports the pod's reason). Engine images run to
+    gigabytes (vLLM's about 10 GB) and a node the autoscaler adds has none cached. Lower it where the nodes pull
+    from a registry beside them, so a model that cannot start fails its update sooner."""
 
     probe_period_seconds: Annotated[int, Field(ge=1, le=60), only_on("kubernetes")] = 5
     """How often the startup and readiness probes ask whether the model can answer."""
