@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 BUILDKIT_IMAGE = "moby/buildkit:buildx-stable-1"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ENGINE_DOCKERFILE = HERE / "llama_cpp_image" / "Dockerfile"
+APT_INSTALL = HERE / "apt-install"
 ENGINE_REPOSITORY = f"{REGISTRY}/model-stack/llama-cpp-engine"
 KEDA_REPOSITORY = f"{REGISTRY}/kedacore"
 # The binary each image of KEDA's release runs (its Deployments' commands), as the toolchain names them.
@@ -53,10 +54,9 @@ def buildkit_image(toolchain, tmp_path_factory) -> str:
     has none of that name."""
     require_docker_setup()
     if not image_exists(BUILDKIT_IMAGE):
-        context = tmp_path_factory.mktemp("buildkit-image")
-        shutil.copy(HERE / "buildkit_image" / "Dockerfile", context / "Dockerfile")
-        for binary in ("buildkitd", "buildctl"):
-            shutil.copy(shutil.which(binary, path=toolchain["PATH"]), context / binary)
+        context = lane_context(tmp_path_factory.mktemp("buildkit-image"), [
+            HERE / "buildkit_image" / "Dockerfile",
+            *(Path(shutil.which(binary, path=toolchain["PATH"])) for binary in ("buildkitd", "buildctl"))])
         build(context, BUILDKIT_IMAGE, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
     return BUILDKIT_IMAGE
 
@@ -87,12 +87,19 @@ def engine_image_digest(llama_server_build: Path, tmp_path_factory) -> str:
                         [ENGINE_DOCKERFILE, llama_server_build / "llama-server"])
 
 
-def pushed_image(work: Path, tag: str, files: list[Path], *build_args: str) -> str:
-    """The image built on the debootstrap base from `files` (its Dockerfile among them), each copied into the
-    context `work` by its name, pushed to the lane's registry as `tag`; its digest reference."""
-    for file in files:
+def lane_context(work: Path, files: list[Path]) -> Path:
+    """`work` as the build context of a lane image: `files` (its Dockerfile among them), each copied in by its name,
+    and the apt-install script its Dockerfile may mount."""
+    for file in [*files, APT_INSTALL]:
         shutil.copy(file, work / file.name)
-    return pushed_digest_reference(build(work, tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args))
+    return work
+
+
+def pushed_image(work: Path, tag: str, files: list[Path], *build_args: str) -> str:
+    """The image built on the debootstrap base from lane_context(work, files), pushed to the lane's registry as
+    `tag`; its digest reference."""
+    return pushed_digest_reference(
+        build(lane_context(work, files), tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ containers of those names skips the test. Needs what .ci/docker-setup provides.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 import uuid
@@ -32,8 +31,9 @@ import httpx
 import openai
 import pytest
 
-from docker_engine import BASE_IMAGE, REGISTRY, build, build_image, docker, require_docker_setup
+from docker_engine import BASE_IMAGE, build, build_image, docker, require_docker_setup
 from harness import ROOT, stack_config
+from lane_images import ENGINE_DOCKERFILE, ENGINE_REPOSITORY, lane_context
 from llama_server import write_tiny_llama
 from model_hub import serving
 
@@ -42,8 +42,6 @@ from loopback import free_port  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
-ENGINE_DOCKERFILE = Path(__file__).resolve().parent / "llama_cpp_image" / "Dockerfile"
-ENGINE_REPOSITORY = f"{REGISTRY}/model-stack/llama-cpp-engine"
 REPOSITORY = "engine-lane/tiny-model"
 MODELS = {"chat": f"{REPOSITORY}/tiny.gguf", "small": f"{REPOSITORY}/tinier.gguf"}
 CHAT, SMALL = MODELS["chat"], MODELS["small"]
@@ -86,9 +84,7 @@ def pushed(tag: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def engine_image(docker_setup, llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
     """The llama.cpp engine image, pushed to the local registry; its reference."""
-    context = tmp_path_factory.mktemp("engine-image")
-    shutil.copy(ENGINE_DOCKERFILE, context / "Dockerfile")
-    shutil.copy(llama_server_build / "llama-server", context / "llama-server")
+    context = lane_context(tmp_path_factory.mktemp("engine-image"), [ENGINE_DOCKERFILE, llama_server_build / "llama-server"])
     tag = build(context, f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
     with pushed(tag):
         yield tag
