@@ -2,12 +2,12 @@
 least-loaded with prefix affinity, in one run on the same workload.
 
 Starts --replicas llama.cpp servers on 127.0.0.1 (the binary .ci/llama-server builds; a random-weight llama
-model written here, wide enough that evaluating a prompt costs time) with --slots slots each and prompt caching
-(llama.cpp's default, with the slot choice described in serving()), and the gateway (`python -m
-model_gateway`, as its image runs it) in front of them with the replicas listed in GATEWAY_ROUTING. Each policy
-gets servers and a gateway of its own, so no policy inherits another's prompt caches, each server having seen every
-system prompt once (as servers in service have), and the same workload, on which the policies take turns a slice
-(--rounds) at a time:
+model written here, wide enough that evaluating a prompt costs time) with --slots slots each and prompt caching as
+the stack runs them (one KV cache for the slots, idle slots saved to the RAM prompt cache; see serving()), and the
+gateway (`python -m model_gateway`, as its image runs it) in front of them with the replicas listed in
+GATEWAY_ROUTING. Each policy gets servers and a gateway of its own, so no policy inherits another's prompt caches,
+each server having seen every system prompt once (as servers in service have), and the same workload, on which the
+policies take turns a slice (--rounds) at a time:
 
   conversations  multi-turn chats (--turns turns each) sharing --system-prompts system prompts of about
                  --system-words words; each turn appends the model's answer and a new user message, as a chat
@@ -158,15 +158,14 @@ def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
         urls = []
         for index in range(arguments.replicas):
             port = free_port()
-            # A request goes to the least recently used slot, which first loads the cached prompt (--cache-ram)
-            # sharing most of the request. llama.cpp's default instead takes any idle slot sharing a tenth of the
-            # prompt and then skips the cache: under interleaved conversations a slot holding another conversation
-            # with the same system prompt always wins over the request's own earlier turns, cached on the very
-            # replica affinity sent it to. (The price: a turn arriving before anything else reached the replica
-            # since its previous one misses that turn, which stays in its slot until the next request saves it to
-            # the cache; the engine lane's next-turn test is that case.)
+            # As the stack runs llama.cpp (`-np auto`): one KV cache for the slots, with which llama.cpp saves each
+            # idle slot to its RAM prompt cache (--cache-ram) and clears it as the next task starts. A request then
+            # finds its conversation in the slot that served its last turn, when nothing started since, or in the
+            # RAM cache, which restores the longest cached start of its prompt. With a KV cache per slot (what an
+            # explicit -np gives), an idle slot keeps its prompt, and a slot holding another conversation with the
+            # same system prompt is taken by similarity without saving or loading anything: the affinity is lost.
             command = llama_server_command(arguments.llama_dir, model, MODEL, port, slots=arguments.slots,
-                                           context_tokens=arguments.slot_context, slot_prompt_similarity=0)
+                                           context_tokens=arguments.slot_context, unified_kv=True)
             stack.enter_context(running(command, f"http://127.0.0.1:{port}/health",
                                         work / f"{policy}-llama-{index}.log"))
             urls.append(f"http://127.0.0.1:{port}/v1")

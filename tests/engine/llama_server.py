@@ -101,11 +101,12 @@ def write_tiny_llama(
 
 def llama_server_command(
     directory: Path, model: Path, alias: str, port: int, slots: int = 1, context_tokens: int = CONTEXT_TOKENS,
-    slot_prompt_similarity: float | None = None,
+    unified_kv: bool = False,
 ) -> list[str]:
     """The server as the engine lane runs it: loopback only, no web UI or /slots, one slot (unless more are asked
     for, each with `context_tokens`) on one thread (the model is tiny), and short answers unless a request asks
-    for more. `slot_prompt_similarity` replaces llama.cpp's default (0.1) for how a request's slot is chosen."""
+    for more. `unified_kv`: one KV cache shared by the slots, as llama.cpp runs by default (`-np auto`, which the
+    stack's llama.cpp engine keeps); an explicit `-np` turns it off otherwise."""
     return [
         str(directory / "llama-server"),
         "--host", "127.0.0.1",
@@ -114,12 +115,12 @@ def llama_server_command(
         "--alias", alias,
         "--no-ui",  # --no-webui in older releases, deprecated in this one
         "--no-slots",
-        # Without a unified KV cache (which -np turns off), llama.cpp splits -c between the slots.
+        # Without a unified KV cache llama.cpp splits -c between the slots; with it, they share it.
         "-c", str(context_tokens * slots),
         "-n", "16",
         "-np", str(slots),
+        *(("--kv-unified",) if unified_kv else ()),
         "--threads", "1",
-        *(() if slot_prompt_similarity is None else ("--slot-prompt-similarity", str(slot_prompt_similarity))),
     ]
 
 
