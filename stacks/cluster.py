@@ -25,7 +25,6 @@ from .config.secrets import StackSecrets
 KIND_INGRESS_NODE_PORTS = (31080, 31443)
 # kind's local-path provisioner: ReadWriteOnce, on the node that first mounts the volume.
 KIND_STORAGE_CLASS = "standard"
-REGISTRY_CONTAINER = "kind-registry"
 
 KIND_TOOLS = {
     "docker": "https://docs.docker.com/engine/install/",
@@ -117,7 +116,7 @@ def local_registry(settings: KindSettings) -> LocalRegistry:
     docker_host = docker.Provider("docker", disable_docker_daemon_check=True)
     return LocalRegistry(
         "registry",
-        {"host_port": settings.registry_port, "container_name": REGISTRY_CONTAINER,
+        {"host_port": settings.registry_port, "container_name": settings.registry_name,
          **({"image": settings.registry_image} if settings.registry_image else {}),
          **({"network": settings.registry_network} if settings.registry_network else {})},
         opts=pulumi.ResourceOptions(providers=[docker_host]),

@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from harness import FAKE_SECRETS, ROOT, Secret, evaluate, evaluate_failure
+from harness import FAKE_SECRETS, ROOT, Secret, assert_rejected, evaluate, evaluate_failure
 from stacks.cluster import ClusterPrerequisiteError, kind_release_for_every_node_image
 from stacks.config import ConfigError
 from stacks.config.cluster import INSTANCE_TYPES, KIND_NODE_IMAGES, NODE_DAEMONSET_MILLICORES
@@ -190,6 +190,23 @@ def test_local_registry_is_pinned_published_on_loopback_and_keeps_its_data():
     volume = evaluation.one("docker:index/volume:Volume", "registry-data")
     assert container["volumes"] == [{"volumeName": volume.inputs["name"], "containerPath": "/var/lib/registry"}]
     assert volume.retain_on_delete
+
+
+def test_a_second_dev_stack_on_the_machine_names_its_own_registry_container():
+    evaluation = evaluate("dev", set={"cluster.kind.name": "second", "cluster.kind.registryName": "second-registry"})
+    assert evaluation.one("docker:index/container:Container", "registry-container").inputs["name"] == "second-registry"
+    assert evaluation.one("docker:index/volume:Volume", "registry-data").inputs["name"] == "second-registry-data"
+    hosts = evaluation.one(COMMAND, "kind-registry-hosts").inputs["environment"]
+    assert hosts["REGISTRY_ENDPOINT"] == "http://second-registry:5000"
+
+
+@pytest.mark.parametrize("name, text", [
+    ("Kind_Registry", "a DNS label"),
+    ("model-stack-worker2", "the name of one of this cluster's node containers"),
+    ("model-stack-control-plane", "the name of one of this cluster's node containers"),
+])
+def test_a_registry_name_that_docker_or_kind_cannot_take_is_refused(name, text):
+    assert_rejected("dev", {"cluster.kind.registryName": name}, "cluster.kind.registryName", text, given=name)
 
 
 def test_nodes_pull_the_push_host_from_the_registry_container():

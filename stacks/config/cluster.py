@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 from pydantic.alias_generators import to_camel
 
-from .base import DockerNetworkName, ImageRef, InapplicableSetting, Problem, Section, join_key, matching, no_whitespace, set_keys, unique
+from .base import DnsLabel, DockerNetworkName, ImageRef, InapplicableSetting, Problem, Section, join_key, matching, no_whitespace, set_keys, unique
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,11 @@ class KindSettings(Section):
     digest. Set it for a node image of your own (`kind build node-image`) or one copied into a registry you can
     reach; it must run the Kubernetes minor `kubernetesVersion` names."""
 
+    registry_name: DnsLabel = "kind-registry"
+    """Name of the local registry container, which is also the host the nodes pull from on kind's network
+    (`http://<name>:5000`); its images live on the Docker volume `<name>-data`, kept when the stack is destroyed.
+    A second dev stack on the same machine needs its own, as it needs its own `name` and ports."""
+
     registry_image: Optional[ImageRef] = None
     """Image of the local registry container; unset uses `registry:2.8.3`, pinned by digest. Set it where Docker
     Hub cannot be reached (a copy in your own registry)."""
@@ -90,6 +95,13 @@ class KindSettings(Section):
                                    "ingress's HTTP and HTTPS ports and the local registry each need a port of their "
                                    "own)", port)
             taken.setdefault(port, key)
+        # kind names its node containers after the cluster; Docker refuses a second container of one name.
+        nodes = {f"{self.name}-control-plane", f"{self.name}-worker",
+                 *(f"{self.name}-worker{index}" for index in range(2, self.workers + 1))}
+        if self.registry_name in nodes:
+            yield Problem(join_key(path, "registryName"), f"is the name of one of this cluster's node containers "
+                                                         f"(kind names them {', '.join(sorted(nodes))})",
+                          self.registry_name)
 
 
 class ExistingSettings(Section):

@@ -30,14 +30,14 @@ def answers(url: str) -> bool:
         return False
 
 
-def eventually(condition: Callable[[], bool], timeout: float = 5) -> bool:
-    """Whether `condition` becomes true within `timeout` seconds (for effects that land in another thread or
-    process)."""
+def eventually(condition: Callable[[], bool], timeout: float = 5, interval: float = 0.005) -> bool:
+    """Whether `condition`, asked every `interval` seconds, becomes true within `timeout` seconds (for effects that
+    land in another thread or process)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.005)
+        time.sleep(interval)
     return True
 
 
