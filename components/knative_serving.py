@@ -116,6 +116,8 @@ def _load(serving_version: str, kourier_version: str, manifests_dir: Optional[st
         except ValueError as error:
             reasons.append(f"{file} {error}")
     if reasons:
+        if manifests_dir is None:
+            reasons.append("without internet access, set knative.manifestsDir to a directory with the release manifests")
         raise ManifestError(reasons)
     return manifests
 
@@ -164,8 +166,7 @@ def _download(url: str) -> str:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response:
             return response.read().decode()
     except (urllib.error.URLError, TimeoutError) as error:
-        raise ValueError(f"cannot be downloaded from {url} ({error}); without internet access, set "
-                         "knative.manifestsDir to a directory with the release manifests") from None
+        raise ValueError(f"cannot be downloaded from {url} ({error})") from None
 
 
 class KnativeServing(pulumi.ComponentResource):

@@ -94,6 +94,24 @@ def test_a_manifests_dir_that_is_no_directory_is_a_config_error(tmp_path):
     assert_rejected("dev", {"knative.manifestsDir": str(tmp_path / "file")}, "knative.manifestsDir", "is not a directory")
 
 
+def test_release_manifests_that_cannot_be_downloaded_name_each_file_and_the_setting_that_avoids_downloads(monkeypatch):
+    import urllib.error
+
+    from components import knative_serving
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(knative_serving.urllib.request, "urlopen", offline)
+    knative_serving._load.cache_clear()  # a release an earlier call downloaded would be served from the cache
+    with pytest.raises(knative_serving.ManifestError) as raised:
+        knative_serving.load_manifests("1.15.2", "1.15.1")
+    *failures, hint = raised.value.reasons
+    assert [failure.split(" ", 1)[0] for failure in failures] == ["serving-crds.yaml", "serving-core.yaml", "kourier.yaml"]
+    assert all("cannot be downloaded from https://github.com/" in failure for failure in failures), failures
+    assert str(raised.value).count("knative.manifestsDir") == 1 and "knative.manifestsDir" in hint
+
+
 def test_every_broken_release_file_is_reported_with_the_other_problems(tmp_path):
     directory = release_copy(tmp_path, kourier="a: [", serving_core="- 1\n", serving_crds=None)
     error, evaluation = evaluate_failure("dev", set={"knative.manifestsDir": str(directory), "namespace": "Models"})
