@@ -218,7 +218,11 @@ class GoBuild:
             else:
                 run(["go", "build", *flags, "-o", f"{out_dir}/", *self.packages.values()], cwd=main, env=env)
                 for binary, package in self.packages.items():  # `go build -o DIR/` names each after its directory
-                    (out_dir / Path(package).name).rename(out_dir / binary)
+                    built = out_dir / Path(package).name
+                    if not built.is_file():
+                        raise SystemExit(f"toolchain: {self.name}: `go build -o {out_dir}/` made no {built.name} "
+                                         f"for {package}")
+                    built.rename(out_dir / binary)
             for extra, path in self.extras.items():
                 shutil.copy(root / path, out_dir / extra)
             if self.check:
