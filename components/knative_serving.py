@@ -41,8 +41,8 @@ SSL_CERT_DIR = f"/etc/ssl/certs:{CA_BUNDLE_DIR}"
 
 
 class ManifestError(pulumi.RunError):
-    """Release manifests that could not be read or are no Kubernetes objects, one reason per file; RunError:
-    Pulumi prints just the message."""
+    """Release manifests that could not be read or are no Kubernetes objects, one reason per file (after failed
+    downloads, last, the setting that avoids them); RunError: Pulumi prints just the message."""
 
     def __init__(self, reasons: list[str]):
         self.reasons = reasons
