@@ -8,9 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Tests that use what this machine has only once (the Docker engine and its registry, the engine lane's control
-# plane, the browser) run one after another on one pytest-xdist worker; the mocks tests spread over the others. A
-# test that names a group of its own (the kind lane's, whose cluster, registry container and ports are its own) runs
-# beside them.
+# plane, the browser) run one after another on one pytest-xdist worker; the mocks tests spread over the others.
 MACHINE_MARKERS = ("docker", "browser")
 ENGINE_LANE = Path(__file__).resolve().parent / "engine"
 
@@ -20,8 +18,6 @@ ENGINE_LANE = Path(__file__).resolve().parent / "engine"
 # ran at once on two workers. The lane's tests are known by their directory, since tests/engine/conftest.py marks
 # them `engine` only later.
 def pytest_itemcollected(item):
-    if item.get_closest_marker("xdist_group"):
-        return
     in_lane = Path(str(item.fspath)).is_relative_to(ENGINE_LANE)
     if in_lane or any(item.get_closest_marker(marker) for marker in MACHINE_MARKERS):
         item.add_marker(pytest.mark.xdist_group("this-machine"))

@@ -15,8 +15,7 @@ Where this machine forces a difference from Pulumi.dev.yaml, the config says so 
 - `cluster.kind.workers`: 1 instead of 2, for the two cores of CI;
 - `cluster.kind.*Port`: free ports of this machine; `registryImage`, `registryNetwork` and
   `images.gatewayBuild.baseImage` as in test_dev_image_path.py (images made here; no default bridge network);
-  `name` and `registryName` of this test's own, so that it runs beside the other machine tests (its own pytest-xdist
-  group: it spends most of its quarter hour waiting on pods);
+  `name` and `registryName` of this test's own, so that no dev stack a user runs on this engine is in its way;
 - `models`: the same two models, `chat` scaled from zero by KEDA and `small` always on, served by llama.cpp with an
   engine image made here (lane_images.py) and tiny weights from a model hub this test serves (`modelHub`), instead of
   Docker Model Runner, whose engine image cannot be built here; `imagePullSeconds` is a minute instead of five, as
@@ -55,7 +54,7 @@ from model_hub import ModelHub, serving
 sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 from loopback import eventually, free_port  # noqa: E402
 
-pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("kind")]
+pytestmark = pytest.mark.docker
 
 NODE_IMAGE_SCRIPT = ROOT / ".ci" / "kind-node-image"
 # The model scaled to zero, and the one always running.
