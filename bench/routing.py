@@ -17,9 +17,10 @@ policies take turns a slice (--rounds) at a time:
 
 Reported per policy: time to first token (p50, p99), requests per second, prompt tokens the engines evaluated and
 served from their cache (llama.cpp's `timings.prompt_n` / `timings.cache_n` in each answer), and the gateway's CPU
-time per request. The baselines run as a gateway without admission would (the engine queues what its slots cannot
-take); least-loaded and prefix admit --slots requests per replica and queue the rest in the gateway. The last line
-states the ratios; --plot writes the TTFT distributions per policy as a PNG (needs matplotlib).
+time per request. One more row, `home`, sends each conversation straight to a server of its own, every turn, with
+no gateway: the fewest prompt tokens any routing can get the same servers to evaluate on this workload. The
+baselines run as a gateway without admission would (the engine queues what its slots cannot take); least-loaded and
+prefix admit --slots requests per replica and queue the rest in the gateway. The last line states the ratios; --plot writes the TTFT distributions per policy as a PNG (needs matplotlib).
 
     python bench/routing.py --llama-dir ~/.cache/model-stack-toolchain/llama-server/0.3.36 --plot docs/routing-ttft.png
 
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -57,6 +58,9 @@ MODEL = "bench-llama"
 API_KEY = "bench-key"
 POLICIES = {"random": "random", "pinned": "connection", "least-loaded": "least-loaded", "prefix": "prefix"}
 """Each policy's name in the report -> the gateway's name for it."""
+HOME = "home"
+"""The row no routing can beat on prompt tokens: each conversation sent straight to a replica of its own (turn
+after turn, the conversations spread evenly), no gateway, no load bound."""
 _STARTUP_SECONDS = 30
 _REQUEST_TIMEOUT_SECONDS = 120
 # Words the prompts are made of: common English, so the tokenizer splits them as it would real text.
@@ -151,9 +155,9 @@ def background(command: list[str], ready_url: str, environment: dict[str, str]) 
 
 @contextmanager
 def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
-            systems: list[str]) -> Iterator[tuple[str, psutil.Process]]:
+            systems: list[str]) -> Iterator[tuple[list[str], psutil.Process | None]]:
     """Fresh llama.cpp servers, each having seen every system prompt once, and a gateway routing over them with
-    `policy`; yields the gateway's URL and process."""
+    `policy`; yields [the gateway's URL] and its process, or for HOME the servers' URLs and None."""
     with ExitStack() as stack:
         urls = []
         for index in range(arguments.replicas):
@@ -175,6 +179,9 @@ def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
             for system in systems:
                 httpx.post(f"{urls[-1]}/chat/completions", timeout=_REQUEST_TIMEOUT_SECONDS, json={
                     "messages": [{"role": "system", "content": system}], "max_tokens": 1}).raise_for_status()
+        if policy == HOME:
+            yield [url.removesuffix("/v1") for url in urls], None
+            return
         routing = {"policy": POLICIES[policy], "replicas": urls, "maxWaitSeconds": _REQUEST_TIMEOUT_SECONDS}
         if policy in ("least-loaded", "prefix"):
             routing["maxInFlightPerReplica"] = arguments.slots
@@ -184,7 +191,7 @@ def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
             {"PYTHONPATH": str(ROOT / "app"), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
              "GATEWAY_UPSTREAM_BASE_URL": urls[0], "GATEWAY_MODEL": MODEL, "GATEWAY_API_KEYS": API_KEY,
              "GATEWAY_ROUTING": json.dumps({MODEL: routing}), "GATEWAY_LOG_LEVEL": "warning"}))
-        yield f"http://127.0.0.1:{port}", gateway
+        yield [f"http://127.0.0.1:{port}"], gateway
 
 
 async def chat_turn(client: httpx.AsyncClient, messages: list[dict], max_tokens: int) -> tuple[Turn, str]:
@@ -230,8 +237,8 @@ async def converse(client: httpx.AsyncClient, conversation: Conversation, origin
         await asyncio.sleep(think)
 
 
-def client_for(gateway_url: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=gateway_url, headers={"authorization": f"Bearer {API_KEY}"},
+def client_for(base_url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base_url, headers={"authorization": f"Bearer {API_KEY}"},
                              timeout=_REQUEST_TIMEOUT_SECONDS, limits=httpx.Limits(max_connections=None))
 
 
@@ -265,17 +272,20 @@ async def measure_capacity(gateway_url: str, arguments: argparse.Namespace, syst
     return done / (time.perf_counter() - started)
 
 
-async def run_round(gateway_url: str, gateway: psutil.Process, outcome: Outcome, conversations: list[Conversation],
-                    offset: float, max_tokens: int) -> None:
-    """Runs `conversations` (their starts counted from `offset`) through one policy's gateway, adding their turns,
-    time and the gateway's CPU time to `outcome`."""
-    cpu_before = sum(gateway.cpu_times()[:2])
-    async with client_for(gateway_url) as client:
+async def run_round(urls: list[str], gateway: psutil.Process | None, outcome: Outcome,
+                    conversations: list[tuple[int, Conversation]], offset: float, max_tokens: int) -> None:
+    """Runs `conversations` (their starts counted from `offset`) through one policy's gateway, or, with several
+    `urls` (HOME), each conversation straight to the server its index picks, adding their turns, time and the
+    gateway's CPU time to `outcome`."""
+    cpu_before = sum(gateway.cpu_times()[:2]) if gateway else 0.0
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(client_for(url)) for url in urls]
         origin = time.perf_counter() - offset
-        await asyncio.gather(*(converse(client, conversation, origin, outcome, max_tokens)
-                               for conversation in conversations))
+        await asyncio.gather(*(converse(clients[index % len(clients)], conversation, origin, outcome, max_tokens)
+                               for index, conversation in conversations))
         outcome.wall_seconds += time.perf_counter() - origin - offset
-    outcome.gateway_cpu_seconds += sum(gateway.cpu_times()[:2]) - cpu_before
+    if gateway:
+        outcome.gateway_cpu_seconds += sum(gateway.cpu_times()[:2]) - cpu_before
 
 
 def prefix_hit_share(gateway_url: str) -> float:
@@ -289,6 +299,7 @@ def prefix_hit_share(gateway_url: str) -> float:
 
 
 def report(outcomes: dict[str, Outcome], rate: float, capacity: float, hit_share: float) -> None:
+    """The table (HOME's gateway CPU is none: it has no gateway), then the ratios, the issue's line last."""
     print(f"\noffered load {rate:.2f} req/s = {rate / capacity:.0%} of the measured capacity {capacity:.2f} req/s\n")
     print("| policy | TTFT p50 (ms) | TTFT p99 (ms) | req/s | prompt tokens evaluated | served from cache | "
           "gateway CPU per request (ms) | failed |")
@@ -299,11 +310,14 @@ def report(outcomes: dict[str, Outcome], rate: float, capacity: float, hit_share
         print(f"| {name} | {outcome.ttft_quantile(0.5) * 1000:.0f} | {outcome.ttft_quantile(0.99) * 1000:.0f} | "
               f"{requests / outcome.wall_seconds:.2f} | {outcome.evaluated} | "
               f"{outcome.cached} ({outcome.cached / total if total else 0:.0%}) | "
-              f"{outcome.gateway_cpu_seconds / max(requests, 1) * 1000:.2f} | {outcome.failures} |")
+              f"{'-' if name == HOME else f'{outcome.gateway_cpu_seconds / max(requests, 1) * 1000:.2f}'} | "
+              f"{outcome.failures} |")
     print(f"\nprefix affinity sent {hit_share:.0%} of the requests to the replica their prefix maps to")
     prefix, baseline, pinned = outcomes["prefix"], outcomes["random"], outcomes["pinned"]
     if not baseline.evaluated:
         raise SystemExit("llama.cpp reported no prompt timings: no ratio to state")
+    print(f"\nevery turn at home (no routing evaluates fewer): prompt tokens evaluated home/random "
+          f"{outcomes[HOME].evaluated / baseline.evaluated:.2f}")
     print(f"\nrouting: prompt tokens evaluated prefix/random {prefix.evaluated / baseline.evaluated:.2f}; "
           f"p99 TTFT prefix/random {prefix.ttft_quantile(0.99) / baseline.ttft_quantile(0.99):.2f}, "
           f"prefix/pinned {prefix.ttft_quantile(0.99) / pinned.ttft_quantile(0.99):.2f}")
@@ -316,8 +330,8 @@ def plot(outcomes: dict[str, Outcome], path: Path, title: str) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 4))
-    for name, outcome in outcomes.items():
-        ttfts = sorted(turn.ttft * 1000 for turn in outcome.turns)
+    for name in POLICIES:  # not HOME, whose requests skip the gateway and its admission
+        ttfts = sorted(turn.ttft * 1000 for turn in outcomes[name].turns)
         axes.step(ttfts, [(index + 1) / len(ttfts) for index in range(len(ttfts))], where="post", label=name)
     axes.set_xscale("log")
     axes.set_xlabel("time to first token (ms, log scale)")
@@ -358,31 +372,32 @@ def main() -> None:
         write_tiny_llama(model, arguments.llama_dir, embedding=arguments.embedding, layers=arguments.layers,
                          context_tokens=arguments.slot_context)
         systems = system_prompts(arguments)
-        with serving(arguments, model, "least-loaded", work, systems) as (gateway_url, _):
+        with serving(arguments, model, "least-loaded", work, systems) as ([gateway_url], _):
             capacity = asyncio.run(measure_capacity(gateway_url, arguments, systems))
         rate = arguments.load * capacity
         conversations = workload(arguments, systems, rate, arguments.seed)
         print(f"capacity {capacity:.2f} req/s; {len(conversations)} conversations of {arguments.turns} turns at "
               f"{rate:.2f} req/s", flush=True)
-        outcomes = {policy: Outcome(policy) for policy in POLICIES}
+        rows = [*POLICIES, HOME]
+        outcomes = {policy: Outcome(policy) for policy in rows}
         with ExitStack() as stack:
             gateways = {policy: stack.enter_context(serving(arguments, model, policy, work, systems))
-                        for policy in POLICIES}
+                        for policy in rows}
             # The policies take turns, a slice of the conversations at a time, each policy first in turn: work
             # starting and stopping on a shared machine then weighs on every policy alike, where one policy after
             # another left whichever ran during a busy spell with its figures.
             span = arguments.duration / arguments.rounds
             for round_index in range(arguments.rounds):
-                batch = [conversation for conversation in conversations
+                batch = [(index, conversation) for index, conversation in enumerate(conversations)
                          if min(int(conversation.start // span), arguments.rounds - 1) == round_index]
-                order = list(POLICIES)[round_index % len(POLICIES):] + list(POLICIES)[:round_index % len(POLICIES)]
+                order = rows[round_index % len(rows):] + rows[:round_index % len(rows)]
                 for policy in order:
-                    gateway_url, gateway = gateways[policy]
-                    asyncio.run(run_round(gateway_url, gateway, outcomes[policy], batch, round_index * span,
+                    urls, gateway = gateways[policy]
+                    asyncio.run(run_round(urls, gateway, outcomes[policy], batch, round_index * span,
                                           arguments.max_tokens))
                     print(f"round {round_index + 1}, {policy}: {len(batch)} conversations, load average "
                           f"{os.getloadavg()[0]:.1f}", flush=True)
-            hit_share = prefix_hit_share(gateways["prefix"][0])
+            hit_share = prefix_hit_share(gateways["prefix"][0][0])
     report(outcomes, rate, capacity, hit_share)
     if arguments.plot:
         plot(outcomes, arguments.plot, f"{arguments.replicas} llama.cpp replicas x {arguments.slots} slots, "
