@@ -20,7 +20,8 @@ served from their cache (llama.cpp's `timings.prompt_n` / `timings.cache_n` in e
 time per request. One more row, `home`, sends each conversation straight to a server of its own, every turn, with
 no gateway: the fewest prompt tokens any routing can get the same servers to evaluate on this workload. The
 baselines run as a gateway without admission would (the engine queues what its slots cannot take); least-loaded and
-prefix admit --slots requests per replica and queue the rest in the gateway. The last line states the ratios; --plot writes the TTFT distributions per policy as a PNG (needs matplotlib).
+prefix admit --slots requests per replica and queue the rest in the gateway. The last line states the ratios;
+--plot writes the TTFT distributions per policy as a PNG (needs matplotlib).
 
     python bench/routing.py --llama-dir ~/.cache/model-stack-toolchain/llama-server/0.3.36 --plot docs/routing-ttft.png
 
