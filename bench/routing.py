@@ -18,7 +18,7 @@ policies take turns a slice (--rounds) at a time:
 Reported per policy: time to first token (p50, p99), requests per second, prompt tokens the engines evaluated and
 served from their cache (llama.cpp's `timings.prompt_n` / `timings.cache_n` in each answer), and the gateway's CPU
 time per request. One more row, `home`, sends each conversation straight to a server of its own, every turn, with
-no gateway: the fewest prompt tokens any routing can get the same servers to evaluate on this workload. The
+no gateway: prefix affinity that never spills, the prompt tokens it would save on the same servers at best. The
 baselines run as a gateway without admission would (the engine queues what its slots cannot take); least-loaded and
 prefix admit --slots requests per replica and queue the rest in the gateway. The last line states the ratios;
 --plot writes the TTFT distributions per policy as a PNG (needs matplotlib).
@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -60,8 +61,8 @@ API_KEY = "bench-key"
 POLICIES = {"random": "random", "pinned": "connection", "least-loaded": "least-loaded", "prefix": "prefix"}
 """Each policy's name in the report -> the gateway's name for it."""
 HOME = "home"
-"""The row no routing can beat on prompt tokens: each conversation sent straight to a replica of its own (turn
-after turn, the conversations spread evenly), no gateway, no load bound."""
+"""The row of prefix affinity that never spills: each conversation sent straight to a replica of its own (turn after
+turn, the conversations spread evenly), no gateway, no load bound."""
 _STARTUP_SECONDS = 30
 _REQUEST_TIMEOUT_SECONDS = 120
 # Words the prompts are made of: common English, so the tokenizer splits them as it would real text.
@@ -171,6 +172,7 @@ def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
             # same system prompt is taken by similarity without saving or loading anything: the affinity is lost.
             command = llama_server_command(arguments.llama_dir, model, MODEL, port, slots=arguments.slots,
                                            context_tokens=arguments.slot_context, unified_kv=True)
+            command += shlex.split(arguments.llama_args)
             stack.enter_context(running(command, f"http://127.0.0.1:{port}/health",
                                         work / f"{policy}-llama-{index}.log"))
             urls.append(f"http://127.0.0.1:{port}/v1")
@@ -317,7 +319,7 @@ def report(outcomes: dict[str, Outcome], rate: float, capacity: float, hit_share
     prefix, baseline, pinned = outcomes["prefix"], outcomes["random"], outcomes["pinned"]
     if not baseline.evaluated:
         raise SystemExit("llama.cpp reported no prompt timings: no ratio to state")
-    print(f"\nevery turn at home (no routing evaluates fewer): prompt tokens evaluated home/random "
+    print(f"\nevery turn at home (affinity that never spills): prompt tokens evaluated home/random "
           f"{outcomes[HOME].evaluated / baseline.evaluated:.2f}")
     print(f"\nrouting: prompt tokens evaluated prefix/random {prefix.evaluated / baseline.evaluated:.2f}; "
           f"p99 TTFT prefix/random {prefix.ttft_quantile(0.99) / baseline.ttft_quantile(0.99):.2f}, "
@@ -363,6 +365,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="slices of the conversations the policies take turns on")
     parser.add_argument("--calibration-seconds", type=float, default=15)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--llama-args", default="", help="more llama-server arguments, for every server alike "
+                                                         "(e.g. '--slot-prompt-similarity 0')")
     parser.add_argument("--plot", type=Path, help="write the TTFT distributions to this PNG")
     arguments = parser.parse_args()
     arguments.llama_dir = arguments.llama_dir or llama_server_directory()
