@@ -27,6 +27,8 @@ def gateway_routing(config: StackConfig, replicas_host: Optional[Callable[[Serve
         }
         if replicas_host is not None:
             entry["policy"] = model_config.routing.policy
+            if model_config.routing.policy == "prefix":
+                entry["loadFactor"] = model_config.routing.load_factor
             entry["replicasHost"] = replicas_host(model)
         routing[model_config.model] = entry
     return routing

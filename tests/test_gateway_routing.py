@@ -23,10 +23,10 @@ def test_prod_routes_by_prefix_over_the_ready_pods_of_a_headless_service():
     prod = evaluate("prod")
     chat, embed = "Qwen/Qwen2.5-7B-Instruct", "nomic-ai/nomic-embed-text-v1.5-GGUF/nomic-embed-text-v1.5.Q8_0.gguf"
     assert routing(prod) == {
-        chat: {"policy": "prefix", "maxInFlightPerReplica": 256, "maxWaitSeconds": 30.0, "holdSeconds": 900,
-               "replicasHost": "replicas-model-runner-chat.models.svc.cluster.local."},
-        embed: {"policy": "prefix", "maxInFlightPerReplica": 4, "maxWaitSeconds": 30.0, "holdSeconds": 300,
-                "replicasHost": "replicas-model-runner-embed.models.svc.cluster.local."},
+        chat: {"policy": "prefix", "loadFactor": 1.25, "maxInFlightPerReplica": 256, "maxWaitSeconds": 30.0,
+               "holdSeconds": 900, "replicasHost": "replicas-model-runner-chat.models.svc.cluster.local."},
+        embed: {"policy": "prefix", "loadFactor": 1.25, "maxInFlightPerReplica": 4, "maxWaitSeconds": 30.0,
+                "holdSeconds": 300, "replicasHost": "replicas-model-runner-embed.models.svc.cluster.local."},
     }
     services = {obj["metadata"]["name"]: obj for _, obj in prod.kubernetes_objects() if obj["kind"] == "Service"}
     headless = services["replicas-model-runner-chat"]["spec"]
@@ -74,12 +74,23 @@ def test_the_docker_runtime_admits_to_its_one_engine_without_a_policy():
     [entry] = routing(local).values()
     assert entry == {"maxInFlightPerReplica": 4, "maxWaitSeconds": 5.0, "holdSeconds": 120}
     assert_rejected("local", {"runner.routing.policy": "least-loaded"}, "runner.routing.policy", "one engine per model")
+    assert_rejected("local", {"runner.routing.loadFactor": 2}, "runner.routing.loadFactor", "one engine per model")
+
+
+def test_the_load_factor_reaches_the_gateway_for_prefix_affinity_only():
+    chat = "Qwen/Qwen2.5-7B-Instruct"
+    assert routing(evaluate("prod", set={"models.chat.routing.loadFactor": 2}))[chat]["loadFactor"] == 2.0
+    assert "loadFactor" not in routing(evaluate("prod", set={"models.chat.routing.policy": "least-loaded"}))[chat]
+    assert_rejected("prod", {"models.chat.routing.policy": "random", "models.chat.routing.loadFactor": 2},
+                    "models.chat.routing.loadFactor", "applies to routing.policy prefix only (the policy is random)")
 
 
 @pytest.mark.parametrize("key,value,text", [
     ("models.chat.routing.policy", "connection", "prefix"),
     ("models.chat.routing.maxInFlightPerReplica", 0, "greater than or equal to 1"),
     ("models.chat.routing.maxWaitSeconds", -1, "greater than or equal to 0"),
+    ("models.chat.routing.loadFactor", 0.5, "greater than or equal to 1"),
+    ("models.chat.routing.loadFactor", 11, "less than or equal to 10"),
     ("models.chat.routing.maxInflight", 2, "unknown key"),
 ])
 def test_bad_routing_settings_are_refused_by_key(key, value, text):

@@ -180,6 +180,7 @@ def model_routes(
             routing.hold_seconds,
             # Knative runners and the Docker runtime have one upstream, which spreads over replicas itself.
             replicas=routing.replicas or ([] if routing.replicas_host else [base_url]),
+            load_factor=routing.load_factor,
         )
         if routing.replicas_host:
             discoveries.append(DnsDiscovery(routes[model], base_url, routing.replicas_host, resolve))

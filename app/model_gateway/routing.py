@@ -15,13 +15,13 @@ admitted replica a request gets is the policy's choice:
 - `prefix`: consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018) over a hash of the
   prompt's start: requests sharing it (a conversation's turns, which repeat the system prompt and the first user
   message) go to the same replica, whose prompt cache (vLLM's prefix caching, llama.cpp's cache_prompt) holds it,
-  unless that replica has more than 1.25 times the mean load; then the next replica on the ring takes it. A
-  replica's load counts the requests waiting for it as well as those in flight: a request whose replica is at its
-  in-flight limit but within the bound waits for that replica, whose freed places go to its own waiters first,
-  since an engine busy with all its slots is the normal state under load, and each spill evaluates the
-  conversation again on another replica (and its next turn, back home, the spilled turn). It spills only to a place
-  that frees while nobody waits for it, which would otherwise idle. Replicas joining or leaving move only the
-  prefixes next to them on the ring.
+  unless that replica has more than the load factor (1.25 unless set) times the mean load; then the next replica on
+  the ring takes it. A replica's load counts the requests waiting for it as well as those in flight: a request
+  whose replica is at its in-flight limit but within the bound waits for that replica, whose freed places go to
+  its own waiters first, since an engine busy with all its slots is the normal state under load, and each spill
+  evaluates the conversation again on another replica (and its next turn, back home, the spilled turn). It spills
+  only to a place that frees while nobody waits for it, which would otherwise idle. Replicas joining or leaving
+  move only the prefixes next to them on the ring.
 
 Policies are plain classes with `choose(route, key, may_wait) -> (replica or None, prefix hit)`.
 """
@@ -55,7 +55,7 @@ UPSTREAM_KEEPALIVE_SECONDS = 4.0
 _VIRTUAL_NODES = 100
 # CHWBL's 1 + epsilon: a replica keeps its prefixes while it carries at most 25% more than the mean load
 # (HAProxy's hash-balance-factor 125; Vimeo's production setting).
-_LOAD_FACTOR = 1.25
+DEFAULT_LOAD_FACTOR = 1.25
 # How much of the prompt identifies a conversation: the system prompt and the first user message, up to this many
 # characters, hashed on every request.
 _PREFIX_CHARS = 16384
@@ -166,7 +166,8 @@ class PrefixAffinity(LeastLoaded):
 
     needs_key = True
 
-    def __init__(self) -> None:
+    def __init__(self, load_factor: float | None = None) -> None:
+        self._load_factor = DEFAULT_LOAD_FACTOR if load_factor is None else load_factor
         self._points: list[int] = []
         self._owners: list[Replica] = []
 
@@ -184,7 +185,7 @@ class PrefixAffinity(LeastLoaded):
         if key is None or not replicas:
             return super().choose(route, key, may_wait)
         load = sum(replica.in_flight + replica.waiting for replica in replicas)
-        bound = math.ceil(_LOAD_FACTOR * (load + 1) / len(replicas))
+        bound = math.ceil(self._load_factor * (load + 1) / len(replicas))
         points, owners = self._points, self._owners
         start = bisect.bisect_left(points, key)
         seen: list[Replica] = []
@@ -203,9 +204,11 @@ class PrefixAffinity(LeastLoaded):
         return replica, False
 
 
-def make_policy(name: str) -> Policy:
-    return {"random": RandomPolicy, "connection": ConnectionPinning, "least-loaded": LeastLoaded,
-            "prefix": PrefixAffinity}[name]()
+def make_policy(name: str, load_factor: float | None = None) -> Policy:
+    """`load_factor`: prefix affinity's bound (DEFAULT_LOAD_FACTOR when None)."""
+    if name == "prefix":
+        return PrefixAffinity(load_factor)
+    return {"random": RandomPolicy, "connection": ConnectionPinning, "least-loaded": LeastLoaded}[name]()
 
 
 def prefix_key(payload: dict) -> int | None:
@@ -267,9 +270,10 @@ class ModelRoute:
         max_wait_seconds: float = 0.0,
         hold_seconds: float | None = None,
         replicas: Iterable[str] = (),
+        load_factor: float | None = None,
     ) -> None:
         self.model = model
-        self.policy = make_policy(policy)
+        self.policy = make_policy(policy, load_factor)
         self._metrics = metrics
         self._limit = max_in_flight_per_replica or sys.maxsize
         self._max_wait_seconds = max_wait_seconds

@@ -53,6 +53,9 @@ class Routing:
     """A DNS name whose addresses are the replicas (a headless Service), on the port and path of the model's URL."""
     replicas: tuple[str, ...] = ()
     """A fixed list of replica base URLs instead."""
+    load_factor: float | None = None
+    """Prefix affinity's bound: a replica keeps its prefixes while it carries at most this many times the mean load;
+    None: the policy's default (1.25)."""
 
 
 _ROUTING_FIELDS = {
@@ -62,6 +65,7 @@ _ROUTING_FIELDS = {
     "holdSeconds": "hold_seconds",
     "replicasHost": "replicas_host",
     "replicas": "replicas",
+    "loadFactor": "load_factor",
 }
 
 
@@ -208,6 +212,13 @@ def _model_routing(model: str, entry: object) -> Routing:
         seconds = entry.get(name)
         if seconds is not None and (type(seconds) not in (int, float) or not math.isfinite(seconds) or seconds < 0):
             raise problem(name, "a number of seconds >= 0")
+    load_factor = entry.get("loadFactor")
+    if load_factor is not None:
+        if type(load_factor) not in (int, float) or not math.isfinite(load_factor) or load_factor < 1:
+            raise problem("loadFactor", "a number >= 1")
+        if values.get("policy") != "prefix":
+            raise InvalidValue(f"loadFactor of model {model!r} is {load_factor!r}, but it applies to policy prefix "
+                               f"only and the policy is {values.get('policy', 'least-loaded')}")
     host = values.get("replicas_host")
     if host is not None and not (isinstance(host, str) and _HOST_PATTERN.fullmatch(host)):
         raise problem("replicasHost", "a DNS name")
@@ -395,7 +406,8 @@ _VARIABLES = (
         "routing",
         _routing,
         "a JSON object mapping served model ids to their routing, each an object with any of policy ("
-        + ", ".join(ROUTING_POLICIES) + "), maxInFlightPerReplica, maxWaitSeconds, holdSeconds, and replicasHost (a "
+        + ", ".join(ROUTING_POLICIES) + "), loadFactor (prefix: >= 1), maxInFlightPerReplica, maxWaitSeconds, "
+        "holdSeconds, and replicasHost (a "
         'DNS name) or replicas (base URLs), e.g. {"chat": {"policy": "prefix", "maxInFlightPerReplica": 8, '
         '"replicasHost": "model-runner-chat-replicas.models.svc.cluster.local."}}',
     ),

@@ -30,7 +30,7 @@ from .gateway import GatewayConfig
 from .images import ImagesConfig
 from .knative import KnativeConfig
 from .metrics import MetricsConfig
-from .runner import ModelConfig, RunnerConfig
+from .runner import ModelConfig, RoutingConfig, RunnerConfig
 from .secrets import SECRET_KEYS, StackSecrets
 
 
@@ -377,11 +377,18 @@ class StackConfig(Section):
                               f"the engine image {model.config.engine_image()!r} of {model.key} is a CPU build and "
                               f"cannot use a GPU (set {join_key(key, 'image')} to a GPU build, such as a -cuda tag)",
                               self.docker.runner.gpus)
-            if self.runtime == "docker" and "policy" in model.config.routing.model_fields_set:
-                yield Problem(join_keys(key, "routing.policy"),
-                              "the Docker runtime runs one engine per model, so there is no replica to choose; "
-                              "remove it (routing.maxInFlightPerReplica and maxWaitSeconds still apply)",
-                              model.config.routing.policy)
+            routing = model.config.routing
+            if self.runtime == "docker":
+                for name in sorted({"policy", "load_factor"} & routing.model_fields_set):
+                    yield Problem(join_keys(key, f"routing.{RoutingConfig.model_fields[name].alias}"),
+                                  "the Docker runtime runs one engine per model, so there is no replica to choose; "
+                                  "remove it (routing.maxInFlightPerReplica and maxWaitSeconds still apply)",
+                                  getattr(routing, name))
+            elif model.config.workload == "deployment" and "load_factor" in routing.model_fields_set \
+                    and routing.policy != "prefix":
+                yield Problem(join_keys(key, "routing.loadFactor"),
+                              f"applies to routing.policy prefix only (the policy is {routing.policy})",
+                              routing.load_factor)
         gpu_models = [model.key for model in self.gpu_models]
         if self.runtime == "docker" and self.docker.runner.gpus is not None and len(gpu_models) > 1:
             yield Problem(join_keys(path, "docker.runner.gpus"),

@@ -109,8 +109,14 @@ class RoutingConfig(Section):
 
     policy: Literal["prefix", "least-loaded", "random"] = "prefix"
     """Which replica gets a request: `prefix` sends requests whose prompts start alike (a conversation's turns,
-    one system prompt) to the replica that holds that prompt in its cache, unless it carries 25% more than the
-    mean load; `least-loaded` the one with the fewest requests in flight; `random` any."""
+    one system prompt) to the replica that holds that prompt in its cache, unless it carries more than `loadFactor`
+    times the mean load; `least-loaded` the one with the fewest requests in flight; `random` any."""
+
+    load_factor: Annotated[float, Field(ge=1, le=10)] = 1.25
+    """`prefix` only: a replica keeps the prompts that map to it while it carries at most this many times the mean
+    load (requests in flight and waiting for it); beyond that the next replica takes them. Higher keeps more turns
+    where their prompt is cached (less evaluated again) and makes more of them wait for a busy replica; 1.25 is
+    HAProxy's `hash-balance-factor` 125, from consistent hashing with bounded loads."""
 
     max_in_flight_per_replica: Optional[Annotated[int, Field(ge=1, le=4096)]] = None
     """Requests the gateway sends a replica at once; more wait in the gateway for the first replica with room, so

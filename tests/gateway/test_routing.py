@@ -377,6 +377,17 @@ def test_prefix_affinity_spills_to_the_next_replica_beyond_the_load_bound():
     assert route.policy.choose(route, key, False) == (home, True)
 
 
+def test_a_higher_load_factor_keeps_requests_on_a_busier_replica():
+    key = prefix_key({"prompt": "a shared system prompt"})
+    for load_factor, stays in ((None, False), (2, True)):
+        route = route_of("prefix", load_factor=load_factor)
+        home, _ = route.policy.choose(route, key, False)
+        busy = next(replica for replica in route.replicas if replica is not home)
+        home.in_flight = busy.in_flight = 3  # the bound is ceil(factor * 7/3): 3 by default, 5 at 2
+
+        assert (route.policy.choose(route, key, False) == (home, True)) is stays
+
+
 def test_requests_wait_for_their_replica_within_the_bound_and_take_a_place_nobody_waits_for():
     async def scenario() -> None:
         route = route_of("prefix", max_in_flight_per_replica=1, max_wait_seconds=10)

@@ -341,6 +341,13 @@ def test_routing_may_list_fixed_replicas_and_leaves_other_models_to_the_defaults
     ('{"ai/smollm2:135M-Q4_K_M": {"replicas": []}}', "a non-empty list of base URLs"),
     ('{"ai/smollm2:135M-Q4_K_M": {"replicas": ["http://a/v1"], "replicasHost": "pods"}}', "set one of them"),
     ('{"ai/smollm2:135M-Q4_K_M": {"maxInflight": 2}}', "unknown field 'maxInflight'"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"policy": "prefix", "loadFactor": 0.9}}', "loadFactor of model "
+                                                                           "'ai/smollm2:135M-Q4_K_M' is 0.9: expected "
+                                                                           "a number >= 1"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"policy": "prefix", "loadFactor": "1.5"}}', "a number >= 1"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"policy": "prefix", "loadFactor": true}}', "a number >= 1"),
+    ('{"ai/smollm2:135M-Q4_K_M": {"loadFactor": 2}}', "is 2, but it applies to policy prefix only and the policy is "
+                                                      "least-loaded"),
 ])
 def test_invalid_routing_is_one_line_saying_what_is_wrong(routing, detail):
     [problem] = problems_of({**MODELS, "GATEWAY_ROUTING": routing})
