@@ -28,7 +28,7 @@ import yaml
 from .dashboard import SIDECAR_LABEL
 from .inference_signals import WORKLOAD_LABEL
 from .options import child_options
-from .serving_workload import SELECTOR_LABEL, isolated_pod, RESTRICTED_CONTAINER, workload_labels
+from .serving_workload import SELECTOR_LABEL, STOP_FIRST_ROLLOUT, isolated_pod, RESTRICTED_CONTAINER, workload_labels
 
 PROMETHEUS = "prometheus"
 KUBE_STATE_METRICS = "kube-state-metrics"
@@ -271,7 +271,7 @@ class MetricsPipeline(pulumi.ComponentResource):
                 metadata={"name": app, "namespace": namespace, "labels": labels},
                 spec={"replicas": 1, "selector": {"matchLabels": labels},
                       # One emptyDir per pod: a second Prometheus during a rollout would only scrape twice.
-                      "strategy": {"type": "Recreate"},
+                      "strategy": STOP_FIRST_ROLLOUT,
                       "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod}},
                 opts=opts,
             )

@@ -63,6 +63,14 @@ RESTRICTED_CONTAINER = {
 }
 
 
+STOP_FIRST_ROLLOUT: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+"""A Deployment's rollout in which an old pod goes before its replacement starts. Not Recreate, which would also
+wait for the old pods to be gone: the Deployment controller then records the new generation before it makes the
+new ReplicaSet, and pulumi-kubernetes' rollout await (pkg/await/deployment.go) takes the old, still available
+ReplicaSet for the finished rollout, so an update that can never become ready (a model that fails to load, a
+config Prometheus refuses) reported success."""
+
+
 def isolated_pod(user: int, **security_context: Any) -> dict[str, Any]:
     """Pod settings every served workload shares: the restricted Pod Security Standard as `user` (uid and gid)
     with RuntimeDefault seccomp, no service account token (no pod of the stack calls the Kubernetes API, so a
@@ -253,12 +261,8 @@ class ServingWorkload(pulumi.ComponentResource):
             # A new pod must be Ready before an old one goes: a replica never drops out mid-rollout.
             strategy: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
         else:
-            # The old pod frees what the new one needs; the others keep serving meanwhile (as the PDB allows). Not
-            # Recreate, which would also wait for the old pod to be gone: the Deployment controller then records
-            # the new generation before it makes the new ReplicaSet, and pulumi-kubernetes' rollout await
-            # (pkg/await/deployment.go) takes the old, still available ReplicaSet for the finished rollout, so an
-            # update that can never become ready (a model that fails to load) reported success.
-            strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}
+            # The old pod frees what the new one needs; the others keep serving meanwhile (as the PDB allows).
+            strategy = STOP_FIRST_ROLLOUT
         autoscaled = scaling["max_replicas"] > scaling["min_replicas"]
         spec: dict[str, Any] = {
             "replicas": scaling["min_replicas"],

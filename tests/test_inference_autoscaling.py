@@ -137,6 +137,15 @@ def test_dev_installs_a_prometheus_that_scrapes_the_gateway_and_reads_only_the_s
     }]
 
 
+def test_dev_rolls_its_prometheus_and_kube_state_metrics_old_pod_first(dev):
+    # Not Recreate, with which pulumi-kubernetes' rollout await can take the old pod's ReplicaSet for the finished
+    # rollout, so an update whose pod never became ready (a config Prometheus refuses) reported success.
+    strategies = {obj["metadata"]["name"]: obj["spec"]["strategy"] for obj in _objects(dev, "Deployment")
+                  if obj["metadata"]["namespace"] == "monitoring"}
+    assert strategies == dict.fromkeys(("prometheus", "kube-state-metrics"),
+                                       {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+
+
 @pytest.mark.parametrize("allowed", [[], ["ingress-nginx"]])
 def test_the_scrape_policy_never_closes_a_gateway_open_to_every_pod(allowed):
     # A policy selecting a pod isolates it: had the scrape policy selected a Deployment gateway open to every pod,
