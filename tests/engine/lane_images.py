@@ -83,8 +83,13 @@ def gateway_base_image(tmp_path_factory) -> str:
 def engine_image_digest(llama_server_build: Path, tmp_path_factory) -> str:
     """The llama.cpp engine image pushed to the lane's registry; its `repository@sha256:...` reference."""
     require_docker_setup()
-    return pushed_image(tmp_path_factory.mktemp("engine-image"), f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}",
-                        [ENGINE_DOCKERFILE, llama_server_build / "llama-server"])
+    return pushed_digest_reference(engine_image_tag(llama_server_build, tmp_path_factory.mktemp("engine-image")))
+
+
+def engine_image_tag(llama_server_build: Path, work: Path) -> str:
+    """The llama.cpp engine image built here, under a tag of its own (not pushed)."""
+    return lane_image(work, f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}",
+                      [ENGINE_DOCKERFILE, llama_server_build / "llama-server"])
 
 
 def lane_context(work: Path, files: list[Path]) -> Path:
@@ -95,11 +100,14 @@ def lane_context(work: Path, files: list[Path]) -> Path:
     return work
 
 
+def lane_image(work: Path, tag: str, files: list[Path], *build_args: str) -> str:
+    """The image built on the debootstrap base from lane_context(work, files), as `tag`."""
+    return build(lane_context(work, files), tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args)
+
+
 def pushed_image(work: Path, tag: str, files: list[Path], *build_args: str) -> str:
-    """The image built on the debootstrap base from lane_context(work, files), pushed to the lane's registry as
-    `tag`; its digest reference."""
-    return pushed_digest_reference(
-        build(lane_context(work, files), tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args))
+    """lane_image(), pushed to the lane's registry as `tag`; its digest reference."""
+    return pushed_digest_reference(lane_image(work, tag, files, *build_args))
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,9 @@ import httpx
 import openai
 import pytest
 
-from docker_engine import BASE_IMAGE, build, build_image, docker, require_docker_setup
+from docker_engine import build_image, docker, require_docker_setup
 from harness import ROOT, stack_config
-from lane_images import ENGINE_DOCKERFILE, ENGINE_REPOSITORY, lane_context
+from lane_images import ENGINE_REPOSITORY, engine_image_tag
 from llama_server import write_tiny_llama
 from model_hub import serving
 
@@ -84,9 +84,7 @@ def pushed(tag: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def engine_image(docker_setup, llama_server_build: Path, tmp_path_factory) -> Iterator[str]:
     """The llama.cpp engine image, pushed to the local registry; its reference."""
-    context = lane_context(tmp_path_factory.mktemp("engine-image"), [ENGINE_DOCKERFILE, llama_server_build / "llama-server"])
-    tag = build(context, f"{ENGINE_REPOSITORY}:{uuid.uuid4().hex[:12]}", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}")
-    with pushed(tag):
+    with pushed(engine_image_tag(llama_server_build, tmp_path_factory.mktemp("engine-image"))) as tag:
         yield tag
 
 
