@@ -188,7 +188,7 @@ def serving(arguments: argparse.Namespace, model: Path, policy: str, work: Path,
         routing = {"policy": POLICIES[policy], "replicas": urls, "maxWaitSeconds": _REQUEST_TIMEOUT_SECONDS}
         if policy in ("least-loaded", "prefix"):
             routing["maxInFlightPerReplica"] = arguments.slots
-        if policy == "prefix":
+        if policy == "prefix" and arguments.load_factor is not None:
             routing["loadFactor"] = arguments.load_factor
         port = free_port()
         gateway = stack.enter_context(background(
@@ -363,7 +363,7 @@ def main() -> None:
     parser.add_argument("--think-seconds", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of the capacity")
-    parser.add_argument("--load-factor", type=float, default=1.25, help="prefix affinity's bound (loadFactor)")
+    parser.add_argument("--load-factor", type=float, help="prefix affinity's bound (loadFactor; default: the gateway's)")
     parser.add_argument("--duration", type=float, default=30, help="seconds over which conversations start")
     parser.add_argument("--rounds", type=int, default=3, help="slices of the conversations the policies take turns on")
     parser.add_argument("--calibration-seconds", type=float, default=15)

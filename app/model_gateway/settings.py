@@ -203,7 +203,8 @@ def _model_routing(model: str, entry: object) -> Routing:
     def problem(name: str, allowed: str) -> InvalidValue:
         return InvalidValue(f"{name} of model {model!r} is {entry[name]!r}: expected {allowed}")
 
-    if values.get("policy", "least-loaded") not in ROUTING_POLICIES:
+    policy = values.get("policy", Routing.policy)
+    if policy not in ROUTING_POLICIES:
         raise problem("policy", "one of " + ", ".join(ROUTING_POLICIES))
     limit = values.get("max_in_flight_per_replica")
     if limit is not None and (type(limit) is not int or limit < 1):
@@ -216,9 +217,9 @@ def _model_routing(model: str, entry: object) -> Routing:
     if load_factor is not None:
         if type(load_factor) not in (int, float) or not math.isfinite(load_factor) or load_factor < 1:
             raise problem("loadFactor", "a number >= 1")
-        if values.get("policy") != "prefix":
+        if policy != "prefix":
             raise InvalidValue(f"loadFactor of model {model!r} is {load_factor!r}, but it applies to policy prefix "
-                               f"only and the policy is {values.get('policy', 'least-loaded')}")
+                               f"only and the policy is {policy}")
     host = values.get("replicas_host")
     if host is not None and not (isinstance(host, str) and _HOST_PATTERN.fullmatch(host)):
         raise problem("replicasHost", "a DNS name")
